@@ -1,0 +1,507 @@
+//! Settings, read from the environment (after `./.env`) with envy.
+//!
+//! One flat struct: envy cannot read nested or flattened structs with non-string fields.
+//! Names carry their unit (`_MS`, `_SECS`, `_BYTES`) and accessors return `Duration`s, so a
+//! unit is never guessed at a call site. [`Config::validate`] names the variable at fault, and
+//! secrets are wrapped in [`Secret`] so that neither `Debug` nor `check-config` prints them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The largest leeway we accept for `exp`/`nbf`; more would let stolen tokens live on.
+pub const MAX_LEEWAY_SECS: u64 = 30;
+/// Usernames and rooms shorter than this are refused, as GarinChat does.
+pub const MIN_NAME_CHARS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing required setting {0}")]
+    Missing(String),
+    #[error("invalid setting {var}: {why}")]
+    Invalid { var: &'static str, why: String },
+    #[error("invalid settings: {0}")]
+    Parse(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(var: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        why: why.into(),
+    }
+}
+
+/// A string that never shows itself in `Debug` or serialized output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// A comma-separated list: entries trimmed, empty entries ignored (GarinChat compared them raw,
+/// so `"a, b"` never matched `b` and a trailing comma admitted a missing Origin).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CommaList(pub Vec<String>);
+
+impl CommaList {
+    pub fn parse(raw: &str) -> Self {
+        Self(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommaList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(d)?))
+    }
+}
+
+/// `JWT_ALGORITHMS`: the only algorithms a token may use, pinned by the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlgorithmList(pub Vec<Algorithm>);
+
+impl AlgorithmList {
+    pub fn family(&self) -> Option<AlgorithmFamily> {
+        self.0.first().map(|alg| alg.family())
+    }
+}
+
+impl Default for AlgorithmList {
+    fn default() -> Self {
+        Self(vec![Algorithm::HS256])
+    }
+}
+
+impl<'de> Deserialize<'de> for AlgorithmList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let algorithms = CommaList::parse(&raw)
+            .iter()
+            .map(|name| {
+                Algorithm::from_str(name).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "unknown JWT algorithm {name:?} in JWT_ALGORITHMS"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(algorithms))
+    }
+}
+
+impl Serialize for AlgorithmList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<String> = self.0.iter().map(|alg| format!("{alg:?}")).collect();
+        s.serialize_str(&names.join(","))
+    }
+}
+
+/// `BIND_ADDR`, with an error that names it (envy's would not).
+fn bind_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let raw = String::deserialize(d)?;
+    raw.trim()
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("BIND_ADDR is not an IP address: {raw:?}")))
+}
+
+/// Every setting. Field `foo_bar` is read from the variable `FOO_BAR`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Config {
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    #[serde(default = "defaults::bind_addr", deserialize_with = "bind_addr")]
+    pub bind_addr: IpAddr,
+    /// Browser origins allowed to open a socket (`*` allows any). Required, as in GarinChat.
+    pub allowed_origins: Option<CommaList>,
+    /// Admit upgrade requests with no `Origin` header (non-browser clients).
+    #[serde(default)]
+    pub allow_missing_origin: bool,
+
+    pub jwt_decode_secret: Option<Secret>,
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwt_algorithms: AlgorithmList,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<CommaList>,
+    #[serde(default = "defaults::jwt_leeway_secs")]
+    pub jwt_leeway_secs: u64,
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// The claim that holds the display name; `sub` when the token lacks it.
+    #[serde(default = "defaults::username_claim")]
+    pub username_claim: String,
+    /// GarinChat's behaviour: show the `username` the client sends in `join`.
+    #[serde(default)]
+    pub trust_client_username: bool,
+    #[serde(default = "defaults::username_max_chars")]
+    pub username_max_chars: usize,
+    #[serde(default = "defaults::room_max_chars")]
+    pub room_max_chars: usize,
+
+    #[serde(default = "defaults::auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
+    #[serde(default = "defaults::join_timeout_ms")]
+    pub join_timeout_ms: u64,
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default = "defaults::max_fragments")]
+    pub max_fragments: usize,
+    #[serde(default = "defaults::msg_rate_per_sec")]
+    pub msg_rate_per_sec: u32,
+    #[serde(default = "defaults::msg_burst")]
+    pub msg_burst: u32,
+    #[serde(default = "defaults::control_rate_per_sec")]
+    pub control_rate_per_sec: u32,
+    #[serde(default = "defaults::control_burst")]
+    pub control_burst: u32,
+    #[serde(default = "defaults::outbound_queue_frames")]
+    pub outbound_queue_frames: usize,
+    #[serde(default = "defaults::close_timeout_ms")]
+    pub close_timeout_ms: u64,
+
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+}
+
+mod defaults {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    pub const fn port() -> u16 {
+        8080
+    }
+    pub const fn bind_addr() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+    pub const fn jwt_leeway_secs() -> u64 {
+        5
+    }
+    pub const fn max_token_bytes() -> usize {
+        4096
+    }
+    pub fn username_claim() -> String {
+        "name".to_owned()
+    }
+    pub const fn username_max_chars() -> usize {
+        32
+    }
+    pub const fn room_max_chars() -> usize {
+        64
+    }
+    pub const fn auth_timeout_ms() -> u64 {
+        2000
+    }
+    pub const fn join_timeout_ms() -> u64 {
+        2000
+    }
+    pub const fn max_message_bytes() -> usize {
+        4096
+    }
+    pub const fn max_fragments() -> usize {
+        64
+    }
+    pub const fn msg_rate_per_sec() -> u32 {
+        1
+    }
+    pub const fn msg_burst() -> u32 {
+        1
+    }
+    pub const fn control_rate_per_sec() -> u32 {
+        2
+    }
+    pub const fn control_burst() -> u32 {
+        5
+    }
+    pub const fn outbound_queue_frames() -> usize {
+        256
+    }
+    pub const fn close_timeout_ms() -> u64 {
+        1000
+    }
+    pub const fn header_read_timeout_ms() -> u64 {
+        5000
+    }
+    pub const fn max_header_bytes() -> usize {
+        8192
+    }
+    pub const fn max_headers() -> usize {
+        32
+    }
+    pub const fn shutdown_grace_secs() -> u64 {
+        10
+    }
+    pub fn log_level() -> String {
+        "info".to_owned()
+    }
+}
+
+impl Config {
+    /// Reads `./.env` when present (variables already set win, as with godotenv), then the
+    /// environment, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is reported by the parse below only if it
+        // left a required variable unset, which matches GarinChat's tolerance.
+        let _ = dotenvy::dotenv();
+        Self::from_pairs(std::env::vars())
+    }
+
+    /// Builds and validates a config from `(NAME, value)` pairs; tests use this.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            // An empty variable (`JWT_ISSUER=`) means "unset", not "the empty string".
+            .filter(|(_, v): &(String, String)| !v.trim().is_empty());
+        let config: Config = envy::from_iter(pairs).map_err(|err| match err {
+            envy::Error::MissingValue(field) => ConfigError::Missing(field.to_uppercase()),
+            envy::Error::Custom(msg) => ConfigError::Parse(msg),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; each error names its variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.allowed_origins {
+            None => return Err(ConfigError::Missing("ALLOWED_ORIGINS".into())),
+            Some(list) if list.is_empty() => {
+                return Err(invalid("ALLOWED_ORIGINS", "no origin listed"))
+            }
+            Some(_) => {}
+        }
+        let Some(family) = self.jwt_algorithms.family() else {
+            return Err(invalid("JWT_ALGORITHMS", "no algorithm listed"));
+        };
+        if self
+            .jwt_algorithms
+            .0
+            .iter()
+            .any(|alg| alg.family() != family)
+        {
+            // One key verifies one family; mixing HS and RS is how algorithm confusion starts.
+            return Err(invalid(
+                "JWT_ALGORITHMS",
+                "all algorithms must be of one family (HS*, RS*/PS*, ES*, or EdDSA)",
+            ));
+        }
+        match family {
+            AlgorithmFamily::Hmac => {
+                let Some(secret) = &self.jwt_decode_secret else {
+                    return Err(ConfigError::Missing("JWT_DECODE_SECRET".into()));
+                };
+                if secret.expose().is_empty() {
+                    return Err(invalid("JWT_DECODE_SECRET", "empty"));
+                }
+            }
+            _ => {
+                if self.jwt_public_key_file.is_none() {
+                    return Err(ConfigError::Missing("JWT_PUBLIC_KEY_FILE".into()));
+                }
+            }
+        }
+        if self.jwt_leeway_secs > MAX_LEEWAY_SECS {
+            return Err(invalid(
+                "JWT_LEEWAY_SECS",
+                format!("at most {MAX_LEEWAY_SECS}"),
+            ));
+        }
+        if self.username_claim.trim().is_empty() {
+            return Err(invalid("USERNAME_CLAIM", "empty"));
+        }
+        let positive: [(&'static str, u64); 13] = [
+            ("MSG_RATE_PER_SEC", self.msg_rate_per_sec.into()),
+            ("MSG_BURST", self.msg_burst.into()),
+            ("CONTROL_RATE_PER_SEC", self.control_rate_per_sec.into()),
+            ("CONTROL_BURST", self.control_burst.into()),
+            ("AUTH_TIMEOUT_MS", self.auth_timeout_ms),
+            ("JOIN_TIMEOUT_MS", self.join_timeout_ms),
+            ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
+            ("MAX_FRAGMENTS", self.max_fragments as u64),
+            ("MAX_TOKEN_BYTES", self.max_token_bytes as u64),
+            ("OUTBOUND_QUEUE_FRAMES", self.outbound_queue_frames as u64),
+            ("CLOSE_TIMEOUT_MS", self.close_timeout_ms),
+            ("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms),
+            ("MAX_HEADERS", self.max_headers as u64),
+        ];
+        if let Some((var, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(var, "must be greater than 0"));
+        }
+        if self.username_max_chars < MIN_NAME_CHARS {
+            return Err(invalid(
+                "USERNAME_MAX_CHARS",
+                format!("at least {MIN_NAME_CHARS}"),
+            ));
+        }
+        if self.room_max_chars < MIN_NAME_CHARS {
+            return Err(invalid(
+                "ROOM_MAX_CHARS",
+                format!("at least {MIN_NAME_CHARS}"),
+            ));
+        }
+        if self.max_header_bytes < 1024 {
+            // A browser's upgrade request alone is several hundred bytes.
+            return Err(invalid("MAX_HEADER_BYTES", "at least 1024"));
+        }
+        Ok(())
+    }
+
+    /// Reads the PEM public key named by `JWT_PUBLIC_KEY_FILE`, if any.
+    pub fn read_public_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.jwt_public_key_file else {
+            return Ok(None);
+        };
+        std::fs::read(path)
+            .map(Some)
+            .map_err(|source| ConfigError::Io {
+                path: path.clone(),
+                source,
+            })
+    }
+
+    pub fn origins(&self) -> &CommaList {
+        static EMPTY: CommaList = CommaList(Vec::new());
+        self.allowed_origins.as_ref().unwrap_or(&EMPTY)
+    }
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_timeout_ms)
+    }
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("PORT", "9000"),
+            ("ALLOWED_ORIGINS", "http://a.example, http://b.example,"),
+            ("JWT_DECODE_SECRET", "garin-secret"),
+        ]
+    }
+
+    #[test]
+    fn garinchat_env_is_enough() {
+        let config = Config::from_pairs(base()).unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(
+            config.origins().0,
+            vec!["http://a.example".to_owned(), "http://b.example".to_owned()]
+        );
+        assert_eq!(config.jwt_algorithms.0, vec![Algorithm::HS256]);
+        assert_eq!(config.auth_timeout(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        for var in ["ALLOWED_ORIGINS", "JWT_DECODE_SECRET"] {
+            let pairs = base().into_iter().filter(|(k, _)| *k != var);
+            let err = Config::from_pairs(pairs).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("JWT_LEEWAY_SECS", "31"),
+            ("JWT_ALGORITHMS", "HS256,RS256"),
+            ("JWT_ALGORITHMS", "none"),
+            ("AUTH_TIMEOUT_MS", "0"),
+            ("MSG_RATE_PER_SEC", "0"),
+            ("MSG_BURST", "-1"),
+            ("BIND_ADDR", "localhost"),
+            ("TRUST_CLIENT_USERNAME", "yes please"),
+            ("ALLOWED_ORIGINS", " , "),
+        ] {
+            let mut pairs = base();
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, value));
+            let err = Config::from_pairs(pairs).unwrap_err().to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn public_key_algorithms_need_a_key_file() {
+        let mut pairs = base();
+        pairs.push(("JWT_ALGORITHMS", "RS256"));
+        let err = Config::from_pairs(pairs).unwrap_err().to_string();
+        assert!(err.contains("JWT_PUBLIC_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let config = Config::from_pairs(base()).unwrap();
+        assert!(!format!("{config:?}").contains("garin-secret"));
+        assert!(!serde_json::to_string(&config)
+            .unwrap()
+            .contains("garin-secret"));
+    }
+}

@@ -1,0 +1,41 @@
+//! Palisade: a hardened WebSocket chat gateway, wire-compatible with GarinChat-Server.
+//!
+//! A socket upgrades, authenticates with a JWT within a deadline, joins a room within a
+//! deadline, then chats; every rule it breaks closes it with a code from one table
+//! ([`protocol::CloseCode`], mirrored in `docs/PROTOCOL.md`).
+//!
+//! # Layout
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | settings from the environment (envy), defaults, validation, redacted secrets |
+//! | [`gateway`] | shared state; starting the gateway and shutting it down within a grace period |
+//! | [`server`] | accept loop, hyper HTTP/1.1, routes, Origin and handshake checks, upgrade |
+//! | [`session`] | one socket's state machine, with its [`session::reader`] and [`session::writer`] tasks |
+//! | [`protocol`] | client and server JSON frames, the close-code table |
+//! | [`auth`] | JWT verification from config; development token minting |
+//! | [`names`] | username and room naming rules |
+//! | [`limits`] | per-socket rate limits (governor) |
+//! | [`hub`] | rooms, membership that leaves on drop, non-blocking fan-out |
+//! | [`outbox`] | a socket's bounded outbound queue and slow-consumer eviction |
+//! | [`shutdown`] | SIGTERM/SIGINT |
+//! | [`demo`] | the standalone `palisade demo` config and its printed tokens |
+//!
+//! The binary (`src/main.rs`) is the CLI: `serve`, `demo`, `token`, `check-config`.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod hub;
+pub mod limits;
+pub mod names;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+
+pub use config::Config;
+pub use gateway::{start, Gateway, RunningGateway, ShutdownReport};
+pub use protocol::CloseCode;

@@ -1,0 +1,140 @@
+//! The `palisade` command line. Settings come from the environment (after `./.env`); see the
+//! README's config table.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use palisade::auth::mint::{mint_hs_token, TokenRequest};
+use palisade::config::Config;
+use palisade::demo::{demo_config, demo_tokens};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "A hardened WebSocket chat gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Run on 127.0.0.1 with an ephemeral secret and print ready-to-use tokens.
+    Demo,
+    /// Mint a development HS token with the configured JWT_DECODE_SECRET.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The display name (`name` claim).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Print the effective configuration (secrets redacted) and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("palisade: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = Config::load()?;
+            init_logging(&config.log_level);
+            serve(config, None)
+        }
+        Command::Demo => {
+            let _ = dotenvy::dotenv();
+            let (config, secret) = demo_config(std::env::vars())?;
+            init_logging(&config.log_level);
+            serve(config, Some(demo_tokens(&secret)))
+        }
+        Command::Token { sub, name, ttl } => {
+            let config = Config::load()?;
+            let secret = config
+                .jwt_decode_secret
+                .as_ref()
+                .context("JWT_DECODE_SECRET is not set: `token` mints HS tokens only")?;
+            let mut request = TokenRequest::new(&sub);
+            request.name = name.as_deref();
+            request.ttl = Duration::from_secs(ttl);
+            request.issuer = config.jwt_issuer.as_deref();
+            request.audience = config
+                .jwt_audience
+                .as_ref()
+                .and_then(|aud| aud.iter().next());
+            request.algorithm = config.jwt_algorithms.0[0];
+            println!("{}", mint_hs_token(secret, &request)?);
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = Config::load()?;
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let running = palisade::start(config).await?;
+        let addr = running.local_addr();
+        tracing::info!(%addr, "listening");
+        if let Some(tokens) = demo_tokens {
+            print_demo_banner(addr, &tokens);
+        }
+        palisade::shutdown::signal().await;
+        let report = running.shutdown().await;
+        if report.abandoned > 0 {
+            tracing::warn!(
+                abandoned = report.abandoned,
+                "grace period over; dropped the rest"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
+    println!("\nPalisade demo on ws://{addr}/ (loopback only; tokens expire with this process)\n");
+    for (name, token) in tokens {
+        println!("{name:>6}: {token}");
+    }
+    println!(
+        "\nIn a browser console on http://localhost:{port}/ (or any client without an Origin):\n\
+         \x20 const ws = new WebSocket('ws://localhost:{port}/');\n\
+         \x20 ws.onmessage = (e) => console.log(e.data);\n\
+         \x20 ws.onopen = () => {{ ws.send(JSON.stringify({{type: 'auth', body: TOKEN}}));\n\
+         \x20   ws.send(JSON.stringify({{type: 'join', room: 'lobby'}})); }};\n",
+        port = addr.port()
+    );
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}

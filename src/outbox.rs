@@ -1,0 +1,64 @@
+//! A socket's outbound queue: bounded, never awaited by anyone but the socket's own writer.
+//!
+//! Fan-out calls [`Outbox::deliver`], which never blocks: when the queue is full the socket is
+//! a slow consumer, and instead of waiting (which would slow the whole room) the outbox is
+//! marked evicted; the socket's session sees that and closes it with
+//! [`CloseCode::SlowConsumer`](crate::protocol::CloseCode::SlowConsumer).
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the writer task writes, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A JSON text frame, shared between all recipients of a broadcast.
+    Text(Bytes),
+    /// The reply to a client's ping.
+    Pong(Bytes),
+}
+
+/// The sending side of a socket's queue, cheap to clone into a room.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    queue: mpsc::Sender<Outbound>,
+    evicted: CancellationToken,
+}
+
+/// The receiving side, owned by the writer task.
+pub struct OutboxReceiver {
+    pub queue: mpsc::Receiver<Outbound>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
+        let (queue, receiver) = mpsc::channel(capacity);
+        let outbox = Outbox {
+            queue,
+            evicted: CancellationToken::new(),
+        };
+        (outbox, OutboxReceiver { queue: receiver })
+    }
+
+    /// Queues a frame without waiting. A full queue evicts the socket; a closed one (the
+    /// session already ended) drops the frame silently.
+    pub fn deliver(&self, frame: Outbound) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.evicted.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Resolves once a delivery found the queue full.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.is_cancelled()
+    }
+}

@@ -1,0 +1,243 @@
+//! Test support: a real gateway on 127.0.0.1:0, tokens, and a WebSocket client.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use palisade::auth::mint::{mint_hs_token, TokenRequest};
+use palisade::config::{Config, Secret};
+use palisade::RunningGateway;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+pub const ORIGIN: &str = "http://chat.test";
+
+/// Long enough for a loaded CI machine, short enough that a hung test fails quickly.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings every test server starts from; tests override what they exercise.
+fn base_settings() -> Vec<(String, String)> {
+    [
+        ("PORT", "0"),
+        ("BIND_ADDR", "127.0.0.1"),
+        ("ALLOWED_ORIGINS", ORIGIN),
+        ("JWT_DECODE_SECRET", SECRET),
+        // Generous rates: tests of the limits set them back explicitly.
+        ("MSG_RATE_PER_SEC", "10000"),
+        ("MSG_BURST", "10000"),
+        ("CONTROL_RATE_PER_SEC", "10000"),
+        ("CONTROL_BURST", "10000"),
+        ("CLOSE_TIMEOUT_MS", "500"),
+        ("SHUTDOWN_GRACE_SECS", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+pub struct TestServer {
+    pub running: RunningGateway,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with(&[]).await
+    }
+
+    /// Starts a gateway with the base settings plus `overrides` (later entries win).
+    pub async fn with(overrides: &[(&str, &str)]) -> TestServer {
+        let mut settings = base_settings();
+        for (key, value) in overrides {
+            settings.retain(|(k, _)| k != key);
+            settings.push(((*key).to_owned(), (*value).to_owned()));
+        }
+        let config = Config::from_pairs(settings).expect("test config is valid");
+        let running = palisade::start(config).await.expect("gateway starts");
+        let addr = running.local_addr();
+        TestServer { running, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.url(), Some(ORIGIN)).await
+    }
+
+    /// Connects, authenticates as `sub` (display name = `sub` capitalised) and joins `room`,
+    /// consuming the client's own join acknowledgement.
+    pub async fn joined(&self, sub: &str, room: &str) -> Client {
+        let mut client = self.connect().await;
+        client.auth(&token(sub)).await;
+        client
+            .send_json(json!({"type": "join", "username": sub, "room": room}))
+            .await;
+        let ack = client.recv_json().await;
+        assert_eq!(ack["type"], "join", "join ack: {ack}");
+        assert_eq!(ack["userId"], sub, "join ack: {ack}");
+        client
+    }
+
+    pub fn hub(&self) -> &palisade::hub::Hub {
+        &self.running.gateway().hub
+    }
+
+    /// Waits until `room` has `count` local members (membership changes are asynchronous to
+    /// the client that caused them, e.g. after a TCP reset).
+    pub async fn wait_members(&self, room: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        while self.hub().member_count(room) != count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "room {room} has {} members, expected {count}",
+                self.hub().member_count(room)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A fresh client can still authenticate, join and chat: the server is healthy.
+    pub async fn assert_serves(&self) {
+        let room = "health-check";
+        let mut a = self.joined("healthy-a", room).await;
+        let mut b = self.joined("healthy-b", room).await;
+        assert_eq!(a.recv_json().await["username"], "Healthy-b");
+        b.send_json(json!({"type": "message", "body": "still here"}))
+            .await;
+        let got = a.recv_json().await;
+        assert_eq!(got["type"], "message");
+        assert_eq!(got["body"], "still here");
+        a.close().await;
+        b.close().await;
+    }
+}
+
+/// The display name tests give each subject.
+pub fn display_name(sub: &str) -> String {
+    let mut chars = sub.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// A valid token for `sub`, named [`display_name`]`(sub)`, signed with [`SECRET`].
+pub fn token(sub: &str) -> String {
+    let name = display_name(sub);
+    let mut request = TokenRequest::new(sub);
+    request.name = Some(&name);
+    mint_hs_token(&Secret::new(SECRET), &request).unwrap()
+}
+
+/// Signs arbitrary claims with `key` (HS256 unless `alg` says otherwise).
+pub fn sign(claims: &Value, key: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str, origin: Option<&str>) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("Origin", HeaderValue::from_str(origin).unwrap());
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        assert_eq!(response.status(), 101);
+        Client { ws }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn auth(&mut self, token: &str) {
+        self.send_json(json!({"type": "auth", "body": token})).await;
+    }
+
+    /// The next message, skipping pings; panics after [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame within the receive timeout");
+            match next {
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(message)) => return Some(message),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next text frame, parsed.
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Some(Message::Text(text)) => serde_json::from_str(&text).expect("server sends JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next text frame, as the server's exact bytes.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Some(Message::Text(text)) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code and reason, skipping any
+    /// text frames before it.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Some(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Message::Close(None)) => return (1005, String::new()),
+                Some(Message::Text(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
+            panic!("expected silence, got {message:?}");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
