@@ -35,7 +35,7 @@ use crate::limits::SessionLimiters;
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{ClientFrame, CloseCode, ServerFrame};
-use reader::{Inbound, MessageReader, ReadLimits};
+use reader::{Inbound, ReadLimits};
 use writer::CloseRequest;
 
 /// Reader events buffered ahead of the session: small, so a client that floods is held back by
@@ -100,7 +100,7 @@ where
 {
     let config = &gateway.config;
     let started = Instant::now();
-    let (read_half, write_half) = ws.split(tokio::io::split);
+    let (read_half, write_half) = tokio::io::split(ws.into_inner());
 
     let (outbox, outbox_rx) = Outbox::new(config.outbound_queue_frames);
     let (close_tx, close_rx) = oneshot::channel();
@@ -111,10 +111,7 @@ where
         max_fragments: config.max_fragments,
     };
     let (events_tx, mut events) = mpsc::channel(READER_QUEUE);
-    let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(
-        MessageReader::new(read_half, limits),
-        events_tx,
-    )));
+    let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(read_half, limits, events_tx)));
 
     let mut session = Session {
         id: gateway.next_session_id(),

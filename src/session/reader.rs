@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
-use tokio::io::AsyncRead;
+use fastwebsockets::{after_handshake_split, Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::protocol::{is_valid_peer_close_code, CloseCode};
@@ -76,7 +76,10 @@ struct Assembler {
 }
 
 impl<S: AsyncRead + Unpin> MessageReader<S> {
-    pub fn new(mut ws: WebSocketRead<S>, limits: ReadLimits) -> Self {
+    pub fn new(stream: S, limits: ReadLimits) -> Self {
+        // fastwebsockets makes a read half only together with a write half; ours is separate
+        // (see `writer`), so this one writes to nowhere and is dropped.
+        let (mut ws, _) = after_handshake_split(stream, tokio::io::sink(), Role::Server);
         ws.set_auto_close(false);
         ws.set_auto_pong(false);
         // fastwebsockets refuses a frame whose declared length is `>=` this, before buffering
@@ -217,15 +220,32 @@ fn error_event(err: WebSocketError) -> Inbound {
 }
 
 /// Runs the reader until a terminal event or until the session stops listening.
+///
+/// After a framing violation the rest of the stream cannot be parsed, but it is still read
+/// and discarded until the client closes TCP (the session aborts this task after
+/// `CLOSE_TIMEOUT_MS` at most): closing a socket with unread input makes the kernel send a
+/// reset, which can destroy our close frame before the client reads it.
 pub async fn run<S: AsyncRead + Unpin>(
-    mut reader: MessageReader<S>,
+    mut stream: S,
+    limits: ReadLimits,
     events: mpsc::Sender<Inbound>,
 ) {
-    loop {
+    let mut reader = MessageReader::new(&mut stream, limits);
+    let violated = loop {
         let event = reader.next().await;
         let terminal = event.is_terminal();
-        if events.send(event).await.is_err() || terminal {
+        let violated = matches!(event, Inbound::Violation(_));
+        if events.send(event).await.is_err() {
             return;
         }
+        if terminal {
+            break violated;
+        }
+    };
+    drop(reader);
+    if violated {
+        let mut discard = [0u8; 4096];
+        while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
+        let _ = events.send(Inbound::Gone).await;
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! [`Outbox`]: crate::outbox::Outbox
 
-use fastwebsockets::{Frame, Payload, WebSocketError, WebSocketWrite};
+use fastwebsockets::{after_handshake_split, Frame, Payload, Role, WebSocketError, WebSocketWrite};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
@@ -27,10 +27,13 @@ pub struct CloseRequest {
 }
 
 pub async fn run<S: AsyncWrite + Unpin>(
-    mut ws: WebSocketWrite<S>,
+    stream: S,
     mut outbox: OutboxReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
 ) -> Result<(), WebSocketError> {
+    // fastwebsockets makes a write half only together with a read half; ours is separate (see
+    // `reader`), so this one reads from nothing and is dropped.
+    let (_, mut ws) = after_handshake_split(tokio::io::empty(), stream, Role::Server);
     loop {
         tokio::select! {
             biased;
