@@ -1,6 +1,8 @@
 //! Test support: a real gateway on 127.0.0.1:0, tokens, and a WebSocket client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,173 @@
+//! A hand-rolled WebSocket client for inputs no well-behaved library will send: raw HTTP
+//! requests, and arbitrary (masked) frames.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::RECV_TIMEOUT;
+
+/// Sends `request` as-is and returns the response head (status line and headers).
+pub async fn http(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_head(&mut stream).await
+}
+
+/// The status code of a response head.
+pub fn status(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("response within the timeout")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An upgrade request with the given extra header lines (each ending in `\r\n`).
+pub fn upgrade_request(extra_headers: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    )
+}
+
+/// A raw WebSocket connection after a successful handshake.
+pub struct RawSocket {
+    pub stream: TcpStream,
+}
+
+/// What the server sent, frame by frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    Text(String),
+    Close(Option<u16>),
+    Other(u8),
+    /// The connection ended without (more) frames.
+    Eof,
+}
+
+impl RawSocket {
+    pub async fn connect(addr: SocketAddr, origin: &str) -> RawSocket {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = upgrade_request(&format!("Origin: {origin}\r\n"));
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert_eq!(status(&head), 101, "{head}");
+        RawSocket { stream }
+    }
+
+    /// Writes one frame: `first` is the FIN/RSV/opcode byte; the payload is masked.
+    pub async fn send_frame(&mut self, first: u8, payload: &[u8]) {
+        let _ = self.stream.write_all(&encode_frame(first, payload)).await;
+    }
+
+    /// Writes raw bytes (for headers that lie about their length).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn next_event(&mut self) -> ServerEvent {
+        let mut header = [0u8; 2];
+        if self.read_exact(&mut header).await.is_err() {
+            return ServerEvent::Eof;
+        }
+        let opcode = header[0] & 0x0f;
+        let len = match header[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                if self.read_exact(&mut ext).await.is_err() {
+                    return ServerEvent::Eof;
+                }
+                u16::from_be_bytes(ext) as usize
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                if self.read_exact(&mut ext).await.is_err() {
+                    return ServerEvent::Eof;
+                }
+                u64::from_be_bytes(ext) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        if self.read_exact(&mut payload).await.is_err() {
+            return ServerEvent::Eof;
+        }
+        match opcode {
+            0x1 => ServerEvent::Text(String::from_utf8(payload).expect("server text is UTF-8")),
+            0x8 if payload.len() >= 2 => {
+                ServerEvent::Close(Some(u16::from_be_bytes([payload[0], payload[1]])))
+            }
+            0x8 => ServerEvent::Close(None),
+            other => ServerEvent::Other(other),
+        }
+    }
+
+    /// The code of the server's close frame, skipping text frames before it.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_event().await {
+                ServerEvent::Text(_) | ServerEvent::Other(_) => continue,
+                ServerEvent::Close(code) => return code,
+                ServerEvent::Eof => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        match tokio::time::timeout(RECV_TIMEOUT, self.stream.read_exact(buf)).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => panic!("no frame within the receive timeout"),
+        }
+    }
+}
+
+pub const FIN: u8 = 0x80;
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CONTINUATION: u8 = 0x0;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
+
+/// A masked client frame.
+pub fn encode_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Waits a little for the server to act on what was sent.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
