@@ -1,0 +1,303 @@
+//! The `palisade` binary as a user runs it: a GarinChat `.env`, signals, and the subcommands.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{sign, Client, TestServer};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary with an empty environment (but PATH) in `dir`.
+fn palisade(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir);
+    command
+}
+
+/// Waits until `/healthz` answers on `port`.
+async fn wait_ready(port: u16, child: &mut Child) -> SocketAddr {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("palisade exited early: {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let head = common::raw::http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            if common::raw::status(&head) == 200 {
+                return addr;
+            }
+        }
+        assert!(Instant::now() < deadline, "palisade did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+    let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(result, 0);
+}
+
+/// Waits for the child to exit, at most `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("palisade did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("PORT={port}\nALLOWED_ORIGINS=http://garin.test\nJWT_DECODE_SECRET=garin-secret\n"),
+    )
+    .unwrap();
+    let mut child = palisade(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = wait_ready(port, &mut child).await;
+
+    // A GarinChat client: HS256 token, then auth, join with a username, message, userleave.
+    let token = |sub: &str| {
+        sign(
+            &json!({"sub": sub, "exp": common::now() + 600}),
+            b"garin-secret",
+            Algorithm::HS256,
+        )
+    };
+    let url = format!("ws://{addr}/");
+    let mut alice = Client::connect(&url, Some("http://garin.test")).await;
+    alice
+        .send_json(json!({"type": "auth", "body": token("alice")}))
+        .await;
+    alice
+        .send_json(json!({"type": "join", "username": "alice", "room": "general"}))
+        .await;
+    let joined = alice.recv_json().await;
+    assert_eq!(
+        (joined["type"].as_str(), joined["totalUsers"].as_u64()),
+        (Some("join"), Some(1))
+    );
+
+    let mut bob = Client::connect(&url, Some("http://garin.test")).await;
+    bob.send_json(json!({"type": "auth", "body": token("bob")}))
+        .await;
+    bob.send_json(json!({"type": "join", "username": "bob", "room": "general"}))
+        .await;
+    assert_eq!(bob.recv_json().await["totalUsers"], 2);
+    assert_eq!(alice.recv_json().await["username"], "bob");
+    alice
+        .send_json(json!({"type": "message", "body": "hello bob"}))
+        .await;
+    let message = bob.recv_json().await;
+    assert_eq!(
+        (message["body"].as_str(), message["username"].as_str()),
+        (Some("hello bob"), Some("alice"))
+    );
+    bob.send_json(json!({"type": "userleave"})).await;
+    let left = alice.recv_json().await;
+    assert_eq!(
+        (left["type"].as_str(), left["totalUsers"].as_u64()),
+        (Some("userleave"), Some(1))
+    );
+
+    // SIGTERM: every socket gets 1001, and the process exits cleanly within the grace period.
+    let started = Instant::now();
+    sigterm(&child);
+    assert_eq!(alice.expect_close().await.0, 1001);
+    assert_eq!(bob.expect_close().await.0, 1001);
+    let status = wait_exit(&mut child, Duration::from_secs(12));
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(11));
+}
+
+#[test]
+fn the_real_environment_wins_over_dotenv() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "PORT=1111\nALLOWED_ORIGINS=http://a.test\nJWT_DECODE_SECRET=s\n",
+    )
+    .unwrap();
+    let output = palisade(dir.path())
+        .env("PORT", "2222")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(config["port"], 2222);
+}
+
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    palisade(dir)
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn missing_or_invalid_settings_exit_non_zero_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("ALLOWED_ORIGINS", "http://a.test")], "JWT_DECODE_SECRET"),
+        (
+            &[("JWT_DECODE_SECRET", "very-secret-value")],
+            "ALLOWED_ORIGINS",
+        ),
+        (
+            &[
+                ("ALLOWED_ORIGINS", "http://a.test"),
+                ("JWT_DECODE_SECRET", "very-secret-value"),
+                ("PORT", "http"),
+            ],
+            "PORT",
+        ),
+        (
+            &[
+                ("ALLOWED_ORIGINS", "http://a.test"),
+                ("JWT_DECODE_SECRET", "very-secret-value"),
+                ("JWT_LEEWAY_SECS", "300"),
+            ],
+            "JWT_LEEWAY_SECS",
+        ),
+    ];
+    for (env, variable) in cases {
+        let output = run(dir.path(), env, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+        assert!(!stderr.contains("very-secret-value"), "{stderr}");
+    }
+}
+
+#[test]
+fn check_config_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ALLOWED_ORIGINS", "http://a.test"),
+        ("JWT_DECODE_SECRET", "very-secret-value"),
+    ];
+    let output = run(dir.path(), &env, &["check-config"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(!stdout.contains("very-secret-value"), "{stdout}");
+}
+
+#[tokio::test]
+async fn token_mints_what_the_gateway_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ALLOWED_ORIGINS", "http://a.test"),
+        ("JWT_DECODE_SECRET", common::SECRET),
+    ];
+    let output = run(
+        dir.path(),
+        &env,
+        &["token", "--sub", "zed", "--name", "Zed Z", "--ttl", "60"],
+    );
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    client.auth(&token).await;
+    client
+        .send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    let joined = client.recv_json().await;
+    assert_eq!(
+        (joined["username"].as_str(), joined["userId"].as_str()),
+        (Some("Zed Z"), Some("zed"))
+    );
+}
+
+#[tokio::test]
+async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = palisade(dir.path())
+        .env("PORT", port.to_string())
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let tokens = std::thread::spawn(move || {
+        let mut tokens = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some((name, token)) = line.trim().split_once(": ") {
+                if ["Alice", "Bob", "Carol"].contains(&name) {
+                    tokens.push(token.to_owned());
+                    if tokens.len() == 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        tokens
+    })
+    .join()
+    .unwrap();
+    assert_eq!(tokens.len(), 3);
+    let addr = wait_ready(port, &mut child).await;
+
+    // No Origin (a command-line client) and a localhost page are both admitted.
+    let mut alice = Client::connect(&format!("ws://{addr}/"), None).await;
+    alice
+        .send_json(json!({"type": "auth", "body": tokens[0]}))
+        .await;
+    alice
+        .send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    assert_eq!(alice.recv_json().await["username"], "Alice");
+    let mut bob = Client::connect(
+        &format!("ws://{addr}/"),
+        Some(&format!("http://localhost:{port}")),
+    )
+    .await;
+    bob.send_json(json!({"type": "auth", "body": tokens[1]}))
+        .await;
+    bob.send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    assert_eq!(bob.recv_json().await["totalUsers"], 2);
+
+    sigterm(&child);
+    assert_eq!(alice.expect_close().await.0, 1001);
+    assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
+}
