@@ -196,9 +196,15 @@ mod tests {
         let (fast, _fast_rx) = member(2);
         let _s = hub.join("lobby", slow);
         let f = hub.join("lobby", fast);
-        for _ in 0..8 {
+        // The slow member's queue (4) holds its own join and the fast one's: room for two more.
+        for _ in 0..2 {
             f.publish(&bytes::Bytes::from_static(b"x"));
         }
+        assert!(
+            !slow_outbox.is_evicted(),
+            "a full queue is not yet an overflow"
+        );
+        f.publish(&bytes::Bytes::from_static(b"x"));
         assert!(slow_outbox.is_evicted());
     }
 }

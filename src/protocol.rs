@@ -16,8 +16,6 @@ use serde::Deserialize;
 /// Every close code the gateway sends. `docs/PROTOCOL.md` holds the same table; keep them equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseCode {
-    /// 1000: the client closed, or the session ended normally.
-    Normal,
     /// 1001: the server is shutting down; reconnect elsewhere or later.
     GoingAway,
     /// 1002: a WebSocket framing rule was broken.
@@ -28,8 +26,6 @@ pub enum CloseCode {
     InvalidPayload,
     /// 1009: a message over `MAX_MESSAGE_BYTES` or `MAX_FRAGMENTS`.
     MessageTooBig,
-    /// 1011: the server hit an unexpected condition.
-    InternalError,
     /// 4001: no `auth` frame within `AUTH_TIMEOUT_MS`.
     AuthTimeout,
     /// 4002: the token was refused.
@@ -47,14 +43,12 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 14] = [
-        CloseCode::Normal,
+    pub const ALL: [CloseCode; 12] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
         CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
-        CloseCode::InternalError,
         CloseCode::AuthTimeout,
         CloseCode::AuthFailed,
         CloseCode::JoinTimeout,
@@ -66,13 +60,11 @@ impl CloseCode {
 
     pub const fn code(self) -> u16 {
         match self {
-            CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
             CloseCode::ProtocolError => 1002,
             CloseCode::UnsupportedData => 1003,
             CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
-            CloseCode::InternalError => 1011,
             CloseCode::AuthTimeout => 4001,
             CloseCode::AuthFailed => 4002,
             CloseCode::JoinTimeout => 4003,
@@ -86,13 +78,11 @@ impl CloseCode {
     /// The default reason sent with this code: short, static, never derived from input.
     pub const fn reason(self) -> &'static str {
         match self {
-            CloseCode::Normal => "bye",
             CloseCode::GoingAway => "server shutting down, reconnect",
             CloseCode::ProtocolError => "websocket protocol error",
             CloseCode::UnsupportedData => "binary frames are not supported",
             CloseCode::InvalidPayload => "invalid utf-8",
             CloseCode::MessageTooBig => "message too big",
-            CloseCode::InternalError => "internal error",
             CloseCode::AuthTimeout => "auth timeout",
             CloseCode::AuthFailed => "auth failed",
             CloseCode::JoinTimeout => "join timeout",
@@ -101,18 +91,6 @@ impl CloseCode {
             CloseCode::RateLimited => "rate limited",
             CloseCode::SlowConsumer => "slow consumer",
         }
-    }
-
-    /// Whether this close counts as abuse by the client (used for logs and, later, strikes).
-    pub const fn is_abuse(self) -> bool {
-        matches!(
-            self,
-            CloseCode::ProtocolError
-                | CloseCode::InvalidPayload
-                | CloseCode::MessageTooBig
-                | CloseCode::ProtocolViolation
-                | CloseCode::RateLimited
-        )
     }
 }
 

@@ -1,0 +1,130 @@
+//! The documentation and the code must agree: the README's config table, `.env.example`, and
+//! the close-code table in docs/PROTOCOL.md.
+
+use std::collections::BTreeMap;
+
+use palisade::config::Config;
+use palisade::CloseCode;
+use serde_json::Value;
+
+const README: &str = include_str!("../README.md");
+const PROTOCOL: &str = include_str!("../docs/PROTOCOL.md");
+const ENV_EXAMPLE: &str = include_str!("../.env.example");
+
+/// The cells of the markdown table rows after `heading` whose first cell starts with `prefix`.
+fn table_rows<'a>(doc: &'a str, heading: &str, prefix: &str) -> Vec<Vec<&'a str>> {
+    let section = doc
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    section
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter(|line| {
+            line.trim_start_matches('|')
+                .trim_start()
+                .starts_with(prefix)
+        })
+        .map(|line| {
+            line.trim_matches('|')
+                .split(" | ")
+                .map(|cell| cell.trim().trim_matches('`'))
+                .collect()
+        })
+        .collect()
+}
+
+/// Every setting with its default, as the code sees it (required ones given placeholders).
+fn defaults() -> BTreeMap<String, Value> {
+    let config =
+        Config::from_pairs([("ALLOWED_ORIGINS", "x"), ("JWT_DECODE_SECRET", "y")]).unwrap();
+    let Value::Object(map) = serde_json::to_value(&config).unwrap() else {
+        unreachable!()
+    };
+    map.into_iter()
+        .map(|(key, value)| (key.to_uppercase(), value))
+        .collect()
+}
+
+#[test]
+fn readme_config_table_lists_every_setting_with_its_default() {
+    let rows = table_rows(README, "## Configuration", "`");
+    let documented: BTreeMap<&str, &str> = rows.iter().map(|row| (row[0], row[1])).collect();
+    let defaults = defaults();
+    assert_eq!(
+        documented.keys().copied().collect::<Vec<_>>(),
+        defaults.keys().map(String::as_str).collect::<Vec<_>>(),
+        "README config table and Config fields differ"
+    );
+    for (name, value) in &defaults {
+        let cell = documented[name.as_str()];
+        if cell.starts_with("required") {
+            continue;
+        }
+        let expected = match value {
+            Value::Null => "—".to_owned(),
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(cell, expected, "README default for {name}");
+    }
+}
+
+#[test]
+fn env_example_lists_every_setting_and_is_valid() {
+    let pairs: Vec<(String, String)> = ENV_EXAMPLE
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (key, value) = line.split_once('=').expect("KEY=value");
+            (key.to_owned(), value.to_owned())
+        })
+        .collect();
+    let keys: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
+    for name in defaults().keys() {
+        assert!(keys.contains(&name.as_str()), ".env.example lacks {name}");
+    }
+    let config = Config::from_pairs(pairs.clone()).expect(".env.example is a valid config");
+    // Its values are the defaults (bar the three GarinChat settings it fills in).
+    let example = serde_json::to_value(&config).unwrap();
+    for (name, default) in defaults() {
+        if !["ALLOWED_ORIGINS", "JWT_DECODE_SECRET"].contains(&name.as_str()) {
+            assert_eq!(example[name.to_lowercase()], default, "{name}");
+        }
+    }
+}
+
+#[test]
+fn protocol_close_code_table_matches_the_code() {
+    let rows = table_rows(PROTOCOL, "## Close codes", "1");
+    let rows: Vec<_> = rows
+        .into_iter()
+        .chain(table_rows(PROTOCOL, "## Close codes", "4"))
+        .map(|row| (row[0].parse::<u16>().unwrap(), row[1].to_owned()))
+        .collect();
+    let code: Vec<_> = CloseCode::ALL
+        .iter()
+        .map(|c| (c.code(), c.reason().to_owned()))
+        .collect();
+    assert_eq!(rows, code);
+}
+
+#[test]
+fn readme_opens_with_the_run_and_test_commands() {
+    let first_block = README
+        .split("```sh")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    assert!(first_block.contains("cargo run --release -- demo"));
+    assert!(first_block.contains("bash .ci/test"));
+    let ci = include_str!("../.ci/run");
+    assert!(
+        ci.contains("bash .ci/test"),
+        ".ci/run runs the README's test command"
+    );
+}
