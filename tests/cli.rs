@@ -82,10 +82,12 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
     )
     .unwrap();
     let mut child = palisade(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("LOG_LEVEL", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let logs = capture_output(&mut child);
     let addr = wait_ready(port, &mut child).await;
 
     // A GarinChat client: HS256 token, then auth, join with a username, message, userleave.
@@ -96,10 +98,11 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
             Algorithm::HS256,
         )
     };
+    let (alice_token, bob_token) = (token("alice"), token("bob"));
     let url = format!("ws://{addr}/");
     let mut alice = Client::connect(&url, Some("http://garin.test")).await;
     alice
-        .send_json(json!({"type": "auth", "body": token("alice")}))
+        .send_json(json!({"type": "auth", "body": alice_token}))
         .await;
     alice
         .send_json(json!({"type": "join", "username": "alice", "room": "general"}))
@@ -111,7 +114,7 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
     );
 
     let mut bob = Client::connect(&url, Some("http://garin.test")).await;
-    bob.send_json(json!({"type": "auth", "body": token("bob")}))
+    bob.send_json(json!({"type": "auth", "body": bob_token}))
         .await;
     bob.send_json(json!({"type": "join", "username": "bob", "room": "general"}))
         .await;
@@ -140,6 +143,36 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
     let status = wait_exit(&mut child, Duration::from_secs(12));
     assert!(status.success(), "{status}");
     assert!(started.elapsed() < Duration::from_secs(11));
+
+    // Even at trace level, the logs name sessions, users and reasons, never secrets or bodies.
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("session ended"), "{logs}");
+    assert!(logs.contains("alice"));
+    for secret in [
+        alice_token.clone(),
+        bob_token.clone(),
+        "garin-secret".into(),
+        "hello bob".into(),
+    ] {
+        assert!(!logs.contains(&secret), "logs leak {secret:?}");
+    }
+}
+
+/// Collects the child's stdout and stderr until it exits.
+fn capture_output(child: &mut Child) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let err = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text + &err.join().unwrap()
+    })
 }
 
 #[test]
