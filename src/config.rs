@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -137,6 +138,44 @@ impl Serialize for AlgorithmList {
     }
 }
 
+/// `TRUSTED_PROXIES`: addresses and networks of reverse proxies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let nets: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        s.serialize_str(&nets.join(","))
+    }
+}
+
+fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {
+    let raw = String::deserialize(d)?;
+    CommaList::parse(&raw)
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "TRUSTED_PROXIES entry {entry:?} is not an IP address or CIDR network"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(TrustedProxies)
+}
+
 /// `BIND_ADDR`, with an error that names it (envy's would not).
 fn bind_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
     let raw = String::deserialize(d)?;
@@ -207,6 +246,38 @@ pub struct Config {
     #[serde(default = "defaults::max_headers")]
     pub max_headers: usize,
 
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    #[serde(default = "defaults::connect_rate_per_sec")]
+    pub connect_rate_per_sec: u32,
+    #[serde(default = "defaults::connect_burst")]
+    pub connect_burst: u32,
+    #[serde(default = "defaults::max_sessions_per_user")]
+    pub max_sessions_per_user: u32,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` headers are believed (IPs or CIDRs).
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: TrustedProxies,
+    #[serde(default = "defaults::ban_strikes")]
+    pub ban_strikes: u32,
+    #[serde(default = "defaults::ban_window_secs")]
+    pub ban_window_secs: u64,
+    #[serde(default = "defaults::ban_secs")]
+    pub ban_secs: u64,
+    #[serde(default = "defaults::max_tracked_clients")]
+    pub max_tracked_clients: usize,
+    #[serde(default = "defaults::housekeeping_interval_ms")]
+    pub housekeeping_interval_ms: u64,
+
+    #[serde(default = "defaults::ping_interval_secs")]
+    pub ping_interval_secs: u64,
+    #[serde(default = "defaults::pong_timeout_secs")]
+    pub pong_timeout_secs: u64,
+    /// 0 disables the idle timeout.
+    #[serde(default)]
+    pub idle_timeout_secs: u64,
+
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
     #[serde(default = "defaults::log_level")]
@@ -275,6 +346,42 @@ mod defaults {
     }
     pub const fn max_headers() -> usize {
         32
+    }
+    pub const fn max_connections() -> usize {
+        10_000
+    }
+    pub const fn max_connections_per_ip() -> u32 {
+        50
+    }
+    pub const fn connect_rate_per_sec() -> u32 {
+        5
+    }
+    pub const fn connect_burst() -> u32 {
+        20
+    }
+    pub const fn max_sessions_per_user() -> u32 {
+        5
+    }
+    pub const fn ban_strikes() -> u32 {
+        3
+    }
+    pub const fn ban_window_secs() -> u64 {
+        60
+    }
+    pub const fn ban_secs() -> u64 {
+        300
+    }
+    pub const fn max_tracked_clients() -> usize {
+        100_000
+    }
+    pub const fn housekeeping_interval_ms() -> u64 {
+        10_000
+    }
+    pub const fn ping_interval_secs() -> u64 {
+        30
+    }
+    pub const fn pong_timeout_secs() -> u64 {
+        10
     }
     pub const fn shutdown_grace_secs() -> u64 {
         10
@@ -362,7 +469,19 @@ impl Config {
         if self.username_claim.trim().is_empty() {
             return Err(invalid("USERNAME_CLAIM", "empty"));
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 25] = [
+            ("BAN_SECS", self.ban_secs),
+            ("MAX_CONNECTIONS", self.max_connections as u64),
+            ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip.into()),
+            ("CONNECT_RATE_PER_SEC", self.connect_rate_per_sec.into()),
+            ("CONNECT_BURST", self.connect_burst.into()),
+            ("MAX_SESSIONS_PER_USER", self.max_sessions_per_user.into()),
+            ("BAN_STRIKES", self.ban_strikes.into()),
+            ("BAN_WINDOW_SECS", self.ban_window_secs),
+            ("MAX_TRACKED_CLIENTS", self.max_tracked_clients as u64),
+            ("HOUSEKEEPING_INTERVAL_MS", self.housekeeping_interval_ms),
+            ("PING_INTERVAL_SECS", self.ping_interval_secs),
+            ("PONG_TIMEOUT_SECS", self.pong_timeout_secs),
             ("MSG_RATE_PER_SEC", self.msg_rate_per_sec.into()),
             ("MSG_BURST", self.msg_burst.into()),
             ("CONTROL_RATE_PER_SEC", self.control_rate_per_sec.into()),
@@ -428,6 +547,25 @@ impl Config {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
+    pub fn ban_window(&self) -> Duration {
+        Duration::from_secs(self.ban_window_secs)
+    }
+    pub fn ban_duration(&self) -> Duration {
+        Duration::from_secs(self.ban_secs)
+    }
+    pub fn housekeeping_interval(&self) -> Duration {
+        Duration::from_millis(self.housekeeping_interval_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_secs)
+    }
+    /// `None` when `IDLE_TIMEOUT_SECS` is 0.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
@@ -477,6 +615,9 @@ mod tests {
             ("MSG_RATE_PER_SEC", "0"),
             ("MSG_BURST", "-1"),
             ("BIND_ADDR", "localhost"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.local"),
+            ("MAX_CONNECTIONS", "0"),
+            ("PING_INTERVAL_SECS", "0"),
             ("TRUST_CLIENT_USERNAME", "yes please"),
             ("ALLOWED_ORIGINS", " , "),
         ] {

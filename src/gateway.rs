@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::auth::TokenVerifier;
+use crate::bans::Bans;
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, SessionId};
 use crate::limits::SessionQuotas;
@@ -25,6 +27,8 @@ use crate::server;
 pub struct Gateway {
     pub config: Arc<Config>,
     pub verifier: TokenVerifier,
+    pub admission: Admission,
+    pub bans: Bans,
     pub hub: Arc<Hub>,
     pub quotas: SessionQuotas,
     /// Cancelled when the gateway shuts down.
@@ -39,6 +43,8 @@ impl Gateway {
         config.validate()?;
         Ok(Arc::new(Gateway {
             verifier: TokenVerifier::from_config(&config)?,
+            admission: Admission::new(&config),
+            bans: Bans::new(&config),
             quotas: SessionQuotas::from_config(&config),
             config: Arc::new(config),
             hub: Hub::new(),
@@ -50,6 +56,22 @@ impl Gateway {
 
     pub fn next_session_id(&self) -> SessionId {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until shutdown, so
+    /// clients that come and go do not grow them for ever.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.housekeeping_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    self.admission.housekeep();
+                    self.bans.housekeep();
+                }
+            }
+        }
     }
 }
 
@@ -89,6 +111,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let accept_loop = tokio::spawn(server::accept_loop(listener, Arc::clone(&gateway)));
+    gateway.tasks.spawn(Arc::clone(&gateway).housekeeping());
     Ok(RunningGateway {
         local_addr,
         gateway,

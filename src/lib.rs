@@ -10,6 +10,9 @@
 //! |---|---|
 //! | [`config`] | settings from the environment (envy), defaults, validation, redacted secrets |
 //! | [`gateway`] | shared state; starting the gateway and shutting it down within a grace period |
+//! | [`admission`] | connection caps (global, per IP, per user) and the per-IP connect rate |
+//! | [`bans`] | strikes for abusive closes, temporary bans of IPs and users |
+//! | [`client_ip`] | the client address behind trusted proxies; the /64 key for IPv6 |
 //! | [`server`] | accept loop, hyper HTTP/1.1, routes, Origin and handshake checks, upgrade |
 //! | [`session`] | one socket's state machine, with its [`session::reader`] and [`session::writer`] tasks |
 //! | [`protocol`] | client and server JSON frames, the close-code table |
@@ -23,7 +26,10 @@
 //!
 //! The binary (`src/main.rs`) is the CLI: `serve`, `demo`, `token`, `check-config`.
 
+pub mod admission;
 pub mod auth;
+pub mod bans;
+pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -16,6 +16,11 @@ pub enum Outbound {
     Text(Bytes),
     /// The reply to a client's ping.
     Pong(Bytes),
+    /// A keepalive ping.
+    Ping,
+    /// A binary frame (the gateway sends none; the framing layer supports them for its
+    /// conformance tests).
+    Binary(Bytes),
 }
 
 /// The sending side of a socket's queue, cheap to clone into a room.

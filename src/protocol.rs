@@ -40,10 +40,18 @@ pub enum CloseCode {
     RateLimited,
     /// 4007: the socket did not read its frames fast enough; its queue filled.
     SlowConsumer,
+    /// 4008: the user already has `MAX_SESSIONS_PER_USER` sessions open.
+    TooManySessions,
+    /// 4009: the user is banned for repeated abuse.
+    Banned,
+    /// 4010: no pong within `PONG_TIMEOUT_SECS` of a ping.
+    PongTimeout,
+    /// 4011: nothing received within `IDLE_TIMEOUT_SECS`.
+    IdleTimeout,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 16] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
@@ -56,6 +64,10 @@ impl CloseCode {
         CloseCode::InvalidName,
         CloseCode::RateLimited,
         CloseCode::SlowConsumer,
+        CloseCode::TooManySessions,
+        CloseCode::Banned,
+        CloseCode::PongTimeout,
+        CloseCode::IdleTimeout,
     ];
 
     pub const fn code(self) -> u16 {
@@ -72,6 +84,10 @@ impl CloseCode {
             CloseCode::InvalidName => 4005,
             CloseCode::RateLimited => 4006,
             CloseCode::SlowConsumer => 4007,
+            CloseCode::TooManySessions => 4008,
+            CloseCode::Banned => 4009,
+            CloseCode::PongTimeout => 4010,
+            CloseCode::IdleTimeout => 4011,
         }
     }
 
@@ -90,7 +106,26 @@ impl CloseCode {
             CloseCode::InvalidName => "invalid username or room",
             CloseCode::RateLimited => "rate limited",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::TooManySessions => "too many sessions for this user",
+            CloseCode::Banned => "banned",
+            CloseCode::PongTimeout => "ping timeout",
+            CloseCode::IdleTimeout => "idle timeout",
         }
+    }
+
+    /// Whether this close is the client's fault on purpose rather than by accident or load:
+    /// such a close earns a strike towards a ban (see `bans`). Auth failures and bad names
+    /// are not counted: an expired token or a typo is not an attack.
+    pub const fn is_abuse(self) -> bool {
+        matches!(
+            self,
+            CloseCode::ProtocolError
+                | CloseCode::UnsupportedData
+                | CloseCode::InvalidPayload
+                | CloseCode::MessageTooBig
+                | CloseCode::ProtocolViolation
+                | CloseCode::RateLimited
+        )
     }
 }
 

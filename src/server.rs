@@ -14,14 +14,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{
+    HeaderValue, ORIGIN, RETRY_AFTER, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
+use crate::admission::{Admitted, Refusal};
+use crate::bans::Offender;
+use crate::client_ip::{client_ip, IpKey};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::session;
@@ -31,6 +38,12 @@ type Body = Full<Bytes>;
 /// How long an accept error that is not about one connection (e.g. out of file descriptors)
 /// pauses the loop, so it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long answering a connection over `MAX_CONNECTIONS` may take.
+const BUSY_ANSWER_TIME: Duration = Duration::from_secs(1);
+
+/// What a client over a global limit is told to wait.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a plain HTTP connection may take to finish its response at shutdown.
 const HTTP_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
@@ -52,6 +65,12 @@ pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
                 continue;
             }
         };
+        let Some(permit) = gateway.admission.try_connection() else {
+            debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
+            gateway.tasks.spawn(refuse_busy(stream));
+            continue;
+        };
+        let permit = Arc::new(permit);
         // Chat frames are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let gateway_for_conn = Arc::clone(&gateway);
@@ -61,7 +80,8 @@ pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
             let service_gateway = Arc::clone(&gateway);
             let service = service_fn(move |request| {
                 let gateway = Arc::clone(&service_gateway);
-                async move { Ok::<_, Infallible>(route(&gateway, peer, request)) }
+                let permit = Arc::clone(&permit);
+                async move { Ok::<_, Infallible>(route(&gateway, peer, permit, request)) }
             });
             let connection = http
                 .serve_connection(TokioIo::new(stream), service)
@@ -103,9 +123,26 @@ fn is_per_connection_error(err: &io::Error) -> bool {
     )
 }
 
+/// Answers a connection over `MAX_CONNECTIONS` without involving hyper: read what the client
+/// sent (so closing does not reset the connection and destroy the answer), answer 503, close.
+/// Bounded in time, so a flood of these cannot pile up.
+async fn refuse_busy(mut stream: TcpStream) {
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\
+        Content-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\n\
+        Connection: close\r\n\r\nserver is busy\n";
+    let _ = tokio::time::timeout(BUSY_ANSWER_TIME, async {
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let _ = stream.write_all(RESPONSE).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 fn route(
     gateway: &Arc<Gateway>,
     peer: SocketAddr,
+    connection: Arc<OwnedSemaphorePermit>,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     if request.uri().path() == "/healthz" {
@@ -124,6 +161,39 @@ fn route(
         debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
         return refusal.into_response();
     }
+    let client_ip = client_ip(
+        peer.ip(),
+        request.headers(),
+        &gateway.config.trusted_proxies,
+    );
+    let key = IpKey::of(client_ip);
+    if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
+        debug!(client = %key, "banned address");
+        return with_retry_after(plain(StatusCode::FORBIDDEN, "banned\n"), left);
+    }
+    let ip_slot = match gateway.admission.admit_ip(key) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            debug!(client = %key, ?refusal, "admission refused");
+            return match refusal {
+                Refusal::Busy => with_retry_after(
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "server is busy\n"),
+                    BUSY_RETRY_AFTER,
+                ),
+                Refusal::TooManyFromIp => {
+                    plain(StatusCode::TOO_MANY_REQUESTS, "too many connections\n")
+                }
+                Refusal::TooFast { retry_after } => with_retry_after(
+                    plain(StatusCode::TOO_MANY_REQUESTS, "connecting too fast\n"),
+                    retry_after,
+                ),
+            };
+        }
+    };
+    let admitted = Admitted {
+        connection,
+        ip: ip_slot,
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(err) => {
@@ -134,7 +204,7 @@ fn route(
     let gateway_for_session = Arc::clone(gateway);
     gateway.tasks.spawn(async move {
         match upgrade.await {
-            Ok(ws) => session::run(gateway_for_session, ws, peer).await,
+            Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
             Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
         }
     });
@@ -142,13 +212,13 @@ fn route(
     response.map(|_| Body::default())
 }
 
-/// A refused upgrade, answered with plain HTTP.
-struct Refusal {
+/// A refused handshake, answered with plain HTTP.
+struct HandshakeRefusal {
     status: StatusCode,
     reason: &'static str,
 }
 
-impl Refusal {
+impl HandshakeRefusal {
     fn into_response(self) -> Response<Body> {
         let mut response = plain(self.status, self.reason);
         if self.status == StatusCode::UPGRADE_REQUIRED {
@@ -161,8 +231,8 @@ impl Refusal {
 }
 
 /// The checks fastwebsockets leaves to us: method, Origin, version, and the key's form.
-fn check_upgrade(config: &Config, request: &Request<Incoming>) -> Result<(), Refusal> {
-    let refuse = |status, reason| Err(Refusal { status, reason });
+fn check_upgrade(config: &Config, request: &Request<Incoming>) -> Result<(), HandshakeRefusal> {
+    let refuse = |status, reason| Err(HandshakeRefusal { status, reason });
     if request.method() != Method::GET {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -220,6 +290,15 @@ fn is_valid_key(key: &HeaderValue) -> bool {
         && key[..22]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Adds `Retry-After` in whole seconds, rounded up (at least 1).
+fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

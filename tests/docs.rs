@@ -64,6 +64,7 @@ fn readme_config_table_lists_every_setting_with_its_default() {
         }
         let expected = match value {
             Value::Null => "—".to_owned(),
+            Value::String(text) if text.is_empty() => "—".to_owned(),
             Value::String(text) => text.clone(),
             other => other.to_string(),
         };

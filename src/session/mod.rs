@@ -17,7 +17,7 @@
 pub mod reader;
 pub mod writer;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +26,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use crate::admission::{Admitted, UserSlot};
 use crate::auth::Identity;
+use crate::bans::{Offender, StrikeOutcome};
 use crate::gateway::Gateway;
 use crate::hub::{Member, Membership, SessionId};
 use crate::limits::SessionLimiters;
@@ -91,10 +93,57 @@ struct Session {
     state: State,
     /// When the current state's deadline (auth or join) passes; `None` in a room.
     deadline: Option<Instant>,
+    /// This user's place under `MAX_SESSIONS_PER_USER`, once authenticated.
+    user_slot: Option<UserSlot>,
+    keepalive: Keepalive,
+}
+
+/// Server pings, and the idle timeout.
+struct Keepalive {
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// Set while a ping is unanswered: the pong must arrive by then.
+    pong_due: Option<Instant>,
+    /// Reset by every message from the client.
+    idle_deadline: Option<Instant>,
+}
+
+impl Keepalive {
+    fn new(config: &crate::config::Config, now: Instant) -> Self {
+        let idle_timeout = config.idle_timeout();
+        Self {
+            ping_interval: config.ping_interval(),
+            pong_timeout: config.pong_timeout(),
+            idle_timeout,
+            next_ping: now + config.ping_interval(),
+            pong_due: None,
+            idle_deadline: idle_timeout.map(|idle| now + idle),
+        }
+    }
+
+    /// The earliest moment something must happen.
+    fn next_event(&self) -> Instant {
+        [Some(self.next_ping), self.pong_due, self.idle_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("next_ping is always set")
+    }
+
+    fn on_client_message(&mut self, now: Instant) {
+        self.idle_deadline = self.idle_timeout.map(|idle| now + idle);
+    }
+
+    fn on_pong(&mut self) {
+        self.pong_due = None;
+    }
 }
 
 /// Runs a session on an upgraded socket until it closes.
-pub async fn run<S>(gateway: Arc<Gateway>, ws: WebSocket<S>, peer: SocketAddr)
+pub async fn run<S>(gateway: Arc<Gateway>, ws: WebSocket<S>, client_ip: IpAddr, admitted: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -120,6 +169,8 @@ where
         limiters: SessionLimiters::new(gateway.quotas),
         state: State::AwaitAuth,
         deadline: Some(started + config.auth_timeout()),
+        user_slot: None,
+        keepalive: Keepalive::new(config, started),
     };
     let end = session.run(&mut events).await;
 
@@ -127,6 +178,11 @@ where
     let last_state = session.state.name();
     // Leave the room first, so the others hear `userleave` before the close handshake.
     drop(session);
+    if let End::Closed(code) = end {
+        if code.is_abuse() {
+            strike(&gateway, admitted.ip.key(), user_id.as_ref(), code);
+        }
+    }
 
     let close_timeout = config.close_timeout();
     let close = match end {
@@ -166,8 +222,9 @@ where
         End::PeerClosed(code) => (code.unwrap_or(1005), "closed by client"),
         End::Gone => (1006, "connection lost"),
     };
+    drop(admitted);
     info!(
-        peer = %peer.ip(),
+        peer = %client_ip,
         user_id = user_id.as_deref().unwrap_or("-"),
         state = last_state,
         close_code = code,
@@ -182,6 +239,7 @@ impl Session {
         let shutdown = self.gateway.shutdown.clone();
         loop {
             let deadline = self.deadline;
+            let timer = self.keepalive.next_event();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Closed(CloseCode::GoingAway),
@@ -192,24 +250,52 @@ impl Session {
                         _ => CloseCode::JoinTimeout,
                     });
                 }
+                _ = sleep_until(timer) => {
+                    if let Err(code) = self.on_keepalive_timer() {
+                        return End::Closed(code);
+                    }
+                    continue;
+                }
                 event = events.recv() => event.unwrap_or(Inbound::Gone),
             };
             match event {
                 Inbound::Text(text) => {
+                    self.keepalive.on_client_message(Instant::now());
                     if let Err(code) = self.on_text(&text) {
                         return End::Closed(code);
                     }
                 }
-                Inbound::Binary => return End::Closed(CloseCode::UnsupportedData),
+                Inbound::Binary(_) => return End::Closed(CloseCode::UnsupportedData),
                 Inbound::Ping(payload) => {
                     self.outbox.deliver(Outbound::Pong(payload));
                 }
-                Inbound::Pong => {}
+                Inbound::Pong => self.keepalive.on_pong(),
                 Inbound::Close(code) => return End::PeerClosed(code),
                 Inbound::Violation(code) => return End::Closed(code),
                 Inbound::Gone => return End::Gone,
             }
         }
+    }
+
+    /// Sends the next ping, or closes a socket that missed a pong or went idle.
+    fn on_keepalive_timer(&mut self) -> Result<(), CloseCode> {
+        let now = Instant::now();
+        let keepalive = &mut self.keepalive;
+        if keepalive.pong_due.is_some_and(|due| due <= now) {
+            // A half-open TCP peer, or one stalled in the middle of a frame, lands here.
+            return Err(CloseCode::PongTimeout);
+        }
+        if keepalive.idle_deadline.is_some_and(|due| due <= now) {
+            return Err(CloseCode::IdleTimeout);
+        }
+        if keepalive.next_ping <= now {
+            keepalive.next_ping = now + keepalive.ping_interval;
+            if keepalive.pong_due.is_none() {
+                keepalive.pong_due = Some(now + keepalive.pong_timeout);
+                self.outbox.deliver(Outbound::Ping);
+            }
+        }
+        Ok(())
     }
 
     /// Handles one client frame; `Err` closes the socket with that code.
@@ -235,7 +321,17 @@ impl Session {
             debug!(session = self.id, token_bytes = token.len(), %err, "auth failed");
             CloseCode::AuthFailed
         })?;
+        let user = Offender::User(Arc::clone(&identity.user_id));
+        if self.gateway.bans.remaining(&user).is_some() {
+            debug!(session = self.id, user_id = %identity.user_id, "banned user");
+            return Err(CloseCode::Banned);
+        }
+        let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
+            debug!(session = self.id, user_id = %identity.user_id, "too many sessions");
+            return Err(CloseCode::TooManySessions);
+        };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
+        self.user_slot = Some(slot);
         self.state = State::AwaitJoin { identity };
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
@@ -335,6 +431,31 @@ impl Session {
         self.state = State::AwaitJoin { identity };
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
+    }
+}
+
+/// Counts an abusive close against the client's IP and user; logs a ban when it causes one.
+fn strike(
+    gateway: &Gateway,
+    ip: &crate::client_ip::IpKey,
+    user: Option<&Arc<str>>,
+    code: CloseCode,
+) {
+    let offenders =
+        std::iter::once(Offender::Ip(*ip)).chain(user.map(|u| Offender::User(Arc::clone(u))));
+    for offender in offenders {
+        match gateway.bans.strike(offender.clone()) {
+            StrikeOutcome::Banned => warn!(
+                ?offender,
+                reason = code.reason(),
+                "banned after repeated abuse"
+            ),
+            StrikeOutcome::NotTracked => warn!(
+                reason = code.reason(),
+                "strike not recorded: too many tracked clients"
+            ),
+            StrikeOutcome::Counted => {}
+        }
     }
 }
 

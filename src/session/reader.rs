@@ -24,8 +24,8 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 pub enum Inbound {
     /// A whole text message, valid UTF-8, within the size limit.
     Text(String),
-    /// A whole binary message (its content is not kept: the protocol is text only).
-    Binary,
+    /// A whole binary message (the gateway refuses it; the conformance echo returns it).
+    Binary(Bytes),
     Ping(Bytes),
     Pong,
     /// The client's close frame: its code, or `None` for an empty close payload.
@@ -181,7 +181,7 @@ impl Assembler {
 
 fn finish(is_text: bool, data: Vec<u8>) -> Inbound {
     if !is_text {
-        return Inbound::Binary;
+        return Inbound::Binary(Bytes::from(data));
     }
     match String::from_utf8(data) {
         Ok(text) => Inbound::Text(text),

@@ -6,7 +6,9 @@
 //!
 //! [`Outbox`]: crate::outbox::Outbox
 
-use fastwebsockets::{after_handshake_split, Frame, Payload, Role, WebSocketError, WebSocketWrite};
+use fastwebsockets::{
+    after_handshake_split, Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite,
+};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
@@ -73,6 +75,8 @@ async fn write<S: AsyncWrite + Unpin>(
     let frame = match &item {
         Outbound::Text(bytes) => Frame::text(Payload::Borrowed(bytes)),
         Outbound::Pong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
+        Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
+        Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
     };
     ws.write_frame(frame).await
 }

@@ -35,6 +35,10 @@ fn base_settings() -> Vec<(String, String)> {
         ("MSG_BURST", "10000"),
         ("CONTROL_RATE_PER_SEC", "10000"),
         ("CONTROL_BURST", "10000"),
+        ("CONNECT_RATE_PER_SEC", "10000"),
+        ("CONNECT_BURST", "10000"),
+        ("MAX_CONNECTIONS_PER_IP", "10000"),
+        ("MAX_SESSIONS_PER_USER", "1000"),
         ("CLOSE_TIMEOUT_MS", "500"),
         ("SHUTDOWN_GRACE_SECS", "5"),
     ]
@@ -237,6 +241,20 @@ impl Client {
         if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
             panic!("expected silence, got {message:?}");
         }
+    }
+
+    /// Reads for `wait`, accepting only pings (which tungstenite answers): the connection
+    /// stays alive and nothing else arrives. Returns how many pings came.
+    pub async fn expect_only_pings(&mut self, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pings = 0;
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match next {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("expected only pings, got {other:?}"),
+            }
+        }
+        pings
     }
 
     pub async fn close(mut self) {

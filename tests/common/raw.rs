@@ -9,6 +9,14 @@ use tokio::net::TcpStream;
 
 use super::RECV_TIMEOUT;
 
+/// The value of header `name` in a response head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 /// Sends `request` as-is and returns the response head (status line and headers).
 pub async fn http(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -65,12 +73,29 @@ pub enum ServerEvent {
 
 impl RawSocket {
     pub async fn connect(addr: SocketAddr, origin: &str) -> RawSocket {
+        match Self::try_connect(addr, &format!("Origin: {origin}\r\n")).await {
+            Ok(socket) => socket,
+            Err(head) => panic!("upgrade refused: {head}"),
+        }
+    }
+
+    /// Upgrades with the given extra header lines; on refusal, the response head.
+    pub async fn try_connect(addr: SocketAddr, extra_headers: &str) -> Result<RawSocket, String> {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = upgrade_request(&format!("Origin: {origin}\r\n"));
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+            .write_all(upgrade_request(extra_headers).as_bytes())
+            .await
+            .unwrap();
         let head = read_head(&mut stream).await;
-        assert_eq!(status(&head), 101, "{head}");
-        RawSocket { stream }
+        if head.is_empty() || status(&head) != 101 {
+            return Err(head);
+        }
+        Ok(RawSocket { stream })
+    }
+
+    /// Sends a masked text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(FIN | TEXT, text.as_bytes()).await;
     }
 
     /// Writes one frame: `first` is the FIN/RSV/opcode byte; the payload is masked.

@@ -1,0 +1,188 @@
+//! Admission control: how many may connect, from where, how fast.
+//!
+//! - a global cap on open connections (`MAX_CONNECTIONS`, 503), taken at accept, before any
+//!   HTTP parsing;
+//! - per client IP (see [`IpKey`]): a connect rate (`CONNECT_RATE_PER_SEC`/`CONNECT_BURST`,
+//!   governor keyed GCRA, 429 with `Retry-After`) and a cap on open sockets
+//!   (`MAX_CONNECTIONS_PER_IP`, 429), both checked before the upgrade;
+//! - per user: a cap on open sessions (`MAX_SESSIONS_PER_USER`), checked at auth.
+//!
+//! Every map here is bounded: the open-socket counters hold only live sockets (an entry goes
+//! with its last slot), and the rate limiter's map is swept by [`Admission::housekeep`] and
+//! capped at `MAX_TRACKED_CLIENTS` keys (past that, new clients are refused as busy rather than
+//! tracked: fail closed, memory bounded).
+
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::client_ip::IpKey;
+use crate::config::Config;
+
+/// Why a connection was refused before the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The gateway is at `MAX_CONNECTIONS` (or cannot track another client).
+    Busy,
+    /// This address already has `MAX_CONNECTIONS_PER_IP` sockets open.
+    TooManyFromIp,
+    /// This address connects faster than `CONNECT_RATE_PER_SEC`.
+    TooFast { retry_after: Duration },
+}
+
+/// Counts of live things per key, with a cap.
+struct Counter<K: Eq + Hash + Clone> {
+    counts: DashMap<K, u32>,
+    max: u32,
+}
+
+/// One counted thing; dropping it gives the count back.
+pub struct Slot<K: Eq + Hash + Clone> {
+    counter: Arc<Counter<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Counter<K> {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            counts: DashMap::new(),
+            max,
+        })
+    }
+
+    fn try_acquire(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        let mut count = self.counts.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        drop(count);
+        Some(Slot {
+            counter: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + Hash + Clone> Slot<K> {
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        if let Some(mut count) = self.counter.counts.get_mut(&self.key) {
+            *count -= 1;
+        }
+        // Under the shard lock: a concurrent acquire either sees the entry or makes a new one.
+        self.counter
+            .counts
+            .remove_if(&self.key, |_, count| *count == 0);
+    }
+}
+
+pub type IpSlot = Slot<IpKey>;
+pub type UserSlot = Slot<Arc<str>>;
+
+/// What a connection holds while it is open: its share of every cap.
+pub struct Admitted {
+    /// Shared between the HTTP connection and the session it upgrades to.
+    pub connection: Arc<OwnedSemaphorePermit>,
+    pub ip: IpSlot,
+}
+
+pub struct Admission {
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    per_ip: Arc<Counter<IpKey>>,
+    per_user: Arc<Counter<Arc<str>>>,
+    connect_rate: DefaultKeyedRateLimiter<IpKey>,
+    max_tracked: usize,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let positive = |n: u32| NonZeroU32::new(n).expect("validated as positive");
+        let quota = Quota::per_second(positive(config.connect_rate_per_sec))
+            .allow_burst(positive(config.connect_burst));
+        Admission {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
+            per_ip: Counter::new(config.max_connections_per_ip),
+            per_user: Counter::new(config.max_sessions_per_user),
+            connect_rate: RateLimiter::keyed(quota),
+            max_tracked: config.max_tracked_clients,
+        }
+    }
+
+    /// A place under `MAX_CONNECTIONS`, or `None` when full.
+    pub fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.connections).try_acquire_owned().ok()
+    }
+
+    /// Checks a client IP's connect rate and open-socket cap for an upgrade.
+    pub fn admit_ip(&self, key: IpKey) -> Result<IpSlot, Refusal> {
+        if self.connect_rate.len() >= self.max_tracked {
+            self.connect_rate.retain_recent();
+            if self.connect_rate.len() >= self.max_tracked {
+                return Err(Refusal::Busy);
+            }
+        }
+        if let Err(not_until) = self.connect_rate.check_key(&key) {
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Refusal::TooFast { retry_after });
+        }
+        self.per_ip.try_acquire(key).ok_or(Refusal::TooManyFromIp)
+    }
+
+    /// A session for `user` under `MAX_SESSIONS_PER_USER`, or `None`.
+    pub fn admit_user(&self, user: &Arc<str>) -> Option<UserSlot> {
+        self.per_user.try_acquire(Arc::clone(user))
+    }
+
+    /// Forgets clients whose rate budget is full again, and gives the memory back.
+    pub fn housekeep(&self) {
+        self.connect_rate.retain_recent();
+        self.connect_rate.shrink_to_fit();
+    }
+
+    /// Client keys the connect-rate limiter currently remembers.
+    pub fn tracked_clients(&self) -> usize {
+        self.connect_rate.len()
+    }
+
+    /// Open connections (HTTP or WebSocket).
+    pub fn open_connections(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_cap_and_forget() {
+        let counter = Counter::new(2);
+        let a = counter.try_acquire("x");
+        let b = counter.try_acquire("x");
+        assert!(a.is_some() && b.is_some());
+        assert!(counter.try_acquire("x").is_none(), "at the cap");
+        assert!(counter.try_acquire("y").is_some(), "other keys unaffected");
+        drop(a);
+        let c = counter.try_acquire("x");
+        assert!(c.is_some());
+        drop((b, c));
+        assert!(
+            counter.counts.get("x").is_none(),
+            "an unused key is forgotten"
+        );
+    }
+}
