@@ -39,6 +39,7 @@ fn base_settings() -> Vec<(String, String)> {
         ("CONNECT_BURST", "10000"),
         ("MAX_CONNECTIONS_PER_IP", "10000"),
         ("MAX_SESSIONS_PER_USER", "1000"),
+        ("BAN_STRIKES", "1000"),
         ("CLOSE_TIMEOUT_MS", "500"),
         ("SHUTDOWN_GRACE_SECS", "5"),
     ]
