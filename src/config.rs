@@ -234,6 +234,8 @@ pub struct Config {
     pub control_rate_per_sec: u32,
     #[serde(default = "defaults::control_burst")]
     pub control_burst: u32,
+    #[serde(default = "defaults::max_room_members")]
+    pub max_room_members: usize,
     #[serde(default = "defaults::outbound_queue_frames")]
     pub outbound_queue_frames: usize,
     #[serde(default = "defaults::close_timeout_ms")]
@@ -332,6 +334,9 @@ mod defaults {
     pub const fn control_burst() -> u32 {
         5
     }
+    pub const fn max_room_members() -> usize {
+        1000
+    }
     pub const fn outbound_queue_frames() -> usize {
         256
     }
@@ -398,7 +403,7 @@ impl Config {
         // A missing .env is normal; a malformed one is reported by the parse below only if it
         // left a required variable unset, which matches GarinChat's tolerance.
         let _ = dotenvy::dotenv();
-        Self::from_pairs(std::env::vars())
+        Self::from_pairs(utf8_environment())
     }
 
     /// Builds and validates a config from `(NAME, value)` pairs; tests use this.
@@ -466,10 +471,17 @@ impl Config {
                 format!("at most {MAX_LEEWAY_SECS}"),
             ));
         }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(invalid(
+                "LOG_LEVEL",
+                "not a level (error, warn, info, debug, trace) or a tracing filter",
+            ));
+        }
         if self.username_claim.trim().is_empty() {
             return Err(invalid("USERNAME_CLAIM", "empty"));
         }
-        let positive: [(&'static str, u64); 25] = [
+        let positive: [(&'static str, u64); 26] = [
+            ("MAX_ROOM_MEMBERS", self.max_room_members as u64),
             ("BAN_SECS", self.ban_secs),
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip.into()),
@@ -571,6 +583,25 @@ impl Config {
     }
 }
 
+/// The environment, less variables whose name or value is not UTF-8 (`std::env::vars` would
+/// panic on them). None of ours can be such a variable, so it is reported and skipped.
+pub fn utf8_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(
+            |(key, value)| match (key.into_string(), value.into_string()) {
+                (Ok(key), Ok(value)) => Some((key, value)),
+                (Ok(key), Err(_)) => {
+                    eprintln!(
+                        "palisade: ignoring environment variable {key}: its value is not UTF-8"
+                    );
+                    None
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +649,8 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.local"),
             ("MAX_CONNECTIONS", "0"),
             ("PING_INTERVAL_SECS", "0"),
+            ("LOG_LEVEL", "palisade=loud"),
+            ("MAX_ROOM_MEMBERS", "0"),
             ("TRUST_CLIENT_USERNAME", "yes please"),
             ("ALLOWED_ORIGINS", " , "),
         ] {

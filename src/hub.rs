@@ -46,21 +46,31 @@ impl Room {
 }
 
 /// All rooms of this node.
-#[derive(Default)]
 pub struct Hub {
     rooms: DashMap<String, Room>,
+    max_members: usize,
 }
 
+/// A join refused because the room has `MAX_ROOM_MEMBERS` members.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoomFull;
+
 impl Hub {
-    pub fn new() -> Arc<Hub> {
-        Arc::new(Hub::default())
+    pub fn new(max_members: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            rooms: DashMap::new(),
+            max_members,
+        })
     }
 
     /// Adds `member` to `room` and tells everyone in it, the joiner included (GarinChat's only
     /// acknowledgement of a join). Returns the guard that removes the member when dropped.
-    pub fn join(self: &Arc<Self>, room: &str, member: Member) -> Membership {
+    pub fn join(self: &Arc<Self>, room: &str, member: Member) -> Result<Membership, RoomFull> {
         let session_id = member.session_id;
         let mut entry = self.rooms.entry(room.to_owned()).or_default();
+        if entry.members.len() >= self.max_members {
+            return Err(RoomFull);
+        }
         let frame = ServerFrame::join(
             &member.display_name,
             &member.user_id,
@@ -70,11 +80,11 @@ impl Hub {
         entry.members.insert(session_id, member);
         entry.broadcast(&frame, None);
         drop(entry);
-        Membership {
+        Ok(Membership {
             hub: Arc::clone(self),
             room: room.to_owned(),
             session_id,
-        }
+        })
     }
 
     /// Sends `frame` to every member of `room` except the sender.
@@ -167,12 +177,18 @@ mod tests {
 
     #[test]
     fn rooms_live_while_they_have_members() {
-        let hub = Hub::new();
+        let hub = Hub::new(2);
         let (alice, mut alice_rx) = member(1);
         let (bob, mut bob_rx) = member(2);
-        let a = hub.join("lobby", alice);
+        let a = hub.join("lobby", alice).unwrap();
         assert!(next_text(&mut alice_rx).contains(r#""totalUsers":1"#));
-        let b = hub.join("lobby", bob);
+        let b = hub.join("lobby", bob).unwrap();
+        assert_eq!(
+            hub.join("lobby", member(3).0).err(),
+            Some(RoomFull),
+            "at the cap"
+        );
+        assert_eq!(hub.member_count("lobby"), 2);
         assert!(next_text(&mut alice_rx).contains(r#""username":"user2","totalUsers":2"#));
         assert!(next_text(&mut bob_rx).contains(r#""totalUsers":2"#));
         assert_eq!(hub.member_count("lobby"), 2);
@@ -190,12 +206,12 @@ mod tests {
 
     #[test]
     fn a_full_queue_evicts_instead_of_blocking() {
-        let hub = Hub::new();
+        let hub = Hub::new(10);
         let (slow, _slow_rx) = member(1);
         let slow_outbox = slow.outbox.clone();
         let (fast, _fast_rx) = member(2);
-        let _s = hub.join("lobby", slow);
-        let f = hub.join("lobby", fast);
+        let _s = hub.join("lobby", slow).unwrap();
+        let f = hub.join("lobby", fast).unwrap();
         // The slow member's queue (4) holds its own join and the fast one's: room for two more.
         for _ in 0..2 {
             f.publish(&bytes::Bytes::from_static(b"x"));

@@ -64,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => {
             let _ = dotenvy::dotenv();
-            let (config, secret) = demo_config(std::env::vars())?;
+            let (config, secret) = demo_config(palisade::config::utf8_environment())?;
             init_logging(&config.log_level);
             serve(config, Some(demo_tokens(&secret)))
         }
@@ -135,6 +135,7 @@ fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
 }
 
 fn init_logging(level: &str) {
+    // Config::validate has checked the filter parses.
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }

@@ -48,10 +48,14 @@ pub enum CloseCode {
     PongTimeout,
     /// 4011: nothing received within `IDLE_TIMEOUT_SECS`.
     IdleTimeout,
+    /// 4012: the room already has `MAX_ROOM_MEMBERS` members.
+    RoomFull,
+    /// 4013: the token's `exp` (plus `JWT_LEEWAY_SECS`) passed while connected.
+    TokenExpired,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 16] = [
+    pub const ALL: [CloseCode; 18] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
@@ -68,6 +72,8 @@ impl CloseCode {
         CloseCode::Banned,
         CloseCode::PongTimeout,
         CloseCode::IdleTimeout,
+        CloseCode::RoomFull,
+        CloseCode::TokenExpired,
     ];
 
     pub const fn code(self) -> u16 {
@@ -88,6 +94,8 @@ impl CloseCode {
             CloseCode::Banned => 4009,
             CloseCode::PongTimeout => 4010,
             CloseCode::IdleTimeout => 4011,
+            CloseCode::RoomFull => 4012,
+            CloseCode::TokenExpired => 4013,
         }
     }
 
@@ -110,6 +118,8 @@ impl CloseCode {
             CloseCode::Banned => "banned",
             CloseCode::PongTimeout => "ping timeout",
             CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::RoomFull => "room full",
+            CloseCode::TokenExpired => "token expired",
         }
     }
 

@@ -87,12 +87,17 @@ pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
+            // The whole exchange before an upgrade is bounded, not only the header read: a
+            // client that pipelines requests and never reads the answers would otherwise hold
+            // the connection for ever (hyper has no write timeout).
+            let deadline = tokio::time::sleep(gateway.config.header_read_timeout());
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         debug!(peer = %peer.ip(), %err, "http connection ended with an error");
                     }
                 }
+                _ = deadline => debug!(peer = %peer.ip(), "http connection timed out"),
                 _ = gateway.shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;

@@ -35,7 +35,7 @@ async fn authed_raw(server: &TestServer, headers: &str, sub: &str) -> RawSocket 
     socket
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_connection_cap_answers_503() {
     let server = TestServer::with(&[("MAX_CONNECTIONS", "3")]).await;
     let mut open = Vec::new();
@@ -65,7 +65,7 @@ async fn the_global_connection_cap_answers_503() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_ip_cap_answers_429() {
     let server = TestServer::with(&[
         ("MAX_CONNECTIONS_PER_IP", "2"),
@@ -98,7 +98,7 @@ async fn the_per_ip_cap_answers_429() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connect_rate_answers_429_with_retry_after() {
     let server = TestServer::with(&[
         ("CONNECT_RATE_PER_SEC", "1"),
@@ -117,7 +117,7 @@ async fn the_connect_rate_answers_429_with_retry_after() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_clients_are_limited_per_64() {
     let server = TestServer::with(&[
         ("CONNECT_RATE_PER_SEC", "1"),
@@ -138,7 +138,7 @@ async fn ipv6_clients_are_limited_per_64() {
         .expect("another /64");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_count_only_from_trusted_proxies() {
     // Untrusted: a client cannot dodge its limit by writing other addresses.
     let server = TestServer::with(&[("CONNECT_RATE_PER_SEC", "1"), ("CONNECT_BURST", "2")]).await;
@@ -157,7 +157,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     assert_eq!(status(&head), 429);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_session_cap_closes_with_4008() {
     let server = TestServer::with(&[("MAX_SESSIONS_PER_USER", "2")]).await;
     let first = server.joined("alice", "lobby").await;
@@ -186,7 +186,7 @@ async fn the_per_user_session_cap_closes_with_4008() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeat_offenders_are_banned_by_ip_until_the_ban_expires() {
     let server = TestServer::with(&[
         ("BAN_STRIKES", "2"),
@@ -224,7 +224,7 @@ async fn repeat_offenders_are_banned_by_ip_until_the_ban_expires() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banned_user_is_refused_at_auth_from_any_address() {
     let server = TestServer::with(&[
         ("BAN_STRIKES", "2"),
@@ -258,7 +258,7 @@ async fn a_banned_user_is_refused_at_auth_from_any_address() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_ping_closes_with_4010() {
     let server = TestServer::with(&[
         ("PING_INTERVAL_SECS", "1"),
@@ -288,7 +288,7 @@ async fn an_unanswered_ping_closes_with_4010() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_frame_is_reaped_by_the_pong_timeout() {
     let server = TestServer::with(&[("PING_INTERVAL_SECS", "1"), ("PONG_TIMEOUT_SECS", "1")]).await;
     let mut socket = authed_raw(&server, &direct(), "alice").await;
@@ -306,7 +306,7 @@ async fn a_stalled_frame_is_reaped_by_the_pong_timeout() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_closes_silent_members_with_4011() {
     let server = TestServer::with(&[("IDLE_TIMEOUT_SECS", "1")]).await;
     let mut chatty = server.joined("chatty", "lobby").await;
@@ -329,7 +329,7 @@ async fn the_idle_timeout_closes_silent_members_with_4011() {
     assert!(left);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_distinct_clients_keep_the_limiter_bounded() {
     let server = TestServer::with(&[
         ("TRUSTED_PROXIES", "127.0.0.1"),

@@ -65,7 +65,7 @@ fn accepted() -> Outcome {
 
 const REFUSED: Outcome = Outcome::Refused(4002);
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_is_accepted_and_names_the_user() {
     let server = TestServer::start().await;
     assert_eq!(outcome(&server, &hs256(json!({}))).await, accepted());
@@ -81,7 +81,7 @@ async fn a_valid_token_is_accepted_and_names_the_user() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_and_not_before_respect_a_small_leeway() {
     let server = TestServer::with(&[("JWT_LEEWAY_SECS", "5")]).await;
     let now = now();
@@ -116,7 +116,7 @@ async fn expiry_and_not_before_respect_a_small_leeway() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subject_is_required() {
     let server = TestServer::start().await;
     assert_eq!(
@@ -131,7 +131,7 @@ async fn the_subject_is_required() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_malformed_tokens_are_refused() {
     let server = TestServer::start().await;
     let good = hs256(json!({}));
@@ -168,7 +168,7 @@ async fn forged_and_malformed_tokens_are_refused() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn algorithms_are_pinned_by_config() {
     let server = TestServer::start().await; // HS256 only
     let hs384 = sign(&claims(json!({})), SECRET.as_bytes(), Algorithm::HS384);
@@ -177,7 +177,7 @@ async fn algorithms_are_pinned_by_config() {
     assert_eq!(outcome(&both, &hs384).await, accepted());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crit_headers_are_refused_and_key_url_headers_ignored() {
     let server = TestServer::start().await;
     let mut header = Header::new(Algorithm::HS256);
@@ -210,7 +210,7 @@ async fn crit_headers_are_refused_and_key_url_headers_ignored() {
     assert_eq!(outcome(&server, &honest).await, accepted());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_length_is_capped_before_decoding() {
     // Find a padded token of an exact length, then allow exactly that length and one less.
     let token = hs256(json!({"pad": "p".repeat(300)}));
@@ -229,7 +229,7 @@ async fn token_length_is_capped_before_decoding() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_and_audience_are_required_when_configured() {
     let server = TestServer::with(&[
         ("JWT_ISSUER", "https://idp.test/"),
@@ -277,7 +277,7 @@ fn private_key(file: &str, alg: Algorithm) -> EncodingKey {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_key_algorithms_verify_with_the_configured_pem() {
     for (alg, name, private, public) in [
         (
@@ -319,7 +319,7 @@ async fn public_key_algorithms_verify_with_the_configured_pem() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hs_token_signed_with_the_public_key_is_refused() {
     let public_pem = std::fs::read(format!("{FIXTURES}/rsa_public.pem")).unwrap();
     let key_file = format!("{FIXTURES}/rsa_public.pem");

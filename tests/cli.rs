@@ -72,7 +72,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -250,7 +250,7 @@ fn check_config_redacts_secrets() {
     assert!(!stdout.contains("very-secret-value"), "{stdout}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mints_what_the_gateway_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let env = [
@@ -278,7 +278,7 @@ async fn token_mints_what_the_gateway_accepts() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -10,7 +10,7 @@ async fn raw(server: &TestServer) -> RawSocket {
     RawSocket::connect(server.addr, ORIGIN).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused_before_their_payload_arrives() {
     let server = TestServer::start().await; // MAX_MESSAGE_BYTES=4096
                                             // A header promising 4097 bytes, and no payload: 1009 at once.
@@ -31,13 +31,23 @@ async fn oversized_frames_are_refused_before_their_payload_arrives() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragments_are_capped_in_total_size_and_count() {
     let server = TestServer::with(&[("MAX_FRAGMENTS", "8")]).await;
     // Each fragment fits, together they do not.
     let mut socket = raw(&server).await;
     socket.send_frame(TEXT, &[b' '; 3000]).await;
     socket.send_frame(CONTINUATION, &[b' '; 3000]).await;
+    assert_eq!(socket.close_code().await, Some(1009));
+
+    // A continuation whose header alone passes what is left of the budget: refused before
+    // its payload arrives.
+    let mut socket = raw(&server).await;
+    socket.send_frame(TEXT, &[b' '; 3000]).await;
+    let mut header = vec![CONTINUATION | FIN, 0x80 | 126];
+    header.extend_from_slice(&2000u16.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    socket.send_raw(&header).await;
     assert_eq!(socket.close_code().await, Some(1009));
 
     // A flood of tiny continuations hits the count cap.
@@ -70,7 +80,7 @@ async fn fragments_are_capped_in_total_size_and_count() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_rules() {
     let server = TestServer::start().await;
     let mut socket = raw(&server).await;
@@ -97,7 +107,7 @@ async fn continuation_rules() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_frame_rules() {
     let server = TestServer::start().await;
     for (first, len) in [
@@ -122,7 +132,7 @@ async fn control_frame_rules() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_bits_and_opcodes_get_a_close_frame() {
     let server = TestServer::start().await;
     for first in [
@@ -143,7 +153,7 @@ async fn reserved_bits_and_opcodes_get_a_close_frame() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_closes_with_1007_even_across_fragments() {
     let server = TestServer::start().await;
     let mut socket = raw(&server).await;
@@ -179,7 +189,7 @@ async fn invalid_utf8_closes_with_1007_even_across_fragments() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_frames_from_the_client_are_validated() {
     let server = TestServer::start().await;
     for (payload, expected) in [

@@ -35,7 +35,7 @@ async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Clien
     client
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flows() {
     let server = TestServer::with(&[
         ("OUTBOUND_QUEUE_FRAMES", "16"),
@@ -112,7 +112,7 @@ async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flo
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_session_with_1001() {
     let server = TestServer::start().await;
     let mut in_room = server.joined("alice", "lobby").await;
@@ -139,7 +139,7 @@ async fn shutdown_closes_every_session_with_1001() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_unresponsive_peers_within_the_grace_period() {
     // A peer that never answers our close frame is dropped after CLOSE_TIMEOUT_MS; the whole
     // shutdown stays within SHUTDOWN_GRACE_SECS.

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garinchat_frames_byte_for_byte() {
     let server = TestServer::start().await;
     let mut alice = server.connect().await;
@@ -61,7 +61,7 @@ async fn garinchat_frames_byte_for_byte() {
     assert_eq!(alice.recv_json().await["body"], "back");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_case_insensitive_and_unknown_fields_ignored() {
     let server = TestServer::start().await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -74,7 +74,7 @@ async fn keys_are_case_insensitive_and_unknown_fields_ignored() {
     assert_eq!(alice.recv_json().await["username"], "Bob");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_deadline_closes_with_4001() {
     let server = TestServer::with(&[("AUTH_TIMEOUT_MS", "150")]).await;
     let mut client = server.connect().await;
@@ -84,7 +84,7 @@ async fn auth_deadline_closes_with_4001() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_deadline_closes_with_4003_and_restarts_after_userleave() {
     let server = TestServer::with(&[("JOIN_TIMEOUT_MS", "300")]).await;
     let mut client = server.connect().await;
@@ -101,7 +101,7 @@ async fn join_deadline_closes_with_4003_and_restarts_after_userleave() {
 
 /// Every frame that is wrong for its state, or not a frame at all, closes with 4004 and
 /// leaves the server serving. The first two are GarinChat's whole-process crashes.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_violations_close_with_4004() {
     let server = TestServer::start().await;
     let after_auth = [
@@ -142,7 +142,7 @@ async fn protocol_violations_close_with_4004() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_kib_field_is_refused_as_too_big() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
@@ -153,7 +153,7 @@ async fn a_100_kib_field_is_refused_as_too_big() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_close_with_1003() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
@@ -165,7 +165,7 @@ async fn binary_frames_close_with_1003() {
     assert_eq!(client.expect_close().await.0, 1003);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_mib_message_closes_with_1009_and_is_not_relayed() {
     let server = TestServer::start().await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -180,7 +180,7 @@ async fn a_1_mib_message_closes_with_1009_and_is_not_relayed() {
     assert_eq!(next["totalUsers"], 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_size_limit_is_exact() {
     // Large enough for the auth frame with its token.
     let server = TestServer::with(&[("MAX_MESSAGE_BYTES", "400")]).await;
@@ -197,7 +197,7 @@ async fn message_size_limit_is_exact() {
     assert_eq!(bob.expect_close().await.0, 1009);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_messages_are_dropped_not_relayed() {
     let server = TestServer::start().await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -210,7 +210,7 @@ async fn empty_messages_are_dropped_not_relayed() {
     assert_eq!(alice.recv_json().await["body"], "after");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_message_back_to_back_is_rate_limited_with_the_defaults() {
     let server = TestServer::with(&[("MSG_RATE_PER_SEC", "1"), ("MSG_BURST", "1")]).await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -230,7 +230,7 @@ async fn second_message_back_to_back_is_rate_limited_with_the_defaults() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_allows_exactly_that_many() {
     let server = TestServer::with(&[("MSG_RATE_PER_SEC", "1"), ("MSG_BURST", "3")]).await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -248,7 +248,7 @@ async fn burst_allows_exactly_that_many() {
     assert_eq!(bob.expect_close().await.0, 4006);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_flood_is_rate_limited() {
     let server = TestServer::with(&[("CONTROL_RATE_PER_SEC", "1"), ("CONTROL_BURST", "2")]).await;
     let mut client = server.connect().await;
@@ -264,7 +264,7 @@ async fn join_leave_flood_is_rate_limited() {
     assert_eq!(client.expect_close().await.0, 4006);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_room_and_username_close_with_4005() {
     let server = TestServer::with(&[("ROOM_MAX_CHARS", "8")]).await;
     for room in ["ab", "123456789", "lob by", "lobby\u{0}", "<script>"] {
@@ -317,7 +317,7 @@ async fn bad_room_and_username_close_with_4005() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_comes_from_the_token() {
     let server = TestServer::start().await;
     let mut alice = server.joined("alice", "lobby").await;
@@ -356,7 +356,7 @@ async fn identity_comes_from_the_token() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_are_isolated() {
     let server = TestServer::start().await;
     let mut a = server.joined("alice", "room-a").await;
@@ -371,7 +371,7 @@ async fn rooms_are_isolated() {
 }
 
 /// Each way a member can vanish removes it exactly once, with an exact `totalUsers`.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exit_path_leaves_no_ghost() {
     let server = TestServer::start().await;
     let mut watcher = server.joined("watcher", "lobby").await;
@@ -440,7 +440,7 @@ async fn close_and_read_echo(mut client: Client, code: Option<u16>) -> (u16, Str
 }
 
 /// GarinChat panicked on concurrent writes when many members sent at once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_simultaneous_senders() {
     const N: usize = 60;
     let server = TestServer::start().await;
@@ -480,7 +480,7 @@ async fn sixty_simultaneous_senders() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_pings_are_answered() {
     let server = TestServer::start().await;
     let mut client = server.connect().await;
@@ -496,4 +496,66 @@ async fn client_pings_are_answered() {
     .await
     .unwrap();
     assert!(matches!(next, Some(Ok(Message::Pong(payload))) if &payload[..] == b"are you there"));
+}
+
+/// Every server-initiated close sends its close frame, on the multi-threaded runtime where
+/// the writer can see its queue close before the session asks for the frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_gets_its_close_frame() {
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let mut client = Client::connect(&url, Some(common::ORIGIN)).await;
+                client.send_json(json!({"type": "shout"})).await;
+                assert_eq!(client.expect_close().await.0, 4004);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_refuses_joins_with_4012() {
+    let server = TestServer::with(&[("MAX_ROOM_MEMBERS", "2")]).await;
+    let _a = server.joined("alice", "small").await;
+    let _b = server.joined("bob", "small").await;
+    let mut carol = server.connect().await;
+    carol.auth(&token("carol")).await;
+    carol
+        .send_json(json!({"type": "join", "room": "small"}))
+        .await;
+    assert_eq!(carol.expect_close().await, (4012, "room full".into()));
+    assert_eq!(server.hub().member_count("small"), 2);
+    let _elsewhere = server.joined("carol", "other").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_closes_the_session_with_4013() {
+    let server = TestServer::with(&[("JWT_LEEWAY_SECS", "0")]).await;
+    let mut watcher = server.joined("watcher", "lobby").await;
+    let short = common::sign(
+        &json!({"sub": "brief", "name": "Brief", "exp": common::now() + 2}),
+        common::SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let mut brief = server.connect().await;
+    brief.auth(&short).await;
+    brief
+        .send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    assert_eq!(brief.recv_json().await["type"], "join");
+    assert_eq!(watcher.recv_json().await["totalUsers"], 2);
+    let started = std::time::Instant::now();
+    assert_eq!(brief.expect_close().await, (4013, "token expired".into()));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let left = watcher.recv_json().await;
+    assert_eq!(
+        (left["type"].as_str(), left["totalUsers"].as_u64()),
+        (Some("userleave"), Some(1))
+    );
 }

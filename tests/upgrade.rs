@@ -8,7 +8,7 @@ use common::raw::{http, status, upgrade_request};
 use common::{Client, TestServer, ORIGIN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_plain_requests() {
     let server = TestServer::start().await;
     let head = http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -21,7 +21,7 @@ async fn healthz_and_plain_requests() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_is_checked_before_the_upgrade() {
     let server = TestServer::start().await;
     let with_origin = |origin: &str| upgrade_request(&format!("Origin: {origin}\r\n"));
@@ -54,7 +54,7 @@ async fn origin_is_checked_before_the_upgrade() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_lists_are_trimmed_and_empty_entries_ignored() {
     // GarinChat never matched " b" and let a trailing comma admit a missing Origin.
     let server =
@@ -83,7 +83,7 @@ async fn origin_lists_are_trimmed_and_empty_entries_ignored() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_handshakes_are_refused_with_http_statuses() {
     let server = TestServer::start().await;
     let origin = format!("Origin: {ORIGIN}\r\n");
@@ -110,7 +110,7 @@ async fn bad_handshakes_are_refused_with_http_statuses() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permessage_deflate_is_never_negotiated() {
     let server = TestServer::start().await;
     let head = http(
@@ -129,7 +129,7 @@ async fn permessage_deflate_is_never_negotiated() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_at_the_header_timeout() {
     let server = TestServer::with(&[("HEADER_READ_TIMEOUT_MS", "300")]).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -154,7 +154,7 @@ async fn slow_headers_are_cut_off_at_the_header_timeout() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_count_and_size_are_bounded() {
     let server = TestServer::with(&[("MAX_HEADERS", "32"), ("MAX_HEADER_BYTES", "8192")]).await;
     let origin = format!("Origin: {ORIGIN}\r\n");
@@ -174,9 +174,37 @@ async fn header_count_and_size_are_bounded() {
     server.assert_serves().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_path_upgrades_like_garinchat() {
     let server = TestServer::start().await;
     let client = Client::connect(&format!("ws://{}/ws/chat?x=1", server.addr), Some(ORIGIN)).await;
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let server = TestServer::with(&[("HEADER_READ_TIMEOUT_MS", "300")]).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Pipelined requests whose answers are never read, kept coming.
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let started = Instant::now();
+    let cut_off = loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.write_all(&request)).await {
+            Ok(Err(_)) => break true,
+            Ok(Ok(())) if started.elapsed() < Duration::from_secs(3) => continue,
+            _ => break false, // blocked for seconds, or still accepted: look at the read side
+        }
+    };
+    // Writing may still succeed into kernel buffers for a while; reading shows the end.
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = cut_off
+        || loop {
+            match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+    assert!(ended, "connection still open");
+    server.assert_serves().await;
 }

@@ -29,6 +29,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admitted, UserSlot};
+use crate::auth::jwt::unix_now;
 use crate::auth::Identity;
 use crate::bans::{Offender, StrikeOutcome};
 use crate::gateway::Gateway;
@@ -95,11 +96,12 @@ struct Session {
     deadline: Option<Instant>,
     /// This user's place under `MAX_SESSIONS_PER_USER`, once authenticated.
     user_slot: Option<UserSlot>,
-    keepalive: Keepalive,
+    timers: Timers,
 }
 
-/// Server pings, and the idle timeout.
-struct Keepalive {
+/// The session's clocks besides the auth/join deadline: server pings, the idle timeout, and
+/// the token's expiry.
+struct Timers {
     ping_interval: Duration,
     pong_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -109,9 +111,11 @@ struct Keepalive {
     pong_due: Option<Instant>,
     /// Reset by every message from the client.
     idle_deadline: Option<Instant>,
+    /// The token's `exp` plus the leeway, once authenticated.
+    token_expiry: Option<Instant>,
 }
 
-impl Keepalive {
+impl Timers {
     fn new(config: &crate::config::Config, now: Instant) -> Self {
         let idle_timeout = config.idle_timeout();
         Self {
@@ -121,16 +125,22 @@ impl Keepalive {
             next_ping: now + config.ping_interval(),
             pong_due: None,
             idle_deadline: idle_timeout.map(|idle| now + idle),
+            token_expiry: None,
         }
     }
 
     /// The earliest moment something must happen.
     fn next_event(&self) -> Instant {
-        [Some(self.next_ping), self.pong_due, self.idle_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("next_ping is always set")
+        [
+            Some(self.next_ping),
+            self.pong_due,
+            self.idle_deadline,
+            self.token_expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("next_ping is always set")
     }
 
     fn on_client_message(&mut self, now: Instant) {
@@ -170,7 +180,7 @@ where
         state: State::AwaitAuth,
         deadline: Some(started + config.auth_timeout()),
         user_slot: None,
-        keepalive: Keepalive::new(config, started),
+        timers: Timers::new(config, started),
     };
     let end = session.run(&mut events).await;
 
@@ -239,7 +249,7 @@ impl Session {
         let shutdown = self.gateway.shutdown.clone();
         loop {
             let deadline = self.deadline;
-            let timer = self.keepalive.next_event();
+            let timer = self.timers.next_event();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Closed(CloseCode::GoingAway),
@@ -251,7 +261,7 @@ impl Session {
                     });
                 }
                 _ = sleep_until(timer) => {
-                    if let Err(code) = self.on_keepalive_timer() {
+                    if let Err(code) = self.on_timer() {
                         return End::Closed(code);
                     }
                     continue;
@@ -260,7 +270,7 @@ impl Session {
             };
             match event {
                 Inbound::Text(text) => {
-                    self.keepalive.on_client_message(Instant::now());
+                    self.timers.on_client_message(Instant::now());
                     if let Err(code) = self.on_text(&text) {
                         return End::Closed(code);
                     }
@@ -269,7 +279,7 @@ impl Session {
                 Inbound::Ping(payload) => {
                     self.outbox.deliver(Outbound::Pong(payload));
                 }
-                Inbound::Pong => self.keepalive.on_pong(),
+                Inbound::Pong => self.timers.on_pong(),
                 Inbound::Close(code) => return End::PeerClosed(code),
                 Inbound::Violation(code) => return End::Closed(code),
                 Inbound::Gone => return End::Gone,
@@ -277,21 +287,25 @@ impl Session {
         }
     }
 
-    /// Sends the next ping, or closes a socket that missed a pong or went idle.
-    fn on_keepalive_timer(&mut self) -> Result<(), CloseCode> {
+    /// Sends the next ping, or closes a socket that missed a pong, went idle, or whose token
+    /// expired.
+    fn on_timer(&mut self) -> Result<(), CloseCode> {
         let now = Instant::now();
-        let keepalive = &mut self.keepalive;
-        if keepalive.pong_due.is_some_and(|due| due <= now) {
+        let timers = &mut self.timers;
+        if timers.token_expiry.is_some_and(|due| due <= now) {
+            return Err(CloseCode::TokenExpired);
+        }
+        if timers.pong_due.is_some_and(|due| due <= now) {
             // A half-open TCP peer, or one stalled in the middle of a frame, lands here.
             return Err(CloseCode::PongTimeout);
         }
-        if keepalive.idle_deadline.is_some_and(|due| due <= now) {
+        if timers.idle_deadline.is_some_and(|due| due <= now) {
             return Err(CloseCode::IdleTimeout);
         }
-        if keepalive.next_ping <= now {
-            keepalive.next_ping = now + keepalive.ping_interval;
-            if keepalive.pong_due.is_none() {
-                keepalive.pong_due = Some(now + keepalive.pong_timeout);
+        if timers.next_ping <= now {
+            timers.next_ping = now + timers.ping_interval;
+            if timers.pong_due.is_none() {
+                timers.pong_due = Some(now + timers.pong_timeout);
                 self.outbox.deliver(Outbound::Ping);
             }
         }
@@ -331,6 +345,10 @@ impl Session {
             return Err(CloseCode::TooManySessions);
         };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
+        // The token stops being good at `exp` plus the leeway it was accepted with.
+        let valid_for =
+            (identity.expires_at + self.gateway.config.jwt_leeway_secs).saturating_sub(unix_now());
+        self.timers.token_expiry = Some(Instant::now() + Duration::from_secs(valid_for));
         self.user_slot = Some(slot);
         self.state = State::AwaitJoin { identity };
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
@@ -370,7 +388,10 @@ impl Session {
             display_name: Arc::clone(&display_name),
             outbox: self.outbox.clone(),
         };
-        let membership = self.gateway.hub.join(room, member);
+        let membership = self.gateway.hub.join(room, member).map_err(|_| {
+            debug!(session = self.id, "room full");
+            CloseCode::RoomFull
+        })?;
         let State::AwaitJoin { identity } = std::mem::replace(&mut self.state, State::AwaitAuth)
         else {
             unreachable!("checked at the top");

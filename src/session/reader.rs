@@ -82,9 +82,6 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
         let (mut ws, _) = after_handshake_split(stream, tokio::io::sink(), Role::Server);
         ws.set_auto_close(false);
         ws.set_auto_pong(false);
-        // fastwebsockets refuses a frame whose declared length is `>=` this, before buffering
-        // its payload: the right place to stop a 2^63-byte header.
-        ws.set_max_message_size(limits.max_message_bytes.saturating_add(1));
         Self {
             ws,
             assembler: Assembler {
@@ -98,6 +95,15 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
     /// caller stops reading.
     pub async fn next(&mut self) -> Inbound {
         loop {
+            // fastwebsockets refuses a frame whose declared length is `>=` this before it
+            // buffers the payload; inside a fragmented message only what is left of the budget
+            // may come (or a control frame, at most 125 bytes).
+            let budget = match &self.assembler.partial {
+                None => self.assembler.limits.max_message_bytes,
+                Some(partial) => (self.assembler.limits.max_message_bytes - partial.data.len())
+                    .max(MAX_CONTROL_PAYLOAD),
+            };
+            self.ws.set_max_message_size(budget.saturating_add(1));
             let frame = match self
                 .ws
                 .read_frame(&mut |_| async { Ok::<(), Infallible>(()) })

@@ -1,21 +1,20 @@
 //! The write side of a socket: the one writer, draining the socket's [`Outbox`] queue.
 //!
-//! Frames are written into a buffer and flushed once the queue is momentarily empty, so a
-//! burst of fan-out costs one syscall rather than one per frame. The close frame is requested
-//! through a oneshot rather than the queue, because the queue may be full (a slow consumer).
+//! Each frame is one write on the socket (fastwebsockets writes a frame at a time; `flush` is
+//! there for buffered transports). The close frame is requested through a oneshot rather than
+//! the queue, because the queue may be full (a slow consumer). After the close frame the
+//! writer shuts down its side of the TCP connection: the server is the one to close TCP, as
+//! RFC 6455 prefers, while the reader still hears the client's answer.
 //!
 //! [`Outbox`]: crate::outbox::Outbox
 
 use fastwebsockets::{
     after_handshake_split, Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite,
 };
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::outbox::{Outbound, OutboxReceiver};
-
-/// Frames written between two flushes at most, so a busy room cannot starve a close request.
-const MAX_BATCH: usize = 64;
 
 /// The close frame the session wants sent.
 #[derive(Clone, Copy, Debug)]
@@ -29,43 +28,60 @@ pub struct CloseRequest {
 }
 
 pub async fn run<S: AsyncWrite + Unpin>(
-    stream: S,
+    mut stream: S,
+    outbox: OutboxReceiver,
+    close: oneshot::Receiver<CloseRequest>,
+) -> Result<(), WebSocketError> {
+    let closed = {
+        // fastwebsockets makes a write half only together with a read half; ours is separate
+        // (see `reader`), so this one reads from nothing and is dropped.
+        let (_, ws) = after_handshake_split(tokio::io::empty(), &mut stream, Role::Server);
+        write_until_closed(ws, outbox, close).await?
+    };
+    if closed {
+        stream.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// Writes queued frames until a close is requested; true once the close frame is written.
+async fn write_until_closed<S: AsyncWrite + Unpin>(
+    mut ws: WebSocketWrite<S>,
     mut outbox: OutboxReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
-) -> Result<(), WebSocketError> {
-    // fastwebsockets makes a write half only together with a read half; ours is separate (see
-    // `reader`), so this one reads from nothing and is dropped.
-    let (_, mut ws) = after_handshake_split(tokio::io::empty(), stream, Role::Server);
-    loop {
+) -> Result<bool, WebSocketError> {
+    let request = loop {
         tokio::select! {
             biased;
-            request = &mut close => {
-                let Ok(request) = request else { return Ok(()) };
-                if request.drain {
-                    while let Ok(item) = outbox.queue.try_recv() {
-                        write(&mut ws, item).await?;
+            request = &mut close => break request,
+            item = outbox.queue.recv() => match item {
+                Some(item) => {
+                    write(&mut ws, item).await?;
+                    if outbox.queue.is_empty() {
+                        ws.flush().await?;
                     }
                 }
-                let frame = match request.code {
-                    Some(code) => Frame::close(code, request.reason.as_bytes()),
-                    None => Frame::close_raw(Payload::Borrowed(&[])),
-                };
-                ws.write_frame(frame).await?;
-                return ws.flush().await;
-            }
-            item = outbox.queue.recv() => {
-                let Some(item) = item else { return Ok(()) };
-                write(&mut ws, item).await?;
-                for _ in 1..MAX_BATCH {
-                    match outbox.queue.try_recv() {
-                        Ok(item) => write(&mut ws, item).await?,
-                        Err(_) => break,
-                    }
-                }
-                ws.flush().await?;
-            }
+                // Every sender is gone, but the session may still be about to ask for the
+                // close frame: wait for its word rather than end without one.
+                None => break (&mut close).await,
+            },
+        }
+    };
+    let Ok(request) = request else {
+        return Ok(false);
+    };
+    if request.drain {
+        while let Ok(item) = outbox.queue.try_recv() {
+            write(&mut ws, item).await?;
         }
     }
+    let frame = match request.code {
+        Some(code) => Frame::close(code, request.reason.as_bytes()),
+        None => Frame::close_raw(Payload::Borrowed(&[])),
+    };
+    ws.write_frame(frame).await?;
+    ws.flush().await?;
+    Ok(true)
 }
 
 async fn write<S: AsyncWrite + Unpin>(

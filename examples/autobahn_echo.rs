@@ -1,0 +1,119 @@
+//! Test-only: an echo server built from the gateway's own frame layer, for the
+//! Autobahn|Testsuite fuzzing client (`.ci/autobahn`). It is never part of the gateway.
+//!
+//! The reader ([`palisade::session::reader`]) and writer ([`palisade::session::writer`]) are
+//! exactly the gateway's; only the limits differ, because Autobahn sends messages of up to
+//! 16 MiB in up to 2^18 fragments, far beyond what a chat gateway should accept.
+//!
+//! Usage: `cargo run --example autobahn_echo -- 127.0.0.1:9001`
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use palisade::outbox::{Outbound, Outbox};
+use palisade::session::reader::{self, Inbound, ReadLimits};
+use palisade::session::writer::{self, CloseRequest};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+const LIMITS: ReadLimits = ReadLimits {
+    max_message_bytes: 20 << 20,
+    max_fragments: 1 << 20,
+};
+
+/// Deep enough that echoing never evicts: Autobahn waits for its echoes before closing.
+const QUEUE: usize = 1 << 16;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into())
+        .parse()
+        .expect("an address like 127.0.0.1:9001");
+    let listener = TcpListener::bind(addr).await?;
+    println!("autobahn echo on ws://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|mut request: Request<hyper::body::Incoming>| async move {
+                let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+                    Ok(pair) => pair,
+                    Err(_) => {
+                        let mut response = Response::new(Empty::<Bytes>::new());
+                        *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                        return Ok::<_, Infallible>(response);
+                    }
+                };
+                tokio::spawn(async move {
+                    if let Ok(ws) = upgrade.await {
+                        echo(ws.into_inner()).await;
+                    }
+                });
+                Ok(response)
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn echo<S>(io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(io);
+    let (outbox, outbox_rx) = Outbox::new(QUEUE);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx));
+    let (events_tx, mut events) = mpsc::channel(4);
+    let reader = tokio::spawn(reader::run(read_half, LIMITS, events_tx));
+
+    let close = loop {
+        let Some(event) = events.recv().await else {
+            break None;
+        };
+        match event {
+            Inbound::Text(text) => {
+                outbox.deliver(Outbound::Text(Bytes::from(text)));
+            }
+            Inbound::Binary(data) => {
+                outbox.deliver(Outbound::Binary(data));
+            }
+            Inbound::Ping(payload) => {
+                outbox.deliver(Outbound::Pong(payload));
+            }
+            Inbound::Pong => {}
+            Inbound::Close(code) => break Some((code, true)),
+            Inbound::Violation(code) => break Some((Some(code.code()), false)),
+            Inbound::Gone => break None,
+        }
+    };
+    if let Some((code, drain)) = close {
+        let _ = close_tx.send(CloseRequest {
+            code,
+            reason: "",
+            drain,
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    }
+    // Give the client a moment to close TCP first (the reader drains after a violation).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, Inbound::Gone | Inbound::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    reader.abort();
+}
