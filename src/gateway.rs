@@ -69,6 +69,7 @@ impl Gateway {
                 _ = tick.tick() => {
                     self.admission.housekeep();
                     self.bans.housekeep();
+                    crate::memory::release_free_memory();
                 }
             }
         }

@@ -18,6 +18,7 @@
 //! | [`protocol`] | client and server JSON frames, the close-code table |
 //! | [`auth`] | JWT verification from config; development token minting |
 //! | [`names`] | username and room naming rules |
+//! | [`memory`] | returning freed heap pages to the system after load |
 //! | [`limits`] | per-socket rate limits (governor) |
 //! | [`hub`] | rooms, membership that leaves on drop, non-blocking fan-out |
 //! | [`outbox`] | a socket's bounded outbound queue and slow-consumer eviction |
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod gateway;
 pub mod hub;
 pub mod limits;
+pub mod memory;
 pub mod names;
 pub mod outbox;
 pub mod protocol;

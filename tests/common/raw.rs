@@ -33,19 +33,27 @@ pub fn status(head: &str) -> u16 {
 }
 
 async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut byte))
+    read_head_keeping_rest(stream).await.0
+}
+
+/// Reads a response head; returns it and any bytes that came after it (early frames).
+async fn read_head_keeping_rest(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = received.split_off(end + 4);
+            return (String::from_utf8_lossy(&received).into_owned(), rest);
+        }
+        let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut chunk))
             .await
             .expect("response within the timeout")
-            .unwrap();
+            .unwrap_or(0);
         if read == 0 {
-            break;
+            return (String::from_utf8_lossy(&received).into_owned(), Vec::new());
         }
-        head.push(byte[0]);
+        received.extend_from_slice(&chunk[..read]);
     }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// An upgrade request with the given extra header lines (each ending in `\r\n`).
@@ -59,6 +67,10 @@ pub fn upgrade_request(extra_headers: &str) -> String {
 /// A raw WebSocket connection after a successful handshake.
 pub struct RawSocket {
     pub stream: TcpStream,
+    /// Bytes read past the handshake, consumed before the stream.
+    pending: Vec<u8>,
+    /// How long one read may wait before the test fails.
+    pub timeout: Duration,
 }
 
 /// What the server sent, frame by frame.
@@ -86,11 +98,15 @@ impl RawSocket {
             .write_all(upgrade_request(extra_headers).as_bytes())
             .await
             .unwrap();
-        let head = read_head(&mut stream).await;
+        let (head, pending) = read_head_keeping_rest(&mut stream).await;
         if head.is_empty() || status(&head) != 101 {
             return Err(head);
         }
-        Ok(RawSocket { stream })
+        Ok(RawSocket {
+            stream,
+            pending,
+            timeout: RECV_TIMEOUT,
+        })
     }
 
     /// Sends a masked text frame.
@@ -157,7 +173,14 @@ impl RawSocket {
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(RECV_TIMEOUT, self.stream.read_exact(buf)).await {
+        let from_pending = buf.len().min(self.pending.len());
+        buf[..from_pending].copy_from_slice(&self.pending[..from_pending]);
+        self.pending.drain(..from_pending);
+        let buf = &mut buf[from_pending..];
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, self.stream.read_exact(buf)).await {
             Ok(result) => result.map(|_| ()),
             Err(_) => panic!("no frame within the receive timeout"),
         }
