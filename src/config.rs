@@ -230,6 +230,10 @@ pub struct Config {
     pub msg_rate_per_sec: u32,
     #[serde(default = "defaults::msg_burst")]
     pub msg_burst: u32,
+    #[serde(default = "defaults::user_msg_rate_per_sec")]
+    pub user_msg_rate_per_sec: u32,
+    #[serde(default = "defaults::user_msg_burst")]
+    pub user_msg_burst: u32,
     #[serde(default = "defaults::control_rate_per_sec")]
     pub control_rate_per_sec: u32,
     #[serde(default = "defaults::control_burst")]
@@ -327,6 +331,12 @@ mod defaults {
     }
     pub const fn msg_burst() -> u32 {
         1
+    }
+    pub const fn user_msg_rate_per_sec() -> u32 {
+        3
+    }
+    pub const fn user_msg_burst() -> u32 {
+        5
     }
     pub const fn control_rate_per_sec() -> u32 {
         2
@@ -480,7 +490,9 @@ impl Config {
         if self.username_claim.trim().is_empty() {
             return Err(invalid("USERNAME_CLAIM", "empty"));
         }
-        let positive: [(&'static str, u64); 26] = [
+        let positive: [(&'static str, u64); 28] = [
+            ("USER_MSG_RATE_PER_SEC", self.user_msg_rate_per_sec.into()),
+            ("USER_MSG_BURST", self.user_msg_burst.into()),
             ("MAX_ROOM_MEMBERS", self.max_room_members as u64),
             ("BAN_SECS", self.ban_secs),
             ("MAX_CONNECTIONS", self.max_connections as u64),

@@ -20,7 +20,7 @@ use crate::auth::TokenVerifier;
 use crate::bans::Bans;
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, SessionId};
-use crate::limits::SessionQuotas;
+use crate::limits::{SessionQuotas, UserMessageLimiter};
 use crate::server;
 
 /// State shared by every connection.
@@ -31,6 +31,7 @@ pub struct Gateway {
     pub bans: Bans,
     pub hub: Arc<Hub>,
     pub quotas: SessionQuotas,
+    pub user_messages: UserMessageLimiter,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
@@ -46,6 +47,7 @@ impl Gateway {
             admission: Admission::new(&config),
             bans: Bans::new(&config),
             quotas: SessionQuotas::from_config(&config),
+            user_messages: UserMessageLimiter::from_config(&config),
             hub: Hub::new(config.max_room_members),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
@@ -68,6 +70,7 @@ impl Gateway {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     self.admission.housekeep();
+                    self.user_messages.housekeep();
                     self.bans.housekeep();
                     crate::memory::release_free_memory();
                 }

@@ -119,23 +119,36 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
     })
 }
 
+/// Prints where to connect and the tokens. Write errors are ignored: a gateway must not die
+/// because whoever started it closed its standard output.
 fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
-    println!("\nPalisade demo on ws://{addr}/ (loopback only; tokens expire with this process)\n");
+    use std::io::Write;
+    let mut banner = format!(
+        "\nPalisade demo on ws://{addr}/ (loopback only; tokens expire with this process)\n\n"
+    );
     for (name, token) in tokens {
-        println!("{name:>6}: {token}");
+        banner.push_str(&format!("{name:>6}: {token}\n"));
     }
-    println!(
+    banner.push_str(&format!(
         "\nIn a browser console on http://localhost:{port}/ (or any client without an Origin):\n\
          \x20 const ws = new WebSocket('ws://localhost:{port}/');\n\
          \x20 ws.onmessage = (e) => console.log(e.data);\n\
          \x20 ws.onopen = () => {{ ws.send(JSON.stringify({{type: 'auth', body: TOKEN}}));\n\
-         \x20   ws.send(JSON.stringify({{type: 'join', room: 'lobby'}})); }};\n",
+         \x20   ws.send(JSON.stringify({{type: 'join', room: 'lobby'}})); }};\n\n",
         port = addr.port()
-    );
+    ));
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }
 
 fn init_logging(level: &str) {
     // Config::validate has checked the filter parses.
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only for a person at a terminal, not for log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .init();
 }

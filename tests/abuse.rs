@@ -136,6 +136,7 @@ async fn ipv6_clients_are_limited_per_64() {
     RawSocket::try_connect(server.addr, &via_proxy("2001:db8:0:8::1"))
         .await
         .expect("another /64");
+    server.assert_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +156,11 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     )
     .await;
     assert_eq!(status(&head), 429);
+    // The budget refills at the configured rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    RawSocket::try_connect(server.addr, &direct())
+        .await
+        .expect("admitted again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +261,46 @@ async fn a_banned_user_is_refused_at_auth_from_any_address() {
             other => assert!(Instant::now() < deadline, "never banned: {other:?}"),
         }
     }
+    server.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_buy_more_messages_with_more_sockets() {
+    let server = TestServer::with(&[("USER_MSG_RATE_PER_SEC", "1"), ("USER_MSG_BURST", "2")]).await;
+    let mut watcher = server.joined("watcher", "lobby").await;
+    let mut first = server.joined("multi", "lobby").await;
+    let mut second = server.joined("multi", "lobby").await;
+    for _ in 0..2 {
+        watcher.recv_json().await; // the two joins
+    }
+    first
+        .send_json(json!({"type": "message", "body": "one"}))
+        .await;
+    assert_eq!(watcher.recv_json().await["body"], "one");
+    second
+        .send_json(json!({"type": "message", "body": "two"}))
+        .await;
+    assert_eq!(watcher.recv_json().await["body"], "two");
+    // The user's budget is spent, whichever socket asks next.
+    first
+        .send_json(json!({"type": "message", "body": "three"}))
+        .await;
+    assert_eq!(first.expect_close().await.0, 4006);
+    // Another user is unaffected.
+    watcher
+        .send_json(json!({"type": "message", "body": "mine"}))
+        .await;
+    // `second` sees, in order: "one" (from its twin socket), the twin's userleave, "mine".
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let frame = second.recv_json().await;
+        kinds.push(format!(
+            "{}:{}",
+            frame["type"].as_str().unwrap(),
+            frame["body"].as_str().unwrap_or("")
+        ));
+    }
+    assert_eq!(kinds, ["message:one", "userleave:", "message:mine"]);
     server.assert_serves().await;
 }
 
@@ -362,6 +408,36 @@ async fn many_distinct_clients_keep_the_limiter_bounded() {
         admission.tracked_clients() < 50,
         "{}",
         admission.tracked_clients()
+    );
+    server.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_distinct_offenders_keep_the_strike_map_bounded() {
+    let server = TestServer::with(&[
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("BAN_STRIKES", "3"),
+        ("MAX_TRACKED_CLIENTS", "100"),
+    ])
+    .await;
+    let bans = &server.running.gateway().bans;
+    for n in 0..300u32 {
+        let ip = format!("10.9.{}.{}", n >> 8, n & 255);
+        let mut socket = RawSocket::try_connect(server.addr, &via_proxy(&ip))
+            .await
+            .unwrap();
+        socket.send_frame(FIN | BINARY, b"x").await;
+        assert_eq!(socket.close_code().await, Some(1003));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (strikes, banned) = bans.tracked();
+    assert!(
+        strikes <= 100 && banned <= 100,
+        "{strikes} strike entries, {banned} bans"
+    );
+    assert!(
+        strikes >= 90,
+        "strikes are recorded up to the cap: {strikes}"
     );
     server.assert_serves().await;
 }

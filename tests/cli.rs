@@ -290,23 +290,25 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let tokens = std::thread::spawn(move || {
+    // Read the tokens, then keep draining stdout so the gateway never writes into a closed pipe.
+    let (found, tokens_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut tokens = Vec::new();
         for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { break };
             if let Some((name, token)) = line.trim().split_once(": ") {
                 if ["Alice", "Bob", "Carol"].contains(&name) {
                     tokens.push(token.to_owned());
                     if tokens.len() == 3 {
-                        break;
+                        let _ = found.send(std::mem::take(&mut tokens));
                     }
                 }
             }
         }
-        tokens
-    })
-    .join()
-    .unwrap();
+    });
+    let tokens = tokens_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the demo prints three tokens");
     assert_eq!(tokens.len(), 3);
     let addr = wait_ready(port, &mut child).await;
 

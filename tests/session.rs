@@ -163,6 +163,7 @@ async fn binary_frames_close_with_1003() {
         .await
         .unwrap();
     assert_eq!(client.expect_close().await.0, 1003);
+    server.assert_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

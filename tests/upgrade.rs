@@ -127,6 +127,7 @@ async fn permessage_deflate_is_never_negotiated() {
             .contains("sec-websocket-extensions"),
         "{head}"
     );
+    server.assert_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

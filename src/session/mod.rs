@@ -419,7 +419,7 @@ impl Session {
             );
             return Err(CloseCode::ProtocolViolation);
         };
-        if !self.limiters.allow_message() {
+        if !self.limiters.allow_message() || !self.gateway.user_messages.allow(&identity.user_id) {
             debug!(session = self.id, "message rate exceeded");
             return Err(CloseCode::RateLimited);
         }

@@ -33,6 +33,8 @@ fn base_settings() -> Vec<(String, String)> {
         // Generous rates: tests of the limits set them back explicitly.
         ("MSG_RATE_PER_SEC", "10000"),
         ("MSG_BURST", "10000"),
+        ("USER_MSG_RATE_PER_SEC", "10000"),
+        ("USER_MSG_BURST", "10000"),
         ("CONTROL_RATE_PER_SEC", "10000"),
         ("CONTROL_BURST", "10000"),
         ("CONNECT_RATE_PER_SEC", "10000"),
