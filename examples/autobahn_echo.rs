@@ -74,7 +74,7 @@ where
     let (read_half, write_half) = tokio::io::split(io);
     let (outbox, outbox_rx) = Outbox::new(QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx));
+    let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx, None));
     let (events_tx, mut events) = mpsc::channel(4);
     let reader = tokio::spawn(reader::run(read_half, LIMITS, events_tx));
 
@@ -84,7 +84,10 @@ where
         };
         match event {
             Inbound::Text(text) => {
-                outbox.deliver(Outbound::Text(Bytes::from(text)));
+                outbox.deliver(Outbound::Text(
+                    Bytes::from(text),
+                    tokio::time::Instant::now(),
+                ));
             }
             Inbound::Binary(data) => {
                 outbox.deliver(Outbound::Binary(data));

@@ -138,6 +138,27 @@ impl Serialize for AlgorithmList {
     }
 }
 
+/// `LOG_FORMAT`: human-readable lines, or one JSON object per line for log collectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(serde::de::Error::custom(format!(
+                "LOG_FORMAT must be text or json, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// `TRUSTED_PROXIES`: addresses and networks of reverse proxies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustedProxies(pub Vec<IpNet>);
@@ -286,6 +307,13 @@ pub struct Config {
 
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    #[serde(default = "defaults::drain_delay_secs")]
+    pub drain_delay_secs: u64,
+    /// The admin listener (`/metrics`); 0 disables it.
+    #[serde(default = "defaults::metrics_port")]
+    pub metrics_port: u16,
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
 }
@@ -401,6 +429,12 @@ mod defaults {
     pub const fn shutdown_grace_secs() -> u64 {
         10
     }
+    pub const fn drain_delay_secs() -> u64 {
+        2
+    }
+    pub const fn metrics_port() -> u16 {
+        9090
+    }
     pub fn log_level() -> String {
         "info".to_owned()
     }
@@ -479,6 +513,12 @@ impl Config {
             return Err(invalid(
                 "JWT_LEEWAY_SECS",
                 format!("at most {MAX_LEEWAY_SECS}"),
+            ));
+        }
+        if self.drain_delay_secs >= self.shutdown_grace_secs {
+            return Err(invalid(
+                "DRAIN_DELAY_SECS",
+                "must be shorter than SHUTDOWN_GRACE_SECS, which counts from the start of the drain",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
@@ -590,6 +630,9 @@ impl Config {
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
     }
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
+    }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
@@ -663,6 +706,8 @@ mod tests {
             ("PING_INTERVAL_SECS", "0"),
             ("LOG_LEVEL", "palisade=loud"),
             ("MAX_ROOM_MEMBERS", "0"),
+            ("DRAIN_DELAY_SECS", "10"),
+            ("LOG_FORMAT", "xml"),
             ("TRUST_CLIENT_USERNAME", "yes please"),
             ("ALLOWED_ORIGINS", " , "),
         ] {

@@ -37,6 +37,10 @@ pub fn demo_config(
         .iter()
         .find(|(key, _)| key == "PORT")
         .map_or_else(|| "8080".to_owned(), |(_, value)| value.clone());
+    if !pairs.iter().any(|(key, _)| key == "METRICS_PORT") {
+        // The demo needs no admin listener, and must not fail because 9090 is taken.
+        pairs.push(("METRICS_PORT".into(), "0".into()));
+    }
     if !pairs.iter().any(|(key, _)| key == "ALLOWED_ORIGINS") {
         pairs.push((
             "ALLOWED_ORIGINS".into(),

@@ -1,13 +1,14 @@
 //! The gateway as a whole: its shared state, and starting and stopping it.
 //!
-//! [`start`] binds the listener and spawns the accept loop; the returned [`RunningGateway`] is
-//! what `main` and the integration tests hold. hyper's graceful shutdown forgets a connection
-//! once it upgrades, so every connection and session task is spawned on our own
-//! [`TaskTracker`], and shutdown is: cancel the token (accept stops, every session closes with
-//! 1001), then wait for the tracker within `SHUTDOWN_GRACE_SECS`.
+//! [`start`] binds the listeners and spawns the accept loops; the returned [`RunningGateway`]
+//! is what `main` and the integration tests hold. hyper's graceful shutdown forgets a
+//! connection once it upgrades, so every connection and session task is spawned on our own
+//! [`TaskTracker`], and shutdown is a drain: not-ready first, then cancel the token (accept
+//! stops, every session closes with 1001), then wait for the tracker within
+//! `SHUTDOWN_GRACE_SECS`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -21,7 +22,8 @@ use crate::bans::Bans;
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, SessionId};
 use crate::limits::{SessionQuotas, UserMessageLimiter};
-use crate::server;
+use crate::metrics::Metrics;
+use crate::{admin, server};
 
 /// State shared by every connection.
 pub struct Gateway {
@@ -36,19 +38,25 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// Set when the drain starts: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
     next_session_id: AtomicU64,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
         config.validate()?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Gateway {
             verifier: TokenVerifier::from_config(&config)?,
             admission: Admission::new(&config),
             bans: Bans::new(&config),
             quotas: SessionQuotas::from_config(&config),
             user_messages: UserMessageLimiter::from_config(&config),
-            hub: Hub::new(config.max_room_members),
+            hub: Hub::new(config.max_room_members, Arc::clone(&metrics)),
+            metrics,
+            draining: AtomicBool::new(false),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -58,6 +66,12 @@ impl Gateway {
 
     pub fn next_session_id(&self) -> SessionId {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether this node should get new clients: not draining (later also: broker connected,
+    /// keys loaded).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()
     }
 
     /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until shutdown, so
@@ -97,29 +111,71 @@ pub struct ShutdownReport {
     pub abandoned: usize,
 }
 
+/// The sockets a gateway serves on: the public one, and the admin one for `/metrics`.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `BIND_ADDR:PORT`, and `BIND_ADDR:METRICS_PORT` unless it is 0.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let bind = |port| async move {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let main = bind(config.port).await?;
+        let admin = match config.metrics_port {
+            0 => None,
+            port => Some(bind(port).await?),
+        };
+        Ok(Listeners { main, admin })
+    }
+}
+
 /// A started gateway.
 pub struct RunningGateway {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     accept_loop: JoinHandle<()>,
 }
 
-/// Binds `BIND_ADDR:PORT` and starts accepting.
+/// Binds the listeners the config names and starts serving.
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
-    let addr = SocketAddr::new(config.bind_addr, config.port);
+    let listeners = Listeners::bind(&config).await?;
+    start_with(config, listeners).await
+}
+
+/// Starts serving on listeners bound by the caller (tests bind `127.0.0.1:0`).
+pub async fn start_with(
+    config: Config,
+    listeners: Listeners,
+) -> Result<RunningGateway, StartError> {
     let gateway = Gateway::new(config)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let accept_loop = tokio::spawn(server::accept_loop(listener, Arc::clone(&gateway)));
+    let local_addr = bound_addr(&listeners.main)?;
+    let admin_addr = listeners.admin.as_ref().map(bound_addr).transpose()?;
+    let accept_loop = tokio::spawn(server::accept_loop(listeners.main, Arc::clone(&gateway)));
+    if let Some(admin) = listeners.admin {
+        gateway
+            .tasks
+            .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
+    }
     gateway.tasks.spawn(Arc::clone(&gateway).housekeeping());
     Ok(RunningGateway {
         local_addr,
+        admin_addr,
         gateway,
         accept_loop,
+    })
+}
+
+fn bound_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
     })
 }
 
@@ -128,22 +184,40 @@ impl RunningGateway {
         self.local_addr
     }
 
+    /// Where `/metrics` is served, unless `METRICS_PORT` is 0.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
-    /// Stops accepting, closes every session with 1001 and waits for them, at most
-    /// `SHUTDOWN_GRACE_SECS`.
+    /// The drain: `/readyz` turns not-ready at once (so load balancers stop sending), new
+    /// sockets are still served for `DRAIN_DELAY_SECS`, then accepting stops and every session
+    /// is closed with 1001. Returns when all are gone or `SHUTDOWN_GRACE_SECS` (counted from
+    /// the start of the drain) is over; what is left then is dropped and counted.
     pub async fn shutdown(self) -> ShutdownReport {
+        let started = tokio::time::Instant::now();
+        let config = &self.gateway.config;
+        self.gateway.draining.store(true, Ordering::SeqCst);
+        tracing::info!(delay_secs = config.drain_delay_secs, "draining: not ready");
+        tokio::time::sleep(config.drain_delay()).await;
+
+        tracing::info!("closing every session");
         self.gateway.shutdown.cancel();
         let _ = self.accept_loop.await;
         let tasks = &self.gateway.tasks;
         tasks.close();
-        let grace = self.gateway.config.shutdown_grace();
-        let abandoned = match tokio::time::timeout(grace, tasks.wait()).await {
+        let deadline = started + config.shutdown_grace();
+        let abandoned = match tokio::time::timeout_at(deadline, tasks.wait()).await {
             Ok(()) => 0,
             Err(_) => tasks.len(),
         };
+        self.gateway
+            .metrics
+            .sessions_abandoned
+            .inc_by(abandoned as u64);
         ShutdownReport { abandoned }
     }
 }

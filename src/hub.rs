@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
 
@@ -36,11 +39,24 @@ struct Room {
 }
 
 impl Room {
-    fn broadcast(&self, frame: &bytes::Bytes, except: Option<SessionId>) {
+    fn broadcast(&self, frame: &bytes::Bytes, except: Option<SessionId>, metrics: &Metrics) {
+        let created = Instant::now();
+        let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
             if Some(member.session_id) != except {
-                member.outbox.deliver(Outbound::Text(frame.clone()));
+                if member
+                    .outbox
+                    .deliver(Outbound::Text(frame.clone(), created))
+                {
+                    delivered += 1;
+                } else {
+                    dropped += 1;
+                }
             }
+        }
+        metrics.messages_delivered.inc_by(delivered);
+        if dropped > 0 {
+            metrics.dropped_by("queue_full", dropped);
         }
     }
 }
@@ -49,6 +65,7 @@ impl Room {
 pub struct Hub {
     rooms: DashMap<String, Room>,
     max_members: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// A join refused because the room has `MAX_ROOM_MEMBERS` members.
@@ -56,10 +73,11 @@ pub struct Hub {
 pub struct RoomFull;
 
 impl Hub {
-    pub fn new(max_members: usize) -> Arc<Hub> {
+    pub fn new(max_members: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             rooms: DashMap::new(),
             max_members,
+            metrics,
         })
     }
 
@@ -71,6 +89,10 @@ impl Hub {
         if entry.members.len() >= self.max_members {
             return Err(RoomFull);
         }
+        if entry.members.is_empty() {
+            self.metrics.rooms.inc();
+        }
+        self.metrics.joins.inc();
         let frame = ServerFrame::join(
             &member.display_name,
             &member.user_id,
@@ -78,7 +100,7 @@ impl Hub {
         )
         .encode();
         entry.members.insert(session_id, member);
-        entry.broadcast(&frame, None);
+        entry.broadcast(&frame, None, &self.metrics);
         drop(entry);
         Ok(Membership {
             hub: Arc::clone(self),
@@ -90,7 +112,7 @@ impl Hub {
     /// Sends `frame` to every member of `room` except the sender.
     pub fn publish(&self, room: &str, sender: SessionId, frame: &bytes::Bytes) {
         if let Some(entry) = self.rooms.get(room) {
-            entry.broadcast(frame, Some(sender));
+            entry.broadcast(frame, Some(sender), &self.metrics);
         }
     }
 
@@ -105,12 +127,17 @@ impl Hub {
         let remaining = entry.members.len();
         let frame =
             ServerFrame::user_leave(&member.display_name, &member.user_id, remaining).encode();
-        entry.broadcast(&frame, None);
+        entry.broadcast(&frame, None, &self.metrics);
         drop(entry);
-        if remaining == 0 {
-            // Re-checked under the lock: someone may have joined since we released it.
-            self.rooms
-                .remove_if(room, |_, room| room.members.is_empty());
+        self.metrics.leaves.inc();
+        // Re-checked under the lock: someone may have joined since we released it.
+        let emptied = remaining == 0
+            && self
+                .rooms
+                .remove_if(room, |_, room| room.members.is_empty())
+                .is_some();
+        if emptied {
+            self.metrics.rooms.dec();
         }
         true
     }
@@ -170,14 +197,14 @@ mod tests {
 
     fn next_text(rx: &mut OutboxReceiver) -> String {
         match rx.queue.try_recv().expect("a frame") {
-            Outbound::Text(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+            Outbound::Text(bytes, _) => String::from_utf8(bytes.to_vec()).unwrap(),
             other => panic!("unexpected {other:?}"),
         }
     }
 
     #[test]
     fn rooms_live_while_they_have_members() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, Arc::default());
         let (alice, mut alice_rx) = member(1);
         let (bob, mut bob_rx) = member(2);
         let a = hub.join("lobby", alice).unwrap();
@@ -206,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_evicts_instead_of_blocking() {
-        let hub = Hub::new(10);
+        let hub = Hub::new(10, Arc::default());
         let (slow, _slow_rx) = member(1);
         let slow_outbox = slow.outbox.clone();
         let (fast, _fast_rx) = member(2);

@@ -10,6 +10,8 @@
 //! |---|---|
 //! | [`config`] | settings from the environment (envy), defaults, validation, redacted secrets |
 //! | [`gateway`] | shared state; starting the gateway and shutting it down within a grace period |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | [`metrics`] | Prometheus metrics with bounded labels |
 //! | [`admission`] | connection caps (global, per IP, per user) and the per-IP connect rate |
 //! | [`bans`] | strikes for abusive closes, temporary bans of IPs and users |
 //! | [`client_ip`] | the client address behind trusted proxies; the /64 key for IPv6 |
@@ -27,6 +29,7 @@
 //!
 //! The binary (`src/main.rs`) is the CLI: `serve`, `demo`, `token`, `check-config`.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bans;
@@ -37,6 +40,7 @@ pub mod gateway;
 pub mod hub;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod protocol;
@@ -45,5 +49,5 @@ pub mod session;
 pub mod shutdown;
 
 pub use config::Config;
-pub use gateway::{start, Gateway, RunningGateway, ShutdownReport};
+pub use gateway::{start, start_with, Gateway, Listeners, RunningGateway, ShutdownReport};
 pub use protocol::CloseCode;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade::auth::mint::{mint_hs_token, TokenRequest};
-use palisade::config::Config;
+use palisade::config::{Config, LogFormat};
 use palisade::demo::{demo_config, demo_tokens};
 use tracing_subscriber::EnvFilter;
 
@@ -59,13 +59,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = Config::load()?;
-            init_logging(&config.log_level);
+            init_logging(&config);
             serve(config, None)
         }
         Command::Demo => {
             let _ = dotenvy::dotenv();
             let (config, secret) = demo_config(palisade::config::utf8_environment())?;
-            init_logging(&config.log_level);
+            init_logging(&config);
             serve(config, Some(demo_tokens(&secret)))
         }
         Command::Token { sub, name, ttl } => {
@@ -102,7 +102,10 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
     runtime.block_on(async move {
         let running = palisade::start(config).await?;
         let addr = running.local_addr();
-        tracing::info!(%addr, "listening");
+        match running.admin_addr() {
+            Some(admin) => tracing::info!(%addr, %admin, "listening"),
+            None => tracing::info!(%addr, "listening"),
+        }
         if let Some(tokens) = demo_tokens {
             print_demo_banner(addr, &tokens);
         }
@@ -142,13 +145,15 @@ fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
     let _ = stdout.flush();
 }
 
-fn init_logging(level: &str) {
+fn init_logging(config: &Config) {
     // Config::validate has checked the filter parses.
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, not for log collectors.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .init();
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colours only for a person at a terminal, not for log collectors.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+    }
 }

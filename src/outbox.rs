@@ -7,13 +7,15 @@
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What the writer task writes, in order.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A JSON text frame, shared between all recipients of a broadcast.
-    Text(Bytes),
+    /// A JSON text frame, shared between all recipients of a broadcast, with the moment it
+    /// was made (for the fan-out delay metric).
+    Text(Bytes, Instant),
     /// The reply to a client's ping.
     Pong(Bytes),
     /// A keepalive ping.

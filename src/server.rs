@@ -31,6 +31,7 @@ use crate::bans::Offender;
 use crate::client_ip::{client_ip, IpKey};
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::outcome;
 use crate::session;
 
 type Body = Full<Bytes>;
@@ -67,6 +68,7 @@ pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
         };
         let Some(permit) = gateway.admission.try_connection() else {
             debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
+            gateway.metrics.connection(outcome::BUSY);
             gateway.tasks.spawn(refuse_busy(stream));
             continue;
         };
@@ -150,8 +152,8 @@ fn route(
     connection: Arc<OwnedSemaphorePermit>,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
-    if request.uri().path() == "/healthz" {
-        return plain(StatusCode::OK, "ok\n");
+    if let Some(response) = health(gateway, request.uri().path()) {
+        return response;
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         // GarinChat clients connect to any path; a plain GET there is a client that forgot
@@ -164,6 +166,13 @@ fn route(
     }
     if let Err(refusal) = check_upgrade(&gateway.config, &request) {
         debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
+        gateway
+            .metrics
+            .connection(if refusal.status == StatusCode::FORBIDDEN {
+                outcome::ORIGIN
+            } else {
+                outcome::HANDSHAKE
+            });
         return refusal.into_response();
     }
     let client_ip = client_ip(
@@ -174,12 +183,18 @@ fn route(
     let key = IpKey::of(client_ip);
     if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
         debug!(client = %key, "banned address");
+        gateway.metrics.connection(outcome::BANNED);
         return with_retry_after(plain(StatusCode::FORBIDDEN, "banned\n"), left);
     }
     let ip_slot = match gateway.admission.admit_ip(key) {
         Ok(slot) => slot,
         Err(refusal) => {
             debug!(client = %key, ?refusal, "admission refused");
+            gateway.metrics.connection(match refusal {
+                Refusal::Busy => outcome::BUSY,
+                Refusal::TooManyFromIp => outcome::TOO_MANY_FROM_IP,
+                Refusal::TooFast { .. } => outcome::TOO_FAST,
+            });
             return match refusal {
                 Refusal::Busy => with_retry_after(
                     plain(StatusCode::SERVICE_UNAVAILABLE, "server is busy\n"),
@@ -203,9 +218,11 @@ fn route(
         Ok(pair) => pair,
         Err(err) => {
             debug!(peer = %peer.ip(), %err, "upgrade failed");
+            gateway.metrics.connection(outcome::HANDSHAKE);
             return plain(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
         }
     };
+    gateway.metrics.connection(outcome::UPGRADED);
     let gateway_for_session = Arc::clone(gateway);
     gateway.tasks.spawn(async move {
         match upgrade.await {
@@ -306,7 +323,17 @@ fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Bo
     response
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+/// `/healthz`: the process is alive. `/readyz`: it should get new clients (not draining).
+pub(crate) fn health(gateway: &Gateway, path: &str) -> Option<Response<Body>> {
+    match path {
+        "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
+        "/readyz" if gateway.is_ready() => Some(plain(StatusCode::OK, "ready\n")),
+        "/readyz" => Some(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
+        _ => None,
+    }
+}
+
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

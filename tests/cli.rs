@@ -81,7 +81,10 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
         format!("PORT={port}\nALLOWED_ORIGINS=http://garin.test\nJWT_DECODE_SECRET=garin-secret\n"),
     )
     .unwrap();
+    // The .env is GarinChat's alone; the test's own environment only moves the admin port off
+    // 9090, which another test process may hold.
     let mut child = palisade(dir.path())
+        .env("METRICS_PORT", free_port().to_string())
         .env("LOG_LEVEL", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,10 +138,32 @@ async fn a_garinchat_env_starts_palisade_and_a_garinchat_client_works() {
         (Some("userleave"), Some(1))
     );
 
-    // SIGTERM: every socket gets 1001, and the process exits cleanly within the grace period.
+    bob.send_json(json!({"type": "join", "room": "general"}))
+        .await;
+    assert_eq!(bob.recv_json().await["totalUsers"], 2);
+
+    // SIGTERM starts the drain: /readyz turns 503 at once while /healthz stays 200 and
+    // sockets are still served for DRAIN_DELAY_SECS (2); then every socket gets 1001 and the
+    // process exits cleanly within the grace period.
     let started = Instant::now();
     sigterm(&child);
+    let not_ready = loop {
+        let head = common::raw::http(addr, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        if common::raw::status(&head) == 503 {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(not_ready < Duration::from_secs(1), "{not_ready:?}");
+    let head = common::raw::http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(common::raw::status(&head), 200);
+    let late = Client::connect(&url, Some("http://garin.test")).await;
+    drop(late);
     assert_eq!(alice.expect_close().await.0, 1001);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before the drain delay"
+    );
     assert_eq!(bob.expect_close().await.0, 1001);
     let status = wait_exit(&mut child, Duration::from_secs(12));
     assert!(status.success(), "{status}");
@@ -335,4 +360,44 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     sigterm(&child);
     assert_eq!(alice.expect_close().await.0, 1001);
     assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_one_structured_line_per_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = palisade(dir.path())
+        .envs([
+            ("PORT", port.to_string().as_str()),
+            ("BIND_ADDR", "127.0.0.1"),
+            ("ALLOWED_ORIGINS", "http://a.test"),
+            ("JWT_DECODE_SECRET", "s"),
+            ("METRICS_PORT", "0"),
+            ("AUTH_TIMEOUT_MS", "200"),
+            ("DRAIN_DELAY_SECS", "0"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = capture_output(&mut child);
+    let addr = wait_ready(port, &mut child).await;
+    let mut client = Client::connect(&format!("ws://{addr}/"), Some("http://a.test")).await;
+    assert_eq!(client.expect_close().await.0, 4001);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let logs = logs.join().unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let ended = lines
+        .iter()
+        .find(|line| line["message"] == "session ended")
+        .expect("a session-end line");
+    assert_eq!(ended["close_code"], 4001);
+    assert_eq!(ended["reason"], "auth timeout");
+    assert_eq!(ended["peer"], "127.0.0.1");
+    assert!(ended["duration_ms"].as_u64().unwrap() >= 200);
 }

@@ -113,6 +113,61 @@ fn protocol_close_code_table_matches_the_code() {
 }
 
 #[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../docs/grafana-dashboard.json")).expect("valid JSON");
+    let exposition = palisade::metrics::Metrics::new().encode();
+    let families: Vec<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let known = |name: &str| {
+        families.iter().any(|family| {
+            ["", "_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .any(|suffix| format!("{family}{suffix}") == name)
+        })
+    };
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("palisade_") {
+                    assert!(known(word), "{word} in {expr:?} is not a metric");
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
+    // Every family is on the dashboard.
+    for family in &families {
+        assert!(
+            include_str!("../docs/grafana-dashboard.json").contains(family),
+            "{family} is not on the dashboard"
+        );
+    }
+}
+
+#[test]
+fn operations_doc_lists_every_metric() {
+    let doc = include_str!("../docs/OPERATIONS.md");
+    let exposition = palisade::metrics::Metrics::new().encode();
+    for family in exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+    {
+        assert!(
+            doc.contains(family),
+            "{family} missing from docs/OPERATIONS.md"
+        );
+    }
+}
+
+#[test]
 fn readme_opens_with_the_run_and_test_commands() {
     let first_block = README
         .split("```sh")

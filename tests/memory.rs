@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::child::{raise_nofile_limit, Gateway};
 use common::raw::{RawSocket, FIN, TEXT};
 use futures_util::StreamExt;
 
@@ -18,105 +17,6 @@ const SOCKETS: usize = 10_000;
 /// The tests here measure one process each; run them one at a time so they do not compete.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const AUTH_TIMEOUT_MS: u64 = 6_000;
-
-/// Raises this process's soft open-file limit to the hard limit (children inherit it).
-fn raise_nofile_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid resource and a properly initialised struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        limit.rlim_cur
-    }
-}
-
-struct Gateway {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Gateway {
-    async fn start(extra: &[(&str, &str)]) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
-        command
-            .env_clear()
-            .current_dir(dir.path())
-            .envs([
-                ("PORT", port.to_string().as_str()),
-                ("BIND_ADDR", "127.0.0.1"),
-                ("ALLOWED_ORIGINS", common::ORIGIN),
-                ("JWT_DECODE_SECRET", common::SECRET),
-                ("MAX_CONNECTIONS", "20000"),
-                ("MAX_CONNECTIONS_PER_IP", "20000"),
-                ("CONNECT_RATE_PER_SEC", "100000"),
-                ("CONNECT_BURST", "100000"),
-                ("CLOSE_TIMEOUT_MS", "500"),
-                ("LOG_LEVEL", "warn"),
-                ("HOUSEKEEPING_INTERVAL_MS", "500"),
-            ])
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = command.spawn().unwrap();
-        let addr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "gateway did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Gateway { child, addr }
-    }
-
-    fn proc_path(&self, what: &str) -> String {
-        format!("/proc/{}/{what}", self.child.id())
-    }
-
-    /// Resident memory in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(self.proc_path("status")).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(Path::new(&self.proc_path("fd")))
-            .unwrap()
-            .count()
-    }
-
-    /// Waits until the gateway holds at most `fds` descriptors.
-    async fn wait_fds_at_most(&self, fds: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.open_fds() > fds {
-            assert!(
-                Instant::now() < deadline,
-                "gateway still holds {} fds, expected <= {fds}",
-                self.open_fds()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Opens `count` upgraded sockets, 200 handshakes in flight at a time.
 async fn open_sockets(addr: std::net::SocketAddr, count: usize) -> Vec<RawSocket> {

@@ -44,6 +44,18 @@ pub enum AuthError {
     Rejected(&'static str),
 }
 
+impl AuthError {
+    /// A short, bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::TooLong => "too_long",
+            AuthError::CriticalHeader => "crit_header",
+            AuthError::BadSubject => "bad_subject",
+            AuthError::Rejected(reason) => reason,
+        }
+    }
+}
+
 impl From<jsonwebtoken::errors::Error> for AuthError {
     fn from(err: jsonwebtoken::errors::Error) -> Self {
         AuthError::Rejected(match err.kind() {
@@ -51,16 +63,16 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
             | ErrorKind::Base64(_)
             | ErrorKind::Json(_)
             | ErrorKind::Utf8(_) => "malformed",
-            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::InvalidSignature => "bad_signature",
             ErrorKind::InvalidAlgorithm
             | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::UnsupportedAlgorithm => "algorithm not allowed",
-            ErrorKind::MissingRequiredClaim(_) => "missing required claim",
-            ErrorKind::InvalidClaimFormat(_) => "bad claim format",
+            | ErrorKind::UnsupportedAlgorithm => "algorithm_not_allowed",
+            ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+            ErrorKind::InvalidClaimFormat(_) => "bad_claim_format",
             ErrorKind::ExpiredSignature => "expired",
-            ErrorKind::ImmatureSignature => "not yet valid",
-            ErrorKind::InvalidIssuer => "wrong issuer",
-            ErrorKind::InvalidAudience => "wrong audience",
+            ErrorKind::ImmatureSignature => "not_yet_valid",
+            ErrorKind::InvalidIssuer => "wrong_issuer",
+            ErrorKind::InvalidAudience => "wrong_audience",
             _ => "invalid",
         })
     }
@@ -155,7 +167,7 @@ impl TokenVerifier {
             .get("exp")
             .and_then(Value::as_f64)
             .map(|exp| exp.max(0.0) as u64)
-            .ok_or(AuthError::Rejected("bad claim format"))?;
+            .ok_or(AuthError::Rejected("bad_claim_format"))?;
         let display_name = claims
             .get(&self.username_claim)
             .and_then(Value::as_str)
@@ -176,4 +188,41 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AUTH_FAILURE_REASONS;
+
+    #[test]
+    fn every_failure_label_is_a_known_metric_reason() {
+        let kinds = [
+            ErrorKind::InvalidToken,
+            ErrorKind::InvalidSignature,
+            ErrorKind::InvalidAlgorithm,
+            ErrorKind::MissingRequiredClaim("exp".into()),
+            ErrorKind::InvalidClaimFormat("exp".into()),
+            ErrorKind::ExpiredSignature,
+            ErrorKind::ImmatureSignature,
+            ErrorKind::InvalidIssuer,
+            ErrorKind::InvalidAudience,
+            ErrorKind::InvalidSubject,
+        ];
+        let errors = kinds
+            .into_iter()
+            .map(|kind| AuthError::from(jsonwebtoken::errors::Error::from(kind)))
+            .chain([
+                AuthError::TooLong,
+                AuthError::CriticalHeader,
+                AuthError::BadSubject,
+            ]);
+        for error in errors {
+            assert!(
+                AUTH_FAILURE_REASONS.contains(&error.label()),
+                "{}",
+                error.label()
+            );
+        }
+    }
 }

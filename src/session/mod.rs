@@ -35,6 +35,7 @@ use crate::bans::{Offender, StrikeOutcome};
 use crate::gateway::Gateway;
 use crate::hub::{Member, Membership, SessionId};
 use crate::limits::SessionLimiters;
+use crate::metrics::client_close_code;
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{ClientFrame, CloseCode, ServerFrame};
@@ -163,7 +164,12 @@ where
 
     let (outbox, outbox_rx) = Outbox::new(config.outbound_queue_frames);
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(write_half, outbox_rx, close_rx)));
+    let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
+        write_half,
+        outbox_rx,
+        close_rx,
+        Some(Arc::clone(&gateway.metrics)),
+    )));
 
     let limits = ReadLimits {
         max_message_bytes: config.max_message_bytes,
@@ -172,6 +178,9 @@ where
     let (events_tx, mut events) = mpsc::channel(READER_QUEUE);
     let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(read_half, limits, events_tx)));
 
+    gateway
+        .metrics
+        .session_state(None, Some(State::AwaitAuth.name()));
     let mut session = Session {
         id: gateway.next_session_id(),
         gateway: Arc::clone(&gateway),
@@ -186,13 +195,20 @@ where
 
     let user_id = session.state.identity().map(|id| Arc::clone(&id.user_id));
     let last_state = session.state.name();
+    // Counted before the session is dropped: once the open-sessions gauge says it is gone,
+    // its close and any strike are already on record.
+    match end {
+        End::Closed(code) => {
+            gateway.metrics.server_close(code);
+            if code.is_abuse() {
+                strike(&gateway, admitted.ip.key(), user_id.as_ref(), code);
+            }
+        }
+        End::PeerClosed(code) => gateway.metrics.closed("client", client_close_code(code)),
+        End::Gone => gateway.metrics.closed("none", 1006),
+    }
     // Leave the room first, so the others hear `userleave` before the close handshake.
     drop(session);
-    if let End::Closed(code) = end {
-        if code.is_abuse() {
-            strike(&gateway, admitted.ip.key(), user_id.as_ref(), code);
-        }
-    }
 
     let close_timeout = config.close_timeout();
     let close = match end {
@@ -331,17 +347,26 @@ impl Session {
             debug!(session = self.id, state = self.state.name(), "second auth");
             return Err(CloseCode::ProtocolViolation);
         }
-        let identity = self.gateway.verifier.verify(token).map_err(|err| {
+        let metrics = &self.gateway.metrics;
+        let verifying = Instant::now();
+        let verified = self.gateway.verifier.verify(token);
+        metrics
+            .auth_duration
+            .observe(verifying.elapsed().as_secs_f64());
+        let identity = verified.map_err(|err| {
             debug!(session = self.id, token_bytes = token.len(), %err, "auth failed");
+            metrics.auth_failure(err.label());
             CloseCode::AuthFailed
         })?;
         let user = Offender::User(Arc::clone(&identity.user_id));
         if self.gateway.bans.remaining(&user).is_some() {
             debug!(session = self.id, user_id = %identity.user_id, "banned user");
+            metrics.auth_failure("banned_user");
             return Err(CloseCode::Banned);
         }
         let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
             debug!(session = self.id, user_id = %identity.user_id, "too many sessions");
+            metrics.auth_failure("too_many_sessions");
             return Err(CloseCode::TooManySessions);
         };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
@@ -350,7 +375,7 @@ impl Session {
             (identity.expires_at + self.gateway.config.jwt_leeway_secs).saturating_sub(unix_now());
         self.timers.token_expiry = Some(Instant::now() + Duration::from_secs(valid_for));
         self.user_slot = Some(slot);
-        self.state = State::AwaitJoin { identity };
+        self.transition("await_auth", State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
     }
@@ -365,6 +390,7 @@ impl Session {
             return Err(CloseCode::ProtocolViolation);
         };
         if !self.limiters.allow_control() {
+            self.gateway.metrics.rate_limit("control");
             return Err(CloseCode::RateLimited);
         }
         let config = &self.gateway.config;
@@ -396,11 +422,14 @@ impl Session {
         else {
             unreachable!("checked at the top");
         };
-        self.state = State::InRoom {
-            identity,
-            display_name,
-            membership,
-        };
+        self.transition(
+            "await_join",
+            State::InRoom {
+                identity,
+                display_name,
+                membership,
+            },
+        );
         self.deadline = None;
         Ok(())
     }
@@ -419,14 +448,23 @@ impl Session {
             );
             return Err(CloseCode::ProtocolViolation);
         };
-        if !self.limiters.allow_message() || !self.gateway.user_messages.allow(&identity.user_id) {
+        let metrics = &self.gateway.metrics;
+        if !self.limiters.allow_message() {
             debug!(session = self.id, "message rate exceeded");
+            metrics.rate_limit("message");
+            return Err(CloseCode::RateLimited);
+        }
+        if !self.gateway.user_messages.allow(&identity.user_id) {
+            debug!(session = self.id, "user message rate exceeded");
+            metrics.rate_limit("user_message");
             return Err(CloseCode::RateLimited);
         }
         if body.is_empty() {
             // Documented: an empty message is dropped, not relayed (it still counts above).
+            metrics.dropped("empty");
             return Ok(());
         }
+        metrics.messages_received.inc();
         let frame = ServerFrame::message(body, display_name, &identity.user_id).encode();
         membership.publish(&frame);
         Ok(())
@@ -442,6 +480,7 @@ impl Session {
             return Err(CloseCode::ProtocolViolation);
         }
         if !self.limiters.allow_control() {
+            self.gateway.metrics.rate_limit("control");
             return Err(CloseCode::RateLimited);
         }
         let State::InRoom { identity, .. } = std::mem::replace(&mut self.state, State::AwaitAuth)
@@ -449,9 +488,26 @@ impl Session {
             unreachable!("checked at the top");
         };
         // The membership was dropped with the old state: the room has heard `userleave`.
-        self.state = State::AwaitJoin { identity };
+        self.transition("in_room", State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
+    }
+
+    /// Enters `next`, leaving the state named `from` (the open-sessions gauge follows).
+    fn transition(&mut self, from: &'static str, next: State) {
+        self.state = next;
+        self.gateway
+            .metrics
+            .session_state(Some(from), Some(self.state.name()));
+    }
+}
+
+impl Drop for Session {
+    /// The gauge of open sessions stays exact on every exit, a panic included.
+    fn drop(&mut self) {
+        self.gateway
+            .metrics
+            .session_state(Some(self.state.name()), None);
     }
 }
 
@@ -466,11 +522,17 @@ fn strike(
         std::iter::once(Offender::Ip(*ip)).chain(user.map(|u| Offender::User(Arc::clone(u))));
     for offender in offenders {
         match gateway.bans.strike(offender.clone()) {
-            StrikeOutcome::Banned => warn!(
-                ?offender,
-                reason = code.reason(),
-                "banned after repeated abuse"
-            ),
+            StrikeOutcome::Banned => {
+                warn!(
+                    ?offender,
+                    reason = code.reason(),
+                    "banned after repeated abuse"
+                );
+                gateway.metrics.ban(match offender {
+                    Offender::Ip(_) => "ip",
+                    Offender::User(_) => "user",
+                });
+            }
             StrikeOutcome::NotTracked => warn!(
                 reason = code.reason(),
                 "strike not recorded: too many tracked clients"

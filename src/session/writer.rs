@@ -11,9 +11,12 @@
 use fastwebsockets::{
     after_handshake_split, Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite,
 };
+use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
 use crate::outbox::{Outbound, OutboxReceiver};
 
 /// The close frame the session wants sent.
@@ -27,16 +30,18 @@ pub struct CloseRequest {
     pub drain: bool,
 }
 
+/// Writes until the close frame; `metrics`, when given, observes queue depth and fan-out delay.
 pub async fn run<S: AsyncWrite + Unpin>(
     mut stream: S,
     outbox: OutboxReceiver,
     close: oneshot::Receiver<CloseRequest>,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<(), WebSocketError> {
     let closed = {
         // fastwebsockets makes a write half only together with a read half; ours is separate
         // (see `reader`), so this one reads from nothing and is dropped.
         let (_, ws) = after_handshake_split(tokio::io::empty(), &mut stream, Role::Server);
-        write_until_closed(ws, outbox, close).await?
+        write_until_closed(ws, outbox, close, metrics.as_deref()).await?
     };
     if closed {
         stream.shutdown().await?;
@@ -49,6 +54,7 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
     mut ws: WebSocketWrite<S>,
     mut outbox: OutboxReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
+    metrics: Option<&Metrics>,
 ) -> Result<bool, WebSocketError> {
     let request = loop {
         tokio::select! {
@@ -56,7 +62,10 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
             request = &mut close => break request,
             item = outbox.queue.recv() => match item {
                 Some(item) => {
-                    write(&mut ws, item).await?;
+                    if let Some(metrics) = metrics {
+                        metrics.outbound_queue_depth.observe((outbox.queue.len() + 1) as f64);
+                    }
+                    write(&mut ws, item, metrics).await?;
                     if outbox.queue.is_empty() {
                         ws.flush().await?;
                     }
@@ -72,7 +81,7 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
     };
     if request.drain {
         while let Ok(item) = outbox.queue.try_recv() {
-            write(&mut ws, item).await?;
+            write(&mut ws, item, metrics).await?;
         }
     }
     let frame = match request.code {
@@ -87,9 +96,14 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
 async fn write<S: AsyncWrite + Unpin>(
     ws: &mut WebSocketWrite<S>,
     item: Outbound,
+    metrics: Option<&Metrics>,
 ) -> Result<(), WebSocketError> {
+    if let (Outbound::Text(_, created), Some(metrics)) = (&item, metrics) {
+        // Observed as the frame is handed to the socket: queueing included, the kernel not.
+        metrics.observe_fanout(created.elapsed());
+    }
     let frame = match &item {
-        Outbound::Text(bytes) => Frame::text(Payload::Borrowed(bytes)),
+        Outbound::Text(bytes, _) => Frame::text(Payload::Borrowed(bytes)),
         Outbound::Pong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
         Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
         Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),

@@ -1,6 +1,7 @@
 //! Test support: a real gateway on 127.0.0.1:0, tokens, and a WebSocket client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod child;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ fn base_settings() -> Vec<(String, String)> {
         ("BAN_STRIKES", "1000"),
         ("CLOSE_TIMEOUT_MS", "500"),
         ("SHUTDOWN_GRACE_SECS", "5"),
+        ("DRAIN_DELAY_SECS", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -68,7 +70,13 @@ impl TestServer {
             settings.push(((*key).to_owned(), (*value).to_owned()));
         }
         let config = Config::from_pairs(settings).expect("test config is valid");
-        let running = palisade::start(config).await.expect("gateway starts");
+        let listeners = palisade::Listeners {
+            main: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        };
+        let running = palisade::start_with(config, listeners)
+            .await
+            .expect("gateway starts");
         let addr = running.local_addr();
         TestServer { running, addr }
     }
