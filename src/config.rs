@@ -159,6 +159,62 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
+/// One identity provider whose tokens are accepted, with where its keys are.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The exact `iss` value of its tokens.
+    pub issuer: String,
+    pub jwks_url: String,
+    /// Accepted `aud` values; when empty, `aud` is not checked.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+fn trusted_issuers<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<TrustedIssuer>>, D::Error> {
+    let raw = String::deserialize(d)?;
+    serde_json::from_str(&raw).map(Some).map_err(|err| {
+        serde::de::Error::custom(format!(
+            "TRUSTED_ISSUERS must be a JSON array of {{\"issuer\", \"jwks_url\", \"audience\"}}: {err}"
+        ))
+    })
+}
+
+/// Whether `url` may serve keys: https, or http to this machine only (tests, sidecars).
+fn check_key_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|err| invalid(var, format!("not a URL: {err}")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(host)) => host == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(invalid(
+            var,
+            "must be https (http only to a loopback address)",
+        )),
+    }
+}
+
 /// `TRUSTED_PROXIES`: addresses and networks of reverse proxies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustedProxies(pub Vec<IpNet>);
@@ -220,8 +276,29 @@ pub struct Config {
 
     pub jwt_decode_secret: Option<Secret>,
     pub jwt_public_key_file: Option<PathBuf>,
-    #[serde(default)]
-    pub jwt_algorithms: AlgorithmList,
+    /// HS256 by default; RS256 when keys come from JWKS.
+    pub jwt_algorithms: Option<AlgorithmList>,
+    /// The identity provider's key set, for `JWT_ISSUER`.
+    pub jwks_url: Option<String>,
+    /// Several identity providers at once (JSON); replaces `JWKS_URL`/`JWT_ISSUER`/`JWT_AUDIENCE`.
+    #[serde(default, deserialize_with = "trusted_issuers")]
+    pub trusted_issuers: Option<Vec<TrustedIssuer>>,
+    #[serde(default = "defaults::jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    #[serde(default = "defaults::jwks_refetch_cooldown_secs")]
+    pub jwks_refetch_cooldown_secs: u64,
+    #[serde(default = "defaults::jwks_timeout_ms")]
+    pub jwks_timeout_ms: u64,
+    #[serde(default = "defaults::user_id_claim")]
+    pub user_id_claim: String,
+    /// A claim listing the rooms the token may join (exact names or `prefix*`).
+    pub rooms_claim: Option<String>,
+    /// Claims that must be present, beyond `exp` and the user id.
+    pub jwt_required_claims: Option<CommaList>,
+    /// When set, the token's `azp` must be one of these (Clerk, Keycloak).
+    pub jwt_allowed_azp: Option<CommaList>,
+    /// A file of revoked `jti`s and subjects, re-read when it changes.
+    pub revocation_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<CommaList>,
     #[serde(default = "defaults::jwt_leeway_secs")]
@@ -326,6 +403,18 @@ mod defaults {
     }
     pub const fn bind_addr() -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+    pub const fn jwks_refresh_secs() -> u64 {
+        300
+    }
+    pub const fn jwks_refetch_cooldown_secs() -> u64 {
+        30
+    }
+    pub const fn jwks_timeout_ms() -> u64 {
+        3000
+    }
+    pub fn user_id_claim() -> String {
+        "sub".to_owned()
     }
     pub const fn jwt_leeway_secs() -> u64 {
         5
@@ -479,15 +568,13 @@ impl Config {
             }
             Some(_) => {}
         }
-        let Some(family) = self.jwt_algorithms.family() else {
+        let algorithms = self.algorithms();
+        let Some(family) = algorithms.family() else {
             return Err(invalid("JWT_ALGORITHMS", "no algorithm listed"));
         };
-        if self
-            .jwt_algorithms
-            .0
-            .iter()
-            .any(|alg| alg.family() != family)
-        {
+        if self.uses_jwks() {
+            self.validate_jwks(&algorithms)?;
+        } else if algorithms.0.iter().any(|alg| alg.family() != family) {
             // One key verifies one family; mixing HS and RS is how algorithm confusion starts.
             return Err(invalid(
                 "JWT_ALGORITHMS",
@@ -495,6 +582,7 @@ impl Config {
             ));
         }
         match family {
+            _ if self.uses_jwks() => {}
             AlgorithmFamily::Hmac => {
                 let Some(secret) = &self.jwt_decode_secret else {
                     return Err(ConfigError::Missing("JWT_DECODE_SECRET".into()));
@@ -514,6 +602,9 @@ impl Config {
                 "JWT_LEEWAY_SECS",
                 format!("at most {MAX_LEEWAY_SECS}"),
             ));
+        }
+        if self.user_id_claim.trim().is_empty() {
+            return Err(invalid("USER_ID_CLAIM", "empty"));
         }
         if self.drain_delay_secs >= self.shutdown_grace_secs {
             return Err(invalid(
@@ -580,6 +671,101 @@ impl Config {
             return Err(invalid("MAX_HEADER_BYTES", "at least 1024"));
         }
         Ok(())
+    }
+
+    /// The pinned algorithms: `JWT_ALGORITHMS`, or HS256 (RS256 when keys come from JWKS).
+    pub fn algorithms(&self) -> AlgorithmList {
+        self.jwt_algorithms.clone().unwrap_or_else(|| {
+            AlgorithmList(vec![if self.uses_jwks() {
+                Algorithm::RS256
+            } else {
+                Algorithm::HS256
+            }])
+        })
+    }
+
+    /// Whether keys come from identity providers' JWKS endpoints.
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks_url.is_some() || self.trusted_issuers.is_some()
+    }
+
+    /// Every trusted issuer with its key set: `TRUSTED_ISSUERS`, or the one named by
+    /// `JWT_ISSUER`, `JWKS_URL` and `JWT_AUDIENCE`.
+    pub fn issuers(&self) -> Vec<TrustedIssuer> {
+        if let Some(issuers) = &self.trusted_issuers {
+            return issuers.clone();
+        }
+        match (&self.jwt_issuer, &self.jwks_url) {
+            (Some(issuer), Some(url)) => vec![TrustedIssuer {
+                issuer: issuer.clone(),
+                jwks_url: url.clone(),
+                audience: self
+                    .jwt_audience
+                    .clone()
+                    .map(|aud| aud.0)
+                    .unwrap_or_default(),
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    fn validate_jwks(&self, algorithms: &AlgorithmList) -> Result<(), ConfigError> {
+        if algorithms.family() == Some(AlgorithmFamily::Hmac)
+            || algorithms
+                .0
+                .iter()
+                .any(|alg| alg.family() == AlgorithmFamily::Hmac)
+        {
+            return Err(invalid(
+                "JWT_ALGORITHMS",
+                "HS* cannot be used with JWKS: identity providers publish public keys",
+            ));
+        }
+        if self.trusted_issuers.is_some() {
+            if self.jwks_url.is_some() || self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
+                return Err(invalid(
+                    "TRUSTED_ISSUERS",
+                    "replaces JWKS_URL, JWT_ISSUER and JWT_AUDIENCE: set one or the other",
+                ));
+            }
+        } else if self.jwt_issuer.is_none() {
+            // Keys from a URL are bound to the issuer that publishes them.
+            return Err(ConfigError::Missing("JWT_ISSUER".into()));
+        }
+        let issuers = self.issuers();
+        if issuers.is_empty() {
+            return Err(invalid("TRUSTED_ISSUERS", "no issuer listed"));
+        }
+        for issuer in &issuers {
+            let var = if self.trusted_issuers.is_some() {
+                "TRUSTED_ISSUERS"
+            } else {
+                "JWKS_URL"
+            };
+            check_key_url(var, &issuer.jwks_url)?;
+        }
+        let positive = [
+            ("JWKS_REFRESH_SECS", self.jwks_refresh_secs),
+            (
+                "JWKS_REFETCH_COOLDOWN_SECS",
+                self.jwks_refetch_cooldown_secs,
+            ),
+            ("JWKS_TIMEOUT_MS", self.jwks_timeout_ms),
+        ];
+        if let Some((var, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(var, "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    pub fn jwks_refresh(&self) -> Duration {
+        Duration::from_secs(self.jwks_refresh_secs)
+    }
+    pub fn jwks_refetch_cooldown(&self) -> Duration {
+        Duration::from_secs(self.jwks_refetch_cooldown_secs)
+    }
+    pub fn jwks_timeout(&self) -> Duration {
+        Duration::from_millis(self.jwks_timeout_ms)
     }
 
     /// Reads the PEM public key named by `JWT_PUBLIC_KEY_FILE`, if any.
@@ -677,7 +863,7 @@ mod tests {
             config.origins().0,
             vec!["http://a.example".to_owned(), "http://b.example".to_owned()]
         );
-        assert_eq!(config.jwt_algorithms.0, vec![Algorithm::HS256]);
+        assert_eq!(config.algorithms().0, vec![Algorithm::HS256]);
         assert_eq!(config.auth_timeout(), Duration::from_secs(2));
     }
 

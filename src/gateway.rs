@@ -49,7 +49,7 @@ impl Gateway {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Gateway {
-            verifier: TokenVerifier::from_config(&config)?,
+            verifier: TokenVerifier::from_config(&config, &metrics)?,
             admission: Admission::new(&config),
             bans: Bans::new(&config),
             quotas: SessionQuotas::from_config(&config),
@@ -68,10 +68,12 @@ impl Gateway {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether this node should get new clients: not draining (later also: broker connected,
-    /// keys loaded).
+    /// Whether this node should get new clients: not draining, and every identity provider's
+    /// keys loaded.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()
+        !self.draining.load(Ordering::SeqCst)
+            && !self.shutdown.is_cancelled()
+            && self.verifier.keys_loaded()
     }
 
     /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until shutdown, so
@@ -86,6 +88,7 @@ impl Gateway {
                     self.admission.housekeep();
                     self.user_messages.housekeep();
                     self.bans.housekeep();
+                    self.verifier.reload_revocations();
                     crate::memory::release_free_memory();
                 }
             }
@@ -164,6 +167,11 @@ pub async fn start_with(
             .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
     }
     gateway.tasks.spawn(Arc::clone(&gateway).housekeeping());
+    for issuer in gateway.verifier.issuers() {
+        gateway
+            .tasks
+            .spawn(issuer.refresh_loop(gateway.shutdown.clone()));
+    }
     Ok(RunningGateway {
         local_addr,
         admin_addr,

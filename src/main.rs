@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .jwt_audience
                 .as_ref()
                 .and_then(|aud| aud.iter().next());
-            request.algorithm = config.jwt_algorithms.0[0];
+            request.algorithm = config.algorithms().0[0];
             println!("{}", mint_hs_token(secret, &request)?);
             Ok(())
         }

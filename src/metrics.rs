@@ -63,7 +63,7 @@ pub mod outcome {
 }
 
 /// Every `reason` of `palisade_auth_failures_total`: the token verifier's, and the session's.
-pub const AUTH_FAILURE_REASONS: [&str; 15] = [
+pub const AUTH_FAILURE_REASONS: [&str; 19] = [
     "malformed",
     "bad_signature",
     "algorithm_not_allowed",
@@ -77,6 +77,10 @@ pub const AUTH_FAILURE_REASONS: [&str; 15] = [
     "too_long",
     "crit_header",
     "bad_subject",
+    "unknown_key",
+    "wrong_azp",
+    "revoked",
+    "wrong_subject",
     "banned_user",
     "too_many_sessions",
 ];
@@ -99,6 +103,12 @@ pub struct Metrics {
     pub rate_limited: Family<KindLabel, Counter>,
     pub bans: Family<KindLabel, Counter>,
     pub sessions_abandoned: Counter,
+    pub jwks_fetches: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -192,6 +202,12 @@ impl Metrics {
             "Sessions still open when the shutdown grace period ended",
             sessions_abandoned.clone(),
         );
+        let jwks_fetches = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Key set fetches from identity providers (ok, error)",
+            jwks_fetches.clone(),
+        );
         let metrics = Metrics {
             registry,
             connections,
@@ -210,6 +226,7 @@ impl Metrics {
             rate_limited,
             bans,
             sessions_abandoned,
+            jwks_fetches,
         };
         metrics.create_known_series();
         metrics
@@ -241,6 +258,9 @@ impl Metrics {
         }
         for kind in ["ip", "user"] {
             let _ = self.bans.get_or_create(&KindLabel { kind });
+        }
+        for result in ["ok", "error"] {
+            let _ = self.jwks_fetches.get_or_create(&ResultLabel { result });
         }
     }
 
@@ -305,6 +325,12 @@ impl Metrics {
 
     pub fn ban(&self, kind: &'static str) {
         self.bans.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn jwks_fetch(&self, result: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn observe_fanout(&self, delay: Duration) {

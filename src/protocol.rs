@@ -52,10 +52,12 @@ pub enum CloseCode {
     RoomFull,
     /// 4013: the token's `exp` (plus `JWT_LEEWAY_SECS`) passed while connected.
     TokenExpired,
+    /// 4014: the token's `ROOMS_CLAIM` does not list the room.
+    RoomNotAllowed,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 18] = [
+    pub const ALL: [CloseCode; 19] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
@@ -74,6 +76,7 @@ impl CloseCode {
         CloseCode::IdleTimeout,
         CloseCode::RoomFull,
         CloseCode::TokenExpired,
+        CloseCode::RoomNotAllowed,
     ];
 
     pub const fn code(self) -> u16 {
@@ -96,6 +99,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => 4011,
             CloseCode::RoomFull => 4012,
             CloseCode::TokenExpired => 4013,
+            CloseCode::RoomNotAllowed => 4014,
         }
     }
 
@@ -120,6 +124,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::RoomFull => "room full",
             CloseCode::TokenExpired => "token expired",
+            CloseCode::RoomNotAllowed => "room not allowed",
         }
     }
 

@@ -1,35 +1,29 @@
 //! JWT verification.
 //!
-//! The `Validation` is built once from config and never from the token: the header's `alg` must
-//! be one the operator pinned, the key is the configured one (a `jku`, `x5u`, `jwk` or `x5c`
-//! header is never read), and a public key is never turned into an HMAC secret. jsonwebtoken
-//! checks `iss`/`aud` only when the token carries them, so they go into `required_spec_claims`
-//! when configured; `exp` and `sub` are always required, `nbf` is checked, and the length is
-//! capped before any base64 or JSON work.
+//! Every `Validation` is built from config, never from the token: the header's `alg` must be
+//! one the operator pinned, the key is the configured one or one from a trusted issuer's key
+//! set (a `jku`, `x5u`, `jwk` or `x5c` header is never read), and a public key is never turned
+//! into an HMAC secret. jsonwebtoken checks `iss`/`aud` only when the token carries them, so
+//! they go into `required_spec_claims` when configured; `exp` and the user id are always
+//! required, `nbf` is checked, any `crit` header is refused, and the length is capped before
+//! any base64 or JSON work.
+//!
+//! With several issuers, the token's (unverified) `iss` only chooses whose keys to try; the
+//! signature is then checked with that issuer's key and the `iss` validated against it, so a
+//! `kid` of one issuer never validates another's token.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{decode, decode_header, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{decode, decode_header, Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::claims::{ClaimRules, Identity};
+use super::jwks::{IssuerKeys, MAX_KID_BYTES};
+use super::revocation::Revocations;
 use crate::config::{Config, ConfigError};
-use crate::names::sanitize_display_name;
-
-/// The longest `sub` accepted; a user id is an id, not a payload.
-pub const MAX_SUBJECT_BYTES: usize = 256;
-
-/// Who a verified token says the client is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// The token's `sub`: the stable user id shown to other members as `userId`.
-    pub user_id: Arc<str>,
-    /// The display name from `USERNAME_CLAIM`, or the `sub` when the token has none.
-    pub display_name: Arc<str>,
-    /// The token's `exp`, seconds since the Unix epoch.
-    pub expires_at: u64,
-}
+use crate::metrics::Metrics;
 
 /// Why a token was refused. Logged as a reason; never sent to the client.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,109 +72,210 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
     }
 }
 
-/// Verifies tokens against the configured key and rules.
+/// Where verification keys come from.
+enum KeySource {
+    /// One key from config (`JWT_DECODE_SECRET` or `JWT_PUBLIC_KEY_FILE`).
+    Static {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    /// Trusted issuers' key sets, each with its own validation.
+    Jwks(Vec<(Arc<IssuerKeys>, Validation)>),
+}
+
+/// Verifies tokens against the configured keys and rules.
 pub struct TokenVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    source: KeySource,
+    algorithms: Vec<Algorithm>,
+    rules: ClaimRules,
+    revocations: Option<Revocations>,
     max_token_bytes: usize,
-    username_claim: String,
-    username_max_chars: usize,
 }
 
 impl TokenVerifier {
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let algorithms = config.jwt_algorithms.0.clone();
-        let family = config
-            .jwt_algorithms
-            .family()
-            .ok_or_else(|| ConfigError::Missing("JWT_ALGORITHMS".into()))?;
-        let key = match family {
-            AlgorithmFamily::Hmac => {
-                let secret = config
-                    .jwt_decode_secret
-                    .as_ref()
-                    .ok_or_else(|| ConfigError::Missing("JWT_DECODE_SECRET".into()))?;
-                DecodingKey::from_secret(secret.expose().as_bytes())
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ConfigError> {
+        let algorithms = config.algorithms().0;
+        let rules = ClaimRules::from_config(config);
+        let base = |issuers: &[String], audience: &[String]| {
+            let mut validation = Validation::new(algorithms[0]);
+            validation.algorithms = algorithms.clone();
+            validation.leeway = config.jwt_leeway_secs;
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if rules.requires_sub() {
+                required.push("sub");
             }
-            public => {
-                let pem = config
-                    .read_public_key()?
-                    .ok_or_else(|| ConfigError::Missing("JWT_PUBLIC_KEY_FILE".into()))?;
-                let parsed = match public {
-                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_ed_pem(&pem),
-                };
-                parsed.map_err(|err| ConfigError::Invalid {
-                    var: "JWT_PUBLIC_KEY_FILE",
-                    why: format!("not a {public:?} public key in PEM form: {err}"),
-                })?
+            if !issuers.is_empty() {
+                validation.set_issuer(issuers);
+                required.push("iss");
             }
-        };
-
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = config.jwt_leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        if let Some(issuer) = &config.jwt_issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
-        }
-        match &config.jwt_audience {
-            Some(audience) if !audience.is_empty() => {
-                validation.set_audience(&audience.0);
+            if audience.is_empty() {
+                // No audience configured: an `aud` in the token is not checked.
+                validation.validate_aud = false;
+            } else {
+                validation.set_audience(audience);
                 required.push("aud");
             }
-            // No audience configured: an `aud` in the token is not checked.
-            _ => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
-
+            validation.set_required_spec_claims(&required);
+            validation
+        };
+        let source = if config.uses_jwks() {
+            KeySource::Jwks(
+                config
+                    .issuers()
+                    .into_iter()
+                    .map(|issuer| {
+                        let validation =
+                            base(std::slice::from_ref(&issuer.issuer), &issuer.audience);
+                        (
+                            Arc::new(IssuerKeys::new(issuer, config, Arc::clone(metrics))),
+                            validation,
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            let issuers: Vec<String> = config.jwt_issuer.iter().cloned().collect();
+            let audience = config
+                .jwt_audience
+                .as_ref()
+                .map(|aud| aud.0.clone())
+                .unwrap_or_default();
+            KeySource::Static {
+                key: static_key(config)?,
+                validation: Box::new(base(&issuers, &audience)),
+            }
+        };
+        let revocations = config
+            .revocation_file
+            .as_deref()
+            .map(Revocations::load)
+            .transpose()?;
         Ok(Self {
-            key,
-            validation,
+            source,
+            algorithms,
+            rules,
+            revocations,
             max_token_bytes: config.max_token_bytes,
-            username_claim: config.username_claim.clone(),
-            username_max_chars: config.username_max_chars,
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// The issuers whose keys are fetched (empty without JWKS), for the refresh tasks.
+    pub fn issuers(&self) -> Vec<Arc<IssuerKeys>> {
+        match &self.source {
+            KeySource::Static { .. } => Vec::new(),
+            KeySource::Jwks(issuers) => issuers.iter().map(|(keys, _)| Arc::clone(keys)).collect(),
+        }
+    }
+
+    /// Whether every key needed is at hand (a key set fetched for each issuer).
+    pub fn keys_loaded(&self) -> bool {
+        self.issuers().iter().all(|keys| keys.is_loaded())
+    }
+
+    /// Re-reads the revocation list if its file changed.
+    pub fn reload_revocations(&self) {
+        if let Some(revocations) = &self.revocations {
+            revocations.reload_if_changed();
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLong);
         }
+        let header = decode_header(token)?;
         // We implement no JWS extensions, so any `crit` header must be refused (RFC 7515 4.1.11).
-        if decode_header(token)?.crit.is_some() {
+        if header.crit.is_some() {
             return Err(AuthError::CriticalHeader);
         }
-        let claims = decode::<Map<String, Value>>(token, &self.key, &self.validation)?.claims;
-
-        let user_id = match claims.get("sub") {
-            Some(Value::String(sub)) if !sub.is_empty() && sub.len() <= MAX_SUBJECT_BYTES => {
-                sub.as_str()
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Rejected("algorithm_not_allowed"));
+        }
+        let claims = match &self.source {
+            KeySource::Static { key, validation } => {
+                decode::<Map<String, Value>>(token, key, validation)?.claims
             }
-            _ => return Err(AuthError::BadSubject),
+            KeySource::Jwks(issuers) => {
+                let (keys, validation) = choose_issuer(issuers, token)?;
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .filter(|kid| kid.len() <= MAX_KID_BYTES)
+                    .ok_or(AuthError::Rejected("unknown_key"))?;
+                let key = match keys.get(kid) {
+                    Some(key) => key,
+                    None => keys
+                        .refetch_for(kid)
+                        .await
+                        .ok_or(AuthError::Rejected("unknown_key"))?,
+                };
+                if !key.accepts(header.alg) {
+                    return Err(AuthError::Rejected("algorithm_not_allowed"));
+                }
+                let mut validation = validation.clone();
+                validation.algorithms = vec![header.alg];
+                decode::<Map<String, Value>>(token, &key.key, &validation)?.claims
+            }
         };
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .map(|exp| exp.max(0.0) as u64)
-            .ok_or(AuthError::Rejected("bad_claim_format"))?;
-        let display_name = claims
-            .get(&self.username_claim)
-            .and_then(Value::as_str)
-            .and_then(|name| sanitize_display_name(name, self.username_max_chars))
-            .or_else(|| sanitize_display_name(user_id, self.username_max_chars))
-            .ok_or(AuthError::BadSubject)?;
-
-        Ok(Identity {
-            user_id: Arc::from(user_id),
-            display_name: Arc::from(display_name),
-            expires_at,
-        })
+        let identity = self.rules.identity(&claims)?;
+        if let Some(revocations) = &self.revocations {
+            if revocations.is_revoked(identity.token_id.as_deref(), &identity.user_id, unix_now()) {
+                return Err(AuthError::Rejected("revoked"));
+            }
+        }
+        Ok(identity)
     }
+}
+
+/// The issuer whose keys may verify `token`: the only one, or the one its `iss` names.
+fn choose_issuer<'a>(
+    issuers: &'a [(Arc<IssuerKeys>, Validation)],
+    token: &str,
+) -> Result<&'a (Arc<IssuerKeys>, Validation), AuthError> {
+    if let [only] = issuers {
+        return Ok(only);
+    }
+    #[derive(serde::Deserialize)]
+    struct Unverified {
+        iss: Option<String>,
+    }
+    let iss = jsonwebtoken::dangerous::insecure_decode::<Unverified>(token)
+        .map_err(AuthError::from)?
+        .claims
+        .iss
+        .ok_or(AuthError::Rejected("missing_claim"))?;
+    issuers
+        .iter()
+        .find(|(keys, _)| keys.issuer.issuer == iss)
+        .ok_or(AuthError::Rejected("wrong_issuer"))
+}
+
+fn static_key(config: &Config) -> Result<DecodingKey, ConfigError> {
+    let family = config
+        .algorithms()
+        .family()
+        .ok_or_else(|| ConfigError::Missing("JWT_ALGORITHMS".into()))?;
+    if family == AlgorithmFamily::Hmac {
+        let secret = config
+            .jwt_decode_secret
+            .as_ref()
+            .ok_or_else(|| ConfigError::Missing("JWT_DECODE_SECRET".into()))?;
+        return Ok(DecodingKey::from_secret(secret.expose().as_bytes()));
+    }
+    let pem = config
+        .read_public_key()?
+        .ok_or_else(|| ConfigError::Missing("JWT_PUBLIC_KEY_FILE".into()))?;
+    let parsed = match family {
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+        _ => DecodingKey::from_ed_pem(&pem),
+    };
+    parsed.map_err(|err| ConfigError::Invalid {
+        var: "JWT_PUBLIC_KEY_FILE",
+        why: format!("not a {family:?} public key in PEM form: {err}"),
+    })
 }
 
 /// Seconds since the Unix epoch.

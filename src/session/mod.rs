@@ -74,6 +74,13 @@ impl State {
             State::AwaitJoin { identity } | State::InRoom { identity, .. } => Some(identity),
         }
     }
+
+    fn identity_mut(&mut self) -> Option<&mut Identity> {
+        match self {
+            State::AwaitAuth => None,
+            State::AwaitJoin { identity } | State::InRoom { identity, .. } => Some(identity),
+        }
+    }
 }
 
 /// How a session ended.
@@ -287,7 +294,7 @@ impl Session {
             match event {
                 Inbound::Text(text) => {
                     self.timers.on_client_message(Instant::now());
-                    if let Err(code) = self.on_text(&text) {
+                    if let Err(code) = self.on_text(&text).await {
                         return End::Closed(code);
                     }
                 }
@@ -329,27 +336,29 @@ impl Session {
     }
 
     /// Handles one client frame; `Err` closes the socket with that code.
-    fn on_text(&mut self, text: &str) -> Result<(), CloseCode> {
+    async fn on_text(&mut self, text: &str) -> Result<(), CloseCode> {
         let frame = ClientFrame::decode(text).map_err(|err| {
             debug!(session = self.id, state = self.state.name(), %err, "frame refused");
             CloseCode::ProtocolViolation
         })?;
         match frame {
-            ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Auth { token } => self.on_auth(&token).await,
             ClientFrame::Join { username, room } => self.on_join(username, &room),
             ClientFrame::Message { body } => self.on_message(&body),
             ClientFrame::UserLeave => self.on_leave(),
         }
     }
 
-    fn on_auth(&mut self, token: &str) -> Result<(), CloseCode> {
-        if !matches!(self.state, State::AwaitAuth) {
-            debug!(session = self.id, state = self.state.name(), "second auth");
-            return Err(CloseCode::ProtocolViolation);
+    /// The first `auth` authenticates; a later one refreshes the token (same user only).
+    async fn on_auth(&mut self, token: &str) -> Result<(), CloseCode> {
+        if !matches!(self.state, State::AwaitAuth) && !self.limiters.allow_control() {
+            self.gateway.metrics.rate_limit("control");
+            return Err(CloseCode::RateLimited);
         }
-        let metrics = &self.gateway.metrics;
+        let gateway = Arc::clone(&self.gateway);
+        let metrics = &gateway.metrics;
         let verifying = Instant::now();
-        let verified = self.gateway.verifier.verify(token);
+        let verified = gateway.verifier.verify(token).await;
         metrics
             .auth_duration
             .observe(verifying.elapsed().as_secs_f64());
@@ -358,6 +367,9 @@ impl Session {
             metrics.auth_failure(err.label());
             CloseCode::AuthFailed
         })?;
+        if !matches!(self.state, State::AwaitAuth) {
+            return self.refresh(identity);
+        }
         let user = Offender::User(Arc::clone(&identity.user_id));
         if self.gateway.bans.remaining(&user).is_some() {
             debug!(session = self.id, user_id = %identity.user_id, "banned user");
@@ -380,6 +392,27 @@ impl Session {
         Ok(())
     }
 
+    /// A fresh token for the same user extends the session to its expiry; one for anybody
+    /// else is refused.
+    fn refresh(&mut self, fresh: Identity) -> Result<(), CloseCode> {
+        let Some(current) = self.state.identity_mut() else {
+            unreachable!("refresh happens only after auth");
+        };
+        if current.user_id != fresh.user_id {
+            debug!(session = self.id, "refresh with another user's token");
+            self.gateway.metrics.auth_failure("wrong_subject");
+            return Err(CloseCode::AuthFailed);
+        }
+        debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
+        current.expires_at = fresh.expires_at;
+        current.token_id = fresh.token_id;
+        current.rooms = fresh.rooms;
+        let valid_for =
+            (fresh.expires_at + self.gateway.config.jwt_leeway_secs).saturating_sub(unix_now());
+        self.timers.token_expiry = Some(Instant::now() + Duration::from_secs(valid_for));
+        Ok(())
+    }
+
     fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
         let State::AwaitJoin { identity } = &self.state else {
             debug!(
@@ -394,6 +427,18 @@ impl Session {
             return Err(CloseCode::RateLimited);
         }
         let config = &self.gateway.config;
+        if identity
+            .rooms
+            .as_ref()
+            .is_some_and(|rooms| !rooms.allows(room))
+        {
+            debug!(
+                session = self.id,
+                room_bytes = room.len(),
+                "room not in the token's rooms claim"
+            );
+            return Err(CloseCode::RoomNotAllowed);
+        }
         validate_room(room, config.room_max_chars).map_err(|err| {
             debug!(session = self.id, room_bytes = room.len(), %err, "room refused");
             CloseCode::InvalidName

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod child;
+pub mod jwks;
 pub mod raw;
 
 use std::net::SocketAddr;

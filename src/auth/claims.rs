@@ -1,0 +1,165 @@
+//! From a verified token's claims to an [`Identity`]: which claims name the user, which must be
+//! present, which clients (`azp`) may present the token, and which rooms it may join.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::AuthError;
+use crate::config::Config;
+use crate::names::sanitize_display_name;
+
+/// The longest user id accepted; an id is an id, not a payload.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+/// The most room patterns a token may carry.
+pub const MAX_ROOM_PATTERNS: usize = 256;
+
+/// Who a verified token says the client is, and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `USER_ID_CLAIM` (default `sub`): the stable user id shown to others as `userId`.
+    pub user_id: Arc<str>,
+    /// `USERNAME_CLAIM`, cleaned; the user id when the token has none.
+    pub display_name: Arc<str>,
+    /// The token's `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// The token's `jti`, if any.
+    pub token_id: Option<String>,
+    /// With `ROOMS_CLAIM`: the rooms this token may join.
+    pub rooms: Option<RoomPatterns>,
+}
+
+/// Room names and `prefix*` patterns from a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomPatterns(Vec<String>);
+
+impl RoomPatterns {
+    pub fn allows(&self, room: &str) -> bool {
+        self.0
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => pattern == room,
+            })
+    }
+}
+
+/// How claims are read, from config.
+pub struct ClaimRules {
+    user_id_claim: String,
+    username_claim: String,
+    username_max_chars: usize,
+    rooms_claim: Option<String>,
+    required: Vec<String>,
+    allowed_azp: Option<Vec<String>>,
+}
+
+impl ClaimRules {
+    pub fn from_config(config: &Config) -> ClaimRules {
+        ClaimRules {
+            user_id_claim: config.user_id_claim.clone(),
+            username_claim: config.username_claim.clone(),
+            username_max_chars: config.username_max_chars,
+            rooms_claim: config.rooms_claim.clone(),
+            required: config
+                .jwt_required_claims
+                .as_ref()
+                .map(|list| list.0.clone())
+                .unwrap_or_default(),
+            allowed_azp: config.jwt_allowed_azp.as_ref().map(|list| list.0.clone()),
+        }
+    }
+
+    /// The claim jsonwebtoken must find, besides `exp`: `sub` unless the id is elsewhere.
+    pub fn requires_sub(&self) -> bool {
+        self.user_id_claim == "sub"
+    }
+
+    pub fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+        if let Some(missing) = self
+            .required
+            .iter()
+            .find(|name| claims.get(name.as_str()).is_none_or(Value::is_null))
+        {
+            tracing::debug!(claim = %missing, "required claim missing");
+            return Err(AuthError::Rejected("missing_claim"));
+        }
+        if let Some(allowed) = &self.allowed_azp {
+            let azp = claims.get("azp").and_then(Value::as_str);
+            if !azp.is_some_and(|azp| allowed.iter().any(|allowed| allowed == azp)) {
+                return Err(AuthError::Rejected("wrong_azp"));
+            }
+        }
+        let user_id = match claims.get(&self.user_id_claim) {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_SUBJECT_BYTES => {
+                id.as_str()
+            }
+            _ => return Err(AuthError::BadSubject),
+        };
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map(|exp| exp.max(0.0) as u64)
+            .ok_or(AuthError::Rejected("bad_claim_format"))?;
+        let display_name = claims
+            .get(&self.username_claim)
+            .and_then(Value::as_str)
+            .and_then(|name| sanitize_display_name(name, self.username_max_chars))
+            .or_else(|| sanitize_display_name(user_id, self.username_max_chars))
+            .ok_or(AuthError::BadSubject)?;
+        let rooms = match &self.rooms_claim {
+            None => None,
+            Some(claim) => Some(room_patterns(claims.get(claim))?),
+        };
+        Ok(Identity {
+            user_id: Arc::from(user_id),
+            display_name: Arc::from(display_name),
+            expires_at,
+            token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            rooms,
+        })
+    }
+}
+
+/// A rooms claim: an array of strings, or one string of names separated by spaces or commas
+/// (as OAuth scopes are). Missing means no room at all.
+fn room_patterns(value: Option<&Value>) -> Result<RoomPatterns, AuthError> {
+    let patterns: Vec<String> = match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(list)) => list
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or(AuthError::Rejected("bad_claim_format"))?,
+        Some(_) => return Err(AuthError::Rejected("bad_claim_format")),
+    };
+    if patterns.len() > MAX_ROOM_PATTERNS {
+        return Err(AuthError::Rejected("bad_claim_format"));
+    }
+    Ok(RoomPatterns(patterns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn room_patterns_match_exactly_or_by_prefix() {
+        let patterns = room_patterns(Some(&json!(["lobby", "team-*"]))).unwrap();
+        assert!(patterns.allows("lobby"));
+        assert!(patterns.allows("team-red"));
+        assert!(!patterns.allows("lobby2"));
+        assert!(!patterns.allows("tea"));
+        let scoped = room_patterns(Some(&json!("lobby  news,ops*"))).unwrap();
+        assert!(scoped.allows("news") && scoped.allows("ops-1") && !scoped.allows("other"));
+        assert!(!room_patterns(None).unwrap().allows("lobby"));
+        assert!(room_patterns(Some(&json!([1]))).is_err());
+        assert!(room_patterns(Some(&json!({"a": 1}))).is_err());
+    }
+}
