@@ -169,6 +169,12 @@ pub struct TrustedIssuer {
     /// Accepted `aud` values; when empty, `aud` is not checked.
     #[serde(default, deserialize_with = "one_or_many")]
     pub audience: Vec<String>,
+    /// Accepted `azp` values (the client a token was issued to); when empty, not checked.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub azp: Vec<String>,
+    /// Put before this issuer's user ids, so that ids of different issuers never collide.
+    #[serde(default)]
+    pub user_id_prefix: String,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -297,6 +303,10 @@ pub struct Config {
     pub jwt_required_claims: Option<CommaList>,
     /// When set, the token's `azp` must be one of these (Clerk, Keycloak).
     pub jwt_allowed_azp: Option<CommaList>,
+    /// Accept JWKS-verified tokens that name no audience and no `azp` check applies: any
+    /// token the issuer signs, for any application. Off unless set.
+    #[serde(default)]
+    pub jwt_accept_any_audience: bool,
     /// A file of revoked `jti`s and subjects, re-read when it changes.
     pub revocation_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
@@ -411,7 +421,7 @@ mod defaults {
         30
     }
     pub const fn jwks_timeout_ms() -> u64 {
-        3000
+        1500
     }
     pub fn user_id_claim() -> String {
         "sub".to_owned()
@@ -704,6 +714,12 @@ impl Config {
                     .clone()
                     .map(|aud| aud.0)
                     .unwrap_or_default(),
+                azp: self
+                    .jwt_allowed_azp
+                    .clone()
+                    .map(|azp| azp.0)
+                    .unwrap_or_default(),
+                user_id_prefix: String::new(),
             }],
             _ => Vec::new(),
         }
@@ -722,10 +738,14 @@ impl Config {
             ));
         }
         if self.trusted_issuers.is_some() {
-            if self.jwks_url.is_some() || self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
+            if self.jwks_url.is_some()
+                || self.jwt_issuer.is_some()
+                || self.jwt_audience.is_some()
+                || self.jwt_allowed_azp.is_some()
+            {
                 return Err(invalid(
                     "TRUSTED_ISSUERS",
-                    "replaces JWKS_URL, JWT_ISSUER and JWT_AUDIENCE: set one or the other",
+                    "replaces JWKS_URL, JWT_ISSUER, JWT_AUDIENCE and JWT_ALLOWED_AZP: set one or the other",
                 ));
             }
         } else if self.jwt_issuer.is_none() {
@@ -736,13 +756,44 @@ impl Config {
         if issuers.is_empty() {
             return Err(invalid("TRUSTED_ISSUERS", "no issuer listed"));
         }
+        let multi = self.trusted_issuers.is_some();
         for issuer in &issuers {
-            let var = if self.trusted_issuers.is_some() {
-                "TRUSTED_ISSUERS"
-            } else {
-                "JWKS_URL"
-            };
-            check_key_url(var, &issuer.jwks_url)?;
+            check_key_url(
+                if multi { "TRUSTED_ISSUERS" } else { "JWKS_URL" },
+                &issuer.jwks_url,
+            )?;
+            // An identity provider signs tokens for all its applications: without an audience
+            // or azp check, a token meant for any of them would open a session here.
+            if issuer.audience.is_empty() && issuer.azp.is_empty() && !self.jwt_accept_any_audience
+            {
+                return Err(invalid(
+                    if multi { "TRUSTED_ISSUERS" } else { "JWT_AUDIENCE" },
+                    format!(
+                        "issuer {} needs an audience or an allowed azp (or JWT_ACCEPT_ANY_AUDIENCE=true)",
+                        issuer.issuer
+                    ),
+                ));
+            }
+        }
+        if issuers.len() > 1 {
+            let mut prefixes: Vec<&str> =
+                issuers.iter().map(|i| i.user_id_prefix.as_str()).collect();
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            if prefixes.len() != issuers.len() || prefixes.contains(&"") {
+                return Err(invalid(
+                    "TRUSTED_ISSUERS",
+                    "with several issuers, each needs its own non-empty user_id_prefix",
+                ));
+            }
+        }
+        if self.jwks_timeout_ms >= self.auth_timeout_ms
+            || self.jwks_timeout_ms >= self.jwks_refetch_cooldown_secs.saturating_mul(1000)
+        {
+            return Err(invalid(
+                "JWKS_TIMEOUT_MS",
+                "must be shorter than AUTH_TIMEOUT_MS and JWKS_REFETCH_COOLDOWN_SECS",
+            ));
         }
         let positive = [
             ("JWKS_REFRESH_SECS", self.jwks_refresh_secs),

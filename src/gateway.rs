@@ -36,7 +36,9 @@ pub struct Gateway {
     pub user_messages: UserMessageLimiter,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
-    /// Every connection and session task, so shutdown can wait for them.
+    /// Every session task, so shutdown can wait for them and count those left.
+    pub sessions: TaskTracker,
+    /// Every other task (HTTP connections, admin, housekeeping, key refresh).
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
     /// Set when the drain starts: `/readyz` answers 503 from then on.
@@ -59,6 +61,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
             tasks: TaskTracker::new(),
             next_session_id: AtomicU64::new(1),
         }))
@@ -215,12 +218,17 @@ impl RunningGateway {
         tracing::info!("closing every session");
         self.gateway.shutdown.cancel();
         let _ = self.accept_loop.await;
-        let tasks = &self.gateway.tasks;
+        let (sessions, tasks) = (&self.gateway.sessions, &self.gateway.tasks);
+        sessions.close();
         tasks.close();
         let deadline = started + config.shutdown_grace();
-        let abandoned = match tokio::time::timeout_at(deadline, tasks.wait()).await {
+        let everything = async {
+            sessions.wait().await;
+            tasks.wait().await;
+        };
+        let abandoned = match tokio::time::timeout_at(deadline, everything).await {
             Ok(()) => 0,
-            Err(_) => tasks.len(),
+            Err(_) => sessions.len(),
         };
         self.gateway
             .metrics

@@ -151,6 +151,20 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+
+    /// Every (room, session) membership, for invariant checks in tests and fuzzing.
+    pub fn memberships(&self) -> Vec<(String, SessionId)> {
+        self.rooms
+            .iter()
+            .flat_map(|room| {
+                let name = room.key().clone();
+                room.members
+                    .keys()
+                    .map(move |session| (name.clone(), *session))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 /// A member's place in a room; dropping it leaves the room.

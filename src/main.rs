@@ -99,7 +99,7 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let running = palisade::start(config).await?;
         let addr = running.local_addr();
         match running.admin_addr() {
@@ -119,7 +119,11 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Blocking work still running (a DNS lookup for a key set) must not hold the exit past the
+    // grace period.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Prints where to connect and the tokens. Write errors are ignored: a gateway must not die

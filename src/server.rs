@@ -224,7 +224,7 @@ fn route(
     };
     gateway.metrics.connection(outcome::UPGRADED);
     let gateway_for_session = Arc::clone(gateway);
-    gateway.tasks.spawn(async move {
+    gateway.sessions.spawn(async move {
         match upgrade.await {
             Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
             Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),

@@ -49,7 +49,8 @@ fn accepted(name: &str, user_id: &str) -> Outcome {
 const REFUSED: Outcome = Outcome::Refused(4002);
 
 fn claims(extra: Value) -> Value {
-    let mut claims = json!({"iss": ISSUER, "sub": "alice", "name": "Alice", "exp": now() + 600});
+    let mut claims =
+        json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "name": "Alice", "exp": now() + 600});
     for (key, value) in extra.as_object().unwrap() {
         if value.is_null() {
             claims.as_object_mut().unwrap().remove(key);
@@ -65,6 +66,7 @@ async fn gateway_for(jwks: &JwksServer, extra: &[(&str, &str)]) -> TestServer {
     let mut settings = vec![
         ("JWKS_URL", jwks.url.as_str()),
         ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", "chat"),
         ("JWT_ALGORITHMS", "RS256,ES256"),
         ("JWT_DECODE_SECRET", ""),
         ("JWKS_REFETCH_COOLDOWN_SECS", "1"),
@@ -135,8 +137,10 @@ async fn readiness_waits_for_the_first_key_set() {
     let server = TestServer::with(&[
         ("JWKS_URL", jwks.url.as_str()),
         ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", "chat"),
         ("JWT_DECODE_SECRET", ""),
         ("JWKS_REFETCH_COOLDOWN_SECS", "1"),
+        ("JWKS_TIMEOUT_MS", "500"),
     ])
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -260,6 +264,20 @@ async fn hs_tokens_signed_with_the_public_key_are_refused() {
     )
     .unwrap();
     assert_eq!(outcome(&server, &confused).await, REFUSED);
+    // An issuer's keys without an audience or azp check would accept tokens meant for any
+    // of its applications: refused unless explicitly allowed.
+    let open = [
+        ("ALLOWED_ORIGINS", "x"),
+        ("JWKS_URL", jwks.url.as_str()),
+        ("JWT_ISSUER", ISSUER),
+    ];
+    assert!(palisade::Config::from_pairs(open)
+        .unwrap_err()
+        .to_string()
+        .contains("JWT_AUDIENCE"));
+    let mut allowed = open.to_vec();
+    allowed.push(("JWT_ACCEPT_ANY_AUDIENCE", "true"));
+    assert!(palisade::Config::from_pairs(allowed).is_ok());
     // And a JWKS cannot be combined with HS algorithms at all.
     let refused = palisade::Config::from_pairs([
         ("ALLOWED_ORIGINS", "x"),
@@ -275,8 +293,8 @@ async fn each_issuer_is_verified_only_with_its_own_keys() {
     let a = JwksServer::start(&["rsa-1"]).await;
     let b = JwksServer::start(&["ec-1"]).await;
     let issuers = json!([
-        {"issuer": "https://a.test/", "jwks_url": a.url, "audience": "chat"},
-        {"issuer": "https://b.test/", "jwks_url": b.url},
+        {"issuer": "https://a.test/", "jwks_url": a.url, "audience": "chat", "user_id_prefix": "a:"},
+        {"issuer": "https://b.test/", "jwks_url": b.url, "azp": "web", "user_id_prefix": "b:"},
     ])
     .to_string();
     let server = TestServer::with(&[
@@ -284,18 +302,25 @@ async fn each_issuer_is_verified_only_with_its_own_keys() {
         ("JWT_ALGORITHMS", "RS256,ES256"),
         ("JWT_DECODE_SECRET", ""),
         ("JWKS_REFETCH_COOLDOWN_SECS", "1"),
+        ("JWKS_TIMEOUT_MS", "500"),
     ])
     .await;
     wait_ready(&server).await;
     let from_a = claims(json!({"iss": "https://a.test/", "aud": "chat"}));
-    let from_b = claims(json!({"iss": "https://b.test/"}));
+    let from_b = claims(json!({"iss": "https://b.test/", "aud": null, "azp": "web"}));
+    // The same `sub` at two issuers is two users.
     assert_eq!(
         outcome(&server, &sign_with("rsa-1", &from_a)).await,
-        accepted("Alice", "alice")
+        accepted("Alice", "a:alice")
     );
     assert_eq!(
         outcome(&server, &sign_with("ec-1", &from_b)).await,
-        accepted("Alice", "alice")
+        accepted("Alice", "b:alice")
+    );
+    let other_client = claims(json!({"iss": "https://b.test/", "aud": null, "azp": "other"}));
+    assert_eq!(
+        outcome(&server, &sign_with("ec-1", &other_client)).await,
+        REFUSED
     );
     // A's key presented as B's token, and B's as A's: refused.
     assert_eq!(
@@ -543,4 +568,77 @@ async fn revoked_tokens_and_subjects_are_refused_without_a_restart() {
         .expect("refused")
         .to_string();
     assert!(err.contains("REVOCATION_FILE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_deadline_holds_while_waiting_for_keys() {
+    let jwks = JwksServer::start(&["rsa-1"]).await;
+    let server = gateway_for(
+        &jwks,
+        &[("AUTH_TIMEOUT_MS", "1000"), ("JWKS_TIMEOUT_MS", "900")],
+    )
+    .await;
+    jwks.set_mode(Mode::Hang);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the refetch cooldown
+    let mut client = server.connect().await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unknown = sign_as(
+        "new-kid",
+        Algorithm::RS256,
+        "rsa2_private.pem",
+        &claims(json!({})),
+    );
+    client.auth(&unknown).await;
+    assert_eq!(
+        client.expect_close().await.0,
+        4001,
+        "the deadline, not the fetch, decides"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_hanging_key_fetch() {
+    let jwks = JwksServer::start(&["rsa-1"]).await;
+    let server = gateway_for(
+        &jwks,
+        &[
+            ("JWKS_REFRESH_SECS", "1"),
+            ("AUTH_TIMEOUT_MS", "60000"),
+            ("JWKS_REFETCH_COOLDOWN_SECS", "60"),
+            ("JWKS_TIMEOUT_MS", "30000"),
+        ],
+    )
+    .await;
+    jwks.set_mode(Mode::Hang);
+    let before = jwks.requests();
+    while jwks.requests() == before {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A refresh is now hanging for up to 30 s; shutdown must not wait for it.
+    let started = Instant::now();
+    let report = server.running.shutdown().await;
+    assert_eq!(report.abandoned, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_expiry_does_not_break_the_session() {
+    let server = TestServer::start().await;
+    let token = sign(
+        &claims(json!({"exp": 10_000_000_000_000_000_000u64})),
+        SECRET.as_bytes(),
+        Algorithm::HS256,
+    );
+    assert_eq!(outcome(&server, &token).await, accepted("Alice", "alice"));
+    server.assert_serves().await;
 }

@@ -38,7 +38,7 @@ async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Clien
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flows() {
     let server = TestServer::with(&[
-        ("OUTBOUND_QUEUE_FRAMES", "16"),
+        ("OUTBOUND_QUEUE_FRAMES", "64"),
         ("CLOSE_TIMEOUT_MS", "5000"),
     ])
     .await;
@@ -58,8 +58,10 @@ async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flo
                 .send_json(json!({"type": "message", "body": format!("{sent} {body}")}))
                 .await;
             sent += 1;
-            if sent % 32 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            // Paced, so that the reader (which does read) never falls 64 frames behind on
+            // a busy two-core machine, while the slow socket's buffers still fill in seconds.
+            if sent % 16 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         (sender, sent)

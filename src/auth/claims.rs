@@ -51,7 +51,14 @@ pub struct ClaimRules {
     username_max_chars: usize,
     rooms_claim: Option<String>,
     required: Vec<String>,
-    allowed_azp: Option<Vec<String>>,
+}
+
+/// What depends on the issuer: the clients its tokens may be for, and its user id prefix.
+#[derive(Clone, Debug, Default)]
+pub struct IssuerScope {
+    /// Accepted `azp` values; empty means not checked.
+    pub allowed_azp: Vec<String>,
+    pub user_id_prefix: String,
 }
 
 impl ClaimRules {
@@ -66,7 +73,6 @@ impl ClaimRules {
                 .as_ref()
                 .map(|list| list.0.clone())
                 .unwrap_or_default(),
-            allowed_azp: config.jwt_allowed_azp.as_ref().map(|list| list.0.clone()),
         }
     }
 
@@ -75,7 +81,11 @@ impl ClaimRules {
         self.user_id_claim == "sub"
     }
 
-    pub fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+    pub fn identity(
+        &self,
+        claims: &Map<String, Value>,
+        scope: &IssuerScope,
+    ) -> Result<Identity, AuthError> {
         if let Some(missing) = self
             .required
             .iter()
@@ -84,18 +94,19 @@ impl ClaimRules {
             tracing::debug!(claim = %missing, "required claim missing");
             return Err(AuthError::Rejected("missing_claim"));
         }
-        if let Some(allowed) = &self.allowed_azp {
+        if !scope.allowed_azp.is_empty() {
             let azp = claims.get("azp").and_then(Value::as_str);
-            if !azp.is_some_and(|azp| allowed.iter().any(|allowed| allowed == azp)) {
+            if !azp.is_some_and(|azp| scope.allowed_azp.iter().any(|allowed| allowed == azp)) {
                 return Err(AuthError::Rejected("wrong_azp"));
             }
         }
-        let user_id = match claims.get(&self.user_id_claim) {
+        let id = match claims.get(&self.user_id_claim) {
             Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_SUBJECT_BYTES => {
                 id.as_str()
             }
             _ => return Err(AuthError::BadSubject),
         };
+        let user_id = format!("{}{id}", scope.user_id_prefix);
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_f64)
@@ -105,14 +116,14 @@ impl ClaimRules {
             .get(&self.username_claim)
             .and_then(Value::as_str)
             .and_then(|name| sanitize_display_name(name, self.username_max_chars))
-            .or_else(|| sanitize_display_name(user_id, self.username_max_chars))
+            .or_else(|| sanitize_display_name(id, self.username_max_chars))
             .ok_or(AuthError::BadSubject)?;
         let rooms = match &self.rooms_claim {
             None => None,
             Some(claim) => Some(room_patterns(claims.get(claim))?),
         };
         Ok(Identity {
-            user_id: Arc::from(user_id),
+            user_id: Arc::from(user_id.as_str()),
             display_name: Arc::from(display_name),
             expires_at,
             token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),

@@ -15,7 +15,7 @@
 //! keys, unknown types); a document with no usable key at all is garbage.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -139,7 +139,11 @@ fn verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
 pub struct IssuerKeys {
     pub issuer: TrustedIssuer,
     client: reqwest::Client,
-    current: RwLock<Arc<KeySet>>,
+    /// The newest key set, with the number of the fetch that brought it.
+    current: RwLock<(u64, Arc<KeySet>)>,
+    /// Numbers fetches in the order they start, so a slow old fetch never overwrites the
+    /// result of a newer one.
+    fetches_started: AtomicU64,
     loaded: AtomicBool,
     /// When the last on-demand refetch started; the lock makes refetches single-flight.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -161,7 +165,8 @@ impl IssuerKeys {
         IssuerKeys {
             issuer,
             client,
-            current: RwLock::new(Arc::new(KeySet::default())),
+            current: RwLock::new((0, Arc::new(KeySet::default()))),
+            fetches_started: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             last_refetch: tokio::sync::Mutex::new(None),
             cooldown: config.jwks_refetch_cooldown(),
@@ -177,7 +182,7 @@ impl IssuerKeys {
     }
 
     pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
-        self.current.read().expect("key set lock").get(kid)
+        self.current.read().expect("key set lock").1.get(kid)
     }
 
     /// The key for a `kid` the cache lacks: one fetch per cooldown at most, shared by everyone
@@ -193,14 +198,17 @@ impl IssuerKeys {
         if last.is_some_and(|at| at.elapsed() < self.cooldown) {
             return None;
         }
-        *last = Some(Instant::now());
         debug!(issuer = %self.issuer.issuer, kid_bytes = kid.len(), "unknown kid: refetching keys");
         let _ = self.fetch().await;
+        // The cooldown runs from the end of the fetch: those who queued meanwhile find it
+        // fresh and give up at once instead of each fetching in turn.
+        *last = Some(Instant::now());
         self.get(kid)
     }
 
     /// Fetches the key set once; on success replaces the cache and returns the `max-age`.
     pub async fn fetch(&self) -> Result<Option<Duration>, JwksError> {
+        let number = self.fetches_started.fetch_add(1, Ordering::SeqCst) + 1;
         let outcome = match tokio::time::timeout(self.timeout, self.download()).await {
             Ok(result) => result,
             Err(_) => Err(JwksError::Timeout),
@@ -209,7 +217,11 @@ impl IssuerKeys {
             Ok((keys, max_age)) => {
                 self.metrics.jwks_fetch("ok");
                 info!(issuer = %self.issuer.issuer, keys = keys.len(), "key set loaded");
-                *self.current.write().expect("key set lock") = Arc::new(keys);
+                let mut current = self.current.write().expect("key set lock");
+                if number > current.0 {
+                    *current = (number, Arc::new(keys));
+                }
+                drop(current);
                 self.loaded.store(true, Ordering::SeqCst);
                 Ok(max_age)
             }
@@ -254,7 +266,11 @@ impl IssuerKeys {
     /// bounds), retrying failures after the cooldown.
     pub async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let wait = match self.fetch().await {
+            let fetched = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                fetched = self.fetch() => fetched,
+            };
+            let wait = match fetched {
                 Ok(Some(max_age)) => max_age.clamp(self.cooldown, self.refresh.max(self.cooldown)),
                 Ok(None) => self.refresh,
                 Err(_) => self.cooldown,

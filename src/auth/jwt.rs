@@ -19,7 +19,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::claims::{ClaimRules, Identity};
+use super::claims::{ClaimRules, Identity, IssuerScope};
 use super::jwks::{IssuerKeys, MAX_KID_BYTES};
 use super::revocation::Revocations;
 use crate::config::{Config, ConfigError};
@@ -78,9 +78,17 @@ enum KeySource {
     Static {
         key: DecodingKey,
         validation: Box<Validation>,
+        scope: IssuerScope,
     },
-    /// Trusted issuers' key sets, each with its own validation.
-    Jwks(Vec<(Arc<IssuerKeys>, Validation)>),
+    /// Trusted issuers' key sets, each with its own validation and scope.
+    Jwks(Vec<TrustedKeys>),
+}
+
+/// One trusted issuer: its keys, how its tokens are validated, and its scope.
+struct TrustedKeys {
+    keys: Arc<IssuerKeys>,
+    validation: Validation,
+    scope: IssuerScope,
 }
 
 /// Verifies tokens against the configured keys and rules.
@@ -125,13 +133,13 @@ impl TokenVerifier {
                 config
                     .issuers()
                     .into_iter()
-                    .map(|issuer| {
-                        let validation =
-                            base(std::slice::from_ref(&issuer.issuer), &issuer.audience);
-                        (
-                            Arc::new(IssuerKeys::new(issuer, config, Arc::clone(metrics))),
-                            validation,
-                        )
+                    .map(|issuer| TrustedKeys {
+                        validation: base(std::slice::from_ref(&issuer.issuer), &issuer.audience),
+                        scope: IssuerScope {
+                            allowed_azp: issuer.azp.clone(),
+                            user_id_prefix: issuer.user_id_prefix.clone(),
+                        },
+                        keys: Arc::new(IssuerKeys::new(issuer, config, Arc::clone(metrics))),
                     })
                     .collect(),
             )
@@ -145,6 +153,14 @@ impl TokenVerifier {
             KeySource::Static {
                 key: static_key(config)?,
                 validation: Box::new(base(&issuers, &audience)),
+                scope: IssuerScope {
+                    allowed_azp: config
+                        .jwt_allowed_azp
+                        .as_ref()
+                        .map(|azp| azp.0.clone())
+                        .unwrap_or_default(),
+                    user_id_prefix: String::new(),
+                },
             }
         };
         let revocations = config
@@ -165,7 +181,10 @@ impl TokenVerifier {
     pub fn issuers(&self) -> Vec<Arc<IssuerKeys>> {
         match &self.source {
             KeySource::Static { .. } => Vec::new(),
-            KeySource::Jwks(issuers) => issuers.iter().map(|(keys, _)| Arc::clone(keys)).collect(),
+            KeySource::Jwks(issuers) => issuers
+                .iter()
+                .map(|trusted| Arc::clone(&trusted.keys))
+                .collect(),
         }
     }
 
@@ -193,12 +212,21 @@ impl TokenVerifier {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Rejected("algorithm_not_allowed"));
         }
-        let claims = match &self.source {
-            KeySource::Static { key, validation } => {
-                decode::<Map<String, Value>>(token, key, validation)?.claims
-            }
+        let (claims, scope) = match &self.source {
+            KeySource::Static {
+                key,
+                validation,
+                scope,
+            } => (
+                decode::<Map<String, Value>>(token, key, validation)?.claims,
+                scope,
+            ),
             KeySource::Jwks(issuers) => {
-                let (keys, validation) = choose_issuer(issuers, token)?;
+                let TrustedKeys {
+                    keys,
+                    validation,
+                    scope,
+                } = choose_issuer(issuers, token)?;
                 let kid = header
                     .kid
                     .as_deref()
@@ -216,10 +244,13 @@ impl TokenVerifier {
                 }
                 let mut validation = validation.clone();
                 validation.algorithms = vec![header.alg];
-                decode::<Map<String, Value>>(token, &key.key, &validation)?.claims
+                (
+                    decode::<Map<String, Value>>(token, &key.key, &validation)?.claims,
+                    scope,
+                )
             }
         };
-        let identity = self.rules.identity(&claims)?;
+        let identity = self.rules.identity(&claims, scope)?;
         if let Some(revocations) = &self.revocations {
             if revocations.is_revoked(identity.token_id.as_deref(), &identity.user_id, unix_now()) {
                 return Err(AuthError::Rejected("revoked"));
@@ -231,9 +262,9 @@ impl TokenVerifier {
 
 /// The issuer whose keys may verify `token`: the only one, or the one its `iss` names.
 fn choose_issuer<'a>(
-    issuers: &'a [(Arc<IssuerKeys>, Validation)],
+    issuers: &'a [TrustedKeys],
     token: &str,
-) -> Result<&'a (Arc<IssuerKeys>, Validation), AuthError> {
+) -> Result<&'a TrustedKeys, AuthError> {
     if let [only] = issuers {
         return Ok(only);
     }
@@ -248,7 +279,7 @@ fn choose_issuer<'a>(
         .ok_or(AuthError::Rejected("missing_claim"))?;
     issuers
         .iter()
-        .find(|(keys, _)| keys.issuer.issuer == iss)
+        .find(|trusted| trusted.keys.issuer.issuer == iss)
         .ok_or(AuthError::Rejected("wrong_issuer"))
 }
 

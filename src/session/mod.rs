@@ -358,7 +358,19 @@ impl Session {
         let gateway = Arc::clone(&self.gateway);
         let metrics = &gateway.metrics;
         let verifying = Instant::now();
-        let verified = gateway.verifier.verify(token).await;
+        // Verifying may wait for an identity provider's keys: the state's deadline and
+        // shutdown still apply meanwhile.
+        let deadline = self.deadline;
+        let verified = tokio::select! {
+            verified = gateway.verifier.verify(token) => verified,
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                return Err(match self.state {
+                    State::AwaitAuth => CloseCode::AuthTimeout,
+                    _ => CloseCode::JoinTimeout,
+                });
+            }
+            _ = gateway.shutdown.cancelled() => return Err(CloseCode::GoingAway),
+        };
         metrics
             .auth_duration
             .observe(verifying.elapsed().as_secs_f64());
@@ -383,9 +395,10 @@ impl Session {
         };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
         // The token stops being good at `exp` plus the leeway it was accepted with.
-        let valid_for =
-            (identity.expires_at + self.gateway.config.jwt_leeway_secs).saturating_sub(unix_now());
-        self.timers.token_expiry = Some(Instant::now() + Duration::from_secs(valid_for));
+        self.timers.token_expiry = Some(token_deadline(
+            identity.expires_at,
+            self.gateway.config.jwt_leeway_secs,
+        ));
         self.user_slot = Some(slot);
         self.transition("await_auth", State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
@@ -407,9 +420,10 @@ impl Session {
         current.expires_at = fresh.expires_at;
         current.token_id = fresh.token_id;
         current.rooms = fresh.rooms;
-        let valid_for =
-            (fresh.expires_at + self.gateway.config.jwt_leeway_secs).saturating_sub(unix_now());
-        self.timers.token_expiry = Some(Instant::now() + Duration::from_secs(valid_for));
+        self.timers.token_expiry = Some(token_deadline(
+            fresh.expires_at,
+            self.gateway.config.jwt_leeway_secs,
+        ));
         Ok(())
     }
 
@@ -585,6 +599,18 @@ fn strike(
             StrikeOutcome::Counted => {}
         }
     }
+}
+
+/// The longest a token may keep a session open, whatever its `exp` says (ten years): an
+/// absurd `exp` must not overflow the clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// When a token accepted now stops being good: `exp` plus the leeway.
+fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
+    let left = expires_at
+        .saturating_add(leeway_secs)
+        .saturating_sub(unix_now());
+    Instant::now() + Duration::from_secs(left).min(MAX_TOKEN_LIFETIME)
 }
 
 /// A deadline for a `select!` branch that is disabled anyway.

@@ -1,0 +1,369 @@
+//! The fuzz targets' bodies, shared by `fuzz/fuzz_targets/*` (libFuzzer) and
+//! `tests/fuzz_corpus.rs` (which replays every committed corpus file on stable `cargo test`, so
+//! a past crash can never come back). Each function panics when an invariant breaks.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use palisade::auth::mint::{mint_hs_token, TokenRequest};
+use palisade::auth::TokenVerifier;
+use palisade::client_ip::IpKey;
+use palisade::config::{Config, Secret};
+use palisade::protocol::{ClientFrame, CloseCode};
+use palisade::session::reader::{Inbound, MessageReader, ReadLimits};
+use palisade::Gateway;
+
+const SECRET: &str = "fuzzing-secret-fuzzing-secret-fuzzing";
+const LIMITS: ReadLimits = ReadLimits {
+    max_message_bytes: 4096,
+    max_fragments: 64,
+};
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut pairs = vec![
+        ("ALLOWED_ORIGINS", "*"),
+        ("JWT_DECODE_SECRET", SECRET),
+        ("AUTH_TIMEOUT_MS", "2000"),
+        ("JOIN_TIMEOUT_MS", "2000"),
+        ("MSG_RATE_PER_SEC", "1000000"),
+        ("MSG_BURST", "1000000"),
+        ("USER_MSG_RATE_PER_SEC", "1000000"),
+        ("USER_MSG_BURST", "1000000"),
+        ("CONTROL_RATE_PER_SEC", "1000000"),
+        ("CONTROL_BURST", "1000000"),
+        ("MAX_SESSIONS_PER_USER", "1000"),
+        ("CONNECT_RATE_PER_SEC", "1000000"),
+        ("CONNECT_BURST", "1000000"),
+        ("MAX_CONNECTIONS_PER_IP", "1000000"),
+        ("BAN_STRIKES", "1000000"),
+        ("CLOSE_TIMEOUT_MS", "100"),
+        ("DRAIN_DELAY_SECS", "0"),
+    ];
+    pairs.extend_from_slice(extra);
+    Config::from_pairs(pairs).expect("fuzz config is valid")
+}
+
+/// Target `client_frame`: the decoder never panics, and whatever it accepts re-encodes to a
+/// frame that decodes to the same value.
+pub fn client_frame(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(frame) = ClientFrame::decode(text) {
+        let again = ClientFrame::decode(&frame.encode()).expect("an encoded frame decodes");
+        assert_eq!(again, frame);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Target `ws_stream`: arbitrary bytes after the handshake, through the gateway's frame
+/// reader. Never panics; every message it yields is within the limits; it ends.
+pub fn ws_stream(data: &[u8]) {
+    runtime().block_on(async {
+        let mut reader = MessageReader::new(data, LIMITS);
+        for _ in 0..=data.len() {
+            match reader.next().await {
+                Inbound::Text(text) => assert!(text.len() <= LIMITS.max_message_bytes),
+                Inbound::Binary(bytes) => assert!(bytes.len() <= LIMITS.max_message_bytes),
+                Inbound::Ping(payload) => assert!(payload.len() <= 125),
+                Inbound::Pong => {}
+                Inbound::Close(_) | Inbound::Violation(_) | Inbound::Gone => return,
+            }
+        }
+        panic!("the reader yielded more events than there were bytes");
+    });
+}
+
+/// Target `token`: the verifier never panics and never accepts arbitrary input.
+pub fn token(data: &[u8]) {
+    static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
+    let verifier = VERIFIER.get_or_init(|| {
+        TokenVerifier::from_config(&config(&[]), &Arc::default()).expect("verifier")
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let verified = runtime().block_on(verifier.verify(text));
+    assert!(verified.is_err(), "accepted arbitrary input {text:?}");
+}
+
+/// What a scripted client does next; the script is decoded from the fuzzer's bytes.
+#[derive(Debug)]
+enum Step {
+    Connect,
+    Send {
+        client: usize,
+        frame: String,
+    },
+    SendRaw {
+        client: usize,
+        opcode: OpCode,
+        fin: bool,
+        payload: Vec<u8>,
+    },
+    Advance(Duration),
+    Close {
+        client: usize,
+        code: u16,
+    },
+    Drop {
+        client: usize,
+    },
+}
+
+const ROOMS: [&str; 3] = ["lobby", "side", "x"];
+
+fn steps(data: &[u8]) -> Vec<Step> {
+    let mut bytes = data.iter().copied();
+    let mut steps = Vec::new();
+    while let Some(op) = bytes.next() {
+        let mut next = || bytes.next().unwrap_or(0);
+        let client = (next() % 6) as usize;
+        let step = match op % 12 {
+            0 => Step::Connect,
+            1 => Step::Send {
+                client,
+                frame: format!(r#"{{"type":"auth","body":"{}"}}"#, token_for(next())),
+            },
+            2 => Step::Send {
+                client,
+                frame: format!(
+                    r#"{{"type":"join","room":"{}"}}"#,
+                    ROOMS[next() as usize % 3]
+                ),
+            },
+            3 => Step::Send {
+                client,
+                frame: format!(r#"{{"type":"message","body":"m{}"}}"#, next()),
+            },
+            4 => Step::Send {
+                client,
+                frame: r#"{"type":"userleave"}"#.to_owned(),
+            },
+            5 => Step::Advance(Duration::from_millis(u64::from(next()) * 20)),
+            6 => Step::Close {
+                client,
+                code: [1000, 1001, 4000, 1005, 3000, 999][next() as usize % 6],
+            },
+            7 => Step::Drop { client },
+            8 => {
+                let len = (next() % 16) as usize;
+                let frame: String = (0..len).map(|_| char::from(next() % 95 + 32)).collect();
+                Step::Send { client, frame }
+            }
+            9 => {
+                let opcode = [
+                    OpCode::Text,
+                    OpCode::Binary,
+                    OpCode::Continuation,
+                    OpCode::Ping,
+                    OpCode::Pong,
+                ][next() as usize % 5];
+                let fin = next() % 2 == 0;
+                let len = (next() % 8) as usize;
+                let payload = (0..len).map(|_| next()).collect();
+                Step::SendRaw {
+                    client,
+                    opcode,
+                    fin,
+                    payload,
+                }
+            }
+            10 => Step::Send {
+                client,
+                frame: format!(
+                    r#"{{"type":"join","room":"{}","username":"u{}"}}"#,
+                    ROOMS[0],
+                    next()
+                ),
+            },
+            _ => Step::Advance(Duration::from_millis(5)),
+        };
+        steps.push(step);
+        if steps.len() >= 64 {
+            break;
+        }
+    }
+    steps
+}
+
+/// A token for one of four users, or garbage (`n % 5 == 4`).
+fn token_for(n: u8) -> String {
+    let user = n % 5;
+    if user == 4 {
+        return "garbage.token.value".to_owned();
+    }
+    let subject = format!("user{user}");
+    mint_hs_token(&Secret::new(SECRET), &TokenRequest::new(&subject)).unwrap()
+}
+
+struct Client {
+    ws: WebSocket<tokio::io::DuplexStream>,
+    session: tokio::task::JoinHandle<()>,
+}
+
+/// Target `session`: a script of clients connecting, authenticating, joining, chatting,
+/// leaving, sending junk, closing and vanishing, with the clock moving, driven through the
+/// real session state machine over in-memory sockets. After every step: no session is in two
+/// rooms. At the end, once every client is gone: no room is left (no ghost), every close
+/// code a client saw is in the table or an echo, and no unauthenticated frame reached a room.
+pub fn session(data: &[u8]) -> SessionStats {
+    let steps = steps(data);
+    runtime().block_on(async {
+        let mut stats = SessionStats::default();
+        let gateway = Gateway::new(config(&[])).expect("gateway");
+        let mut clients: Vec<Option<Client>> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Connect => {
+                    if clients.len() < 6 {
+                        clients.push(Some(connect(&gateway)));
+                    }
+                }
+                Step::Send { client, frame } => {
+                    if let Some(Some(client)) = clients.get_mut(client) {
+                        let _ = client
+                            .ws
+                            .write_frame(Frame::text(Payload::Owned(frame.into_bytes())))
+                            .await;
+                    }
+                }
+                Step::SendRaw {
+                    client,
+                    opcode,
+                    fin,
+                    payload,
+                } => {
+                    if let Some(Some(client)) = clients.get_mut(client) {
+                        let _ = client
+                            .ws
+                            .write_frame(Frame::new(fin, opcode, None, Payload::Owned(payload)))
+                            .await;
+                    }
+                }
+                Step::Advance(by) => tokio::time::sleep(by).await,
+                Step::Close { client, code } => {
+                    if let Some(Some(client)) = clients.get_mut(client) {
+                        let _ = client.ws.write_frame(Frame::close(code, b"")).await;
+                    }
+                }
+                Step::Drop { client } => {
+                    if let Some(slot) = clients.get_mut(client) {
+                        slot.take();
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+            check_memberships(&gateway);
+        }
+        // Read what each client was sent, then let every session end.
+        for client in clients.iter_mut().flatten() {
+            check_frames(client, &mut stats).await;
+        }
+        drop(clients);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if gateway.hub.room_count() == 0 {
+                break;
+            }
+        }
+        check_memberships(&gateway);
+        assert_eq!(
+            gateway.hub.room_count(),
+            0,
+            "a room outlived all its members"
+        );
+        stats
+    })
+}
+
+/// What the clients of a script saw, so tests can tell a seed exercises something.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub room_frames: usize,
+    pub closes: usize,
+}
+
+fn connect(gateway: &Arc<Gateway>) -> Client {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let admitted = palisade::admission::Admitted {
+        connection: Arc::new(gateway.admission.try_connection().expect("under the cap")),
+        ip: gateway
+            .admission
+            .admit_ip(IpKey::of([127, 0, 0, 1].into()))
+            .expect("admitted"),
+    };
+    let server_ws = WebSocket::after_handshake(server_io, Role::Server);
+    let session = tokio::spawn(palisade::session::run(
+        Arc::clone(gateway),
+        server_ws,
+        [127, 0, 0, 1].into(),
+        admitted,
+    ));
+    let mut ws = WebSocket::after_handshake(client_io, Role::Client);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(true);
+    Client { ws, session }
+}
+
+fn check_memberships(gateway: &Gateway) {
+    let memberships = gateway.hub.memberships();
+    let mut sessions: Vec<_> = memberships.iter().map(|(_, session)| *session).collect();
+    sessions.sort_unstable();
+    let before = sessions.len();
+    sessions.dedup();
+    assert_eq!(
+        before,
+        sessions.len(),
+        "a session is in two rooms: {memberships:?}"
+    );
+}
+
+/// Reads what is buffered for a client (bounded), checking close codes and frames.
+async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
+    for _ in 0..1000 {
+        let frame =
+            match tokio::time::timeout(Duration::from_millis(1), client.ws.read_frame()).await {
+                Ok(Ok(frame)) => frame,
+                _ => return,
+            };
+        match frame.opcode {
+            OpCode::Close => {
+                if frame.payload.len() >= 2 {
+                    let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                    let ours = CloseCode::ALL.iter().any(|known| known.code() == code);
+                    // Echoes of a client's own valid close code are allowed too.
+                    let echo = matches!(code, 1000 | 1001 | 3000..=4999);
+                    assert!(ours || echo, "close code {code} is not in the table");
+                }
+                stats.closes += 1;
+                return;
+            }
+            OpCode::Text => {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&frame.payload).expect("the server sends JSON");
+                if value["type"] == "join"
+                    || value["type"] == "userleave"
+                    || value["type"] == "message"
+                {
+                    let user = value["userId"].as_str().expect("frames carry a user id");
+                    assert!(
+                        user.starts_with("user"),
+                        "an unauthenticated frame reached a room: {value}"
+                    );
+                    stats.room_frames += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = &client.session;
+}
