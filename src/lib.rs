@@ -18,7 +18,7 @@
 //! | [`server`] | accept loop, hyper HTTP/1.1, routes, Origin and handshake checks, upgrade |
 //! | [`session`] | one socket's state machine, with its [`session::reader`] and [`session::writer`] tasks |
 //! | [`protocol`] | client and server JSON frames, the close-code table |
-//! | [`auth`] | JWT verification from config; development token minting |
+//! | [`auth`] | JWT verification (static keys or identity providers' JWKS), claims, revocation; development token minting |
 //! | [`names`] | username and room naming rules |
 //! | [`memory`] | returning freed heap pages to the system after load |
 //! | [`limits`] | per-socket rate limits (governor) |

@@ -190,10 +190,16 @@ async fn crit_headers_are_refused_and_key_url_headers_ignored() {
     .unwrap();
     assert_eq!(outcome(&server, &crit).await, REFUSED);
 
-    // A token pointing at an attacker's key set: the header is never followed.
+    // A token pointing at an attacker's key set, or carrying the attacker's key or
+    // certificate: the header is never followed.
     let mut header = Header::new(Algorithm::HS256);
     header.jku = Some("http://127.0.0.1:9/keys.json".into());
     header.x5u = Some("http://127.0.0.1:9/cert.pem".into());
+    header.x5c = Some(vec!["MIIBattackercert".into()]);
+    header.jwk = Some(
+        serde_json::from_value(json!({"kty": "oct", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"attacker")}))
+            .unwrap(),
+    );
     let attacker = jsonwebtoken::encode(
         &header,
         &claims(json!({})),
