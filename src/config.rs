@@ -403,6 +403,10 @@ pub struct Config {
     pub log_format: LogFormat,
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// Set by `palisade demo` only (never from the environment): serve the demo page and its
+    /// loopback-only token endpoint.
+    #[serde(skip)]
+    pub demo: bool,
 }
 
 mod defaults {

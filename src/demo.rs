@@ -1,13 +1,41 @@
-//! `palisade demo`: a gateway that runs on a fresh machine with nothing configured.
+//! `palisade demo`: a gateway that runs on a fresh machine with nothing configured, with a
+//! chat page to try it in a browser.
 //!
 //! Loopback only, an ephemeral random HS256 secret (printed tokens die with the process), no
 //! Redis, and origins relaxed to this machine's own pages. Every other setting still comes
 //! from the environment, so the demo shows the same limits production would.
+//!
+//! In demo mode only, plain GETs serve the page (`/`), its script (`/demo.js`) and the client
+//! module (`/palisade.js`, the reference client in `clients/js/`), and `POST /demo/token`
+//! mints a token for a chosen display name — from loopback peers only. `palisade serve` never
+//! serves any of these.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use rand::RngCore;
 
 use crate::auth::mint::{ephemeral_secret, mint_hs_token, TokenRequest};
 use crate::config::{Config, ConfigError, Secret};
+use crate::gateway::Gateway;
+use crate::names::sanitize_display_name;
+
+const PAGE: &str = include_str!("../clients/demo/index.html");
+const PAGE_SCRIPT: &str = include_str!("../clients/demo/demo.js");
+const CLIENT_MODULE: &str = include_str!("../clients/js/palisade.js");
+
+/// The largest token request body read.
+const MAX_TOKEN_REQUEST_BYTES: usize = 1024;
+
+/// Scripts only from this server, sockets only to it, no inline script.
+const PAGE_POLICY: &str =
+    "default-src 'self'; connect-src 'self' ws://localhost:* ws://127.0.0.1:*; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
 
 /// Users the demo prints tokens for.
 pub const DEMO_USERS: [(&str, &str); 3] = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")];
@@ -20,13 +48,17 @@ pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub fn demo_config(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(Config, Secret), ConfigError> {
-    const FORCED: [&str; 7] = [
+    const FORCED: [&str; 11] = [
         "BIND_ADDR",
         "JWT_DECODE_SECRET",
         "JWT_ALGORITHMS",
         "JWT_PUBLIC_KEY_FILE",
         "JWT_ISSUER",
         "JWT_AUDIENCE",
+        "JWKS_URL",
+        "TRUSTED_ISSUERS",
+        "JWT_ALLOWED_AZP",
+        "REVOCATION_FILE",
         "ALLOW_MISSING_ORIGIN",
     ];
     let mut pairs: Vec<(String, String)> = env
@@ -55,7 +87,109 @@ pub fn demo_config(
         // Command-line clients (websocat, wscat) send no Origin.
         ("ALLOW_MISSING_ORIGIN".to_owned(), "true".to_owned()),
     ]);
-    Ok((Config::from_pairs(pairs)?, secret))
+    let mut config = Config::from_pairs(pairs)?;
+    config.demo = true;
+    Ok((config, secret))
+}
+
+/// Answers the demo's plain HTTP requests; `None` for paths it does not serve.
+pub async fn serve(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/" | "/demo") => asset(PAGE, "text/html; charset=utf-8"),
+        (&Method::GET, "/demo.js") => asset(PAGE_SCRIPT, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/palisade.js") => asset(CLIENT_MODULE, "text/javascript; charset=utf-8"),
+        (&Method::POST, "/demo/token") => token(gateway, peer, request).await,
+        _ => return None,
+    };
+    Some(response)
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn reply(status: StatusCode, json: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `POST /demo/token` with `{"name": "Ada"}`: a token for a fresh guest id with that display
+/// name. Loopback peers only: the demo's secret must not mint tokens for the network.
+async fn token(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !peer.ip().is_loopback() {
+        return reply(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "loopback only"}),
+        );
+    }
+    let Ok(body) = Limited::new(request.into_body(), MAX_TOKEN_REQUEST_BYTES)
+        .collect()
+        .await
+    else {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({"error": "too large"}),
+        );
+    };
+    #[derive(serde::Deserialize)]
+    struct TokenRequestBody {
+        name: String,
+    }
+    let name = serde_json::from_slice::<TokenRequestBody>(&body.to_bytes())
+        .ok()
+        .and_then(|body| sanitize_display_name(&body.name, gateway.config.username_max_chars))
+        .filter(|name| name.chars().count() >= crate::config::MIN_NAME_CHARS);
+    let Some(name) = name else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "send {\"name\": \"...\"} with at least 3 characters"}),
+        );
+    };
+    let Some(secret) = gateway.config.jwt_decode_secret.as_ref() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no demo secret"}),
+        );
+    };
+    let mut id = [0u8; 4];
+    rand::rng().fill_bytes(&mut id);
+    let user_id = format!(
+        "guest-{}",
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let mut request = TokenRequest::new(&user_id);
+    request.name = Some(&name);
+    request.ttl = DEMO_TOKEN_TTL;
+    match mint_hs_token(secret, &request) {
+        Ok(token) => reply(
+            StatusCode::OK,
+            serde_json::json!({"token": token, "userId": user_id, "name": name}),
+        ),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "mint failed"}),
+        ),
+    }
 }
 
 /// Tokens for [`DEMO_USERS`], signed with the demo secret.

@@ -131,7 +131,8 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
 fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
     use std::io::Write;
     let mut banner = format!(
-        "\nPalisade demo on ws://{addr}/ (loopback only; tokens expire with this process)\n\n"
+        "\nPalisade demo on ws://{addr}/ (loopback only; tokens expire with this process)\n\
+         Open http://{addr}/ in two browser tabs to chat, or use these tokens:\n\n"
     );
     for (name, token) in tokens {
         banner.push_str(&format!("{name:>6}: {token}\n"));

@@ -30,6 +30,7 @@ use crate::admission::{Admitted, Refusal};
 use crate::bans::Offender;
 use crate::client_ip::{client_ip, IpKey};
 use crate::config::Config;
+use crate::demo;
 use crate::gateway::Gateway;
 use crate::metrics::outcome;
 use crate::session;
@@ -83,7 +84,7 @@ pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
             let service = service_fn(move |request| {
                 let gateway = Arc::clone(&service_gateway);
                 let permit = Arc::clone(&permit);
-                async move { Ok::<_, Infallible>(route(&gateway, peer, permit, request)) }
+                async move { Ok::<_, Infallible>(route(&gateway, peer, permit, request).await) }
             });
             let connection = http
                 .serve_connection(TokioIo::new(stream), service)
@@ -146,7 +147,7 @@ async fn refuse_busy(mut stream: TcpStream) {
     .await;
 }
 
-fn route(
+async fn route(
     gateway: &Arc<Gateway>,
     peer: SocketAddr,
     connection: Arc<OwnedSemaphorePermit>,
@@ -156,6 +157,12 @@ fn route(
         return response;
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        if gateway.config.demo {
+            if let Some(response) = demo::serve(gateway, peer, request).await {
+                return response;
+            }
+            return plain(StatusCode::NOT_FOUND, "not found\n");
+        }
         // GarinChat clients connect to any path; a plain GET there is a client that forgot
         // to upgrade.
         let mut response = plain(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");

@@ -357,9 +357,73 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
         .await;
     assert_eq!(bob.recv_json().await["totalUsers"], 2);
 
+    // The page, its script and the client module are served, and the demo-only token
+    // endpoint mints tokens that work.
+    let (status, page) = http_get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Palisade demo</title>"));
+    let (_, module) = http_get(addr, "/palisade.js").await;
+    assert!(module.contains("export class PalisadeClient"));
+    let (status, _) = http_get(addr, "/demo.js").await;
+    assert_eq!(status, 200);
+    let (status, reply) = http_post(addr, "/demo/token", r#"{"name":"Dora"}"#).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let mut dora = Client::connect(
+        &format!("ws://{addr}/"),
+        Some(&format!("http://127.0.0.1:{port}")),
+    )
+    .await;
+    dora.send_json(json!({"type": "auth", "body": reply["token"]}))
+        .await;
+    dora.send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    let joined = dora.recv_json().await;
+    assert_eq!(joined["username"], "Dora");
+    assert!(joined["userId"].as_str().unwrap().starts_with("guest-"));
+    let (status, _) = http_post(addr, "/demo/token", r#"{"name":"x"}"#).await;
+    assert_eq!(status, 400, "names follow the rules");
+    let (status, _) = http_post(
+        addr,
+        "/demo/token",
+        &format!(r#"{{"name":"{}"}}"#, "x".repeat(2000)),
+    )
+    .await;
+    assert_eq!(status, 413, "bounded body");
+
     sigterm(&child);
     assert_eq!(alice.expect_close().await.0, 1001);
     assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(common::RECV_TIMEOUT, stream.read_to_string(&mut response)).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (common::raw::status(head), body.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,23 @@ fn operations_doc_lists_every_metric() {
 }
 
 #[test]
+fn the_js_client_knows_every_close_code() {
+    let module = include_str!("../clients/js/palisade.js");
+    for code in CloseCode::ALL {
+        let line = format!("{}: {{ meaning: \"{}\"", code.code(), code.reason());
+        assert!(
+            module.contains(&line),
+            "clients/js/palisade.js lacks {line}"
+        );
+    }
+    let listed = module
+        .lines()
+        .filter(|line| line.contains(": { meaning: "))
+        .count();
+    assert_eq!(listed, CloseCode::ALL.len(), "extra codes in the JS client");
+}
+
+#[test]
 fn readme_opens_with_the_run_and_test_commands() {
     let first_block = README
         .split("```sh")

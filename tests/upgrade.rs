@@ -175,6 +175,22 @@ async fn header_count_and_size_are_bounded() {
     server.assert_serves().await;
 }
 
+/// The demo page, scripts and token endpoint exist only in `palisade demo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mode_never_serves_the_demo() {
+    let server = TestServer::start().await;
+    for request in [
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /demo HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /palisade.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /demo.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /demo/token HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{\"name\":\"Eve\"}",
+    ] {
+        let head = http(server.addr, request).await;
+        assert_eq!(status(&head), 426, "{request}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_path_upgrades_like_garinchat() {
     let server = TestServer::start().await;
