@@ -3,41 +3,11 @@
 mod common;
 
 use base64::Engine;
-use common::{now, sign, TestServer, SECRET};
+use common::{accepted, now, outcome, sign, Outcome, TestServer, SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Authenticated and joined; carries the join frame's username and userId.
-    Accepted(String, String),
-    Refused(u16),
-}
-
-/// Authenticates with `token`, then tries to join.
-async fn outcome(server: &TestServer, token: &str) -> Outcome {
-    let mut client = server.connect().await;
-    client.auth(token).await;
-    client
-        .send_json(json!({"type": "join", "room": "lobby"}))
-        .await;
-    match client.recv().await {
-        Some(tokio_tungstenite::tungstenite::Message::Text(text)) => {
-            let frame: Value = serde_json::from_str(&text).unwrap();
-            client.close().await;
-            Outcome::Accepted(
-                frame["username"].as_str().unwrap().to_owned(),
-                frame["userId"].as_str().unwrap().to_owned(),
-            )
-        }
-        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
-            Outcome::Refused(u16::from(frame.code))
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-}
 
 fn claims(extra: Value) -> Value {
     let mut claims = json!({"sub": "alice", "name": "Alice", "exp": now() + 600});
@@ -59,8 +29,8 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn accepted() -> Outcome {
-    Outcome::Accepted("Alice".into(), "alice".into())
+fn alice() -> Outcome {
+    accepted("Alice", "alice")
 }
 
 const REFUSED: Outcome = Outcome::Refused(4002);
@@ -68,16 +38,16 @@ const REFUSED: Outcome = Outcome::Refused(4002);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_is_accepted_and_names_the_user() {
     let server = TestServer::start().await;
-    assert_eq!(outcome(&server, &hs256(json!({}))).await, accepted());
+    assert_eq!(outcome(&server, &hs256(json!({}))).await, alice());
     // No name claim: the display name falls back to the subject.
     assert_eq!(
         outcome(&server, &hs256(json!({"name": null}))).await,
-        Outcome::Accepted("alice".into(), "alice".into())
+        accepted("alice", "alice")
     );
     let custom = TestServer::with(&[("USERNAME_CLAIM", "preferred_username")]).await;
     assert_eq!(
         outcome(&custom, &hs256(json!({"preferred_username": "ally"}))).await,
-        Outcome::Accepted("ally".into(), "alice".into())
+        accepted("ally", "alice")
     );
 }
 
@@ -91,7 +61,7 @@ async fn expiry_and_not_before_respect_a_small_leeway() {
     );
     assert_eq!(
         outcome(&server, &hs256(json!({"exp": now - 2}))).await,
-        accepted()
+        alice()
     );
     assert_eq!(
         outcome(&server, &hs256(json!({"exp": null}))).await,
@@ -107,7 +77,7 @@ async fn expiry_and_not_before_respect_a_small_leeway() {
     );
     assert_eq!(
         outcome(&server, &hs256(json!({"nbf": now + 2}))).await,
-        accepted()
+        alice()
     );
     assert_eq!(
         outcome(&server, &hs256(json!({"nbf": "later"}))).await,
@@ -174,7 +144,7 @@ async fn algorithms_are_pinned_by_config() {
     let hs384 = sign(&claims(json!({})), SECRET.as_bytes(), Algorithm::HS384);
     assert_eq!(outcome(&server, &hs384).await, REFUSED);
     let both = TestServer::with(&[("JWT_ALGORITHMS", "HS256, HS384")]).await;
-    assert_eq!(outcome(&both, &hs384).await, accepted());
+    assert_eq!(outcome(&both, &hs384).await, alice());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +183,7 @@ async fn crit_headers_are_refused_and_key_url_headers_ignored() {
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    assert_eq!(outcome(&server, &honest).await, accepted());
+    assert_eq!(outcome(&server, &honest).await, alice());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +193,7 @@ async fn token_length_is_capped_before_decoding() {
     let len = token.len().to_string();
     let shorter = (token.len() - 1).to_string();
     let at_limit = TestServer::with(&[("MAX_TOKEN_BYTES", &len)]).await;
-    assert_eq!(outcome(&at_limit, &token).await, accepted());
+    assert_eq!(outcome(&at_limit, &token).await, alice());
     let past_limit = TestServer::with(&[("MAX_TOKEN_BYTES", &shorter)]).await;
     assert_eq!(outcome(&past_limit, &token).await, REFUSED);
 
@@ -245,7 +215,7 @@ async fn issuer_and_audience_are_required_when_configured() {
     let iss = "https://idp.test/";
     assert_eq!(
         outcome(&server, &hs256(json!({"iss": iss, "aud": "palisade"}))).await,
-        accepted()
+        alice()
     );
     assert_eq!(
         outcome(
@@ -253,7 +223,7 @@ async fn issuer_and_audience_are_required_when_configured() {
             &hs256(json!({"iss": iss, "aud": ["other", "palisade"]}))
         )
         .await,
-        accepted()
+        alice()
     );
     for (what, extra) in [
         ("no iss", json!({"aud": "palisade"})),
@@ -270,7 +240,7 @@ async fn issuer_and_audience_are_required_when_configured() {
     let lenient = TestServer::start().await;
     assert_eq!(
         outcome(&lenient, &hs256(json!({"aud": "anything"}))).await,
-        accepted()
+        alice()
     );
 }
 
@@ -314,7 +284,7 @@ async fn public_key_algorithms_verify_with_the_configured_pem() {
             &private_key(private, alg),
         )
         .unwrap();
-        assert_eq!(outcome(&server, &token).await, accepted(), "{name}");
+        assert_eq!(outcome(&server, &token).await, alice(), "{name}");
         let expired = jsonwebtoken::encode(
             &Header::new(alg),
             &claims(json!({"exp": now() - 60})),
@@ -342,5 +312,5 @@ async fn an_hs_token_signed_with_the_public_key_is_refused() {
         &private_key("rsa_private.pem", Algorithm::RS256),
     )
     .unwrap();
-    assert_eq!(outcome(&server, &honest).await, accepted());
+    assert_eq!(outcome(&server, &honest).await, alice());
 }

@@ -6,45 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::jwks::{sign_as, sign_with, JwksServer, Mode};
-use common::{now, sign, TestServer, SECRET};
+use common::{accepted, now, outcome, sign, Outcome, TestServer, SECRET};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const ISSUER: &str = "https://idp.test/";
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Accepted { name: String, user_id: String },
-    Refused(u16),
-}
-
-async fn outcome(server: &TestServer, token: &str) -> Outcome {
-    let mut client = server.connect().await;
-    client.auth(token).await;
-    client
-        .send_json(json!({"type": "join", "room": "lobby"}))
-        .await;
-    match client.recv().await {
-        Some(Message::Text(text)) => {
-            let frame: Value = serde_json::from_str(&text).unwrap();
-            client.close().await;
-            Outcome::Accepted {
-                name: frame["username"].as_str().unwrap().into(),
-                user_id: frame["userId"].as_str().unwrap().into(),
-            }
-        }
-        Some(Message::Close(Some(frame))) => Outcome::Refused(u16::from(frame.code)),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn accepted(name: &str, user_id: &str) -> Outcome {
-    Outcome::Accepted {
-        name: name.into(),
-        user_id: user_id.into(),
-    }
-}
 
 const REFUSED: Outcome = Outcome::Refused(4002);
 

@@ -273,3 +273,38 @@ impl Client {
         let _ = self.ws.close(None).await;
     }
 }
+
+#[derive(Debug, PartialEq, Eq)]
+/// What became of an `auth` and `join` with a token.
+pub enum Outcome {
+    Accepted { name: String, user_id: String },
+    Refused(u16),
+}
+
+/// Authenticates with `token`, then tries to join `lobby`.
+pub async fn outcome(server: &TestServer, token: &str) -> Outcome {
+    let mut client = server.connect().await;
+    client.auth(token).await;
+    client
+        .send_json(json!({"type": "join", "room": "lobby"}))
+        .await;
+    match client.recv().await {
+        Some(Message::Text(text)) => {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            client.close().await;
+            Outcome::Accepted {
+                name: frame["username"].as_str().unwrap().into(),
+                user_id: frame["userId"].as_str().unwrap().into(),
+            }
+        }
+        Some(Message::Close(Some(frame))) => Outcome::Refused(u16::from(frame.code)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn accepted(name: &str, user_id: &str) -> Outcome {
+    Outcome::Accepted {
+        name: name.into(),
+        user_id: user_id.into(),
+    }
+}
