@@ -83,16 +83,65 @@ pub fn ws_stream(data: &[u8]) {
 }
 
 /// Target `token`: the verifier never panics and never accepts arbitrary input.
-pub fn token(data: &[u8]) {
+///
+/// An input starting with byte 1 takes the other road: the rest is used as the claims of a
+/// token *correctly signed* with the configured secret, so the claim checks behind the
+/// signature are fuzzed too; then an accepted token must carry a string `sub`, a numeric
+/// `exp` not in the past (beyond the leeway), and no `nbf` in the future.
+/// Returns whether the token was accepted (only ever true on the signed road).
+pub fn token(data: &[u8]) -> bool {
     static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
     let verifier = VERIFIER.get_or_init(|| {
         TokenVerifier::from_config(&config(&[]), &Arc::default()).expect("verifier")
     });
+    if let Some((1, claims)) = data.split_first() {
+        let token = signed_token(claims);
+        if let Ok(identity) = runtime().block_on(verifier.verify(&token)) {
+            let claims: serde_json::Value =
+                serde_json::from_slice(claims).expect("accepted claims are JSON");
+            let now = palisade::auth::jwt::unix_now() as f64;
+            let leeway = 5.0;
+            assert_eq!(
+                claims["sub"].as_str(),
+                Some(&*identity.user_id),
+                "the user id is the sub"
+            );
+            let exp = claims["exp"].as_f64().expect("a numeric exp");
+            assert!(
+                exp + leeway >= now,
+                "an expired token was accepted: exp {exp}"
+            );
+            if let Some(nbf) = claims.get("nbf").and_then(serde_json::Value::as_f64) {
+                assert!(
+                    nbf <= now + leeway,
+                    "a token not yet valid was accepted: nbf {nbf}"
+                );
+            }
+            return true;
+        }
+        return false;
+    }
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
     let verified = runtime().block_on(verifier.verify(text));
     assert!(verified.is_err(), "accepted arbitrary input {text:?}");
+    false
+}
+
+/// An HS256 token over exactly these claim bytes, signed with the fuzzing secret.
+fn signed_token(claims: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signing_input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("HMAC signing cannot fail");
+    format!("{signing_input}.{signature}")
 }
 
 /// What a scripted client does next; the script is decoded from the fuzzer's bytes.
@@ -207,7 +256,8 @@ fn token_for(n: u8) -> String {
 
 struct Client {
     ws: WebSocket<tokio::io::DuplexStream>,
-    session: tokio::task::JoinHandle<()>,
+    /// Close codes this client sent: the server may echo exactly these.
+    sent_codes: Vec<u16>,
 }
 
 /// Target `session`: a script of clients connecting, authenticating, joining, chatting,
@@ -221,11 +271,14 @@ pub fn session(data: &[u8]) -> SessionStats {
         let mut stats = SessionStats::default();
         let gateway = Gateway::new(config(&[])).expect("gateway");
         let mut clients: Vec<Option<Client>> = Vec::new();
+        let mut sessions = Vec::new();
         for step in steps {
             match step {
                 Step::Connect => {
                     if clients.len() < 6 {
-                        clients.push(Some(connect(&gateway)));
+                        let (client, session) = connect(&gateway);
+                        clients.push(Some(client));
+                        sessions.push(session);
                     }
                 }
                 Step::Send { client, frame } => {
@@ -252,6 +305,7 @@ pub fn session(data: &[u8]) -> SessionStats {
                 Step::Advance(by) => tokio::time::sleep(by).await,
                 Step::Close { client, code } => {
                     if let Some(Some(client)) = clients.get_mut(client) {
+                        client.sent_codes.push(code);
                         let _ = client.ws.write_frame(Frame::close(code, b"")).await;
                     }
                 }
@@ -269,10 +323,14 @@ pub fn session(data: &[u8]) -> SessionStats {
             check_frames(client, &mut stats).await;
         }
         drop(clients);
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            if gateway.hub.room_count() == 0 {
-                break;
+        // Every session ends once its client is gone. A panic inside one is re-raised here:
+        // tokio would otherwise swallow it, and a replayed crash input would pass.
+        for session in sessions {
+            match tokio::time::timeout(Duration::from_secs(600), session).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Ok(Err(err)) => panic!("session task failed: {err}"),
+                Err(_) => panic!("a session outlived its client by ten (paused) minutes"),
             }
         }
         check_memberships(&gateway);
@@ -292,7 +350,7 @@ pub struct SessionStats {
     pub closes: usize,
 }
 
-fn connect(gateway: &Arc<Gateway>) -> Client {
+fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let admitted = palisade::admission::Admitted {
         connection: Arc::new(gateway.admission.try_connection().expect("under the cap")),
@@ -311,7 +369,13 @@ fn connect(gateway: &Arc<Gateway>) -> Client {
     let mut ws = WebSocket::after_handshake(client_io, Role::Client);
     ws.set_auto_close(false);
     ws.set_auto_pong(true);
-    Client { ws, session }
+    (
+        Client {
+            ws,
+            sent_codes: Vec::new(),
+        },
+        session,
+    )
 }
 
 fn check_memberships(gateway: &Gateway) {
@@ -340,9 +404,12 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
                 if frame.payload.len() >= 2 {
                     let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
                     let ours = CloseCode::ALL.iter().any(|known| known.code() == code);
-                    // Echoes of a client's own valid close code are allowed too.
-                    let echo = matches!(code, 1000 | 1001 | 3000..=4999);
-                    assert!(ours || echo, "close code {code} is not in the table");
+                    // An echo of a code this client itself sent is allowed too.
+                    let echo = client.sent_codes.contains(&code);
+                    assert!(
+                        ours || echo,
+                        "close code {code} is neither in the table nor an echo"
+                    );
                 }
                 stats.closes += 1;
                 return;
@@ -365,5 +432,4 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
             _ => {}
         }
     }
-    let _ = &client.session;
 }

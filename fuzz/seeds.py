@@ -113,6 +113,21 @@ tokens = {
 for name, text in tokens.items():
     write("token", name, text)
 
+# Byte 1 first: the rest are claims, signed with the fuzzing secret by the harness.
+signed_claims = {
+    "signed_valid": {"sub": "alice", "exp": 4102444800},
+    "signed_expired": {"sub": "alice", "exp": 1000},
+    "signed_no_exp": {"sub": "alice"},
+    "signed_exp_string": {"sub": "alice", "exp": "soon"},
+    "signed_future_nbf": {"sub": "alice", "exp": 4102444800, "nbf": 4102444000},
+    "signed_huge_exp": {"sub": "alice", "exp": 1e19},
+    "signed_sub_number": {"sub": 7, "exp": 4102444800},
+    "signed_long_sub": {"sub": "x" * 300, "exp": 4102444800},
+    "signed_name_tricks": {"sub": "bob", "exp": 4102444800, "name": "\u202e\u200b  Bo\tb \u0301"},
+}
+for name, claims in signed_claims.items():
+    write("token", name, b"\x01" + json.dumps(claims).encode())
+
 # session: scripts of (op, client, argument, ...) bytes; see fuzz/harness.rs `steps`.
 scripts = {
     "auth_join_chat_leave": [0, 0, 0, 0, 1, 0, 0, 2, 0, 0, 1, 1, 1, 2, 1, 0, 3, 0, 7, 4, 0, 7],

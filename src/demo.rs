@@ -48,8 +48,11 @@ pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub fn demo_config(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(Config, Secret), ConfigError> {
-    const FORCED: [&str; 11] = [
+    // Whatever a production .env says about identity and origins, the demo's own tokens and
+    // page must work: these are set by the demo alone.
+    const FORCED: [&str; 17] = [
         "BIND_ADDR",
+        "ALLOWED_ORIGINS",
         "JWT_DECODE_SECRET",
         "JWT_ALGORITHMS",
         "JWT_PUBLIC_KEY_FILE",
@@ -58,7 +61,12 @@ pub fn demo_config(
         "JWKS_URL",
         "TRUSTED_ISSUERS",
         "JWT_ALLOWED_AZP",
+        "JWT_REQUIRED_CLAIMS",
+        "USER_ID_CLAIM",
+        "USERNAME_CLAIM",
+        "ROOMS_CLAIM",
         "REVOCATION_FILE",
+        "BAN_STRIKES",
         "ALLOW_MISSING_ORIGIN",
     ];
     let mut pairs: Vec<(String, String)> = env
@@ -73,12 +81,20 @@ pub fn demo_config(
         // The demo needs no admin listener, and must not fail because 9090 is taken.
         pairs.push(("METRICS_PORT".into(), "0".into()));
     }
-    if !pairs.iter().any(|(key, _)| key == "ALLOWED_ORIGINS") {
-        pairs.push((
-            "ALLOWED_ORIGINS".into(),
-            format!("http://localhost:{port},http://127.0.0.1:{port}"),
-        ));
+    if port.trim() == "0" {
+        // The page's origin names the port, so it must be known before binding.
+        return Err(ConfigError::Invalid {
+            var: "PORT",
+            why: "palisade demo needs a fixed port".into(),
+        });
     }
+    pairs.push((
+        "ALLOWED_ORIGINS".into(),
+        format!("http://localhost:{port},http://127.0.0.1:{port}"),
+    ));
+    // Everyone on a demo is on loopback: one visitor's rate-limit kicks must not ban the
+    // page for all the others.
+    pairs.push(("BAN_STRIKES".into(), "1000000".into()));
     let secret = ephemeral_secret();
     pairs.extend([
         ("BIND_ADDR".to_owned(), "127.0.0.1".to_owned()),
@@ -140,6 +156,33 @@ async fn token(
         return reply(
             StatusCode::FORBIDDEN,
             serde_json::json!({"error": "loopback only"}),
+        );
+    }
+    // A page elsewhere must not mint tokens through the visitor's browser: the request must
+    // name this server (no DNS rebinding) and come from its own page, if from a page at all.
+    let port = gateway.config.port;
+    let own_host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(|host| {
+            host == format!("localhost:{port}") || host == format!("127.0.0.1:{port}")
+        });
+    let own_origin = request
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|origin| origin.to_str().ok())
+        .is_none_or(|origin| {
+            gateway
+                .config
+                .origins()
+                .iter()
+                .any(|allowed| allowed == origin)
+        });
+    if !own_host || !own_origin {
+        return reply(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "not from this server"}),
         );
     }
     let Ok(body) = Limited::new(request.into_body(), MAX_TOKEN_REQUEST_BYTES)
@@ -204,4 +247,46 @@ pub fn demo_tokens(secret: &Secret) -> Vec<(&'static str, String)> {
             (*name, token)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_production_env_does_not_break_the_demo() {
+        let production = env(&[
+            ("PORT", "9100"),
+            ("ALLOWED_ORIGINS", "https://chat.example.com"),
+            ("JWKS_URL", "https://idp.example.com/jwks.json"),
+            ("JWT_ISSUER", "https://idp.example.com/"),
+            ("ROOMS_CLAIM", "rooms"),
+            ("USER_ID_CLAIM", "uid"),
+            ("JWT_REQUIRED_CLAIMS", "email"),
+            ("BAN_STRIKES", "3"),
+        ]);
+        let (config, _) = demo_config(production).unwrap();
+        assert!(config.demo);
+        assert!(!config.uses_jwks());
+        assert_eq!(config.rooms_claim, None);
+        assert_eq!(config.user_id_claim, "sub");
+        assert_eq!(
+            config.origins().0,
+            ["http://localhost:9100", "http://127.0.0.1:9100"]
+        );
+        assert!(config.ban_strikes > 1000);
+    }
+
+    #[test]
+    fn the_demo_needs_a_fixed_port() {
+        let err = demo_config(env(&[("PORT", "0")])).unwrap_err().to_string();
+        assert!(err.contains("PORT"), "{err}");
+    }
 }

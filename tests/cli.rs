@@ -390,6 +390,24 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     )
     .await;
     assert_eq!(status, 413, "bounded body");
+    // Only this server's own page may ask: another Host (DNS rebinding) or another page's
+    // Origin is refused; the demo page's own Origin is fine.
+    let name = r#"{"name":"Mallory"}"#;
+    let (status, _) = http_post_from(addr, "evil.test", None, "/demo/token", name).await;
+    assert_eq!(status, 403);
+    let (status, _) = http_post_from(
+        addr,
+        &addr.to_string(),
+        Some("http://evil.test"),
+        "/demo/token",
+        name,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let own = format!("http://127.0.0.1:{port}");
+    let (status, _) =
+        http_post_from(addr, &addr.to_string(), Some(&own), "/demo/token", name).await;
+    assert_eq!(status, 200);
 
     sigterm(&child);
     assert_eq!(alice.expect_close().await.0, 1001);
@@ -405,11 +423,25 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_post_from(addr, &addr.to_string(), None, path, body).await
+}
+
+/// A POST naming `host`, from a page at `origin` if any.
+async fn http_post_from(
+    addr: SocketAddr,
+    host: &str,
+    origin: Option<&str>,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let origin = origin
+        .map(|origin| format!("Origin: {origin}\r\n"))
+        .unwrap_or_default();
     http_request(
         addr,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     )

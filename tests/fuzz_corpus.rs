@@ -42,7 +42,34 @@ fn ws_stream_corpus() {
 
 #[test]
 fn token_corpus() {
-    replay("token", harness::token);
+    replay("token", |data| {
+        harness::token(data);
+    });
+}
+
+/// The signed road of the token target reaches the claim checks: good claims pass them,
+/// bad ones do not.
+#[test]
+fn token_seeds_exercise_the_claim_checks() {
+    let seed = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/token")
+            .join(name);
+        harness::token(&std::fs::read(path).unwrap())
+    };
+    assert!(seed("signed_valid"));
+    assert!(seed("signed_huge_exp"));
+    for refused in [
+        "signed_expired",
+        "signed_no_exp",
+        "signed_exp_string",
+        "signed_future_nbf",
+        "signed_sub_number",
+        "signed_long_sub",
+        "wrong_key",
+    ] {
+        assert!(!seed(refused), "{refused}");
+    }
 }
 
 #[test]

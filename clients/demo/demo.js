@@ -6,6 +6,10 @@ import { PalisadeClient } from "/palisade.js";
 const $ = (id) => document.getElementById(id);
 let client = null;
 let me = null;
+let leaving = false; // a close the user asked for is not a server refusal
+
+// The server's MAX_MESSAGE_BYTES counts UTF-8 bytes of the whole frame.
+const MAX_BODY_BYTES = 4000;
 
 function log(text, kind = "") {
   const item = document.createElement("li");
@@ -43,6 +47,8 @@ async function fetchToken(name) {
 
 async function connect() {
   $("banner").classList.remove("show");
+  $("connect").disabled = true; // one connection at a time
+  leaving = false;
   const name = $("name").value.trim();
   const room = $("room").value.trim();
   $("status").textContent = "Connecting…";
@@ -60,8 +66,9 @@ async function connect() {
     client.addEventListener("message", ({ detail }) => logMessage(detail.username, detail.body, false));
     client.addEventListener("close", ({ detail }) => {
       setConnected(false);
-      $("status").textContent = "Disconnected.";
       $("members").textContent = "";
+      if (leaving) return;
+      $("status").textContent = "Disconnected.";
       $("banner-text").textContent = `Closed by the server: ${detail.code} ${detail.reason || detail.meaning}`;
       $("banner").classList.add("show");
     });
@@ -71,6 +78,7 @@ async function connect() {
     $("message").focus();
   } catch (error) {
     $("status").textContent = `Could not join: ${error.message ?? error.meaning ?? error}`;
+    $("connect").disabled = false;
   }
 }
 
@@ -83,11 +91,16 @@ $("chat").addEventListener("submit", (event) => {
   event.preventDefault();
   const body = $("message").value;
   if (!body || !client) return;
+  if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) {
+    $("status").textContent = "That message is too long for the server; shorten it.";
+    return;
+  }
   client.send(body);
   logMessage(me.name, body, true); // the server does not echo to the sender
   $("message").value = "";
 });
 $("leave").addEventListener("click", () => {
+  leaving = true;
   client?.close();
   setConnected(false);
   $("status").textContent = "Left.";
