@@ -318,9 +318,30 @@ pub fn session(data: &[u8]) -> SessionStats {
             tokio::task::yield_now().await;
             check_memberships(&gateway);
         }
-        // Read what each client was sent, then let every session end.
-        for client in clients.iter_mut().flatten() {
-            check_frames(client, &mut stats).await;
+        // Let every frame in flight arrive without moving the clock (no deadline fires), then
+        // read what each client was sent. Sessions were numbered in the order clients
+        // connected, so client `k` is session `k + 1`; a client still in a room must have
+        // heard, last, the room's true size.
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+        let memberships = gateway.hub.memberships();
+        for (index, client) in clients.iter_mut().enumerate() {
+            let Some(client) = client else { continue };
+            let last_total = check_frames(client, &mut stats).await;
+            let session = index as u64 + 1;
+            if let Some((room, _)) = memberships.iter().find(|(_, id)| *id == session) {
+                let members = memberships
+                    .iter()
+                    .filter(|(other, _)| other == room)
+                    .count();
+                assert_eq!(
+                    last_total,
+                    Some(members as u64),
+                    "session {session} in {room}: last totalUsers heard is not the room's size"
+                );
+                stats.total_checks += 1;
+            }
         }
         drop(clients);
         // Every session ends once its client is gone. A panic inside one is re-raised here:
@@ -348,6 +369,8 @@ pub fn session(data: &[u8]) -> SessionStats {
 pub struct SessionStats {
     pub room_frames: usize,
     pub closes: usize,
+    /// Members whose last `totalUsers` was checked against their room's size.
+    pub total_checks: usize,
 }
 
 fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
@@ -392,13 +415,16 @@ fn check_memberships(gateway: &Gateway) {
 }
 
 /// Reads what is buffered for a client (bounded), checking close codes and frames.
-async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
+/// Reads the frames buffered for a client without moving the clock; returns the last
+/// `totalUsers` it heard.
+async fn check_frames(client: &mut Client, stats: &mut SessionStats) -> Option<u64> {
+    let mut last_total = None;
     for _ in 0..1000 {
-        let frame =
-            match tokio::time::timeout(Duration::from_millis(1), client.ws.read_frame()).await {
-                Ok(Ok(frame)) => frame,
-                _ => return,
-            };
+        // Frames arrive whole, so a zero timeout only ever cancels a read that has nothing.
+        let frame = match tokio::time::timeout(Duration::ZERO, client.ws.read_frame()).await {
+            Ok(Ok(frame)) => frame,
+            _ => return last_total,
+        };
         match frame.opcode {
             OpCode::Close => {
                 if frame.payload.len() >= 2 {
@@ -412,7 +438,7 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
                     );
                 }
                 stats.closes += 1;
-                return;
+                return None;
             }
             OpCode::Text => {
                 let value: serde_json::Value =
@@ -428,8 +454,12 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) {
                     );
                     stats.room_frames += 1;
                 }
+                if let Some(total) = value["totalUsers"].as_u64() {
+                    last_total = Some(total);
+                }
             }
             _ => {}
         }
     }
+    last_total
 }

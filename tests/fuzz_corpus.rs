@@ -90,6 +90,8 @@ fn session_seeds_exercise_rooms_and_closes() {
     };
     let chat = seed("auth_join_chat_leave");
     assert!(chat.room_frames >= 3, "{chat:?}");
+    let crowd = seed("many_clients");
+    assert!(crowd.total_checks >= 1, "{crowd:?}");
     let violation = seed("message_before_join");
     assert!(violation.closes >= 1, "{violation:?}");
     let timeout = seed("no_auth_timeout");
