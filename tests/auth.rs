@@ -3,22 +3,17 @@
 mod common;
 
 use base64::Engine;
-use common::{accepted, now, outcome, sign, Outcome, TestServer, SECRET};
+use common::{accepted, merged, now, outcome, sign, Outcome, TestServer, SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn claims(extra: Value) -> Value {
-    let mut claims = json!({"sub": "alice", "name": "Alice", "exp": now() + 600});
-    for (key, value) in extra.as_object().unwrap() {
-        if value.is_null() {
-            claims.as_object_mut().unwrap().remove(key);
-        } else {
-            claims[key] = value.clone();
-        }
-    }
-    claims
+    merged(
+        json!({"sub": "alice", "name": "Alice", "exp": now() + 600}),
+        extra,
+    )
 }
 
 fn hs256(extra: Value) -> String {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::jwks::{sign_as, sign_with, JwksServer, Mode};
-use common::{accepted, now, outcome, sign, Outcome, TestServer, SECRET};
+use common::{accepted, merged, now, outcome, sign, Outcome, TestServer, SECRET};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
@@ -15,16 +15,10 @@ const ISSUER: &str = "https://idp.test/";
 const REFUSED: Outcome = Outcome::Refused(4002);
 
 fn claims(extra: Value) -> Value {
-    let mut claims =
-        json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "name": "Alice", "exp": now() + 600});
-    for (key, value) in extra.as_object().unwrap() {
-        if value.is_null() {
-            claims.as_object_mut().unwrap().remove(key);
-        } else {
-            claims[key] = value.clone();
-        }
-    }
-    claims
+    merged(
+        json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "name": "Alice", "exp": now() + 600}),
+        extra,
+    )
 }
 
 /// A gateway trusting `jwks` for ISSUER, ready (its keys loaded).

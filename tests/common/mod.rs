@@ -155,6 +155,18 @@ pub fn token(sub: &str) -> String {
     mint_hs_token(&Secret::new(SECRET), &request).unwrap()
 }
 
+/// `base` with the fields of `extra` set over it; a `null` in `extra` removes the field.
+pub fn merged(mut base: Value, extra: Value) -> Value {
+    for (key, value) in extra.as_object().expect("extra claims are an object") {
+        if value.is_null() {
+            base.as_object_mut().unwrap().remove(key);
+        } else {
+            base[key] = value.clone();
+        }
+    }
+    base
+}
+
 /// Signs arbitrary claims with `key` (HS256 unless `alg` says otherwise).
 pub fn sign(claims: &Value, key: &[u8], alg: jsonwebtoken::Algorithm) -> String {
     jsonwebtoken::encode(
