@@ -403,6 +403,22 @@ pub struct Config {
     pub log_format: LogFormat,
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// Redis for sharing rooms between nodes (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS); unset or empty runs one node on its in-process hub.
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
+    #[serde(default = "defaults::redis_key_ttl_secs")]
+    pub redis_key_ttl_secs: u64,
+    #[serde(default = "defaults::redis_timeout_ms")]
+    pub redis_timeout_ms: u64,
+    #[serde(default = "defaults::redis_probe_interval_ms")]
+    pub redis_probe_interval_ms: u64,
+    #[serde(default = "defaults::redis_reconnect_max_ms")]
+    pub redis_reconnect_max_ms: u64,
+    #[serde(default = "defaults::redis_publish_queue")]
+    pub redis_publish_queue: usize,
     /// Set by `palisade demo` only (never from the environment): serve the demo page and its
     /// loopback-only token endpoint.
     #[serde(skip)]
@@ -412,6 +428,24 @@ pub struct Config {
 mod defaults {
     use std::net::{IpAddr, Ipv4Addr};
 
+    pub fn redis_prefix() -> String {
+        "palisade:".into()
+    }
+    pub const fn redis_key_ttl_secs() -> u64 {
+        15
+    }
+    pub const fn redis_timeout_ms() -> u64 {
+        2000
+    }
+    pub const fn redis_probe_interval_ms() -> u64 {
+        1000
+    }
+    pub const fn redis_reconnect_max_ms() -> u64 {
+        5000
+    }
+    pub const fn redis_publish_queue() -> usize {
+        65_536
+    }
     pub const fn port() -> u16 {
         8080
     }
@@ -626,6 +660,7 @@ impl Config {
                 "must be shorter than SHUTDOWN_GRACE_SECS, which counts from the start of the drain",
             ));
         }
+        self.validate_redis()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(invalid(
                 "LOG_LEVEL",
@@ -811,6 +846,71 @@ impl Config {
             return Err(invalid(var, "must be greater than 0"));
         }
         Ok(())
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        if let Some(url) = self.redis_url() {
+            redis::Client::open(url).map_err(|err| {
+                // The parser's message may quote the URL, password included: keep only its kind.
+                invalid("REDIS_URL", format!("not a Redis URL ({:?})", err.kind()))
+            })?;
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self
+                .redis_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "REDIS_PREFIX",
+                "1 to 64 characters, no spaces or control characters",
+            ));
+        }
+        if self.redis_key_ttl_secs < 3 {
+            return Err(invalid(
+                "REDIS_KEY_TTL_SECS",
+                "at least 3 (nodes refresh their keys three times per period)",
+            ));
+        }
+        if self.redis_timeout_ms == 0 || self.redis_timeout_ms >= self.redis_key_ttl_secs * 1000 / 3
+        {
+            return Err(invalid(
+                "REDIS_TIMEOUT_MS",
+                "greater than 0 and shorter than a third of REDIS_KEY_TTL_SECS",
+            ));
+        }
+        if self.redis_probe_interval_ms < 100 {
+            return Err(invalid("REDIS_PROBE_INTERVAL_MS", "at least 100"));
+        }
+        if self.redis_reconnect_max_ms < 100 {
+            return Err(invalid("REDIS_RECONNECT_MAX_MS", "at least 100"));
+        }
+        if self.redis_publish_queue == 0 {
+            return Err(invalid("REDIS_PUBLISH_QUEUE", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// `REDIS_URL`, unless unset or empty.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|url| !url.is_empty())
+    }
+    /// How long a node's presence outlives its last heartbeat.
+    pub fn redis_key_ttl(&self) -> Duration {
+        Duration::from_secs(self.redis_key_ttl_secs)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub fn redis_probe_interval(&self) -> Duration {
+        Duration::from_millis(self.redis_probe_interval_ms)
+    }
+    pub fn redis_reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.redis_reconnect_max_ms)
     }
 
     pub fn jwks_refresh(&self) -> Duration {

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::auth::TokenVerifier;
 use crate::bans::Bans;
+use crate::broker::{Broker, LocalBroker, RedisBroker};
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, SessionId};
 use crate::limits::{SessionQuotas, UserMessageLimiter};
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub admission: Admission,
     pub bans: Bans,
     pub hub: Arc<Hub>,
+    /// The Redis broker, when `REDIS_URL` is set (the hub holds it too, as its [`Broker`]).
+    pub redis: Option<Arc<RedisBroker>>,
     pub quotas: SessionQuotas,
     pub user_messages: UserMessageLimiter,
     /// Cancelled when the gateway shuts down.
@@ -50,13 +53,29 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
+        let redis = match config.redis_url() {
+            Some(url) => Some(
+                RedisBroker::new(&config, url, Arc::clone(&metrics)).map_err(|err| {
+                    ConfigError::Invalid {
+                        var: "REDIS_URL",
+                        why: format!("not a Redis URL ({:?})", err.kind()),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        let broker: Arc<dyn Broker> = match &redis {
+            Some(redis) => Arc::clone(redis) as Arc<dyn Broker>,
+            None => Arc::new(LocalBroker),
+        };
         Ok(Arc::new(Gateway {
             verifier: TokenVerifier::from_config(&config, &metrics)?,
             admission: Admission::new(&config),
             bans: Bans::new(&config),
             quotas: SessionQuotas::from_config(&config),
             user_messages: UserMessageLimiter::from_config(&config),
-            hub: Hub::new(config.max_room_members, Arc::clone(&metrics)),
+            hub: Hub::new(config.max_room_members, Arc::clone(&metrics), broker),
+            redis,
             metrics,
             draining: AtomicBool::new(false),
             config: Arc::new(config),
@@ -71,12 +90,13 @@ impl Gateway {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether this node should get new clients: not draining, and every identity provider's
-    /// keys loaded.
+    /// Whether this node should get new clients: not draining, every identity provider's
+    /// keys loaded, and the broker (when there is one) connected.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst)
             && !self.shutdown.is_cancelled()
             && self.verifier.keys_loaded()
+            && self.hub.broker().is_connected()
     }
 
     /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until shutdown, so
@@ -170,6 +190,9 @@ pub async fn start_with(
             .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
     }
     gateway.tasks.spawn(Arc::clone(&gateway).housekeeping());
+    if let Some(redis) = &gateway.redis {
+        redis.spawn(Arc::clone(&gateway.hub), &gateway.tasks);
+    }
     for issuer in gateway.verifier.issuers() {
         gateway
             .tasks
@@ -224,6 +247,8 @@ impl RunningGateway {
         let deadline = started + config.shutdown_grace();
         let everything = async {
             sessions.wait().await;
+            // Only now: the sessions' last leaves must reach the other nodes.
+            self.gateway.hub.broker().stop().await;
             tasks.wait().await;
         };
         let abandoned = match tokio::time::timeout_at(deadline, everything).await {

@@ -22,7 +22,8 @@
 //! | [`names`] | username and room naming rules |
 //! | [`memory`] | returning freed heap pages to the system after load |
 //! | [`limits`] | per-socket rate limits (governor) |
-//! | [`hub`] | rooms, membership that leaves on drop, non-blocking fan-out |
+//! | [`hub`] | rooms, membership that leaves on drop, non-blocking fan-out, the view of other nodes' members |
+//! | [`broker`] | carrying rooms between nodes: in-process for one node, Redis Pub/Sub and presence for many |
 //! | [`outbox`] | a socket's bounded outbound queue and slow-consumer eviction |
 //! | [`shutdown`] | SIGTERM/SIGINT |
 //! | [`demo`] | the standalone `palisade demo` config and its printed tokens |
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bans;
+pub mod broker;
 pub mod client_ip;
 pub mod config;
 pub mod demo;

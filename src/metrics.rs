@@ -104,7 +104,20 @@ pub struct Metrics {
     pub bans: Family<KindLabel, Counter>,
     pub sessions_abandoned: Counter,
     pub jwks_fetches: Family<ResultLabel, Counter>,
+    pub broker_up: Gauge,
+    pub broker_published: Counter,
+    pub broker_received: Counter,
+    pub broker_errors: Family<KindLabel, Counter>,
+    pub broker_reconnects: Counter,
+    pub broker_dropped: Family<ReasonLabel, Counter>,
+    pub broker_duplicates: Counter,
+    pub broker_delay: Histogram,
 }
+
+/// Every `kind` of `palisade_broker_errors_total`.
+pub const BROKER_ERROR_KINDS: [&str; 5] = ["connect", "subscribe", "publish", "probe", "decode"];
+/// Every `reason` of `palisade_broker_dropped_total`.
+pub const BROKER_DROP_REASONS: [&str; 2] = ["down", "backlog"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -208,6 +221,55 @@ impl Metrics {
             "Key set fetches from identity providers (ok, error)",
             jwks_fetches.clone(),
         );
+        let broker_up = Gauge::default();
+        registry.register(
+            "broker_up",
+            "1 while the Redis broker is connected and subscribed (always 0 without REDIS_URL)",
+            broker_up.clone(),
+        );
+        let broker_published = Counter::default();
+        registry.register(
+            "broker_published",
+            "Envelopes published to Redis (joins, leaves, messages, syncs)",
+            broker_published.clone(),
+        );
+        let broker_received = Counter::default();
+        registry.register(
+            "broker_received",
+            "Envelopes received from other nodes",
+            broker_received.clone(),
+        );
+        let broker_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "broker_errors",
+            "Redis failures by kind (connect, subscribe, publish, probe, decode)",
+            broker_errors.clone(),
+        );
+        let broker_reconnects = Counter::default();
+        registry.register(
+            "broker_reconnects",
+            "Redis connections re-established after a loss",
+            broker_reconnects.clone(),
+        );
+        let broker_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "broker_dropped",
+            "Events not sent to other nodes: down (Redis unreachable), backlog (publish queue full)",
+            broker_dropped.clone(),
+        );
+        let broker_duplicates = Counter::default();
+        registry.register(
+            "broker_duplicates",
+            "Envelopes dropped because their sequence number was already seen",
+            broker_duplicates.clone(),
+        );
+        let broker_delay = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register_with_unit(
+            "broker_delay",
+            "Time from publish on one node to receipt on another (wall clocks of both)",
+            Unit::Seconds,
+            broker_delay.clone(),
+        );
         let metrics = Metrics {
             registry,
             connections,
@@ -227,6 +289,14 @@ impl Metrics {
             bans,
             sessions_abandoned,
             jwks_fetches,
+            broker_up,
+            broker_published,
+            broker_received,
+            broker_errors,
+            broker_reconnects,
+            broker_dropped,
+            broker_duplicates,
+            broker_delay,
         };
         metrics.create_known_series();
         metrics
@@ -261,6 +331,12 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             let _ = self.jwks_fetches.get_or_create(&ResultLabel { result });
+        }
+        for kind in BROKER_ERROR_KINDS {
+            let _ = self.broker_errors.get_or_create(&KindLabel { kind });
+        }
+        for reason in BROKER_DROP_REASONS {
+            let _ = self.broker_dropped.get_or_create(&ReasonLabel { reason });
         }
     }
 
@@ -330,6 +406,16 @@ impl Metrics {
     pub fn jwks_fetch(&self, result: &'static str) {
         self.jwks_fetches
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn broker_error(&self, kind: &'static str) {
+        self.broker_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn broker_drop(&self, reason: &'static str) {
+        self.broker_dropped
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

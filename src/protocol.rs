@@ -305,6 +305,17 @@ impl ClientFrame {
     }
 }
 
+/// The `body` of a `{"type":"notice"}` frame (Palisade's addition; clients that do not know
+/// the type ignore it).
+pub mod notice {
+    /// Cross-node delivery stopped (Redis is unreachable): members on this node still reach
+    /// each other, but messages from and to other nodes are being missed.
+    pub const DELIVERY_INTERRUPTED: &str = "delivery_interrupted";
+    /// Cross-node delivery is back. What was sent meanwhile is not replayed; `join` and
+    /// `userleave` frames follow for whoever arrived or left on other nodes.
+    pub const DELIVERY_RESTORED: &str = "delivery_restored";
+}
+
 /// A frame from the server. Field order and names are GarinChat's; `userId` is Palisade's
 /// addition (the token's subject) and comes last.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -349,6 +360,17 @@ impl<'a> ServerFrame<'a> {
             username,
             total_users: Some(total_users),
             user_id,
+        }
+    }
+
+    /// A notice from the gateway itself; `code` is one of [`notice`]'s.
+    pub fn notice(code: &'a str) -> Self {
+        Self {
+            kind: "notice",
+            body: code,
+            username: "",
+            total_users: None,
+            user_id: "",
         }
     }
 

@@ -38,7 +38,7 @@ use crate::limits::SessionLimiters;
 use crate::metrics::client_close_code;
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox};
-use crate::protocol::{ClientFrame, CloseCode, ServerFrame};
+use crate::protocol::{notice, ClientFrame, CloseCode, ServerFrame};
 use reader::{Inbound, ReadLimits};
 use writer::CloseRequest;
 
@@ -343,7 +343,7 @@ impl Session {
         })?;
         match frame {
             ClientFrame::Auth { token } => self.on_auth(&token).await,
-            ClientFrame::Join { username, room } => self.on_join(username, &room),
+            ClientFrame::Join { username, room } => self.on_join(username, &room).await,
             ClientFrame::Message { body } => self.on_message(&body),
             ClientFrame::UserLeave => self.on_leave(),
         }
@@ -427,7 +427,7 @@ impl Session {
         Ok(())
     }
 
-    fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
+    async fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
         let State::AwaitJoin { identity } = &self.state else {
             debug!(
                 session = self.id,
@@ -473,7 +473,8 @@ impl Session {
             display_name: Arc::clone(&display_name),
             outbox: self.outbox.clone(),
         };
-        let membership = self.gateway.hub.join(room, member).map_err(|_| {
+        let hub = Arc::clone(&self.gateway.hub);
+        let membership = hub.join_everywhere(room, member).await.map_err(|_| {
             debug!(session = self.id, "room full");
             CloseCode::RoomFull
         })?;
@@ -490,6 +491,12 @@ impl Session {
             },
         );
         self.deadline = None;
+        if !hub.broker().is_connected() {
+            // Joined while other nodes are out of reach: say so, as those already in rooms
+            // were told.
+            let notice = ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode();
+            self.outbox.deliver(Outbound::Text(notice, Instant::now()));
+        }
         Ok(())
     }
 
@@ -525,7 +532,7 @@ impl Session {
         }
         metrics.messages_received.inc();
         let frame = ServerFrame::message(body, display_name, &identity.user_id).encode();
-        membership.publish(&frame);
+        membership.publish(body, &frame);
         Ok(())
     }
 

@@ -1,0 +1,292 @@
+//! What travels between nodes: one JSON object per Pub/Sub message.
+//!
+//! ```text
+//! {"v":1,"node":"3f9c…","seq":17,"ts":1763840000123,"event":"join","session":7,"username":"Bob","userId":"bob"}
+//! {"v":1,"node":"3f9c…","seq":18,"ts":…,"event":"message","session":7,"username":"Bob","userId":"bob","body":"hi"}
+//! {"v":1,"node":"3f9c…","seq":19,"ts":…,"event":"leave","session":7}
+//! {"v":1,"node":"3f9c…","seq":20,"ts":…,"event":"sync","members":[{"session":7,"username":"Bob","userId":"bob"}]}
+//! ```
+//!
+//! `node` is the publishing node's id (a node ignores its own envelopes: its members were
+//! served locally), `seq` grows by one per envelope a node publishes (a receiver drops any
+//! `seq` it has already seen from that node in that room, so a client never sees a
+//! duplicate), and `ts` is the publisher's wall clock in milliseconds, for the cross-node delay
+//! metric. `sync` says "these are all of my members in this room", sent when a node rebuilds
+//! its presence after a Redis outage. Chat messages carry their fields, not a pre-encoded
+//! frame: each node encodes the client frame itself, so nothing on the channel reaches a
+//! client unchecked.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::SessionId;
+
+const VERSION: u8 = 1;
+/// Node ids are ours (hex), but anything on the channel is checked before it is believed.
+const MAX_NODE_ID_BYTES: usize = 64;
+
+/// A member on another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMember {
+    pub session: SessionId,
+    pub username: Arc<str>,
+    #[serde(rename = "userId")]
+    pub user_id: Arc<str>,
+}
+
+/// An event from another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteEvent {
+    Join(RemoteMember),
+    Leave {
+        session: SessionId,
+    },
+    Message {
+        session: SessionId,
+        username: Arc<str>,
+        user_id: Arc<str>,
+        body: String,
+    },
+    /// The publishing node's complete membership of the room.
+    Sync(Vec<RemoteMember>),
+}
+
+/// A decoded envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub node: String,
+    pub seq: u64,
+    pub sent_at_ms: u64,
+    pub event: RemoteEvent,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("not an envelope: {0}")]
+    Json(String),
+    #[error("unsupported envelope version {0}")]
+    Version(u8),
+    #[error("bad node id")]
+    NodeId,
+    #[error("event {0:?} lacks a field it needs")]
+    Incomplete(&'static str),
+    #[error("unknown event")]
+    UnknownEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    v: u8,
+    #[serde(borrow)]
+    node: Cow<'a, str>,
+    seq: u64,
+    ts: u64,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<SessionId>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    username: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "userId",
+        default,
+        borrow,
+        skip_serializing_if = "Option::is_none"
+    )]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    body: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<RemoteMember>>,
+}
+
+impl<'a> Wire<'a> {
+    fn new(node: &'a str, seq: u64, ts: u64, event: &'static str) -> Self {
+        Wire {
+            v: VERSION,
+            node: Cow::Borrowed(node),
+            seq,
+            ts,
+            event: Cow::Borrowed(event),
+            session: None,
+            username: None,
+            user_id: None,
+            body: None,
+            members: None,
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+}
+
+/// Encodes an event of this node's.
+pub fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent) -> Vec<u8> {
+    let mut wire;
+    match event {
+        RemoteEvent::Join(member) => {
+            wire = Wire::new(node, seq, sent_at_ms, "join");
+            wire.session = Some(member.session);
+            wire.username = Some(Cow::Borrowed(&member.username));
+            wire.user_id = Some(Cow::Borrowed(&member.user_id));
+        }
+        RemoteEvent::Leave { session } => {
+            wire = Wire::new(node, seq, sent_at_ms, "leave");
+            wire.session = Some(*session);
+        }
+        RemoteEvent::Message {
+            session,
+            username,
+            user_id,
+            body,
+        } => {
+            wire = Wire::new(node, seq, sent_at_ms, "message");
+            wire.session = Some(*session);
+            wire.username = Some(Cow::Borrowed(username));
+            wire.user_id = Some(Cow::Borrowed(user_id));
+            wire.body = Some(Cow::Borrowed(body));
+        }
+        RemoteEvent::Sync(members) => {
+            wire = Wire::new(node, seq, sent_at_ms, "sync");
+            wire.members = Some(members.clone());
+        }
+    }
+    wire.to_bytes()
+}
+
+impl Envelope {
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let wire: Wire<'_> =
+            serde_json::from_slice(bytes).map_err(|err| EnvelopeError::Json(err.to_string()))?;
+        if wire.v != VERSION {
+            return Err(EnvelopeError::Version(wire.v));
+        }
+        if wire.node.is_empty() || wire.node.len() > MAX_NODE_ID_BYTES {
+            return Err(EnvelopeError::NodeId);
+        }
+        let member = |kind| -> Result<RemoteMember, EnvelopeError> {
+            Ok(RemoteMember {
+                session: wire.session.ok_or(EnvelopeError::Incomplete(kind))?,
+                username: Arc::from(
+                    wire.username
+                        .as_deref()
+                        .ok_or(EnvelopeError::Incomplete(kind))?,
+                ),
+                user_id: Arc::from(
+                    wire.user_id
+                        .as_deref()
+                        .ok_or(EnvelopeError::Incomplete(kind))?,
+                ),
+            })
+        };
+        let event = match &*wire.event {
+            "join" => RemoteEvent::Join(member("join")?),
+            "leave" => RemoteEvent::Leave {
+                session: wire.session.ok_or(EnvelopeError::Incomplete("leave"))?,
+            },
+            "message" => {
+                let RemoteMember {
+                    session,
+                    username,
+                    user_id,
+                } = member("message")?;
+                RemoteEvent::Message {
+                    session,
+                    username,
+                    user_id,
+                    body: wire
+                        .body
+                        .as_deref()
+                        .ok_or(EnvelopeError::Incomplete("message"))?
+                        .to_owned(),
+                }
+            }
+            "sync" => RemoteEvent::Sync(
+                wire.members
+                    .clone()
+                    .ok_or(EnvelopeError::Incomplete("sync"))?,
+            ),
+            _ => return Err(EnvelopeError::UnknownEvent),
+        };
+        Ok(Envelope {
+            node: wire.node.into_owned(),
+            seq: wire.seq,
+            sent_at_ms: wire.ts,
+            event,
+        })
+    }
+}
+
+/// A presence hash value: who a member is.
+#[derive(Serialize, Deserialize)]
+pub(super) struct PresenceValue<'a> {
+    #[serde(borrow)]
+    pub username: Cow<'a, str>,
+    #[serde(rename = "userId", borrow)]
+    pub user_id: Cow<'a, str>,
+}
+
+impl PresenceValue<'_> {
+    pub fn encode(username: &str, user_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&PresenceValue {
+            username: Cow::Borrowed(username),
+            user_id: Cow::Borrowed(user_id),
+        })
+        .expect("a presence value always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips() {
+        let bob = RemoteMember {
+            session: 7,
+            username: "Bob <b>".into(),
+            user_id: "bob".into(),
+        };
+        let events = [
+            RemoteEvent::Join(bob.clone()),
+            RemoteEvent::Leave { session: 7 },
+            RemoteEvent::Message {
+                session: 7,
+                username: "Bob".into(),
+                user_id: "bob".into(),
+                body: "hi \"there\" \u{2028}".into(),
+            },
+            RemoteEvent::Sync(vec![bob]),
+            RemoteEvent::Sync(vec![]),
+        ];
+        for (seq, event) in events.into_iter().enumerate() {
+            let decoded = Envelope::decode(&encode("n1", seq as u64, 5, &event)).unwrap();
+            assert_eq!(
+                decoded,
+                Envelope {
+                    node: "n1".into(),
+                    seq: seq as u64,
+                    sent_at_ms: 5,
+                    event
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"v":2,"node":"n","seq":1,"ts":0,"event":"leave","session":1}"#,
+            br#"{"v":1,"node":"","seq":1,"ts":0,"event":"leave","session":1}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"leave"}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"message","session":1,"username":"a","userId":"a"}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"explode"}"#,
+        ] {
+            assert!(Envelope::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

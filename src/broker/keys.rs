@@ -1,0 +1,73 @@
+//! Redis names, all under `REDIS_PREFIX` (default `palisade:`) so that several deployments
+//! (or other applications) can share one Redis.
+//!
+//! | name | type | holds | expires |
+//! |---|---|---|---|
+//! | `{prefix}room:{room}` | Pub/Sub channel | the room's events, one [`Envelope`](super::Envelope) per message | — |
+//! | `{prefix}members:{room}` | hash | field `{node}:{session}` → `{"username":…,"userId":…}` for every member on every node | `REDIS_KEY_TTL_SECS` after the last node with members in the room stopped refreshing it |
+//! | `{prefix}node:{node}` | string | `1` while the node is alive | `REDIS_KEY_TTL_SECS` after its last heartbeat |
+//!
+//! Room names are validated before they get here (a small charset, bounded length), so they
+//! are used unescaped.
+
+/// Builds the names for one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// The room a channel name belongs to, if it is one of ours.
+    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("room:")
+    }
+
+    pub fn members(&self, room: &str) -> String {
+        format!("{}members:{room}", self.prefix)
+    }
+
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    /// A member's field in the room's presence hash.
+    pub fn member_field(node: &str, session: u64) -> String {
+        format!("{node}:{session}")
+    }
+
+    /// Splits a presence field into node and session.
+    pub fn parse_member_field(field: &str) -> Option<(&str, u64)> {
+        let (node, session) = field.rsplit_once(':')?;
+        Some((node, session.parse().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let keys = Keys::new("palisade:");
+        assert_eq!(keys.channel("lobby"), "palisade:room:lobby");
+        assert_eq!(keys.room_of_channel("palisade:room:lobby"), Some("lobby"));
+        assert_eq!(keys.room_of_channel("other:room:lobby"), None);
+        assert_eq!(keys.members("lobby"), "palisade:members:lobby");
+        assert_eq!(keys.node("n1"), "palisade:node:n1");
+        let field = Keys::member_field("n1", 42);
+        assert_eq!(Keys::parse_member_field(&field), Some(("n1", 42)));
+        assert_eq!(Keys::parse_member_field("n1:x"), None);
+    }
+}
