@@ -6,34 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{token, Client, TestServer, ORIGIN};
+use common::{tiny_buffer_client, token, Client, TestServer};
 use serde_json::json;
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
-
-/// A joined client whose kernel receive buffer is tiny, so that not reading fills it fast.
-async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut request = server.url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Origin", HeaderValue::from_static(ORIGIN));
-    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut client = Client { ws };
-    client.auth(&token(sub)).await;
-    client
-        .send_json(json!({"type": "join", "room": room}))
-        .await;
-    assert_eq!(client.recv_json().await["type"], "join");
-    client
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flows() {

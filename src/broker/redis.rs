@@ -176,7 +176,9 @@ impl RedisBroker {
         publisher: tokio::task::JoinHandle<()>,
     ) {
         let mut backoff = RECONNECT_MIN;
-        let mut interrupted = false;
+        // Until the first connection, members who join are told delivery is interrupted (by
+        // their session); the first connection tells them it is restored.
+        let mut interrupted = true;
         let mut ever_connected = false;
         info!(node = %self.node, "redis broker starting");
         loop {
@@ -192,7 +194,7 @@ impl RedisBroker {
             self.connection.send_replace(None);
             self.metrics.broker_error(kind);
             warn!(node = %self.node, kind, %error, "redis unavailable; rooms are local until it is back");
-            if !interrupted && ever_connected {
+            if !interrupted {
                 interrupted = true;
                 hub.notify_all(&ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode());
             }
@@ -582,11 +584,7 @@ impl RedisBroker {
                 match &event {
                     RemoteEvent::Sync(mine) => {
                         // Scripts run on their own; flush what came before to keep the order.
-                        failed |= self
-                            .within(pipe.query_async::<()>(&mut conn))
-                            .await
-                            .is_err();
-                        pipe = redis::pipe();
+                        failed |= self.flush(&mut pipe, &mut conn).await;
                         let mut invocation = sync.key(&members);
                         invocation
                             .arg(format!("{}:", self.node))
@@ -627,10 +625,7 @@ impl RedisBroker {
                 }
                 published += 1;
             }
-            failed |= self
-                .within(pipe.query_async::<()>(&mut conn))
-                .await
-                .is_err();
+            failed |= self.flush(&mut pipe, &mut conn).await;
             if failed {
                 self.metrics.broker_error("publish");
                 self.publish_failed.notify_one();
@@ -638,6 +633,18 @@ impl RedisBroker {
                 self.metrics.broker_published.inc_by(published);
             }
         }
+    }
+}
+
+impl RedisBroker {
+    /// Sends the pipeline, if it holds anything, and empties it; true if that failed.
+    async fn flush(&self, pipe: &mut redis::Pipeline, conn: &mut MultiplexedConnection) -> bool {
+        if pipe.is_empty() {
+            return false;
+        }
+        let failed = self.within(pipe.query_async::<()>(conn)).await.is_err();
+        pipe.clear();
+        failed
     }
 }
 

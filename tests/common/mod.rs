@@ -4,6 +4,7 @@
 pub mod child;
 pub mod jwks;
 pub mod raw;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use palisade::auth::mint::{mint_hs_token, TokenRequest};
 use palisade::config::{Config, Secret};
 use palisade::RunningGateway;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -104,6 +105,15 @@ impl TestServer {
         client
     }
 
+    /// Waits until `/readyz` would say ready (keys loaded, broker connected).
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        while !self.running.gateway().is_ready() {
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn hub(&self) -> &palisade::hub::Hub {
         &self.running.gateway().hub
     }
@@ -139,6 +149,27 @@ impl TestServer {
 }
 
 /// The display name tests give each subject.
+/// A joined client whose kernel receive buffer is tiny, so that not reading fills it fast.
+pub async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = server.url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", HeaderValue::from_static(ORIGIN));
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut client = Client { ws };
+    client.auth(&token(sub)).await;
+    client
+        .send_json(json!({"type": "join", "room": room}))
+        .await;
+    assert_eq!(client.recv_json().await["type"], "join");
+    client
+}
+
 pub fn display_name(sub: &str) -> String {
     let mut chars = sub.chars();
     chars
