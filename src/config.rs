@@ -1032,6 +1032,28 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_at_their_limits_are_accepted() {
+        let mut pairs = base();
+        pairs.extend([
+            ("REDIS_URL", "redis://:pass@127.0.0.1:6379/2"),
+            ("REDIS_KEY_TTL_SECS", "3"),
+            ("REDIS_TIMEOUT_MS", "999"),
+            ("REDIS_PROBE_INTERVAL_MS", "100"),
+            ("REDIS_RECONNECT_MAX_MS", "100"),
+            ("REDIS_PUBLISH_QUEUE", "1"),
+        ]);
+        let config = Config::from_pairs(pairs).unwrap();
+        assert_eq!(config.redis_url(), Some("redis://:pass@127.0.0.1:6379/2"));
+        assert!(
+            !format!("{config:?}").contains("pass@"),
+            "the URL is redacted"
+        );
+        let mut empty = base();
+        empty.push(("REDIS_URL", ""));
+        assert_eq!(Config::from_pairs(empty).unwrap().redis_url(), None);
+    }
+
+    #[test]
     fn invalid_settings_are_named() {
         for (var, value) in [
             ("PORT", "eighty"),
@@ -1051,6 +1073,14 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("TRUST_CLIENT_USERNAME", "yes please"),
             ("ALLOWED_ORIGINS", " , "),
+            ("REDIS_URL", "http://not-redis"),
+            ("REDIS_PREFIX", "has space:"),
+            ("REDIS_KEY_TTL_SECS", "2"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("REDIS_TIMEOUT_MS", "5000"),
+            ("REDIS_PROBE_INTERVAL_MS", "99"),
+            ("REDIS_RECONNECT_MAX_MS", "99"),
+            ("REDIS_PUBLISH_QUEUE", "0"),
         ] {
             let mut pairs = base();
             pairs.retain(|(k, _)| *k != var);

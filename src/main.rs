@@ -42,6 +42,13 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     CheckConfig,
+    /// Exit 0 if the gateway on this host answers `/healthz` (or `--path`) with 200: the
+    /// container image's HEALTHCHECK, which has no curl.
+    Healthcheck {
+        /// `/healthz` (alive) or `/readyz` (should get clients).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint_hs_token(secret, &request)?);
             Ok(())
         }
+        Command::Healthcheck { path } => healthcheck(&path),
         Command::CheckConfig => {
             let config = Config::load()?;
             println!("{}", serde_json::to_string_pretty(&config)?);
@@ -124,6 +132,33 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
     // grace period.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Asks the local gateway (`PORT`, on loopback unless `BIND_ADDR` names one address) for
+/// `path`, within two seconds.
+fn healthcheck(path: &str) -> anyhow::Result<()> {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let host = match std::env::var("BIND_ADDR").ok().and_then(|a| a.parse().ok()) {
+        Some(std::net::IpAddr::V4(ip)) if !ip.is_unspecified() => ip.to_string(),
+        Some(std::net::IpAddr::V6(ip)) if !ip.is_unspecified() => format!("[{ip}]"),
+        _ => "127.0.0.1".into(),
+    };
+    let url = format!("http://{host}:{port}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?
+            .get(&url)
+            .send()
+            .await
+            .map(|response| response.status())
+    });
+    let status = status.with_context(|| format!("{url} did not answer"))?;
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
 }
 
 /// Prints where to connect and the tokens. Write errors are ignored: a gateway must not die

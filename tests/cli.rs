@@ -276,6 +276,33 @@ fn check_config_redacts_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_passes_against_a_live_gateway_and_fails_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let env = [
+        ("PORT", port.as_str()),
+        ("BIND_ADDR", "127.0.0.1"),
+        ("METRICS_PORT", "0"),
+        ("ALLOWED_ORIGINS", "http://a.test"),
+        ("JWT_DECODE_SECRET", common::SECRET),
+    ];
+    let dead = run(dir.path(), &env, &["healthcheck"]);
+    assert!(!dead.status.success(), "nothing listens yet");
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("did not answer"));
+
+    let mut child = palisade(dir.path()).envs(env).spawn().unwrap();
+    wait_ready(port.parse().unwrap(), &mut child).await;
+    for path in ["/healthz", "/readyz"] {
+        let output = run(dir.path(), &env, &["healthcheck", "--path", path]);
+        assert!(output.status.success(), "{path}: {output:?}");
+    }
+    let missing = run(dir.path(), &env, &["healthcheck", "--path", "/nowhere"]);
+    assert!(!missing.status.success());
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mints_what_the_gateway_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let env = [

@@ -123,6 +123,11 @@ export class PalisadeClient extends EventTarget {
       case "message":
         this.#emit("message", frame);
         break;
+      case "notice":
+        // {"type":"notice","body":"delivery_interrupted"|"delivery_restored"}: other nodes
+        // are out of reach (messages may be missed), or back.
+        this.#emit("notice", { code: frame.body });
+        break;
       default:
         // Frame types this client does not know are ignored, as the protocol allows.
         break;
