@@ -350,17 +350,10 @@ impl Hub {
     }
 
     /// Drops rooms opened for a join that never came (the session ended in between), once
-    /// they are older than `grace`. Returns their names.
-    pub fn sweep_unjoined(&self, grace: Duration) -> Vec<String> {
-        let mut swept = Vec::new();
-        self.rooms.retain(|name, room| {
-            let keep = !room.members.is_empty() || room.created.elapsed() < grace;
-            if !keep {
-                swept.push(name.clone());
-            }
-            keep
-        });
-        swept
+    /// they are older than `grace`.
+    pub fn sweep_unjoined(&self, grace: Duration) {
+        self.rooms
+            .retain(|_, room| !room.members.is_empty() || room.created.elapsed() < grace);
     }
 
     /// Whether this node has the room (members in it, or a join on its way).

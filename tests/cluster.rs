@@ -478,3 +478,115 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
     };
     assert_eq!(close, 4007);
 }
+
+/// Starts a gateway child process on the test's Redis and waits until it is ready.
+async fn child_node(redis: &RedisServer, extra: &[(&str, &str)]) -> common::child::Gateway {
+    let settings = broker_settings(redis);
+    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.extend_from_slice(extra);
+    let node = common::child::Gateway::start(&pairs).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(node.addr).await != 200 {
+        assert!(Instant::now() < deadline, "node never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_behave_as_one_gateway_and_a_stopping_node_says_goodbye() {
+    let redis = RedisServer::start().await;
+    // A long TTL: the stopping node's members must leave at once, not when its keys expire.
+    let extra = [("REDIS_KEY_TTL_SECS", "60"), ("DRAIN_DELAY_SECS", "0")];
+    let a = child_node(&redis, &extra).await;
+    let b = child_node(&redis, &extra).await;
+    let url = |node: &common::child::Gateway| format!("ws://{}/", node.addr);
+
+    let mut alice = Client::connect(&url(&a), Some(common::ORIGIN)).await;
+    join_with(&mut alice, "alice", "hall").await;
+    assert_eq!(alice.recv_json().await["totalUsers"], 1);
+    let mut bob = Client::connect(&url(&b), Some(common::ORIGIN)).await;
+    join_with(&mut bob, "bob", "hall").await;
+    assert_eq!(bob.recv_json().await["totalUsers"], 2);
+    assert_eq!(alice.recv_json().await["userId"], "bob");
+    alice
+        .send_json(json!({"type": "message", "body": "<b>hi</b> & bye"}))
+        .await;
+    // Byte for byte what one node sends (Go's HTML-safe escaping included).
+    assert_eq!(
+        bob.recv_text().await,
+        r#"{"type":"message","body":"\u003cb\u003ehi\u003c/b\u003e \u0026 bye","username":"Alice","userId":"alice"}"#
+    );
+
+    // SIGTERM node B: Bob gets 1001, and Alice hears him leave well before any expiry.
+    // SAFETY: kill(2) on a child we spawned, with a valid signal, has no memory effects.
+    assert_eq!(
+        unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert_eq!(bob.expect_close().await.0, 1001);
+    let left = recv_within(&mut alice, Duration::from_secs(5)).await;
+    assert_eq!(
+        (&left["type"], &left["userId"], &left["totalUsers"]),
+        (&json!("userleave"), &json!("bob"), &json!(1))
+    );
+    let mut carol = Client::connect(&url(&a), Some(common::ORIGIN)).await;
+    join_with(&mut carol, "carol", "hall").await;
+    assert_eq!(carol.recv_json().await["totalUsers"], 2, "no ghost of bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_publish_queue_messages_are_dropped_and_counted_never_reordered() {
+    let redis = RedisServer::start().await;
+    let a = node_with(&redis, &[("REDIS_PUBLISH_QUEUE", "1")]).await;
+    let b = node_with(&redis, &[("OUTBOUND_QUEUE_FRAMES", "4096")]).await;
+    let (mut alice, _) = join(&a, "alice", "burst").await;
+    let (mut bob, total) = join(&b, "bob", "burst").await;
+    assert_eq!(total, 2);
+    assert_eq!(alice.recv_json().await["userId"], "bob");
+    // A queue of one holds one event: a burst overflows it.
+    for n in 0..2000 {
+        alice
+            .send_json(json!({"type": "message", "body": n.to_string()}))
+            .await;
+    }
+    alice
+        .send_json(json!({"type": "message", "body": "last"}))
+        .await;
+    let mut last: Option<u64> = None;
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let Ok(frame) = tokio::time::timeout(Duration::from_millis(500), bob.recv_json()).await
+        else {
+            break;
+        };
+        if frame["type"] != "message" {
+            continue;
+        }
+        let Ok(n) = frame["body"].as_str().unwrap().parse::<u64>() else {
+            continue;
+        };
+        assert!(last.is_none_or(|last| n > last), "{n} after {last:?}");
+        last = Some(n);
+        received += 1;
+    }
+    assert!(received < 2000, "nothing was dropped: {received}");
+    let metrics = a.running.gateway().metrics.encode();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("palisade_broker_dropped_total{reason=\"backlog\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "{metrics}");
+    eprintln!("a queue of 1: {received} of 2000 delivered, {dropped} dropped and counted");
+    // The room still works both ways once the burst is over.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bob.send_json(json!({"type": "message", "body": "after"}))
+        .await;
+    assert_eq!(
+        wait_for(&mut alice, "message", None, Duration::from_secs(5)).await["body"],
+        "after"
+    );
+}

@@ -21,7 +21,8 @@
 //! unbounded channel, and the hub only `try_send`s into member queues, so Redis never sees a
 //! slow Pub/Sub client because of a slow browser.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,11 +101,22 @@ pub struct RedisBroker {
     outgoing: mpsc::Sender<Outgoing>,
     inboxes: Mutex<Option<Inboxes>>,
     /// The command connection the publisher writes on, `None` while disconnected.
-    connection: watch::Sender<Option<MultiplexedConnection>>,
-    /// Raised by the publisher when a write failed: the driver reconnects and resyncs.
+    connection: watch::Sender<Option<Link>>,
+    /// Counts connected periods; a failure is only believed for the period it happened in.
+    generation: AtomicU64,
+    /// The period in which a write last failed (or a join or leave could not be queued).
+    failed_generation: AtomicU64,
+    /// Raised with `failed_generation`: the driver reconnects and resyncs.
     publish_failed: Notify,
     stop: CancellationToken,
     stopped: CancellationToken,
+}
+
+/// A connected period's command connection.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    conn: MultiplexedConnection,
 }
 
 /// Why a connected period ended.
@@ -139,6 +151,8 @@ impl RedisBroker {
                 outgoing: outgoing_rx,
             })),
             connection: watch::Sender::new(None),
+            generation: AtomicU64::new(0),
+            failed_generation: AtomicU64::new(0),
             publish_failed: Notify::new(),
             stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
@@ -233,15 +247,21 @@ impl RedisBroker {
             Err(err) => return lost("connect")(err),
         };
         let rooms = room_names(hub);
-        for room in &rooms {
-            if let Err(err) = self.within(sink.subscribe(self.keys.channel(room))).await {
-                return lost("subscribe")(err);
-            }
+        let mut subscribed = HashSet::new();
+        if let Err(err) = self
+            .subscribe_rooms(&mut sink, &mut subscribed, &rooms)
+            .await
+        {
+            return lost("subscribe")(err);
         }
         if let Err(err) = self.refresh_node_key(&mut conn, hub).await {
             return lost("connect")(err);
         }
-        self.connection.send_replace(Some(conn.clone()));
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.connection.send_replace(Some(Link {
+            generation,
+            conn: conn.clone(),
+        }));
         // Connected before the resync is queued: an event after this point is queued behind
         // the resync of its room, one before it is superseded by that resync.
         self.set_connected(true);
@@ -272,7 +292,10 @@ impl RedisBroker {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
                 _ = self.publish_failed.notified() => {
-                    return lost("publish")("a write to redis failed".into());
+                    // A failure from an earlier period left a permit behind: not ours.
+                    if self.failed_generation.load(Ordering::SeqCst) == generation {
+                        return lost("publish")("a write to redis failed".into());
+                    }
                 }
                 message = stream.next() => {
                     let Some(message) = message else {
@@ -281,12 +304,18 @@ impl RedisBroker {
                     self.on_envelope(hub, message.get_channel_name(), message.get_payload_bytes());
                 }
                 Some(command) = commands.recv() => {
-                    if let Err(err) = self.on_command(hub, &mut conn, &mut sink, command).await {
+                    if let Err(err) = self
+                        .on_command(hub, &mut conn, &mut sink, &mut subscribed, command)
+                        .await
+                    {
                         return lost("subscribe")(err);
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if let Err(err) = self.heartbeat(&mut conn, &mut sink, hub).await {
+                    if let Err(err) = self
+                        .heartbeat(&mut conn, &mut sink, &mut subscribed, hub)
+                        .await
+                    {
                         return lost("probe")(err);
                     }
                 }
@@ -359,21 +388,38 @@ impl RedisBroker {
         hub: &Hub,
         conn: &mut MultiplexedConnection,
         sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
         command: Command,
     ) -> Result<(), String> {
         match command {
             Command::Open { room, done } => {
-                self.within(sink.subscribe(self.keys.channel(&room)))
+                self.subscribe_rooms(sink, subscribed, std::slice::from_ref(&room))
                     .await?;
                 self.refresh_views(conn, hub, std::slice::from_ref(&room))
                     .await?;
                 let _ = done.send(());
             }
             Command::Closed { room } => {
-                if !hub.has_room(&room) {
+                if !hub.has_room(&room) && subscribed.remove(&room) {
                     self.within(sink.unsubscribe(self.keys.channel(&room)))
                         .await?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the rooms' channels not yet subscribed.
+    async fn subscribe_rooms(
+        &self,
+        sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
+        rooms: &[String],
+    ) -> Result<(), String> {
+        for room in rooms {
+            if !subscribed.contains(room) {
+                self.within(sink.subscribe(self.keys.channel(room))).await?;
+                subscribed.insert(room.clone());
             }
         }
         Ok(())
@@ -483,6 +529,7 @@ impl RedisBroker {
         &self,
         conn: &mut MultiplexedConnection,
         sink: &mut PubSubSink,
+        subscribed: &mut HashSet<String>,
         hub: &Hub,
     ) -> Result<(), String> {
         self.refresh_node_key(conn, hub).await?;
@@ -491,11 +538,22 @@ impl RedisBroker {
             info!(node = %node, "a node's presence expired; its members left");
             hub.forget_node(&node);
         }
-        for room in hub.sweep_unjoined(self.settings.timeout * 2) {
+        hub.sweep_unjoined(self.settings.timeout * 2);
+        // Subscriptions follow the hub's rooms, whatever raced with the open and close
+        // commands.
+        let rooms = room_names(hub);
+        let stale: Vec<String> = subscribed
+            .iter()
+            .filter(|room| !hub.has_room(room))
+            .cloned()
+            .collect();
+        for room in stale {
+            subscribed.remove(&room);
             self.within(sink.unsubscribe(self.keys.channel(&room)))
                 .await?;
         }
-        self.refresh_views(conn, hub, &room_names(hub)).await
+        self.subscribe_rooms(sink, subscribed, &rooms).await?;
+        self.refresh_views(conn, hub, &rooms).await
     }
 
     /// Sets this node's key and pushes back the expiry of the rooms it has members in.
@@ -523,7 +581,7 @@ impl RedisBroker {
 
     /// Removes this node's key, so others forget it now rather than after it expires.
     async fn withdraw(&self) {
-        let Some(mut conn) = self.connection.borrow().clone() else {
+        let Some(Link { mut conn, .. }) = self.connection.borrow().clone() else {
             return;
         };
         let _: Result<(), String> = self
@@ -546,7 +604,7 @@ impl RedisBroker {
         if self.outgoing.try_send(outgoing).is_err() {
             self.metrics.broker_drop("backlog");
             if changes_presence {
-                self.publish_failed.notify_one();
+                self.raise_failure(self.generation.load(Ordering::SeqCst));
             }
         }
     }
@@ -565,7 +623,11 @@ impl RedisBroker {
             if received == 0 {
                 return;
             }
-            let Some(mut conn) = self.connection.borrow().clone() else {
+            let Some(Link {
+                generation,
+                mut conn,
+            }) = self.connection.borrow().clone()
+            else {
                 for _ in batch.drain(..) {
                     self.metrics.broker_drop("down");
                 }
@@ -628,7 +690,7 @@ impl RedisBroker {
             failed |= self.flush(&mut pipe, &mut conn).await;
             if failed {
                 self.metrics.broker_error("publish");
-                self.publish_failed.notify_one();
+                self.raise_failure(generation);
             } else {
                 self.metrics.broker_published.inc_by(published);
             }
@@ -637,6 +699,11 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
+    fn raise_failure(&self, generation: u64) {
+        self.failed_generation.store(generation, Ordering::SeqCst);
+        self.publish_failed.notify_one();
+    }
+
     /// Sends the pipeline, if it holds anything, and empties it; true if that failed.
     async fn flush(&self, pipe: &mut redis::Pipeline, conn: &mut MultiplexedConnection) -> bool {
         if pipe.is_empty() {
