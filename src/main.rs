@@ -103,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,6 +133,27 @@ fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> an
     // grace period.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Raises the soft limit on open files to the hard limit: every socket is a file, and the
+/// usual soft default (1024) would cap the gateway far below `MAX_CONNECTIONS`.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and an initialised struct.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::info!(open_files = limit.rlim_cur, "open-file limit");
+    } else {
+        tracing::warn!("cannot raise the open-file limit");
+    }
 }
 
 /// Asks the local gateway (`PORT`, on loopback unless `BIND_ADDR` names one address) for
