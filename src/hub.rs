@@ -58,6 +58,18 @@ impl Room {
         }
     }
 
+    /// The local members as other nodes see them.
+    fn local_members(&self) -> Vec<RemoteMember> {
+        self.members
+            .values()
+            .map(|member| RemoteMember {
+                session: member.session_id,
+                username: Arc::clone(&member.display_name),
+                user_id: Arc::clone(&member.user_id),
+            })
+            .collect()
+    }
+
     /// Members on every node.
     fn total(&self) -> usize {
         self.members.len() + self.remote.len()
@@ -172,9 +184,16 @@ impl Hub {
     /// acknowledgement of a join). Returns the guard that removes the member when dropped.
     pub fn join(self: &Arc<Self>, room: &str, member: Member) -> Result<Membership, RoomFull> {
         let session_id = member.session_id;
-        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(Room::new);
+        let mut created = false;
+        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
+            created = true;
+            Room::new()
+        });
         if entry.total() >= self.max_members {
             return Err(RoomFull);
+        }
+        if created {
+            self.broker.room_created(room);
         }
         if entry.members.is_empty() {
             self.metrics.rooms.inc();
@@ -332,20 +351,19 @@ impl Hub {
         }
     }
 
-    /// Calls `f` with each room and its local members, under the room's lock, so that what `f`
-    /// hands the broker is ordered with the events the hub publishes.
-    pub fn for_each_room(&self, mut f: impl FnMut(&str, Vec<RemoteMember>)) {
-        for room in self.rooms.iter() {
-            let members = room
-                .members
-                .values()
-                .map(|member| RemoteMember {
-                    session: member.session_id,
-                    username: Arc::clone(&member.display_name),
-                    user_id: Arc::clone(&member.user_id),
-                })
-                .collect();
-            f(room.key(), members);
+    /// The names of this node's rooms (with local members, or being opened).
+    pub fn room_names(&self) -> Vec<String> {
+        self.rooms.iter().map(|room| room.key().clone()).collect()
+    }
+
+    /// Calls `f` with the room's local members (none if this node does not have the room),
+    /// under the room's lock, so that what `f` hands the broker is ordered with the events the
+    /// hub publishes for that room.
+    pub fn with_local_members(&self, room: &str, f: impl FnOnce(Vec<RemoteMember>)) {
+        match self.rooms.entry(room.to_owned()) {
+            dashmap::Entry::Occupied(entry) => f(entry.get().local_members()),
+            // The vacant entry holds the shard's lock until it is dropped, inserting nothing.
+            dashmap::Entry::Vacant(_) => f(Vec::new()),
         }
     }
 

@@ -84,6 +84,10 @@ pub trait Broker: Send + Sync + 'static {
     /// impossible for now (the broker is down, or took longer than its timeout).
     fn open_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a>;
 
+    /// The hub created `room` for a join without [`open_room`](Self::open_room) first (it was
+    /// skipped, or the room went away in between): open it now, without waiting.
+    fn room_created(&self, _room: &str) {}
+
     /// Hands a local event to the other nodes. Called under the room's lock: never blocks.
     fn publish(&self, room: &str, event: RoomEvent<'_>);
 

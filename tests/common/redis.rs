@@ -28,9 +28,28 @@ impl RedisServer {
     /// Kills the server abruptly (SIGKILL): clients see their connections reset.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: as in `signal`; a paused server must be thawed to die.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and data stays, but nothing answers,
+    /// as with a network partition or a stalled host.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on a child we spawned, with a valid signal, has no memory effects.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
     }
 
     /// Starts it again on the same port, empty (it keeps nothing on disk).

@@ -1,0 +1,377 @@
+//! The driver: connections, subscriptions, the heartbeat and the probe.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rand::Rng;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::AsyncConnectionConfig;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{now_ms, Command, Link, RedisBroker, RECONNECT_MIN};
+use crate::broker::Envelope;
+use crate::hub::Hub;
+use crate::protocol::{notice, ServerFrame};
+
+/// Channels per SUBSCRIBE command.
+const SUBSCRIBE_CHUNK: usize = 256;
+
+/// Why a connected period ended.
+enum Ended {
+    Stopped,
+    Lost(&'static str, String),
+}
+
+/// What the driver remembers across connected periods.
+struct Course {
+    /// Members were told delivery is interrupted and not yet that it is restored. True before
+    /// the first connection: sessions tell joiners themselves then.
+    interrupted: bool,
+    ever_connected: bool,
+    /// When the current period became healthy, if it did.
+    connected_since: Option<Instant>,
+}
+
+/// One connection's subscriber and command halves.
+struct Connection {
+    conn: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+    subscribed: HashSet<String>,
+}
+
+impl RedisBroker {
+    /// Reconnects until stopped. Local members are told once when cross-node delivery stops and
+    /// once when it is back.
+    pub(super) async fn driver(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        publisher: tokio::task::JoinHandle<()>,
+    ) {
+        let mut backoff = RECONNECT_MIN;
+        let mut course = Course {
+            interrupted: true,
+            ever_connected: false,
+            connected_since: None,
+        };
+        info!(node = %self.node, "redis broker starting");
+        loop {
+            let (kind, error) = match self
+                .connected_period(&hub, &mut commands, &mut course)
+                .await
+            {
+                Ended::Stopped => break,
+                Ended::Lost(kind, error) => (kind, error),
+            };
+            self.set_connected(false);
+            self.connection.send_replace(None);
+            self.metrics.broker_error(kind);
+            warn!(node = %self.node, kind, %error, "redis unavailable; rooms are local until it is back");
+            if !course.interrupted {
+                course.interrupted = true;
+                hub.notify_all(&ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode());
+            }
+            // Opens waiting for a connection would only wait out their timeout; the rooms are
+            // subscribed on reconnect.
+            while commands.try_recv().is_ok() {}
+            // Only a connection that stayed healthy for a heartbeat resets the backoff: one
+            // that fails at once (a Redis refusing writes) is retried ever more slowly.
+            if course
+                .connected_since
+                .take()
+                .is_some_and(|since| since.elapsed() >= self.settings.heartbeat())
+            {
+                backoff = RECONNECT_MIN;
+            }
+            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = tokio::time::sleep(jittered) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.reconnect_max);
+        }
+        // The sessions are gone and their leaves are queued: flush them, then withdraw.
+        let _ = tokio::time::timeout(self.settings.timeout * 2, publisher).await;
+        self.withdraw().await;
+        self.set_connected(false);
+        self.connection.send_replace(None);
+        self.stopped.cancel();
+        info!(node = %self.node, "redis broker stopped");
+    }
+
+    /// One connection's lifetime: connect, catch up, serve until it fails or we stop.
+    async fn connected_period(
+        &self,
+        hub: &Arc<Hub>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        course: &mut Course,
+    ) -> Ended {
+        let lost = |kind| move |err: String| Ended::Lost(kind, err);
+        let mut link = match self.connect().await {
+            Ok(link) => link,
+            Err(err) => return lost("connect")(err),
+        };
+        if let Err(err) = self.subscribe_rooms(&mut link, &hub.room_names()).await {
+            return lost("subscribe")(err);
+        }
+        if let Err(err) = self.refresh_node_key(&mut link.conn, hub).await {
+            return lost("connect")(err);
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.connection.send_replace(Some(Link {
+            generation,
+            conn: link.conn.clone(),
+        }));
+        // Connected before the resync is queued: an event after this point is queued behind
+        // the resync of its room, one before it is superseded by that resync.
+        self.set_connected(true);
+        let mut rooms: HashSet<String> = hub.room_names().into_iter().collect();
+        rooms.extend(self.take_dirty());
+        self.resync(hub, rooms);
+        // Rooms created while the first subscriptions were on their way.
+        let rooms = hub.room_names();
+        if let Err(err) = self.subscribe_rooms(&mut link, &rooms).await {
+            return lost("subscribe")(err);
+        }
+        if let Err(err) = self.refresh_views(&mut link.conn, hub, &rooms).await {
+            return lost("connect")(err);
+        }
+        if course.ever_connected {
+            self.metrics.broker_reconnects.inc();
+            info!(node = %self.node, rooms = rooms.len(), "redis back; rooms resubscribed");
+        } else {
+            info!(node = %self.node, "redis connected");
+        }
+        course.ever_connected = true;
+        course.connected_since = Some(Instant::now());
+        if std::mem::take(&mut course.interrupted) {
+            hub.notify_all(&ServerFrame::notice(notice::DELIVERY_RESTORED).encode());
+        }
+
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
+        let mut probe = tokio::time::interval(self.settings.probe_interval);
+        for timer in [&mut heartbeat, &mut probe] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.reset();
+        }
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ended::Stopped,
+                _ = self.publish_failed.notified() => {
+                    // A failure from an earlier period left a permit behind: not ours.
+                    if self.failed_generation.load(Ordering::SeqCst) == generation {
+                        return lost("publish")("a write to redis failed".into());
+                    }
+                }
+                message = link.stream.next() => {
+                    let Some(message) = message else {
+                        return lost("subscribe")("the subscription closed".into());
+                    };
+                    self.on_envelope(hub, message.get_channel_name(), message.get_payload_bytes());
+                }
+                Some(command) = commands.recv() => {
+                    if let Err(err) = self.on_commands(hub, &mut link, commands, command).await {
+                        return lost("subscribe")(err);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(err) = self.heartbeat(hub, &mut link).await {
+                        return lost("probe")(err);
+                    }
+                }
+                _ = probe.tick() => {
+                    // A subscriber that stopped answering (a dead peer, a proxy that lost the
+                    // connection) would otherwise go unnoticed until TCP gives up.
+                    if let Err(err) = self.within(link.sink.ping::<redis::Value>()).await {
+                        return lost("probe")(err);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.timeout))
+            .set_response_timeout(Some(self.settings.timeout));
+        let conn = self
+            .within(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        let pubsub = self.within(self.client.get_async_pubsub()).await?;
+        let (sink, stream) = pubsub.split();
+        Ok(Connection {
+            conn,
+            sink,
+            stream,
+            subscribed: HashSet::new(),
+        })
+    }
+
+    fn on_envelope(&self, hub: &Hub, channel: &str, payload: &[u8]) {
+        let Some(room) = self.keys.room_of_channel(channel) else {
+            return;
+        };
+        let envelope = match Envelope::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                self.metrics.broker_error("decode");
+                debug!(bytes = payload.len(), %err, "envelope refused");
+                return;
+            }
+        };
+        if *envelope.node == *self.node {
+            // Our own: its room heard it locally already.
+            return;
+        }
+        self.metrics.broker_received.inc();
+        let delay_ms = now_ms().saturating_sub(envelope.sent_at_ms);
+        self.metrics.broker_delay.observe(delay_ms as f64 / 1000.0);
+        let node: Arc<str> = Arc::from(envelope.node);
+        hub.apply_remote(room, &node, envelope.seq, envelope.event);
+    }
+
+    /// Handles `first` and every command already waiting behind it: opens are batched (one
+    /// subscribe and one read for all their rooms), and opens nobody waits for any more are
+    /// skipped unless the hub has the room.
+    async fn on_commands(
+        &self,
+        hub: &Hub,
+        link: &mut Connection,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        first: Command,
+    ) -> Result<(), String> {
+        let mut opens: Vec<String> = Vec::new();
+        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closed: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Open { room, done } => match done {
+                    Some(done) if !done.is_closed() => {
+                        opens.push(room);
+                        waiting.push(done);
+                    }
+                    Some(_) if !hub.has_room(&room) => {}
+                    _ => opens.push(room),
+                },
+                Command::Closed { room } => closed.push(room),
+            }
+            if opens.len() + closed.len() < SUBSCRIBE_CHUNK {
+                next = commands.try_recv().ok();
+            }
+        }
+        opens.sort();
+        opens.dedup();
+        self.subscribe_rooms(link, &opens).await?;
+        self.refresh_views(&mut link.conn, hub, &opens).await?;
+        for done in waiting {
+            let _ = done.send(());
+        }
+        // A room closed and opened again in this batch is still in the hub: kept.
+        let gone: Vec<String> = closed
+            .into_iter()
+            .filter(|room| !hub.has_room(room) && link.subscribed.remove(room))
+            .collect();
+        if !gone.is_empty() {
+            let channels: Vec<String> = gone.iter().map(|room| self.keys.channel(room)).collect();
+            self.within(link.sink.unsubscribe(channels)).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the rooms' channels not yet subscribed, many per command.
+    async fn subscribe_rooms(&self, link: &mut Connection, rooms: &[String]) -> Result<(), String> {
+        let new: Vec<&String> = rooms
+            .iter()
+            .filter(|room| !link.subscribed.contains(*room))
+            .collect();
+        for chunk in new.chunks(SUBSCRIBE_CHUNK) {
+            let channels: Vec<String> = chunk.iter().map(|room| self.keys.channel(room)).collect();
+            self.within(link.sink.subscribe(channels)).await?;
+            link.subscribed
+                .extend(chunk.iter().map(|room| (*room).clone()));
+        }
+        Ok(())
+    }
+
+    /// Keeps this node's keys alive (resyncing everything if they had expired), forgets nodes
+    /// whose keys expired, resyncs rooms whose presence writes were lost, makes subscriptions
+    /// follow the hub's rooms whatever raced with the open and close commands, and re-reads
+    /// every room's members elsewhere (which repairs anything a lost envelope left wrong).
+    async fn heartbeat(&self, hub: &Hub, link: &mut Connection) -> Result<(), String> {
+        if !self.refresh_node_key(&mut link.conn, hub).await? {
+            warn!(node = %self.node, "this node's key had expired; resyncing its presence");
+            self.resync(hub, hub.room_names());
+        }
+        self.resync(hub, self.take_dirty());
+        let known: Vec<Arc<str>> = hub.remote_nodes().into_iter().collect();
+        for node in self.dead_nodes(&mut link.conn, &known).await? {
+            info!(node = %node, "a node's presence expired; its members left");
+            hub.forget_node(&node);
+        }
+        hub.sweep_unjoined(self.settings.timeout * 2);
+        let rooms = hub.room_names();
+        let stale: Vec<String> = link
+            .subscribed
+            .iter()
+            .filter(|room| !hub.has_room(room))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            for room in &stale {
+                link.subscribed.remove(room);
+            }
+            let channels: Vec<String> = stale.iter().map(|room| self.keys.channel(room)).collect();
+            self.within(link.sink.unsubscribe(channels)).await?;
+        }
+        self.subscribe_rooms(link, &rooms).await?;
+        self.refresh_views(&mut link.conn, hub, &rooms).await
+    }
+
+    /// Sets this node's key and pushes back the expiry of its rooms' hashes. False if the key
+    /// had expired (or Redis lost it): other nodes may have dropped this node's presence.
+    async fn refresh_node_key(
+        &self,
+        conn: &mut MultiplexedConnection,
+        hub: &Hub,
+    ) -> Result<bool, String> {
+        let ttl = self.settings.key_ttl.as_secs();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.node(&self.node))
+            .arg(1)
+            .arg("EX")
+            .arg(ttl)
+            .arg("GET");
+        for room in hub.room_names() {
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.members(&room))
+                .arg(ttl)
+                .ignore();
+        }
+        let (previous,): (Option<String>,) = self.within(pipe.query_async(conn)).await?;
+        Ok(previous.is_some())
+    }
+
+    /// Removes this node's key, so others forget it now rather than after it expires.
+    async fn withdraw(&self) {
+        let Some(Link { mut conn, .. }) = self.connection.borrow().clone() else {
+            return;
+        };
+        let _: Result<(), String> = self
+            .within(
+                redis::cmd("DEL")
+                    .arg(self.keys.node(&self.node))
+                    .query_async(&mut conn),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,285 @@
+//! Rooms shared between nodes through Redis Pub/Sub.
+//!
+//! Two tasks per node:
+//!
+//! - the **driver** ([`driver`]) owns the subscriber connection and a command connection. It
+//!   (re)connects with jittered exponential backoff, subscribes every room this node has
+//!   members in, rebuilds this node's presence, reads each room's members on other nodes, and
+//!   then serves: envelopes from the subscription go to the [`Hub`], rooms are subscribed as
+//!   they open and unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
+//!   nodes whose keys expired and repairs what was lost, and a probe pings the subscriber so a
+//!   connection that went silent is restarted.
+//! - the **publisher** ([`publisher`]) drains a bounded queue that [`RedisBroker::publish`]
+//!   fills without ever waiting, and writes it to Redis in pipelined batches, in queue order.
+//!   Sequence numbers are given there, so they grow in the order envelopes go out.
+//!
+//! Presence ([`presence`]) is a hash per room with one field per member per node. A change of
+//! this node's members that could not be written (Redis down, queue full, a failed write)
+//! marks the room *dirty*; dirty rooms are resynced — this node's fields replaced with what
+//! the hub holds, atomically, with a `sync` envelope — at the next heartbeat or reconnect.
+//!
+//! Pub/Sub is at-most-once. While Redis is unreachable, local members still reach each other,
+//! cross-node events are dropped and counted, `/readyz` says not ready, and every local member
+//! gets a `delivery_interrupted` notice; when it is back, a `delivery_restored` notice follows,
+//! along with `join`/`userleave` frames for whatever changed elsewhere meanwhile.
+//!
+//! The subscriber never waits for a socket: the redis crate reads the subscription into an
+//! unbounded channel, and the hub only `try_send`s into member queues, so Redis never sees a
+//! slow Pub/Sub client because of a slow browser.
+
+mod driver;
+mod presence;
+mod publisher;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use redis::{Client, RedisError};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Broker, Keys, RemoteEvent, RoomEvent};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+
+/// Settings from the config.
+#[derive(Clone, Debug)]
+struct Settings {
+    key_ttl: Duration,
+    timeout: Duration,
+    probe_interval: Duration,
+    reconnect_max: Duration,
+}
+
+impl Settings {
+    fn heartbeat(&self) -> Duration {
+        self.key_ttl / 3
+    }
+}
+
+/// What the publisher writes.
+struct Outgoing {
+    room: String,
+    event: RemoteEvent,
+}
+
+/// What the driver is asked to do.
+enum Command {
+    /// Subscribe to the room and load its members elsewhere, then reply (if anyone waits).
+    Open {
+        room: String,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// The room has no local members: unsubscribe unless it has some again.
+    Closed { room: String },
+}
+
+/// The receiving ends, taken once by [`RedisBroker::spawn`].
+struct Inboxes {
+    commands: mpsc::UnboundedReceiver<Command>,
+    outgoing: mpsc::Receiver<Outgoing>,
+}
+
+/// A connected period's command connection.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    conn: MultiplexedConnection,
+}
+
+pub struct RedisBroker {
+    node: Arc<str>,
+    keys: Keys,
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    connected: AtomicBool,
+    commands: mpsc::UnboundedSender<Command>,
+    outgoing: mpsc::Sender<Outgoing>,
+    inboxes: Mutex<Option<Inboxes>>,
+    /// Rooms whose presence in Redis may be wrong: a join or leave of ours was not written.
+    dirty: Mutex<HashSet<String>>,
+    /// The command connection the publisher writes on, `None` while disconnected.
+    connection: watch::Sender<Option<Link>>,
+    /// Counts connected periods; a failure is only believed for the period it happened in.
+    generation: AtomicU64,
+    /// The period in which a write last failed.
+    failed_generation: AtomicU64,
+    /// Raised with `failed_generation`: the driver reconnects and resyncs.
+    publish_failed: Notify,
+    stop: CancellationToken,
+    stopped: CancellationToken,
+}
+
+impl RedisBroker {
+    /// A broker for `REDIS_URL`; nothing connects until [`spawn`](Self::spawn).
+    pub fn new(config: &Config, url: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisError> {
+        let client = Client::open(url)?;
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (outgoing, outgoing_rx) = mpsc::channel(config.redis_publish_queue);
+        let node: Arc<str> = Arc::from(format!("{:016x}", rand::rng().random::<u64>()));
+        Ok(Arc::new(RedisBroker {
+            node,
+            keys: Keys::new(&config.redis_prefix),
+            client,
+            settings: Settings {
+                key_ttl: config.redis_key_ttl(),
+                timeout: config.redis_timeout(),
+                probe_interval: config.redis_probe_interval(),
+                reconnect_max: config.redis_reconnect_max(),
+            },
+            metrics,
+            connected: AtomicBool::new(false),
+            commands,
+            outgoing,
+            inboxes: Mutex::new(Some(Inboxes {
+                commands: commands_rx,
+                outgoing: outgoing_rx,
+            })),
+            dirty: Mutex::new(HashSet::new()),
+            connection: watch::Sender::new(None),
+            generation: AtomicU64::new(0),
+            failed_generation: AtomicU64::new(0),
+            publish_failed: Notify::new(),
+            stop: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+        }))
+    }
+
+    /// This node's id, as it appears in envelopes and presence fields.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Starts the driver and the publisher on `tracker`; they run until [`Broker::stop`].
+    pub fn spawn(self: &Arc<Self>, hub: Arc<Hub>, tracker: &tokio_util::task::TaskTracker) {
+        let inboxes = self
+            .inboxes
+            .lock()
+            .expect("the lock is never poisoned")
+            .take()
+            .expect("spawned once");
+        let publisher = tracker.spawn(Arc::clone(self).publisher(inboxes.outgoing));
+        tracker.spawn(Arc::clone(self).driver(hub, inboxes.commands, publisher));
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+        self.metrics.broker_up.set(i64::from(connected));
+    }
+
+    /// A write of period `generation` failed: the driver ends that period.
+    fn raise_failure(&self, generation: u64) {
+        self.failed_generation.store(generation, Ordering::SeqCst);
+        self.publish_failed.notify_one();
+    }
+
+    fn mark_dirty(&self, room: &str) {
+        self.dirty
+            .lock()
+            .expect("the lock is never poisoned")
+            .insert(room.to_owned());
+    }
+
+    fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.dirty.lock().expect("the lock is never poisoned"))
+    }
+
+    /// Queues an event for the publisher without waiting. A join, leave or sync that cannot be
+    /// queued leaves this node's presence wrong: its room is resynced at the next heartbeat.
+    fn queue(&self, room: &str, event: RemoteEvent) {
+        let changes_presence = !matches!(event, RemoteEvent::Message { .. });
+        let outgoing = Outgoing {
+            room: room.to_owned(),
+            event,
+        };
+        if self.outgoing.try_send(outgoing).is_err() {
+            self.metrics.broker_drop("backlog");
+            if changes_presence {
+                self.mark_dirty(room);
+            }
+        }
+    }
+
+    /// Runs a Redis call with the `REDIS_TIMEOUT_MS` deadline; errors become text for the log
+    /// (never the URL: the redis crate's error kinds name the failure, not the address).
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(format!("{:?}", err.kind())),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn open_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a> {
+        Box::pin(async move {
+            if !self.connected.load(Ordering::SeqCst) {
+                return;
+            }
+            let (done, opened) = oneshot::channel();
+            let command = Command::Open {
+                room: room.to_owned(),
+                done: Some(done),
+            };
+            if self.commands.send(command).is_ok() {
+                // On timeout the join goes ahead with what this node knows; the room is opened
+                // all the same, and the heartbeat re-reads it soon after.
+                let _ = tokio::time::timeout(self.settings.timeout, opened).await;
+            }
+        })
+    }
+
+    fn room_created(&self, room: &str) {
+        let _ = self.commands.send(Command::Open {
+            room: room.to_owned(),
+            done: None,
+        });
+    }
+
+    fn publish(&self, room: &str, event: RoomEvent<'_>) {
+        if !self.connected.load(Ordering::Relaxed) {
+            self.metrics.broker_drop("down");
+            if !matches!(event, RoomEvent::Message { .. }) {
+                self.mark_dirty(room);
+            }
+            return;
+        }
+        self.queue(room, event.to_remote());
+    }
+
+    fn room_closed(&self, room: &str) {
+        let _ = self.commands.send(Command::Closed {
+            room: room.to_owned(),
+        });
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) -> BoxFuture<'_> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let _ = tokio::time::timeout(self.settings.timeout * 3, self.stopped.cancelled()).await;
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}

@@ -1,0 +1,145 @@
+//! Presence: reading the rooms' member hashes, forgetting dead nodes, resyncing our own
+//! fields.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
+
+use super::RedisBroker;
+use crate::broker::envelope::PresenceValue;
+use crate::broker::{Keys, RemoteEvent, RemoteMember};
+use crate::hub::Hub;
+
+/// Rooms per pipelined read.
+const READ_CHUNK: usize = 256;
+
+/// Deletes the fields of nodes whose key is gone, checking each key in the same atomic step,
+/// so that a node that came back in between keeps its fresh fields.
+/// KEYS[1]: the room's hash; ARGV: node key, field, node key, field, …
+pub(super) const PRUNE_SCRIPT: &str = r"
+for i = 1, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[i]) == 0 then redis.call('HDEL', KEYS[1], ARGV[i + 1]) end
+end
+return 0
+";
+
+impl RedisBroker {
+    /// Reads the rooms' presence hashes (pipelined, a chunk of rooms per round trip) and makes
+    /// the hub's view of other nodes match them.
+    pub(super) async fn refresh_views(
+        &self,
+        conn: &mut MultiplexedConnection,
+        hub: &Hub,
+        rooms: &[String],
+    ) -> Result<(), String> {
+        for chunk in rooms.chunks(READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.members(room));
+            }
+            let hashes: Vec<Vec<(String, Vec<u8>)>> = self.within(pipe.query_async(conn)).await?;
+            let views: Vec<Vec<(Arc<str>, RemoteMember)>> = hashes
+                .iter()
+                .map(|fields| self.parse_presence(fields))
+                .collect();
+            let mut nodes: Vec<Arc<str>> = views
+                .iter()
+                .flatten()
+                .map(|(node, _)| Arc::clone(node))
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            let dead = self.dead_nodes(conn, &nodes).await?;
+            let mut prune = redis::pipe();
+            for (room, mut members) in chunk.iter().zip(views) {
+                if !dead.is_empty() {
+                    // Fields of a node that crashed: nobody else will remove them.
+                    let stale: Vec<String> = members
+                        .iter()
+                        .filter(|(node, _)| dead.contains(node))
+                        .flat_map(|(node, member)| {
+                            [
+                                self.keys.node(node),
+                                Keys::member_field(node, member.session),
+                            ]
+                        })
+                        .collect();
+                    if !stale.is_empty() {
+                        prune
+                            .cmd("EVAL")
+                            .arg(PRUNE_SCRIPT)
+                            .arg(1)
+                            .arg(self.keys.members(room))
+                            .arg(stale)
+                            .ignore();
+                    }
+                    members.retain(|(node, _)| !dead.contains(node));
+                }
+                hub.install_remote_view(room, members);
+            }
+            if !prune.is_empty() {
+                self.within(prune.query_async::<()>(conn)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Other nodes' members in a presence hash; fields that do not parse are skipped.
+    fn parse_presence(&self, fields: &[(String, Vec<u8>)]) -> Vec<(Arc<str>, RemoteMember)> {
+        let mut members = Vec::with_capacity(fields.len());
+        for (field, value) in fields {
+            let Some((node, session)) = Keys::parse_member_field(field) else {
+                continue;
+            };
+            if node == &*self.node {
+                continue;
+            }
+            let Ok(who) = serde_json::from_slice::<PresenceValue<'_>>(value) else {
+                self.metrics.broker_error("decode");
+                continue;
+            };
+            members.push((
+                Arc::<str>::from(node),
+                RemoteMember {
+                    session,
+                    username: Arc::from(who.username.as_ref()),
+                    user_id: Arc::from(who.user_id.as_ref()),
+                },
+            ));
+        }
+        members
+    }
+
+    /// Which of `nodes` no longer have a live node key.
+    pub(super) async fn dead_nodes(
+        &self,
+        conn: &mut MultiplexedConnection,
+        nodes: &[Arc<str>],
+    ) -> Result<Vec<Arc<str>>, String> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|node| self.keys.node(node)).collect();
+        let alive: Vec<Option<String>> = self
+            .within(redis::cmd("MGET").arg(keys).query_async(conn))
+            .await?;
+        Ok(nodes
+            .iter()
+            .zip(alive)
+            .filter(|(_, alive)| alive.is_none())
+            .map(|(node, _)| Arc::clone(node))
+            .collect())
+    }
+
+    /// Queues a `sync` of this node's members for each room (none, for a room it no longer
+    /// has), taken under the room's lock so that it is ordered with the hub's own events.
+    pub(super) fn resync(&self, hub: &Hub, rooms: impl IntoIterator<Item = String>) {
+        let rooms: HashSet<String> = rooms.into_iter().collect();
+        for room in rooms {
+            hub.with_local_members(&room, |members| {
+                self.queue(&room, RemoteEvent::Sync(members));
+            });
+        }
+    }
+}

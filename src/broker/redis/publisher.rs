@@ -1,0 +1,136 @@
+//! The publisher: writes queued events to Redis in order, a pipelined batch at a time.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{now_ms, Link, Outgoing, RedisBroker};
+use crate::broker::envelope::{self, PresenceValue};
+use crate::broker::{Keys, RemoteEvent};
+
+/// Envelopes written per pipeline round trip at most.
+const BATCH: usize = 512;
+
+/// Replaces this node's fields in a room's presence hash and announces the result, atomically,
+/// so no join or leave of this node can fall between the two.
+/// KEYS[1]: the hash; ARGV: field prefix, TTL, channel, envelope, then field, value, …
+const SYNC_SCRIPT: &str = r"
+local mine = ARGV[1]
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, #mine) == mine then redis.call('HDEL', KEYS[1], field) end
+end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 5 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 0
+";
+
+impl RedisBroker {
+    /// Writes queued events in batches, one pipeline per batch, in queue order. A batch that
+    /// fails is abandoned whole: its messages are counted as dropped, its rooms' presence is
+    /// resynced, and the driver reconnects.
+    pub(super) async fn publisher(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+        let mut seq: u64 = 0;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let received = tokio::select! {
+                // Stop only once the queue is empty: the last leaves must reach the others.
+                count = queue.recv_many(&mut batch, BATCH) => count,
+                _ = self.stop.cancelled(), if queue.is_empty() => 0,
+            };
+            if received == 0 {
+                return;
+            }
+            let link = self.connection.borrow().clone();
+            let Some(Link {
+                generation,
+                mut conn,
+            }) = link
+            else {
+                self.abandon(batch.drain(..), "down");
+                if self.stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            };
+            let pipe = self.pipeline(&mut seq, &batch);
+            match self.within(pipe.query_async::<()>(&mut conn)).await {
+                Ok(()) => {
+                    self.metrics.broker_published.inc_by(batch.len() as u64);
+                    batch.clear();
+                }
+                Err(_) => {
+                    self.metrics.broker_error("publish");
+                    self.abandon(batch.drain(..), "down");
+                    self.raise_failure(generation);
+                    if self.stop.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pipeline for the batch: per event, its presence change, then its envelope.
+    fn pipeline(&self, seq: &mut u64, batch: &[Outgoing]) -> redis::Pipeline {
+        let ttl = self.settings.key_ttl.as_secs();
+        let sent_at = now_ms();
+        let mut pipe = redis::pipe();
+        for Outgoing { room, event } in batch {
+            *seq += 1;
+            let payload = envelope::encode(&self.node, *seq, sent_at, event);
+            let channel = self.keys.channel(room);
+            let members = self.keys.members(room);
+            match event {
+                RemoteEvent::Sync(mine) => {
+                    let script = pipe
+                        .cmd("EVAL")
+                        .arg(SYNC_SCRIPT)
+                        .arg(1)
+                        .arg(&members)
+                        .arg(format!("{}:", self.node))
+                        .arg(ttl)
+                        .arg(&channel)
+                        .arg(&payload);
+                    for member in mine {
+                        script
+                            .arg(Keys::member_field(&self.node, member.session))
+                            .arg(PresenceValue::encode(&member.username, &member.user_id));
+                    }
+                    script.ignore();
+                    continue;
+                }
+                RemoteEvent::Join(member) => {
+                    pipe.cmd("HSET")
+                        .arg(&members)
+                        .arg(Keys::member_field(&self.node, member.session))
+                        .arg(PresenceValue::encode(&member.username, &member.user_id))
+                        .ignore()
+                        .cmd("EXPIRE")
+                        .arg(&members)
+                        .arg(ttl)
+                        .ignore();
+                }
+                RemoteEvent::Leave { session } => {
+                    pipe.cmd("HDEL")
+                        .arg(&members)
+                        .arg(Keys::member_field(&self.node, *session))
+                        .ignore();
+                }
+                RemoteEvent::Message { .. } => {}
+            }
+            pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
+        }
+        pipe
+    }
+
+    /// Counts events that will not be written; rooms whose presence they changed are resynced.
+    fn abandon(&self, events: impl Iterator<Item = Outgoing>, reason: &'static str) {
+        for Outgoing { room, event } in events {
+            self.metrics.broker_drop(reason);
+            if !matches!(event, RemoteEvent::Message { .. }) {
+                self.mark_dirty(&room);
+            }
+        }
+    }
+}
