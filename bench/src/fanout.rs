@@ -1,0 +1,226 @@
+//! Fan-out: rooms of N members, one sender per room, 100-byte messages stamped with their send
+//! time, offered load stepped up until the 99th percentile of end-to-end delay passes the
+//! limit. Every member reads every frame; delay is measured at the receiver.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{sent_at_nanos, timestamped_message, unix_nanos};
+use crate::progress::Progress;
+use crate::target::Target;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutConfig {
+    pub room_size: usize,
+    pub rooms: usize,
+    /// Deliveries per second to aim for, step by step (offered messages = deliveries / (N-1)).
+    pub delivered_steps: Vec<u64>,
+    pub warmup_secs: f64,
+    pub window_secs: f64,
+    pub body_bytes: usize,
+    pub p99_limit_ms: f64,
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutStep {
+    pub aimed_deliveries_per_sec: u64,
+    pub offered_messages_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub server_cpu_percent: f64,
+    /// Server CPU time per delivered message, in microseconds.
+    pub server_cpu_us_per_delivery: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutResult {
+    pub target: &'static str,
+    pub room_size: usize,
+    pub rooms: usize,
+    pub steps: Vec<FanoutStep>,
+    /// The highest step that kept p99 within the limit and delivered what was aimed for.
+    pub best: Option<FanoutStep>,
+}
+
+/// Delays in microseconds, up to a minute.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+pub async fn run(
+    target: &Target,
+    config: &FanoutConfig,
+    progress: &Progress,
+) -> anyhow::Result<FanoutResult> {
+    let delays = Arc::new(Mutex::new(new_histogram()));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let (rate_tx, rate_rx) = watch::channel(0.0f64);
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut sockets = Vec::new();
+    for index in 0..config.rooms * config.room_size {
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let dialer = Arc::clone(&target.dialer);
+        let token = target.signer.token(&format!("fan{index}"));
+        let room = format!("fan{}-{}", config.room_size, index / config.room_size);
+        sockets.push(tokio::spawn(async move {
+            let joined = dialer.joined(&token, &room).await;
+            drop(permit);
+            joined
+        }));
+        progress.set(format!(
+            "fanout {} rooms of {}: joining {index}",
+            target.name, config.room_size
+        ));
+    }
+    let mut tasks = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let ws = socket.await??;
+        let (sink, mut stream) = ws.split();
+        let (delays, delivered, stopped) =
+            (Arc::clone(&delays), Arc::clone(&delivered), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    frame = stream.next() => frame,
+                };
+                let Some(Ok(frame)) = frame else { break };
+                if let Message::Text(text) = frame {
+                    if let Some(sent) = sent_at_nanos(&text) {
+                        let micros = (unix_nanos().saturating_sub(sent) / 1000) as u64;
+                        let _ = delays.lock().expect("never poisoned").record(micros.max(1));
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+        if index % config.room_size == 0 {
+            tasks.push(tokio::spawn(send(
+                sink,
+                rate_rx.clone(),
+                config.body_bytes,
+                stop.clone(),
+            )));
+        }
+    }
+
+    let fan = (config.room_size - 1) as f64;
+    let mut steps = Vec::new();
+    for &aimed in &config.delivered_steps {
+        let offered = aimed as f64 / fan;
+        rate_tx.send_replace(offered / config.rooms as f64);
+        progress.set(format!(
+            "fanout {} rooms of {}: {aimed} deliveries/s",
+            target.name, config.room_size
+        ));
+        tokio::time::sleep(Duration::from_secs_f64(config.warmup_secs)).await;
+        delays.lock().expect("never poisoned").reset();
+        let counted = delivered.load(Ordering::Relaxed);
+        let cpu_before = target.sample().unwrap_or_default().cpu_secs;
+        tokio::time::sleep(Duration::from_secs_f64(config.window_secs)).await;
+        let cpu = target.sample().unwrap_or_default().cpu_secs - cpu_before;
+        let count = delivered.load(Ordering::Relaxed) - counted;
+        let histogram = delays.lock().expect("never poisoned").clone();
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let step = FanoutStep {
+            aimed_deliveries_per_sec: aimed,
+            offered_messages_per_sec: offered,
+            delivered_per_sec: count as f64 / config.window_secs,
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            server_cpu_percent: cpu / config.window_secs * 100.0,
+            server_cpu_us_per_delivery: cpu * 1e6 / count.max(1) as f64,
+        };
+        progress.println(format!(
+            "  fanout {:>8} N={:<3} aimed {:>7}/s delivered {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu {:>5.1}% {:>5.2} us/delivery",
+            target.name,
+            config.room_size,
+            aimed,
+            step.delivered_per_sec,
+            step.p50_ms,
+            step.p99_ms,
+            step.p999_ms,
+            step.server_cpu_percent,
+            step.server_cpu_us_per_delivery
+        ));
+        let saturated =
+            step.p99_ms > config.p99_limit_ms || step.delivered_per_sec < 0.9 * aimed as f64;
+        steps.push(step);
+        if saturated {
+            break;
+        }
+    }
+    rate_tx.send_replace(0.0);
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let best = steps
+        .iter()
+        .filter(|step| {
+            step.p99_ms <= config.p99_limit_ms
+                && step.delivered_per_sec >= 0.9 * step.aimed_deliveries_per_sec as f64
+        })
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
+        .cloned();
+    Ok(FanoutResult {
+        target: target.name,
+        room_size: config.room_size,
+        rooms: config.rooms,
+        steps,
+        best,
+    })
+}
+
+/// Sends timestamped messages at the room's current rate (messages per second), in small
+/// batches every 2 ms, until stopped.
+async fn send(
+    mut sink: futures_util::stream::SplitSink<crate::client::Ws, Message>,
+    rate: watch::Receiver<f64>,
+    body_bytes: usize,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
+    let mut credit = 0.0f64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        credit += *rate.borrow() * (now - last).as_secs_f64();
+        last = now;
+        // A sender that fell behind does not burst to catch up more than a tick's worth.
+        credit = credit.min(*rate.borrow() * 0.01 + 1.0);
+        let mut batch = 0;
+        while credit >= 1.0 {
+            credit -= 1.0;
+            batch += 1;
+            if sink
+                .feed(Message::text(timestamped_message(body_bytes)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if batch > 0 && sink.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! What a scenario measures: a Palisade child process (release build, limits raised for the
+//! run), the bare ceiling server as a child process, or any server already running that speaks
+//! the protocol (`--url`, `--secret`, `--origin`, `--pid`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::client::{Dialer, Protocol};
+use crate::procfs::{self, ProcSample};
+use crate::tokens::{Signer, ES256_PUBLIC_PEM};
+
+/// The Origin the bench's own gateways allow.
+const ORIGIN: &str = "http://bench.palisade.test";
+
+/// A server under load.
+pub struct Target {
+    /// `palisade`, `ceiling`, or `external`.
+    pub name: &'static str,
+    pub dialer: Arc<Dialer>,
+    pub signer: Signer,
+    /// The process to measure, when known.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    key_file: Option<PathBuf>,
+}
+
+/// Where to find an already running server (`--url` and friends).
+#[derive(Clone, Debug, Default)]
+pub struct External {
+    pub url: String,
+    pub secret: String,
+    pub origin: Option<String>,
+    pub pid: Option<u32>,
+}
+
+/// Settings that lift every limit a load test would hit; the gateway's defaults are for the
+/// open internet, not for 19 000 sockets from one host.
+const UNLIMITED: &[(&str, &str)] = &[
+    ("MAX_CONNECTIONS", "19500"),
+    ("MAX_CONNECTIONS_PER_IP", "19500"),
+    ("CONNECT_RATE_PER_SEC", "1000000"),
+    ("CONNECT_BURST", "1000000"),
+    ("MAX_SESSIONS_PER_USER", "100000"),
+    ("MSG_RATE_PER_SEC", "1000000"),
+    ("MSG_BURST", "1000000"),
+    ("USER_MSG_RATE_PER_SEC", "1000000"),
+    ("USER_MSG_BURST", "1000000"),
+    ("CONTROL_RATE_PER_SEC", "1000000"),
+    ("CONTROL_BURST", "1000000"),
+    ("BAN_STRIKES", "1000000"),
+    ("MAX_TRACKED_CLIENTS", "1000000"),
+    ("METRICS_PORT", "0"),
+    ("LOG_LEVEL", "warn"),
+    ("DRAIN_DELAY_SECS", "0"),
+];
+
+impl Target {
+    /// Starts `binary` (a `palisade` release build) on a free loopback port, signing with
+    /// `HS256` or `ES256`.
+    pub async fn palisade(binary: &Path, es256: bool) -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let secret = random_secret();
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("ALLOWED_ORIGINS", ORIGIN)
+            .envs(UNLIMITED.iter().copied());
+        let mut key_file = None;
+        let signer = if es256 {
+            let path =
+                std::env::temp_dir().join(format!("palisade-bench-{}.pem", std::process::id()));
+            std::fs::write(&path, ES256_PUBLIC_PEM)?;
+            command
+                .env("JWT_ALGORITHMS", "ES256")
+                .env("JWT_PUBLIC_KEY_FILE", &path);
+            key_file = Some(path);
+            Signer::Es256
+        } else {
+            command.env("JWT_DECODE_SECRET", &secret);
+            Signer::Hs256(secret)
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let target = Target {
+            name: "palisade",
+            dialer: Arc::new(Dialer::new(addr, Protocol::Palisade, Some(ORIGIN.into()))),
+            signer,
+            pid: Some(child.id()),
+            child: Some(child),
+            key_file,
+        };
+        target.wait_listening().await?;
+        Ok(target)
+    }
+
+    /// Starts the bare broadcast server (this binary's `ceiling-server` subcommand).
+    pub async fn ceiling() -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["ceiling-server", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let target = Target {
+            name: "ceiling",
+            dialer: Arc::new(Dialer::new(addr, Protocol::Bare, None)),
+            signer: Signer::Hs256(String::new()),
+            pid: Some(child.id()),
+            child: Some(child),
+            key_file: None,
+        };
+        target.wait_listening().await?;
+        Ok(target)
+    }
+
+    /// A server someone else started.
+    pub fn external(external: &External) -> anyhow::Result<Target> {
+        let url = url_addr(&external.url)?;
+        Ok(Target {
+            name: "external",
+            dialer: Arc::new(Dialer::new(
+                url,
+                Protocol::Palisade,
+                external.origin.clone(),
+            )),
+            signer: Signer::Hs256(external.secret.clone()),
+            pid: external.pid,
+            child: None,
+            key_file: None,
+        })
+    }
+
+    async fn wait_listening(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(self.dialer.addr)
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not start listening on {}",
+                    self.name,
+                    self.dialer.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The measured process's memory and CPU time now, if there is one to measure.
+    pub fn sample(&self) -> Option<ProcSample> {
+        self.pid.and_then(|pid| procfs::sample(pid).ok())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(path) = self.key_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The gateway binary: `--gateway`, or `palisade` beside this binary (both come from
+/// `cargo build --release --workspace`).
+pub fn gateway_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("palisade"),
+    };
+    if !path.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --workspace`, or pass --gateway",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn url_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("--url must be ws://host:port/ (no TLS)")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("{authority} does not resolve"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
