@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -84,16 +85,13 @@ where
         };
         match event {
             Inbound::Text(text) => {
-                outbox.deliver(Outbound::Text(
-                    Bytes::from(text),
-                    tokio::time::Instant::now(),
-                ));
+                outbox.deliver(Outbound::text(Bytes::from(text.into_string())));
             }
             Inbound::Binary(data) => {
-                outbox.deliver(Outbound::Binary(data));
+                outbox.deliver(Outbound::Binary(Arc::from(data)));
             }
             Inbound::Ping(payload) => {
-                outbox.deliver(Outbound::Pong(payload));
+                outbox.deliver(Outbound::Pong(Arc::from(payload)));
             }
             Inbound::Pong => {}
             Inbound::Close(code) => break Some((code, true)),

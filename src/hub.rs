@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, RemoteEvent, RemoteMember, RoomEvent};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::{Outbound, Outbox, SharedText};
 use crate::protocol::ServerFrame;
 
 /// Identifies one socket's session for the lifetime of the process.
@@ -76,14 +76,14 @@ impl Room {
     }
 
     fn broadcast(&self, frame: &Bytes, except: Option<SessionId>, metrics: &Metrics) {
-        let created = Instant::now();
+        let shared = Arc::new(SharedText {
+            bytes: frame.clone(),
+            created: Instant::now(),
+        });
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
             if Some(member.session_id) != except {
-                if member
-                    .outbox
-                    .deliver(Outbound::Text(frame.clone(), created))
-                {
+                if member.outbox.deliver(Outbound::Text(Arc::clone(&shared))) {
                     delivered += 1;
                 } else {
                     dropped += 1;
@@ -460,7 +460,7 @@ mod tests {
 
     fn next_text(rx: &mut OutboxReceiver) -> String {
         match rx.queue.try_recv().expect("a frame") {
-            Outbound::Text(bytes, _) => String::from_utf8(bytes.to_vec()).unwrap(),
+            Outbound::Text(text) => String::from_utf8(text.bytes.to_vec()).unwrap(),
             other => panic!("unexpected {other:?}"),
         }
     }

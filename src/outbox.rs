@@ -5,24 +5,43 @@
 //! marked evicted; the socket's session sees that and closes it with
 //! [`CloseCode::SlowConsumer`](crate::protocol::CloseCode::SlowConsumer).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What the writer task writes, in order.
+/// What the writer task writes, in order. Small (a pointer and a tag), because every socket's
+/// queue holds a block of them from the start.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A JSON text frame, shared between all recipients of a broadcast, with the moment it
-    /// was made (for the fan-out delay metric).
-    Text(Bytes, Instant),
-    /// The reply to a client's ping.
-    Pong(Bytes),
+    /// A JSON text frame, shared between all recipients of a broadcast.
+    Text(Arc<SharedText>),
+    /// The reply to a client's ping (at most 125 bytes).
+    Pong(Arc<[u8]>),
     /// A keepalive ping.
     Ping,
     /// A binary frame (the gateway sends none; the framing layer supports them for its
     /// conformance tests).
-    Binary(Bytes),
+    Binary(Arc<[u8]>),
+}
+
+/// A text frame and the moment it was made (for the fan-out delay metric).
+#[derive(Debug)]
+pub struct SharedText {
+    pub bytes: Bytes,
+    pub created: Instant,
+}
+
+impl Outbound {
+    /// A text frame made now.
+    pub fn text(bytes: Bytes) -> Outbound {
+        Outbound::Text(Arc::new(SharedText {
+            bytes,
+            created: Instant::now(),
+        }))
+    }
 }
 
 /// The sending side of a socket's queue, cheap to clone into a room.

@@ -300,7 +300,7 @@ impl Session {
                 }
                 Inbound::Binary(_) => return End::Closed(CloseCode::UnsupportedData),
                 Inbound::Ping(payload) => {
-                    self.outbox.deliver(Outbound::Pong(payload));
+                    self.outbox.deliver(Outbound::Pong(Arc::from(payload)));
                 }
                 Inbound::Pong => self.timers.on_pong(),
                 Inbound::Close(code) => return End::PeerClosed(code),
@@ -342,8 +342,10 @@ impl Session {
             CloseCode::ProtocolViolation
         })?;
         match frame {
-            ClientFrame::Auth { token } => self.on_auth(&token).await,
-            ClientFrame::Join { username, room } => self.on_join(username, &room).await,
+            // Boxed: their futures (a key fetch, a room opened on other nodes) are large, and
+            // unboxed they would be part of every idle session's state.
+            ClientFrame::Auth { token } => Box::pin(self.on_auth(&token)).await,
+            ClientFrame::Join { username, room } => Box::pin(self.on_join(username, &room)).await,
             ClientFrame::Message { body } => self.on_message(&body),
             ClientFrame::UserLeave => self.on_leave(),
         }
@@ -495,7 +497,7 @@ impl Session {
             // Joined while other nodes are out of reach: say so, as those already in rooms
             // were told.
             let notice = ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode();
-            self.outbox.deliver(Outbound::Text(notice, Instant::now()));
+            self.outbox.deliver(Outbound::text(notice));
         }
         Ok(())
     }

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 
-use bytes::Bytes;
 use fastwebsockets::{after_handshake_split, Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -19,14 +18,15 @@ use crate::protocol::{is_valid_peer_close_code, CloseCode};
 /// Control frames carry at most 125 bytes of payload (RFC 6455 5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// What the reader hands to the session.
+/// What the reader hands to the session. Boxed payloads keep it small: the queue between
+/// reader and session holds a block of these for every socket.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     /// A whole text message, valid UTF-8, within the size limit.
-    Text(String),
+    Text(Box<str>),
     /// A whole binary message (the gateway refuses it; the conformance echo returns it).
-    Binary(Bytes),
-    Ping(Bytes),
+    Binary(Box<[u8]>),
+    Ping(Box<[u8]>),
     Pong,
     /// The client's close frame: its code, or `None` for an empty close payload.
     Close(Option<u16>),
@@ -126,7 +126,7 @@ impl Assembler {
         match frame.opcode {
             OpCode::Close => Some(close_event(payload)),
             OpCode::Ping if payload.len() <= MAX_CONTROL_PAYLOAD => {
-                Some(Inbound::Ping(Bytes::copy_from_slice(payload)))
+                Some(Inbound::Ping(Box::from(payload)))
             }
             OpCode::Pong if payload.len() <= MAX_CONTROL_PAYLOAD => Some(Inbound::Pong),
             OpCode::Ping | OpCode::Pong => Some(Inbound::Violation(CloseCode::ProtocolError)),
@@ -187,10 +187,10 @@ impl Assembler {
 
 fn finish(is_text: bool, data: Vec<u8>) -> Inbound {
     if !is_text {
-        return Inbound::Binary(Bytes::from(data));
+        return Inbound::Binary(data.into_boxed_slice());
     }
     match String::from_utf8(data) {
-        Ok(text) => Inbound::Text(text),
+        Ok(text) => Inbound::Text(text.into_boxed_str()),
         Err(_) => Inbound::Violation(CloseCode::InvalidPayload),
     }
 }
@@ -250,7 +250,8 @@ pub async fn run<S: AsyncRead + Unpin>(
     };
     drop(reader);
     if violated {
-        let mut discard = [0u8; 4096];
+        // On the heap: an array here would be part of this task's state for its whole life.
+        let mut discard = vec![0u8; 4096];
         while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
         let _ = events.send(Inbound::Gone).await;
     }

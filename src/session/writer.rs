@@ -1,23 +1,29 @@
 //! The write side of a socket: the one writer, draining the socket's [`Outbox`] queue.
 //!
-//! Each frame is one write on the socket (fastwebsockets writes a frame at a time; `flush` is
-//! there for buffered transports). The close frame is requested through a oneshot rather than
-//! the queue, because the queue may be full (a slow consumer). After the close frame the
-//! writer shuts down its side of the TCP connection: the server is the one to close TCP, as
-//! RFC 6455 prefers, while the reader still hears the client's answer.
+//! Whatever is queued when the writer wakes goes out in one write: under load a socket's
+//! frames leave in one system call instead of one each, and an idle socket holds no buffer
+//! (each batch's is freed once written). Frames are laid out by fastwebsockets
+//! ([`Frame::fmt_head`]); a server's frames are not masked, so header and payload are all
+//! there is. The close frame is requested through a oneshot rather than the queue, because the
+//! queue may be full (a slow consumer). After the close frame the writer shuts down its side
+//! of the TCP connection: the server is the one to close TCP, as RFC 6455 prefers, while the
+//! reader still hears the client's answer.
 //!
 //! [`Outbox`]: crate::outbox::Outbox
 
-use fastwebsockets::{
-    after_handshake_split, Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite,
-};
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, OutboxReceiver};
+
+/// Frames written together at most (the queue holds `OUTBOUND_QUEUE_FRAMES`).
+const BATCH_FRAMES: usize = 64;
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask (unused by a server).
+const MAX_HEAD: usize = 14;
 
 /// The close frame the session wants sent.
 #[derive(Clone, Copy, Debug)]
@@ -37,13 +43,7 @@ pub async fn run<S: AsyncWrite + Unpin>(
     close: oneshot::Receiver<CloseRequest>,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<(), WebSocketError> {
-    let closed = {
-        // fastwebsockets makes a write half only together with a read half; ours is separate
-        // (see `reader`), so this one reads from nothing and is dropped.
-        let (_, ws) = after_handshake_split(tokio::io::empty(), &mut stream, Role::Server);
-        write_until_closed(ws, outbox, close, metrics.as_deref()).await?
-    };
-    if closed {
+    if write_until_closed(&mut stream, outbox, close, metrics.as_deref()).await? {
         stream.shutdown().await?;
     }
     Ok(())
@@ -51,7 +51,7 @@ pub async fn run<S: AsyncWrite + Unpin>(
 
 /// Writes queued frames until a close is requested; true once the close frame is written.
 async fn write_until_closed<S: AsyncWrite + Unpin>(
-    mut ws: WebSocketWrite<S>,
+    stream: &mut S,
     mut outbox: OutboxReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
     metrics: Option<&Metrics>,
@@ -60,53 +60,73 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             request = &mut close => break request,
-            item = outbox.queue.recv() => match item {
-                Some(item) => {
-                    if let Some(metrics) = metrics {
-                        metrics.outbound_queue_depth.observe((outbox.queue.len() + 1) as f64);
-                    }
-                    write(&mut ws, item, metrics).await?;
-                    if outbox.queue.is_empty() {
-                        ws.flush().await?;
-                    }
+            first = outbox.queue.recv() => {
+                let Some(first) = first else {
+                    // Every sender is gone, but the session may still be about to ask for the
+                    // close frame: wait for its word rather than end without one.
+                    break (&mut close).await;
+                };
+                if let Some(metrics) = metrics {
+                    metrics
+                        .outbound_queue_depth
+                        .observe((outbox.queue.len() + 1) as f64);
                 }
-                // Every sender is gone, but the session may still be about to ask for the
-                // close frame: wait for its word rather than end without one.
-                None => break (&mut close).await,
-            },
+                let queued = std::iter::from_fn(|| outbox.queue.try_recv().ok());
+                let batch = std::iter::once(first).chain(queued.take(BATCH_FRAMES - 1));
+                write_batch(stream, batch, metrics).await?;
+            }
         }
     };
     let Ok(request) = request else {
         return Ok(false);
     };
     if request.drain {
-        while let Ok(item) = outbox.queue.try_recv() {
-            write(&mut ws, item, metrics).await?;
-        }
+        let queued = std::iter::from_fn(|| outbox.queue.try_recv().ok());
+        write_batch(stream, queued, metrics).await?;
     }
-    let frame = match request.code {
+    let mut frame = match request.code {
         Some(code) => Frame::close(code, request.reason.as_bytes()),
         None => Frame::close_raw(Payload::Borrowed(&[])),
     };
-    ws.write_frame(frame).await?;
-    ws.flush().await?;
+    let mut bytes = Vec::with_capacity(MAX_HEAD + frame.payload.len());
+    append(&mut bytes, &mut frame);
+    stream.write_all(&bytes).await?;
+    stream.flush().await?;
     Ok(true)
 }
 
-async fn write<S: AsyncWrite + Unpin>(
-    ws: &mut WebSocketWrite<S>,
-    item: Outbound,
+/// Lays the frames out one after the other and writes them at once.
+async fn write_batch<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    items: impl Iterator<Item = Outbound>,
     metrics: Option<&Metrics>,
 ) -> Result<(), WebSocketError> {
-    if let (Outbound::Text(_, created), Some(metrics)) = (&item, metrics) {
-        // Observed as the frame is handed to the socket: queueing included, the kernel not.
-        metrics.observe_fanout(created.elapsed());
+    let mut bytes = Vec::new();
+    for item in items {
+        if let (Outbound::Text(text), Some(metrics)) = (&item, metrics) {
+            // Observed as the frame is handed to the socket: queueing included, the kernel not.
+            metrics.observe_fanout(text.created.elapsed());
+        }
+        let mut frame = match &item {
+            Outbound::Text(text) => Frame::text(Payload::Borrowed(&text.bytes)),
+            Outbound::Pong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
+            Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
+            Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
+        };
+        append(&mut bytes, &mut frame);
     }
-    let frame = match &item {
-        Outbound::Text(bytes, _) => Frame::text(Payload::Borrowed(bytes)),
-        Outbound::Pong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
-        Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
-        Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
-    };
-    ws.write_frame(frame).await
+    if !bytes.is_empty() {
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Appends a server frame (unmasked: its header, then its payload) to `bytes`.
+fn append(bytes: &mut Vec<u8>, frame: &mut Frame<'_>) {
+    let mut head = [0u8; MAX_HEAD];
+    let head_len = frame.fmt_head(&mut head);
+    bytes.reserve(head_len + frame.payload.len());
+    bytes.extend_from_slice(&head[..head_len]);
+    bytes.extend_from_slice(&frame.payload);
 }
