@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -17,11 +16,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use palisade::outbox::{Outbound, Outbox};
+use palisade::outbox::{Outbound, Outbox, SharedPayload};
 use palisade::session::reader::{self, Inbound, ReadLimits};
 use palisade::session::writer::{self, CloseRequest};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 const LIMITS: ReadLimits = ReadLimits {
     max_message_bytes: 20 << 20,
@@ -76,7 +75,7 @@ where
     let (outbox, outbox_rx) = Outbox::new(QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx, None));
-    let (events_tx, mut events) = mpsc::channel(4);
+    let (events_tx, mut events) = reader::events(4);
     let reader = tokio::spawn(reader::run(read_half, LIMITS, events_tx));
 
     let close = loop {
@@ -85,13 +84,13 @@ where
         };
         match event {
             Inbound::Text(text) => {
-                outbox.deliver(Outbound::text(Bytes::from(text.into_string())));
+                outbox.deliver(Outbound::text(text.into_string()));
             }
             Inbound::Binary(data) => {
-                outbox.deliver(Outbound::Binary(Arc::from(data)));
+                outbox.deliver(Outbound::Binary(SharedPayload::new(data.into_vec())));
             }
             Inbound::Ping(payload) => {
-                outbox.deliver(Outbound::Pong(Arc::from(payload)));
+                outbox.deliver(Outbound::Pong(SharedPayload::new(payload.into_vec())));
             }
             Inbound::Pong => {}
             Inbound::Close(code) => break Some((code, true)),

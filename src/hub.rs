@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, RemoteEvent, RemoteMember, RoomEvent};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox, SharedText};
+use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::ServerFrame;
 
 /// Identifies one socket's session for the lifetime of the process.
@@ -76,10 +76,7 @@ impl Room {
     }
 
     fn broadcast(&self, frame: &Bytes, except: Option<SessionId>, metrics: &Metrics) {
-        let shared = Arc::new(SharedText {
-            bytes: frame.clone(),
-            created: Instant::now(),
-        });
+        let shared = SharedPayload::new(frame.clone());
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
             if Some(member.session_id) != except {

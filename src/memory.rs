@@ -1,5 +1,9 @@
 //! Giving freed memory back to the operating system.
 //!
+//! The `palisade` binary allocates with jemalloc (see `main.rs`), which returns freed pages
+//! itself within a second; what follows matters where the library runs on glibc's malloc (the
+//! in-process tests, or an embedding program).
+//!
 //! glibc's malloc keeps memory freed by other threads in per-thread arenas: after a burst of
 //! 10 000 sockets has come and gone, the process would keep their ~180 MiB resident for ever
 //! (measured in `tests/memory.rs`). `malloc_trim(0)` returns every free page of every arena;

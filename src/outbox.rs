@@ -17,30 +17,37 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub enum Outbound {
     /// A JSON text frame, shared between all recipients of a broadcast.
-    Text(Arc<SharedText>),
+    Text(Arc<SharedPayload>),
     /// The reply to a client's ping (at most 125 bytes).
-    Pong(Arc<[u8]>),
+    Pong(Arc<SharedPayload>),
     /// A keepalive ping.
     Ping,
     /// A binary frame (the gateway sends none; the framing layer supports them for its
     /// conformance tests).
-    Binary(Arc<[u8]>),
+    Binary(Arc<SharedPayload>),
 }
 
-/// A text frame and the moment it was made (for the fan-out delay metric).
+/// A frame's payload and the moment it was made (for the fan-out delay metric).
 #[derive(Debug)]
-pub struct SharedText {
+pub struct SharedPayload {
     pub bytes: Bytes,
     pub created: Instant,
 }
 
+impl SharedPayload {
+    /// A payload made now.
+    pub fn new(bytes: impl Into<Bytes>) -> Arc<SharedPayload> {
+        Arc::new(SharedPayload {
+            bytes: bytes.into(),
+            created: Instant::now(),
+        })
+    }
+}
+
 impl Outbound {
     /// A text frame made now.
-    pub fn text(bytes: Bytes) -> Outbound {
-        Outbound::Text(Arc::new(SharedText {
-            bytes,
-            created: Instant::now(),
-        }))
+    pub fn text(bytes: impl Into<Bytes>) -> Outbound {
+        Outbound::Text(SharedPayload::new(bytes))
     }
 }
 

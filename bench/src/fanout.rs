@@ -85,6 +85,7 @@ pub async fn run(
         ));
     }
     let mut tasks = Vec::new();
+    let mut senders = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
         let ws = socket.await??;
         let (sink, mut stream) = ws.split();
@@ -107,20 +108,21 @@ pub async fn run(
             }
         }));
         if index % config.room_size == 0 {
-            tasks.push(tokio::spawn(send(
-                sink,
-                rate_rx.clone(),
-                config.body_bytes,
-                stop.clone(),
-            )));
+            senders.push(sink);
         }
     }
+    tasks.push(tokio::spawn(send(
+        senders,
+        rate_rx,
+        config.body_bytes,
+        stop.clone(),
+    )));
 
     let fan = (config.room_size - 1) as f64;
     let mut steps = Vec::new();
     for &aimed in &config.delivered_steps {
         let offered = aimed as f64 / fan;
-        rate_tx.send_replace(offered / config.rooms as f64);
+        rate_tx.send_replace(offered);
         progress.set(format!(
             "fanout {} rooms of {}: {aimed} deliveries/s",
             target.name, config.room_size
@@ -185,10 +187,12 @@ pub async fn run(
     })
 }
 
-/// Sends timestamped messages at the room's current rate (messages per second), in small
-/// batches every 2 ms, until stopped.
+/// Sends timestamped messages at the current total rate (messages per second), spread over
+/// the rooms' senders in turn, in small batches every 2 ms, until stopped. One task for all
+/// rooms: a task per room would wake the load generator thousands of times a second for
+/// nothing, and its CPU would show up as delay on the shared cores.
 async fn send(
-    mut sink: futures_util::stream::SplitSink<crate::client::Ws, Message>,
+    mut sinks: Vec<futures_util::stream::SplitSink<crate::client::Ws, Message>>,
     rate: watch::Receiver<f64>,
     body_bytes: usize,
     stop: CancellationToken,
@@ -197,30 +201,33 @@ async fn send(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
     let mut credit = 0.0f64;
+    let mut next = 0usize;
+    let mut fed = vec![false; sinks.len()];
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
         let now = tokio::time::Instant::now();
-        credit += *rate.borrow() * (now - last).as_secs_f64();
+        let rate = *rate.borrow();
+        credit += rate * (now - last).as_secs_f64();
         last = now;
-        // A sender that fell behind does not burst to catch up more than a tick's worth.
-        credit = credit.min(*rate.borrow() * 0.01 + 1.0);
-        let mut batch = 0;
+        // A sender that fell behind does not burst to catch up more than 10 ms' worth.
+        credit = credit.min(rate * 0.01 + 1.0);
         while credit >= 1.0 {
             credit -= 1.0;
-            batch += 1;
-            if sink
-                .feed(Message::text(timestamped_message(body_bytes)))
-                .await
-                .is_err()
-            {
+            let room = next % sinks.len();
+            next += 1;
+            fed[room] = true;
+            let message = Message::text(timestamped_message(body_bytes));
+            if sinks[room].feed(message).await.is_err() {
                 return;
             }
         }
-        if batch > 0 && sink.flush().await.is_err() {
-            return;
+        for (sink, fed) in sinks.iter_mut().zip(fed.iter_mut()) {
+            if std::mem::take(fed) && sink.flush().await.is_err() {
+                return;
+            }
         }
     }
 }

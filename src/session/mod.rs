@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use fastwebsockets::WebSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
@@ -37,9 +37,9 @@ use crate::hub::{Member, Membership, SessionId};
 use crate::limits::SessionLimiters;
 use crate::metrics::client_close_code;
 use crate::names::{validate_room, validate_username};
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{notice, ClientFrame, CloseCode, ServerFrame};
-use reader::{Inbound, ReadLimits};
+use reader::{EventReceiver, Inbound, ReadLimits};
 use writer::CloseRequest;
 
 /// Reader events buffered ahead of the session: small, so a client that floods is held back by
@@ -182,7 +182,7 @@ where
         max_message_bytes: config.max_message_bytes,
         max_fragments: config.max_fragments,
     };
-    let (events_tx, mut events) = mpsc::channel(READER_QUEUE);
+    let (events_tx, mut events) = reader::events(READER_QUEUE);
     let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(read_half, limits, events_tx)));
 
     gateway
@@ -268,7 +268,7 @@ where
 }
 
 impl Session {
-    async fn run(&mut self, events: &mut mpsc::Receiver<Inbound>) -> End {
+    async fn run(&mut self, events: &mut EventReceiver) -> End {
         let shutdown = self.gateway.shutdown.clone();
         loop {
             let deadline = self.deadline;
@@ -300,7 +300,8 @@ impl Session {
                 }
                 Inbound::Binary(_) => return End::Closed(CloseCode::UnsupportedData),
                 Inbound::Ping(payload) => {
-                    self.outbox.deliver(Outbound::Pong(Arc::from(payload)));
+                    self.outbox
+                        .deliver(Outbound::Pong(SharedPayload::new(payload.into_vec())));
                 }
                 Inbound::Pong => self.timers.on_pong(),
                 Inbound::Close(code) => return End::PeerClosed(code),

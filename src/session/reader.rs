@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 
 use fastwebsockets::{after_handshake_split, Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
 
 use crate::protocol::{is_valid_peer_close_code, CloseCode};
 
@@ -225,17 +225,41 @@ fn error_event(err: WebSocketError) -> Inbound {
     }
 }
 
+/// The sending side of the queue from the reader to the session.
+pub struct EventSender(futures_channel::mpsc::Sender<Inbound>);
+
+/// The receiving side, the session's.
+pub struct EventReceiver(futures_channel::mpsc::Receiver<Inbound>);
+
+/// The queue from the reader to the session, holding `buffer` events ahead. futures' bounded
+/// channel rather than tokio's: it allocates per event, where tokio's allocates a block of 32
+/// slots up front, which every idle socket would carry.
+pub fn events(buffer: usize) -> (EventSender, EventReceiver) {
+    let (sender, receiver) = futures_channel::mpsc::channel(buffer);
+    (EventSender(sender), EventReceiver(receiver))
+}
+
+impl EventSender {
+    /// Waits for room, then queues; `Err` once the session stopped listening.
+    pub async fn send(&mut self, event: Inbound) -> Result<(), ()> {
+        self.0.send(event).await.map_err(drop)
+    }
+}
+
+impl EventReceiver {
+    /// The next event; `None` once the reader is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.0.next().await
+    }
+}
+
 /// Runs the reader until a terminal event or until the session stops listening.
 ///
 /// After a framing violation the rest of the stream cannot be parsed, but it is still read
 /// and discarded until the client closes TCP (the session aborts this task after
 /// `CLOSE_TIMEOUT_MS` at most): closing a socket with unread input makes the kernel send a
 /// reset, which can destroy our close frame before the client reads it.
-pub async fn run<S: AsyncRead + Unpin>(
-    mut stream: S,
-    limits: ReadLimits,
-    events: mpsc::Sender<Inbound>,
-) {
+pub async fn run<S: AsyncRead + Unpin>(mut stream: S, limits: ReadLimits, mut events: EventSender) {
     let mut reader = MessageReader::new(&mut stream, limits);
     let violated = loop {
         let event = reader.next().await;

@@ -109,9 +109,9 @@ async fn write_batch<S: AsyncWrite + Unpin>(
         }
         let mut frame = match &item {
             Outbound::Text(text) => Frame::text(Payload::Borrowed(&text.bytes)),
-            Outbound::Pong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
+            Outbound::Pong(pong) => Frame::pong(Payload::Borrowed(&pong.bytes)),
             Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
-            Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
+            Outbound::Binary(binary) => Frame::binary(Payload::Borrowed(&binary.bytes)),
         };
         append(&mut bytes, &mut frame);
     }
