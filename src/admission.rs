@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -136,7 +136,7 @@ impl Admission {
             }
         }
         if let Err(not_until) = self.connect_rate.check_key(&key) {
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_after = not_until.wait_time_from(self.connect_rate.clock().now());
             return Err(Refusal::TooFast { retry_after });
         }
         self.per_ip.try_acquire(key).ok_or(Refusal::TooManyFromIp)

@@ -192,7 +192,7 @@ where
         id: gateway.next_session_id(),
         gateway: Arc::clone(&gateway),
         outbox,
-        limiters: SessionLimiters::new(gateway.quotas),
+        limiters: SessionLimiters::new(&gateway.quotas),
         state: State::AwaitAuth,
         deadline: Some(started + config.auth_timeout()),
         user_slot: None,
