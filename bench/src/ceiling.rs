@@ -1,7 +1,9 @@
 //! The ceiling: the least a broadcast server can do over hyper and fastwebsockets. No auth, no
 //! JSON, no limits: a socket joins the room named in its path (`/room/{name}`), and every text
 //! frame it sends goes, as is, to the room's other members through a bounded per-socket queue
-//! (a full queue drops the frame). Whatever Palisade costs on top is measured against this.
+//! (a full queue drops the frame). Its writer sends everything queued in one write, as
+//! Palisade's does, so that the ceiling is the same I/O without the protocol. Whatever
+//! Palisade costs on top is measured against this.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -110,18 +113,28 @@ async fn member(
 ) {
     let (queue, mut outgoing) = mpsc::channel::<Bytes>(QUEUE);
     let id = rooms.join(&room, queue);
-    let (mut read, mut write) = ws.split(tokio::io::split);
+    let (mut read, mut write_half) = tokio::io::split(ws.into_inner());
     let writer = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if write
-                .write_frame(Frame::text(Payload::Borrowed(&frame)))
-                .await
-                .is_err()
-            {
+        let mut head = [0u8; 14];
+        while let Some(first) = outgoing.recv().await {
+            let mut bytes = Vec::new();
+            let queued = std::iter::from_fn(|| outgoing.try_recv().ok()).take(63);
+            for frame in std::iter::once(first).chain(queued) {
+                let mut frame = Frame::text(Payload::Borrowed(&frame));
+                let head_len = frame.fmt_head(&mut head);
+                bytes.extend_from_slice(&head[..head_len]);
+                bytes.extend_from_slice(&frame.payload);
+            }
+            if write_half.write_all(&bytes).await.is_err() {
                 break;
             }
         }
     });
+    let (mut read, _) = fastwebsockets::after_handshake_split(
+        &mut read,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
     loop {
         let frame = read
             .read_frame(&mut |_| async { Ok::<(), Infallible>(()) })
