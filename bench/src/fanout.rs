@@ -1,6 +1,7 @@
 //! Fan-out: rooms of N members, one sender per room, 100-byte messages stamped with their send
 //! time, offered load stepped up until the 99th percentile of end-to-end delay passes the
-//! limit. Every member reads every frame; delay is measured at the receiver.
+//! limit (twice in a row). Every member reads every frame; delay is measured at the receiver.
+//! The result is the highest step within the limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,6 +121,7 @@ pub async fn run(
 
     let fan = (config.room_size - 1) as f64;
     let mut steps = Vec::new();
+    let mut failures = 0;
     for &aimed in &config.delivered_steps {
         let offered = aimed as f64 / fan;
         rate_tx.send_replace(offered);
@@ -161,7 +163,10 @@ pub async fn run(
         let saturated =
             step.p99_ms > config.p99_limit_ms || step.delivered_per_sec < 0.9 * aimed as f64;
         steps.push(step);
-        if saturated {
+        // Two saturated steps in a row end the climb: on a machine shared with the load
+        // generator one step's p99 can be an outlier.
+        failures = if saturated { failures + 1 } else { 0 };
+        if failures == 2 {
             break;
         }
     }
