@@ -155,9 +155,13 @@ impl Run {
             };
             if let (Some(p), Some(c)) = (best("palisade"), best("ceiling")) {
                 let ratio = p / c.max(1.0);
-                let _ = writeln!(out, "\nPalisade delivers {ratio:.2} × the ceiling's rate. Target ≥ {FANOUT_RATIO_TARGET}: **{}**.\n",
+                let _ = writeln!(out, "\nPalisade delivers {ratio:.2} × the ceiling's rate. Target ≥ {FANOUT_RATIO_TARGET}: **{}**.",
                     verdict(ratio >= FANOUT_RATIO_TARGET));
             }
+            if let Some((median, steps)) = self.cpu_ratio(size) {
+                let _ = writeln!(out, "At equal load (the {steps} steps both servers ran within 50 ms), Palisade's server CPU per delivery is {median:.2} × the ceiling's (median): a steadier comparison than the highest step, which on a machine shared with the load generator can swing by a step or two between runs.");
+            }
+            let _ = writeln!(out);
         }
         if !self.churn.is_empty() {
             let _ = writeln!(
@@ -193,6 +197,37 @@ impl Run {
             }
         }
         out
+    }
+
+    /// The median, over steps aimed at the same rate and within the limit for both servers, of
+    /// Palisade's CPU per delivery over the ceiling's; and how many steps that was.
+    fn cpu_ratio(&self, room_size: usize) -> Option<(f64, usize)> {
+        let run = |name| {
+            self.fanout
+                .iter()
+                .find(|f| f.room_size == room_size && f.target == name)
+        };
+        let (palisade, ceiling) = (run("palisade")?, run("ceiling")?);
+        let mut ratios: Vec<f64> = palisade
+            .steps
+            .iter()
+            .filter_map(|p| {
+                let c = ceiling
+                    .steps
+                    .iter()
+                    .find(|c| c.aimed_deliveries_per_sec == p.aimed_deliveries_per_sec)?;
+                let within = |s: &crate::fanout::FanoutStep| {
+                    s.p99_ms <= 50.0 && s.server_cpu_us_per_delivery > 0.0
+                };
+                (within(p) && within(c))
+                    .then(|| p.server_cpu_us_per_delivery / c.server_cpu_us_per_delivery)
+            })
+            .collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        Some((ratios[ratios.len() / 2], ratios.len()))
     }
 
     fn find_capacity(&self, name: &str) -> Option<&CapacityResult> {
