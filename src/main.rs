@@ -14,12 +14,16 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's settings, read at its start: two arenas (the runtime has as many workers as
-/// cores, and fewer arenas fragment less), and freed pages returned to the system within a
-/// second, so memory that served a burst of handshakes is not resident under idle sockets.
+/// jemalloc's settings, read at its start (as its `malloc_conf` C string): two arenas (the
+/// runtime has as many workers as cores, and fewer arenas fragment less), and freed pages
+/// returned to the system within a second by jemalloc's background thread, so memory that
+/// served a burst of handshakes is not resident under idle sockets.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: a C string literal is NUL-terminated and lives for the whole program.
+    unsafe { &*c"narenas:2,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },
+);
 
 #[derive(Parser)]
 #[command(

@@ -124,8 +124,10 @@ pub async fn run(
         target.name,
         held.load(Ordering::Relaxed)
     ));
-    let before = target.sample().unwrap_or_default();
+    let cpu_before = target.cpu_secs();
+    let idle_start = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(config.idle_secs)).await;
+    let idle_cpu = (target.cpu_secs() - cpu_before) / idle_start.elapsed().as_secs_f64();
     let after = target.sample().unwrap_or_default();
     let top = points.last().cloned().expect("at least one step");
     let sockets_held = held.load(Ordering::Relaxed);
@@ -133,7 +135,8 @@ pub async fn run(
     for task in tasks {
         let _ = task.await;
     }
-    let per_socket = |total: u64| total as f64 / sockets_held.max(1) as f64;
+    // Per socket held when the top was measured.
+    let per_socket = |total: u64| total as f64 / top.sockets.max(1) as f64;
     Ok(CapacityResult {
         target: target.name,
         baseline_rss_kib: baseline.rss_kib,
@@ -143,7 +146,7 @@ pub async fn run(
         hwm_kib: after.hwm_kib,
         rss_per_socket_kib: per_socket(top.rss_kib.saturating_sub(baseline.rss_kib)),
         kernel_tcp_per_socket_kib: per_socket(top.kernel_tcp_kib),
-        idle_cpu_percent: (after.cpu_secs - before.cpu_secs) / config.idle_secs * 100.0,
+        idle_cpu_percent: idle_cpu * 100.0,
         points,
     })
 }

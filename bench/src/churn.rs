@@ -41,7 +41,7 @@ pub async fn run(
     let (sessions, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(config.secs);
-    let cpu_before = target.sample().unwrap_or_default().cpu_secs;
+    let cpu_before = target.cpu_secs();
     let mut loops = Vec::new();
     for worker in 0..config.concurrency {
         // One user per loop, its token signed once: the server verifies it every time.
@@ -89,7 +89,7 @@ pub async fn run(
         let _ = task.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = target.sample().unwrap_or_default().cpu_secs - cpu_before;
+    let cpu = target.cpu_secs() - cpu_before;
     let times = times.lock().expect("never poisoned").clone();
     let count = sessions.load(Ordering::Relaxed);
     Ok(ChurnResult {

@@ -42,6 +42,18 @@ pub struct FanoutStep {
     pub server_cpu_percent: f64,
     /// Server CPU time per delivered message, in microseconds.
     pub server_cpu_us_per_delivery: f64,
+    /// Sockets the server closed during the step (a slow consumer evicted, say).
+    pub sockets_closed: u64,
+}
+
+impl FanoutStep {
+    /// Within the delay limit, having delivered what was aimed for, with every socket still
+    /// open.
+    pub fn passed(&self, p99_limit_ms: f64) -> bool {
+        self.p99_ms <= p99_limit_ms
+            && self.delivered_per_sec >= 0.9 * self.aimed_deliveries_per_sec as f64
+            && self.sockets_closed == 0
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +78,7 @@ pub async fn run(
 ) -> anyhow::Result<FanoutResult> {
     let delays = Arc::new(Mutex::new(new_histogram()));
     let delivered = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let (rate_tx, rate_rx) = watch::channel(0.0f64);
     let permits = Arc::new(Semaphore::new(config.concurrency));
@@ -90,15 +103,22 @@ pub async fn run(
     for (index, socket) in sockets.into_iter().enumerate() {
         let ws = socket.await??;
         let (sink, mut stream) = ws.split();
-        let (delays, delivered, stopped) =
-            (Arc::clone(&delays), Arc::clone(&delivered), stop.clone());
+        let (delays, delivered, closed, stopped) = (
+            Arc::clone(&delays),
+            Arc::clone(&delivered),
+            Arc::clone(&closed),
+            stop.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let frame = tokio::select! {
                     _ = stopped.cancelled() => break,
                     frame = stream.next() => frame,
                 };
-                let Some(Ok(frame)) = frame else { break };
+                let Some(Ok(frame)) = frame else {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
                 if let Message::Text(text) = frame {
                     if let Some(sent) = sent_at_nanos(&text) {
                         let micros = (unix_nanos().saturating_sub(sent) / 1000) as u64;
@@ -132,21 +152,26 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs_f64(config.warmup_secs)).await;
         delays.lock().expect("never poisoned").reset();
         let counted = delivered.load(Ordering::Relaxed);
-        let cpu_before = target.sample().unwrap_or_default().cpu_secs;
+        let closed_before = closed.load(Ordering::Relaxed);
+        let cpu_before = target.cpu_secs();
+        let window_start = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(config.window_secs)).await;
-        let cpu = target.sample().unwrap_or_default().cpu_secs - cpu_before;
+        let cpu = target.cpu_secs() - cpu_before;
         let count = delivered.load(Ordering::Relaxed) - counted;
+        // The sleep may overshoot on a busy machine: rates use the time that passed.
+        let window = window_start.elapsed().as_secs_f64();
         let histogram = delays.lock().expect("never poisoned").clone();
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         let step = FanoutStep {
             aimed_deliveries_per_sec: aimed,
             offered_messages_per_sec: offered,
-            delivered_per_sec: count as f64 / config.window_secs,
+            delivered_per_sec: count as f64 / window,
             p50_ms: ms(0.5),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
-            server_cpu_percent: cpu / config.window_secs * 100.0,
+            server_cpu_percent: cpu / window * 100.0,
             server_cpu_us_per_delivery: cpu * 1e6 / count.max(1) as f64,
+            sockets_closed: closed.load(Ordering::Relaxed) - closed_before,
         };
         progress.println(format!(
             "  fanout {:>8} N={:<3} aimed {:>7}/s delivered {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu {:>5.1}% {:>5.2} us/delivery",
@@ -160,8 +185,7 @@ pub async fn run(
             step.server_cpu_percent,
             step.server_cpu_us_per_delivery
         ));
-        let saturated =
-            step.p99_ms > config.p99_limit_ms || step.delivered_per_sec < 0.9 * aimed as f64;
+        let saturated = !step.passed(config.p99_limit_ms);
         steps.push(step);
         // Two saturated steps in a row end the climb: on a machine shared with the load
         // generator one step's p99 can be an outlier.
@@ -177,10 +201,7 @@ pub async fn run(
     }
     let best = steps
         .iter()
-        .filter(|step| {
-            step.p99_ms <= config.p99_limit_ms
-                && step.delivered_per_sec >= 0.9 * step.aimed_deliveries_per_sec as f64
-        })
+        .filter(|step| step.passed(config.p99_limit_ms))
         .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
         .cloned();
     Ok(FanoutResult {

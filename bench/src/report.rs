@@ -208,6 +208,11 @@ impl Run {
                 .find(|f| f.room_size == room_size && f.target == name)
         };
         let (palisade, ceiling) = (run("palisade")?, run("ceiling")?);
+        let limit = self
+            .fanout_configs
+            .iter()
+            .find(|c| c.room_size == room_size)?
+            .p99_limit_ms;
         let mut ratios: Vec<f64> = palisade
             .steps
             .iter()
@@ -216,8 +221,9 @@ impl Run {
                     .steps
                     .iter()
                     .find(|c| c.aimed_deliveries_per_sec == p.aimed_deliveries_per_sec)?;
+                // Steps that passed (as the climb judges them) and whose CPU was measured.
                 let within = |s: &crate::fanout::FanoutStep| {
-                    s.p99_ms <= 50.0 && s.server_cpu_us_per_delivery > 0.0
+                    s.passed(limit) && s.server_cpu_us_per_delivery > 0.0
                 };
                 (within(p) && within(c))
                     .then(|| p.server_cpu_us_per_delivery / c.server_cpu_us_per_delivery)

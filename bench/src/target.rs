@@ -165,6 +165,12 @@ impl Target {
     pub fn sample(&self) -> Option<ProcSample> {
         self.pid.and_then(|pid| procfs::sample(pid).ok())
     }
+
+    /// The measured process's CPU time in seconds; NaN (shown as such, `null` in JSON) when
+    /// there is no process to measure, so that no figure is made up.
+    pub fn cpu_secs(&self) -> f64 {
+        self.sample().map_or(f64::NAN, |sample| sample.cpu_secs)
+    }
 }
 
 impl Drop for Target {

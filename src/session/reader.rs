@@ -231,8 +231,8 @@ pub struct EventSender(futures_channel::mpsc::Sender<Inbound>);
 /// The receiving side, the session's.
 pub struct EventReceiver(futures_channel::mpsc::Receiver<Inbound>);
 
-/// The queue from the reader to the session, holding `buffer` events ahead. futures' bounded
-/// channel rather than tokio's: it allocates per event, where tokio's allocates a block of 32
+/// The queue from the reader to the session, holding `buffer` events ahead (plus one: futures'
+/// channel keeps a slot per sender). futures' bounded channel rather than tokio's: it allocates per event, where tokio's allocates a block of 32
 /// slots up front, which every idle socket would carry.
 pub fn events(buffer: usize) -> (EventSender, EventReceiver) {
     let (sender, receiver) = futures_channel::mpsc::channel(buffer);
