@@ -1,7 +1,7 @@
 //! Test-only: an echo server built from the gateway's own frame layer, for the
 //! Autobahn|Testsuite fuzzing client (`.ci/autobahn`). It is never part of the gateway.
 //!
-//! The reader ([`palisade::session::reader`]) and writer ([`palisade::session::writer`]) are
+//! The reader (the gateway's reader) and writer (writer) are
 //! exactly the gateway's; only the limits differ, because Autobahn sends messages of up to
 //! 16 MiB in up to 2^18 fragments, far beyond what a chat gateway should accept.
 //!
@@ -16,9 +16,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use palisade::outbox::{Outbound, Outbox, SharedPayload};
-use palisade::session::reader::{self, Inbound, ReadLimits};
-use palisade::session::writer::{self, CloseRequest};
+use palisade::testing::SharedPayload;
+use palisade::testing::{reader, writer, CloseRequest, Inbound, Outbound, Outbox, ReadLimits};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

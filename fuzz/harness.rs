@@ -5,14 +5,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
-use palisade::auth::mint::{mint_hs_token, TokenRequest};
-use palisade::auth::TokenVerifier;
-use palisade::client_ip::IpKey;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use palisade::config::{Config, Secret};
-use palisade::protocol::{ClientFrame, CloseCode};
-use palisade::session::reader::{Inbound, MessageReader, ReadLimits};
-use palisade::Gateway;
+use palisade::mint::{mint_hs_token, TokenRequest};
+use palisade::testing::{ClientFrame, Inbound, MessageReader, ReadLimits, TokenVerifier};
+use palisade::{CloseCode, Gateway};
 
 const SECRET: &str = "fuzzing-secret-fuzzing-secret-fuzzing";
 const LIMITS: ReadLimits = ReadLimits {
@@ -99,7 +96,7 @@ pub fn token(data: &[u8]) -> bool {
         if let Ok(identity) = runtime().block_on(verifier.verify(&token)) {
             let claims: serde_json::Value =
                 serde_json::from_slice(claims).expect("accepted claims are JSON");
-            let now = palisade::auth::jwt::unix_now() as f64;
+            let now = palisade::testing::unix_now() as f64;
             let leeway = 5.0;
             assert_eq!(
                 claims["sub"].as_str(),
@@ -269,7 +266,7 @@ pub fn session(data: &[u8]) -> SessionStats {
     let steps = steps(data);
     runtime().block_on(async {
         let mut stats = SessionStats::default();
-        let gateway = Gateway::new(config(&[])).expect("gateway");
+        let gateway = palisade::testing::gateway(config(&[]));
         let mut clients: Vec<Option<Client>> = Vec::new();
         let mut sessions = Vec::new();
         for step in steps {
@@ -325,7 +322,7 @@ pub fn session(data: &[u8]) -> SessionStats {
         for _ in 0..64 {
             tokio::task::yield_now().await;
         }
-        let memberships = gateway.hub.memberships();
+        let memberships = palisade::testing::memberships(&gateway);
         for (index, client) in clients.iter_mut().enumerate() {
             let Some(client) = client else { continue };
             let last_total = check_frames(client, &mut stats).await;
@@ -356,7 +353,7 @@ pub fn session(data: &[u8]) -> SessionStats {
         }
         check_memberships(&gateway);
         assert_eq!(
-            gateway.hub.room_count(),
+            palisade::testing::room_count(&gateway),
             0,
             "a room outlived all its members"
         );
@@ -374,24 +371,7 @@ pub struct SessionStats {
 }
 
 fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let admitted = palisade::admission::Admitted {
-        connection: Arc::new(gateway.admission.try_connection().expect("under the cap")),
-        ip: gateway
-            .admission
-            .admit_ip(IpKey::of([127, 0, 0, 1].into()))
-            .expect("admitted"),
-    };
-    let server_ws = WebSocket::after_handshake(server_io, Role::Server);
-    let session = tokio::spawn(palisade::session::run(
-        Arc::clone(gateway),
-        server_ws,
-        [127, 0, 0, 1].into(),
-        admitted,
-    ));
-    let mut ws = WebSocket::after_handshake(client_io, Role::Client);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(true);
+    let (ws, session) = palisade::testing::connect_in_memory(gateway, [127, 0, 0, 1].into());
     (
         Client {
             ws,
@@ -402,7 +382,7 @@ fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
 }
 
 fn check_memberships(gateway: &Gateway) {
-    let memberships = gateway.hub.memberships();
+    let memberships = palisade::testing::memberships(gateway);
     let mut sessions: Vec<_> = memberships.iter().map(|(_, session)| *session).collect();
     sessions.sort_unstable();
     let before = sessions.len();

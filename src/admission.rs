@@ -93,8 +93,8 @@ pub type UserSlot = Slot<Arc<str>>;
 
 /// What a connection holds while it is open: its share of every cap.
 pub struct Admitted {
-    /// Shared between the HTTP connection and the session it upgrades to.
-    pub connection: Arc<OwnedSemaphorePermit>,
+    /// Shared between the HTTP connection and the session it upgrades to; held, never read.
+    pub _connection: Arc<OwnedSemaphorePermit>,
     pub ip: IpSlot,
 }
 

@@ -419,10 +419,6 @@ pub struct Config {
     pub redis_reconnect_max_ms: u64,
     #[serde(default = "defaults::redis_publish_queue")]
     pub redis_publish_queue: usize,
-    /// Set by `palisade demo` only (never from the environment): serve the demo page and its
-    /// loopback-only token endpoint.
-    #[serde(skip)]
-    pub demo: bool,
 }
 
 mod defaults {

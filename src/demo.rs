@@ -11,6 +11,7 @@
 //! serves any of these.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,9 +22,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use rand::RngCore;
 
 use crate::auth::mint::{ephemeral_secret, mint_hs_token, TokenRequest};
-use crate::config::{Config, ConfigError, Secret};
-use crate::gateway::Gateway;
+use crate::config::{Config, ConfigError, Secret, MIN_NAME_CHARS};
+use crate::http::{with_type, ResponseFuture};
 use crate::names::sanitize_display_name;
+use crate::server::Pages;
 
 const PAGE: &str = include_str!("../clients/demo/index.html");
 const PAGE_SCRIPT: &str = include_str!("../clients/demo/demo.js");
@@ -103,14 +105,39 @@ pub fn demo_config(
         // Command-line clients (websocat, wscat) send no Origin.
         ("ALLOW_MISSING_ORIGIN".to_owned(), "true".to_owned()),
     ]);
-    let mut config = Config::from_pairs(pairs)?;
-    config.demo = true;
+    let config = Config::from_pairs(pairs)?;
     Ok((config, secret))
 }
 
+/// The demo's pages, plugged into the public port: `/` and its scripts, and the token endpoint.
+pub struct DemoPages {
+    secret: Secret,
+    port: u16,
+    origins: Vec<String>,
+    username_max_chars: usize,
+}
+
+impl DemoPages {
+    /// The pages for a gateway started with `config`, minting tokens with `secret`.
+    pub fn new(config: &Config, secret: Secret) -> Arc<DemoPages> {
+        Arc::new(DemoPages {
+            secret,
+            port: config.port,
+            origins: config.origins().iter().map(str::to_owned).collect(),
+            username_max_chars: config.username_max_chars,
+        })
+    }
+}
+
+impl Pages for DemoPages {
+    fn serve(&self, peer: SocketAddr, request: Request<Incoming>) -> ResponseFuture<'_> {
+        Box::pin(serve(self, peer, request))
+    }
+}
+
 /// Answers the demo's plain HTTP requests; `None` for paths it does not serve.
-pub async fn serve(
-    gateway: &Gateway,
+async fn serve(
+    demo: &DemoPages,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Option<Response<Full<Bytes>>> {
@@ -118,7 +145,7 @@ pub async fn serve(
         (&Method::GET, "/" | "/demo") => asset(PAGE, "text/html; charset=utf-8"),
         (&Method::GET, "/demo.js") => asset(PAGE_SCRIPT, "text/javascript; charset=utf-8"),
         (&Method::GET, "/palisade.js") => asset(CLIENT_MODULE, "text/javascript; charset=utf-8"),
-        (&Method::POST, "/demo/token") => token(gateway, peer, request).await,
+        (&Method::POST, "/demo/token") => token(demo, peer, request).await,
         _ => return None,
     };
     Some(response)
@@ -137,18 +164,13 @@ fn asset(text: &'static str, content_type: &'static str) -> Response<Full<Bytes>
 }
 
 fn reply(status: StatusCode, json: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    with_type(status, json.to_string(), "application/json")
 }
 
 /// `POST /demo/token` with `{"name": "Ada"}`: a token for a fresh guest id with that display
 /// name. Loopback peers only: the demo's secret must not mint tokens for the network.
 async fn token(
-    gateway: &Gateway,
+    demo: &DemoPages,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -160,7 +182,7 @@ async fn token(
     }
     // A page elsewhere must not mint tokens through the visitor's browser: the request must
     // name this server (no DNS rebinding) and come from its own page, if from a page at all.
-    let port = gateway.config.port;
+    let port = demo.port;
     let own_host = request
         .headers()
         .get(hyper::header::HOST)
@@ -172,13 +194,7 @@ async fn token(
         .headers()
         .get(hyper::header::ORIGIN)
         .and_then(|origin| origin.to_str().ok())
-        .is_none_or(|origin| {
-            gateway
-                .config
-                .origins()
-                .iter()
-                .any(|allowed| allowed == origin)
-        });
+        .is_none_or(|origin| demo.origins.iter().any(|allowed| allowed == origin));
     if !own_host || !own_origin {
         return reply(
             StatusCode::FORBIDDEN,
@@ -200,18 +216,12 @@ async fn token(
     }
     let name = serde_json::from_slice::<TokenRequestBody>(&body.to_bytes())
         .ok()
-        .and_then(|body| sanitize_display_name(&body.name, gateway.config.username_max_chars))
-        .filter(|name| name.chars().count() >= crate::config::MIN_NAME_CHARS);
+        .and_then(|body| sanitize_display_name(&body.name, demo.username_max_chars))
+        .filter(|name| name.chars().count() >= MIN_NAME_CHARS);
     let Some(name) = name else {
         return reply(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": "send {\"name\": \"...\"} with at least 3 characters"}),
-        );
-    };
-    let Some(secret) = gateway.config.jwt_decode_secret.as_ref() else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "no demo secret"}),
         );
     };
     let mut id = [0u8; 4];
@@ -223,7 +233,7 @@ async fn token(
     let mut request = TokenRequest::new(&user_id);
     request.name = Some(&name);
     request.ttl = DEMO_TOKEN_TTL;
-    match mint_hs_token(secret, &request) {
+    match mint_hs_token(&demo.secret, &request) {
         Ok(token) => reply(
             StatusCode::OK,
             serde_json::json!({"token": token, "userId": user_id, "name": name}),
@@ -273,7 +283,6 @@ mod tests {
             ("BAN_STRIKES", "3"),
         ]);
         let (config, _) = demo_config(production).unwrap();
-        assert!(config.demo);
         assert!(!config.uses_jwks());
         assert_eq!(config.rooms_claim, None);
         assert_eq!(config.user_id_claim, "sub");

@@ -1,123 +1,24 @@
-//! The gateway as a whole: its shared state, and starting and stopping it.
+//! Starting the gateway and stopping it.
 //!
-//! [`start`] binds the listeners and spawns the accept loops; the returned [`RunningGateway`]
-//! is what `main` and the integration tests hold. hyper's graceful shutdown forgets a
-//! connection once it upgrades, so every connection and session task is spawned on our own
-//! [`TaskTracker`], and shutdown is a drain: not-ready first, then cancel the token (accept
-//! stops, every session closes with 1001), then wait for the tracker within
-//! `SHUTDOWN_GRACE_SECS`.
+//! [`start`] binds the listeners and spawns the accept loops, the housekeeping timer, the key
+//! refreshes and the broker; the returned [`RunningGateway`] is what `main` and the integration
+//! tests hold. hyper's graceful shutdown forgets a connection once it upgrades, so every
+//! connection and session task is spawned on the gateway's own trackers, and shutdown is a
+//! drain: not-ready first, then cancel (accept stops, every session closes with 1001), then
+//! wait for the trackers within `SHUTDOWN_GRACE_SECS`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::admission::Admission;
-use crate::auth::TokenVerifier;
-use crate::bans::Bans;
-use crate::broker::{Broker, LocalBroker, RedisBroker};
+use crate::broker::LocalRooms;
 use crate::config::{Config, ConfigError};
-use crate::hub::{Hub, SessionId};
-use crate::limits::{SessionQuotas, UserMessageLimiter};
-use crate::metrics::Metrics;
+use crate::server::Pages;
+use crate::state::Gateway;
 use crate::{admin, server};
-
-/// State shared by every connection.
-pub struct Gateway {
-    pub config: Arc<Config>,
-    pub verifier: TokenVerifier,
-    pub admission: Admission,
-    pub bans: Bans,
-    pub hub: Arc<Hub>,
-    /// The Redis broker, when `REDIS_URL` is set (the hub holds it too, as its [`Broker`]).
-    pub redis: Option<Arc<RedisBroker>>,
-    pub quotas: SessionQuotas,
-    pub user_messages: UserMessageLimiter,
-    /// Cancelled when the gateway shuts down.
-    pub shutdown: CancellationToken,
-    /// Every session task, so shutdown can wait for them and count those left.
-    pub sessions: TaskTracker,
-    /// Every other task (HTTP connections, admin, housekeeping, key refresh).
-    pub tasks: TaskTracker,
-    pub metrics: Arc<Metrics>,
-    /// Set when the drain starts: `/readyz` answers 503 from then on.
-    pub draining: AtomicBool,
-    next_session_id: AtomicU64,
-}
-
-impl Gateway {
-    pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
-        config.validate()?;
-        let metrics = Arc::new(Metrics::new());
-        let redis = match config.redis_url() {
-            Some(url) => Some(
-                RedisBroker::new(&config, url, Arc::clone(&metrics)).map_err(|err| {
-                    ConfigError::Invalid {
-                        var: "REDIS_URL",
-                        why: format!("not a Redis URL ({:?})", err.kind()),
-                    }
-                })?,
-            ),
-            None => None,
-        };
-        let broker: Arc<dyn Broker> = match &redis {
-            Some(redis) => Arc::clone(redis) as Arc<dyn Broker>,
-            None => Arc::new(LocalBroker),
-        };
-        Ok(Arc::new(Gateway {
-            verifier: TokenVerifier::from_config(&config, &metrics)?,
-            admission: Admission::new(&config),
-            bans: Bans::new(&config),
-            quotas: SessionQuotas::from_config(&config),
-            user_messages: UserMessageLimiter::from_config(&config),
-            hub: Hub::new(config.max_room_members, Arc::clone(&metrics), broker),
-            redis,
-            metrics,
-            draining: AtomicBool::new(false),
-            config: Arc::new(config),
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
-            tasks: TaskTracker::new(),
-            next_session_id: AtomicU64::new(1),
-        }))
-    }
-
-    pub fn next_session_id(&self) -> SessionId {
-        self.next_session_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether this node should get new clients: not draining, every identity provider's
-    /// keys loaded, and the broker (when there is one) connected.
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst)
-            && !self.shutdown.is_cancelled()
-            && self.verifier.keys_loaded()
-            && self.hub.broker().is_connected()
-    }
-
-    /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until shutdown, so
-    /// clients that come and go do not grow them for ever.
-    async fn housekeeping(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.housekeeping_interval());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    self.admission.housekeep();
-                    self.user_messages.housekeep();
-                    self.bans.housekeep();
-                    self.verifier.reload_revocations();
-                    crate::memory::release_free_memory();
-                }
-            }
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -180,23 +81,35 @@ pub async fn start_with(
     config: Config,
     listeners: Listeners,
 ) -> Result<RunningGateway, StartError> {
+    start_with_pages(config, listeners, None).await
+}
+
+/// Starts serving, with `pages` answering plain HTTP requests on the public port (the demo).
+pub async fn start_with_pages(
+    config: Config,
+    listeners: Listeners,
+    pages: Option<Arc<dyn Pages>>,
+) -> Result<RunningGateway, StartError> {
     let gateway = Gateway::new(config)?;
     let local_addr = bound_addr(&listeners.main)?;
     let admin_addr = listeners.admin.as_ref().map(bound_addr).transpose()?;
-    let accept_loop = tokio::spawn(server::accept_loop(listeners.main, Arc::clone(&gateway)));
+    let accept_loop = tokio::spawn(server::accept_loop(
+        listeners.main,
+        Arc::clone(&gateway),
+        pages,
+    ));
     if let Some(admin) = listeners.admin {
         gateway
             .tasks
             .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
     }
-    gateway.tasks.spawn(Arc::clone(&gateway).housekeeping());
-    if let Some(redis) = &gateway.redis {
-        redis.spawn(Arc::clone(&gateway.hub), &gateway.tasks);
-    }
+    gateway.tasks.spawn(housekeeping(Arc::clone(&gateway)));
+    let rooms: Arc<dyn LocalRooms> = Arc::clone(&gateway.hub) as Arc<dyn LocalRooms>;
+    Arc::clone(gateway.hub.broker()).start(rooms, &gateway.tasks);
     for issuer in gateway.verifier.issuers() {
         gateway
             .tasks
-            .spawn(issuer.refresh_loop(gateway.shutdown.clone()));
+            .spawn(issuer.refresh_loop(gateway.stopping.clone()));
     }
     Ok(RunningGateway {
         local_addr,
@@ -211,6 +124,25 @@ fn bound_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })
+}
+
+/// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until the gateway stops,
+/// so clients that come and go do not grow them for ever.
+async fn housekeeping(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(gateway.config.housekeeping_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gateway.stopping.cancelled() => return,
+            _ = tick.tick() => {
+                gateway.admission.housekeep();
+                gateway.user_messages.housekeep();
+                gateway.bans.housekeep();
+                gateway.verifier.reload_revocations();
+                crate::memory::release_free_memory();
+            }
+        }
+    }
 }
 
 impl RunningGateway {
@@ -239,7 +171,7 @@ impl RunningGateway {
         tokio::time::sleep(config.drain_delay()).await;
 
         tracing::info!("closing every session");
-        self.gateway.shutdown.cancel();
+        self.gateway.stopping.cancel();
         let _ = self.accept_loop.await;
         let (sessions, tasks) = (&self.gateway.sessions, &self.gateway.tasks);
         sessions.close();

@@ -2,54 +2,69 @@
 //!
 //! A socket upgrades, authenticates with a JWT within a deadline, joins a room within a
 //! deadline, then chats; every rule it breaks closes it with a code from one table
-//! ([`protocol::CloseCode`], mirrored in `docs/PROTOCOL.md`).
+//! ([`CloseCode`], mirrored in `docs/PROTOCOL.md`).
+//!
+//! The API is small: settings ([`config`]), starting and stopping a gateway ([`gateway`]),
+//! the `palisade demo` pages ([`demo`]), development tokens ([`mint`]) and the stop signal
+//! ([`shutdown`]). Everything else is internal.
 //!
 //! # Layout
 //!
-//! | module | concept |
-//! |---|---|
-//! | [`config`] | settings from the environment (envy), defaults, validation, redacted secrets |
-//! | [`gateway`] | shared state; starting the gateway and shutting it down within a grace period |
-//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
-//! | [`metrics`] | Prometheus metrics with bounded labels |
-//! | [`admission`] | connection caps (global, per IP, per user) and the per-IP connect rate |
-//! | [`bans`] | strikes for abusive closes, temporary bans of IPs and users |
-//! | [`client_ip`] | the client address behind trusted proxies; the /64 key for IPv6 |
-//! | [`server`] | accept loop, hyper HTTP/1.1, routes, Origin and handshake checks, upgrade |
-//! | [`session`] | one socket's state machine, with its [`session::reader`] and [`session::writer`] tasks |
-//! | [`protocol`] | client and server JSON frames, the close-code table |
-//! | [`auth`] | JWT verification (static keys or identity providers' JWKS), claims, revocation; development token minting |
-//! | [`names`] | username and room naming rules |
-//! | [`memory`] | returning freed heap pages to the system after load |
-//! | [`limits`] | per-socket rate limits (governor) |
-//! | [`hub`] | rooms, membership that leaves on drop, non-blocking fan-out, the view of other nodes' members |
-//! | [`broker`] | carrying rooms between nodes: in-process for one node, Redis Pub/Sub and presence for many |
-//! | [`outbox`] | a socket's bounded outbound queue and slow-consumer eviction |
-//! | [`shutdown`] | SIGTERM/SIGINT |
-//! | [`demo`] | the standalone `palisade demo` config and its printed tokens |
+//! Layers, from the bottom up; a module imports only from layers below its own.
 //!
-//! The binary (`src/main.rs`) is the CLI: `serve`, `demo`, `token`, `check-config`.
+//! | layer | module | concept |
+//! |---|---|---|
+//! | foundation | `config` | the environment (envy), parsed once; [`config::ConfigError`] names the variable |
+//! | | `protocol` | client and server JSON frames, the close-code table |
+//! | | `ids`, `names`, `client_ip` | session ids; username and room rules; the client address behind trusted proxies |
+//! | | `metrics` | Prometheus metrics, label values from closed enums |
+//! | | `memory` | returning freed heap pages to the system after load |
+//! | policies | `auth` | JWT verification (static keys or identity providers' JWKS), claims, revocation, errors, minting |
+//! | | `admission` | connection caps (global, per IP, per user) and the per-IP connect rate |
+//! | | `bans` | strikes for abusive closes, temporary bans of IPs and users |
+//! | | `limits` | message and control rate limits (governor) |
+//! | | `outbox` | a socket's bounded outbound queue and slow-consumer eviction |
+//! | rooms | `broker` | carrying rooms between nodes (in-process, or Redis Pub/Sub and presence); knows the hub only as `LocalRooms` |
+//! | | `hub` | rooms, membership that leaves on drop, non-blocking fan-out, every room frame |
+//! | session | `session` | one socket's state machine, with its reader, writer, timers and close |
+//! | state | `state` | the [`Gateway`]: what every connection stands on |
+//! | serving | `http` | the accept loop and connection serving every listener shares; plain responses |
+//! | | `server` | the public listener: routes, Origin and handshake checks, admission, upgrade |
+//! | | `admin` | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | start-up | [`gateway`] | listeners, start, housekeeping, the drain |
+//! | | [`demo`], [`shutdown`] | the standalone demo's settings and pages; SIGTERM/SIGINT |
+//!
+//! The binary (`src/main.rs`) is the CLI: `serve`, `demo`, `token`, `check-config`,
+//! `healthcheck`.
 
-pub mod admin;
-pub mod admission;
-pub mod auth;
-pub mod bans;
-pub mod broker;
-pub mod client_ip;
+mod admin;
+mod admission;
+mod auth;
+mod bans;
+mod broker;
+mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod gateway;
-pub mod hub;
-pub mod limits;
-pub mod memory;
-pub mod metrics;
-pub mod names;
-pub mod outbox;
-pub mod protocol;
-pub mod server;
-pub mod session;
+mod http;
+mod hub;
+mod ids;
+mod limits;
+mod memory;
+mod metrics;
+mod names;
+mod outbox;
+mod protocol;
+mod server;
+mod session;
 pub mod shutdown;
+mod state;
+#[doc(hidden)]
+pub mod testing;
 
+pub use auth::mint;
 pub use config::Config;
-pub use gateway::{start, start_with, Gateway, Listeners, RunningGateway, ShutdownReport};
+pub use gateway::{start, start_with, Listeners, RunningGateway, ShutdownReport, StartError};
 pub use protocol::CloseCode;
+pub use server::Pages;
+pub use state::Gateway;

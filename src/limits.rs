@@ -94,8 +94,4 @@ impl UserMessageLimiter {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
-
-    pub fn tracked_users(&self) -> usize {
-        self.limiter.len()
-    }
 }

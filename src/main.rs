@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use palisade::auth::mint::{mint_hs_token, TokenRequest};
 use palisade::config::{Config, LogFormat};
-use palisade::demo::{demo_config, demo_tokens};
+use palisade::demo::{demo_config, demo_tokens, DemoPages};
+use palisade::mint::{mint_hs_token, TokenRequest};
+use palisade::Pages;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -87,7 +88,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = dotenvy::dotenv();
             let (config, secret) = demo_config(palisade::config::utf8_environment())?;
             init_logging(&config);
-            serve(config, Some(demo_tokens(&secret)))
+            let tokens = demo_tokens(&secret);
+            let pages = DemoPages::new(&config, secret);
+            serve(config, Some((pages, tokens)))
         }
         Command::Token { sub, name, ttl } => {
             let config = Config::load()?;
@@ -116,20 +119,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: Config, demo_tokens: Option<Vec<(&'static str, String)>>) -> anyhow::Result<()> {
+/// The demo's pages and the tokens it prints.
+type Demo = (std::sync::Arc<DemoPages>, Vec<(&'static str, String)>);
+
+fn serve(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let running = palisade::start(config).await?;
+        let listeners = palisade::Listeners::bind(&config).await?;
+        let pages = demo
+            .as_ref()
+            .map(|(pages, _)| std::sync::Arc::clone(pages) as std::sync::Arc<dyn Pages>);
+        let running = palisade::gateway::start_with_pages(config, listeners, pages).await?;
         let addr = running.local_addr();
         match running.admin_addr() {
             Some(admin) => tracing::info!(%addr, %admin, "listening"),
             None => tracing::info!(%addr, "listening"),
         }
-        if let Some(tokens) = demo_tokens {
+        if let Some((_, tokens)) = demo {
             print_demo_banner(addr, &tokens);
         }
         palisade::shutdown::signal().await;

@@ -6,40 +6,27 @@
 //! that, or a slow-header client holds a socket forever) and the header size and count limits.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ORIGIN, RETRY_AFTER, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
-};
-use hyper::server::conn::http1;
+use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::admission::{Admitted, Refusal};
 use crate::bans::Offender;
 use crate::client_ip::{client_ip, IpKey};
 use crate::config::Config;
-use crate::demo;
-use crate::gateway::Gateway;
-use crate::metrics::outcome;
+use crate::http::{self, plain, with_retry_after, Body, ResponseFuture};
+use crate::metrics::labels::Outcome;
 use crate::session;
-
-type Body = Full<Bytes>;
-
-/// How long an accept error that is not about one connection (e.g. out of file descriptors)
-/// pauses the loop, so it does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+use crate::state::Gateway;
 
 /// How long answering a connection over `MAX_CONNECTIONS` may take.
 const BUSY_ANSWER_TIME: Duration = Duration::from_secs(1);
@@ -47,88 +34,53 @@ const BUSY_ANSWER_TIME: Duration = Duration::from_secs(1);
 /// What a client over a global limit is told to wait.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// How long a plain HTTP connection may take to finish its response at shutdown.
-const HTTP_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+/// Plain-HTTP pages served beside the upgrade, plugged in by whoever starts the gateway (the
+/// demo's page and token endpoint); this module knows none of them.
+pub trait Pages: Send + Sync + 'static {
+    /// The response for a request that is not an upgrade, or `None` if this is not a page.
+    fn serve(&self, peer: SocketAddr, request: Request<Incoming>) -> ResponseFuture<'_>;
+}
 
-/// Accepts connections until shutdown. Never exits on an accept error.
-pub async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
-    let http = http_builder(&gateway.config);
-    loop {
-        let accepted = tokio::select! {
-            _ = gateway.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) if is_per_connection_error(&err) => continue,
-            Err(err) => {
-                warn!(%err, "accept failed; pausing");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
+/// What the public listener serves: the gateway, and the pages plugged into it.
+struct Public {
+    gateway: Arc<Gateway>,
+    pages: Option<Arc<dyn Pages>>,
+}
+
+/// Accepts connections on the public port until the gateway stops.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    pages: Option<Arc<dyn Pages>>,
+) {
+    let public = Arc::new(Public {
+        gateway: Arc::clone(&gateway),
+        pages,
+    });
+    let limits = gateway.head_limits();
+    http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
         let Some(permit) = gateway.admission.try_connection() else {
             debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
-            gateway.metrics.connection(outcome::BUSY);
+            gateway.metrics.connection(Outcome::Busy);
             gateway.tasks.spawn(refuse_busy(stream));
-            continue;
+            return;
         };
         let permit = Arc::new(permit);
         // Chat frames are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let gateway_for_conn = Arc::clone(&gateway);
-        let http = http.clone();
+        let public = Arc::clone(&public);
+        let stopping = gateway.stopping.clone();
         gateway.tasks.spawn(async move {
-            let gateway = gateway_for_conn;
-            let service_gateway = Arc::clone(&gateway);
+            let service_public = Arc::clone(&public);
             let service = service_fn(move |request| {
-                let gateway = Arc::clone(&service_gateway);
+                let public = Arc::clone(&service_public);
                 let permit = Arc::clone(&permit);
-                async move { Ok::<_, Infallible>(route(&gateway, peer, permit, request).await) }
+                async move { Ok::<_, Infallible>(public.route(peer, permit, request).await) }
             });
-            let connection = http
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            // The whole exchange before an upgrade is bounded, not only the header read: a
-            // client that pipelines requests and never reads the answers would otherwise hold
-            // the connection for ever (hyper has no write timeout).
-            let deadline = tokio::time::sleep(gateway.config.header_read_timeout());
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        debug!(peer = %peer.ip(), %err, "http connection ended with an error");
-                    }
-                }
-                _ = deadline => debug!(peer = %peer.ip(), "http connection timed out"),
-                _ = gateway.shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;
-                }
-            }
+            http::serve_connection(stream, peer, &limits, service, &stopping).await;
         });
-    }
-}
-
-fn http_builder(config: &Config) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout())
-        .max_header_size(config.max_header_bytes)
-        .max_headers(config.max_headers)
-        .max_buf_size(config.max_header_bytes.max(8192));
-    builder
-}
-
-/// Errors that concern one connection only; the next accept may well succeed.
-fn is_per_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+    })
+    .await;
 }
 
 /// Answers a connection over `MAX_CONNECTIONS` without involving hyper: read what the client
@@ -147,98 +99,101 @@ async fn refuse_busy(mut stream: TcpStream) {
     .await;
 }
 
-async fn route(
-    gateway: &Arc<Gateway>,
-    peer: SocketAddr,
-    connection: Arc<OwnedSemaphorePermit>,
-    mut request: Request<Incoming>,
-) -> Response<Body> {
-    if let Some(response) = health(gateway, request.uri().path()) {
-        return response;
-    }
-    if !fastwebsockets::upgrade::is_upgrade_request(&request) {
-        if gateway.config.demo {
-            if let Some(response) = demo::serve(gateway, peer, request).await {
-                return response;
+impl Public {
+    async fn route(
+        &self,
+        peer: SocketAddr,
+        connection: Arc<OwnedSemaphorePermit>,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        let gateway = &self.gateway;
+        if let Some(response) = http::health(request.uri().path(), || gateway.is_ready()) {
+            return response;
+        }
+        if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+            if let Some(pages) = &self.pages {
+                return pages
+                    .serve(peer, request)
+                    .await
+                    .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found\n"));
             }
-            return plain(StatusCode::NOT_FOUND, "not found\n");
+            // GarinChat clients connect to any path; a plain GET there is a client that forgot
+            // to upgrade.
+            let mut response = plain(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
+            response
+                .headers_mut()
+                .insert(UPGRADE, HeaderValue::from_static("websocket"));
+            return response;
         }
-        // GarinChat clients connect to any path; a plain GET there is a client that forgot
-        // to upgrade.
-        let mut response = plain(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
-        response
-            .headers_mut()
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        return response;
+        if let Err(refusal) = check_upgrade(&gateway.config, &request) {
+            debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
+            gateway
+                .metrics
+                .connection(if refusal.status == StatusCode::FORBIDDEN {
+                    Outcome::Origin
+                } else {
+                    Outcome::Handshake
+                });
+            return refusal.into_response();
+        }
+        let client_ip = client_ip(
+            peer.ip(),
+            request.headers(),
+            &gateway.config.trusted_proxies,
+        );
+        let key = IpKey::of(client_ip);
+        if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
+            debug!(client = %key, "banned address");
+            gateway.metrics.connection(Outcome::Banned);
+            return with_retry_after(plain(StatusCode::FORBIDDEN, "banned\n"), left);
+        }
+        let ip_slot = match gateway.admission.admit_ip(key) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                debug!(client = %key, ?refusal, "admission refused");
+                gateway.metrics.connection(match refusal {
+                    Refusal::Busy => Outcome::Busy,
+                    Refusal::TooManyFromIp => Outcome::TooManyFromIp,
+                    Refusal::TooFast { .. } => Outcome::TooFast,
+                });
+                return match refusal {
+                    Refusal::Busy => with_retry_after(
+                        plain(StatusCode::SERVICE_UNAVAILABLE, "server is busy\n"),
+                        BUSY_RETRY_AFTER,
+                    ),
+                    Refusal::TooManyFromIp => {
+                        plain(StatusCode::TOO_MANY_REQUESTS, "too many connections\n")
+                    }
+                    Refusal::TooFast { retry_after } => with_retry_after(
+                        plain(StatusCode::TOO_MANY_REQUESTS, "connecting too fast\n"),
+                        retry_after,
+                    ),
+                };
+            }
+        };
+        let admitted = Admitted {
+            _connection: connection,
+            ip: ip_slot,
+        };
+        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+            Ok(pair) => pair,
+            Err(err) => {
+                debug!(peer = %peer.ip(), %err, "upgrade failed");
+                gateway.metrics.connection(Outcome::Handshake);
+                return plain(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
+            }
+        };
+        gateway.metrics.connection(Outcome::Upgraded);
+        let gateway_for_session = Arc::clone(gateway);
+        gateway.sessions.spawn(async move {
+            match upgrade.await {
+                Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
+                Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
+            }
+        });
+        // No Sec-WebSocket-Extensions in the response: permessage-deflate is never negotiated.
+        response.map(|_| Body::default())
     }
-    if let Err(refusal) = check_upgrade(&gateway.config, &request) {
-        debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
-        gateway
-            .metrics
-            .connection(if refusal.status == StatusCode::FORBIDDEN {
-                outcome::ORIGIN
-            } else {
-                outcome::HANDSHAKE
-            });
-        return refusal.into_response();
-    }
-    let client_ip = client_ip(
-        peer.ip(),
-        request.headers(),
-        &gateway.config.trusted_proxies,
-    );
-    let key = IpKey::of(client_ip);
-    if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
-        debug!(client = %key, "banned address");
-        gateway.metrics.connection(outcome::BANNED);
-        return with_retry_after(plain(StatusCode::FORBIDDEN, "banned\n"), left);
-    }
-    let ip_slot = match gateway.admission.admit_ip(key) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            debug!(client = %key, ?refusal, "admission refused");
-            gateway.metrics.connection(match refusal {
-                Refusal::Busy => outcome::BUSY,
-                Refusal::TooManyFromIp => outcome::TOO_MANY_FROM_IP,
-                Refusal::TooFast { .. } => outcome::TOO_FAST,
-            });
-            return match refusal {
-                Refusal::Busy => with_retry_after(
-                    plain(StatusCode::SERVICE_UNAVAILABLE, "server is busy\n"),
-                    BUSY_RETRY_AFTER,
-                ),
-                Refusal::TooManyFromIp => {
-                    plain(StatusCode::TOO_MANY_REQUESTS, "too many connections\n")
-                }
-                Refusal::TooFast { retry_after } => with_retry_after(
-                    plain(StatusCode::TOO_MANY_REQUESTS, "connecting too fast\n"),
-                    retry_after,
-                ),
-            };
-        }
-    };
-    let admitted = Admitted {
-        connection,
-        ip: ip_slot,
-    };
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-        Ok(pair) => pair,
-        Err(err) => {
-            debug!(peer = %peer.ip(), %err, "upgrade failed");
-            gateway.metrics.connection(outcome::HANDSHAKE);
-            return plain(StatusCode::BAD_REQUEST, "bad websocket handshake\n");
-        }
-    };
-    gateway.metrics.connection(outcome::UPGRADED);
-    let gateway_for_session = Arc::clone(gateway);
-    gateway.sessions.spawn(async move {
-        match upgrade.await {
-            Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
-            Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
-        }
-    });
-    // No Sec-WebSocket-Extensions in the response: permessage-deflate is never negotiated.
-    response.map(|_| Body::default())
 }
 
 /// A refused handshake, answered with plain HTTP.
@@ -319,33 +274,4 @@ fn is_valid_key(key: &HeaderValue) -> bool {
         && key[..22]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-}
-
-/// Adds `Retry-After` in whole seconds, rounded up (at least 1).
-fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
-/// `/healthz`: the process is alive. `/readyz`: it should get new clients (not draining).
-pub(crate) fn health(gateway: &Gateway, path: &str) -> Option<Response<Body>> {
-    match path {
-        "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
-        "/readyz" if gateway.is_ready() => Some(plain(StatusCode::OK, "ready\n")),
-        "/readyz" => Some(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
-        _ => None,
-    }
-}
-
-pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

@@ -49,11 +49,11 @@ async fn the_global_connection_cap_answers_503() {
     let head = refused(&server, &direct()).await;
     assert_eq!(status(&head), 503, "{head}");
     assert_eq!(header(&head, "retry-after"), Some("5"));
-    assert_eq!(server.running.gateway().admission.open_connections(), 3);
+    assert_eq!(server.probe().open_connections(), 3);
 
     open.pop();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.running.gateway().admission.open_connections() > 2 {
+    while server.probe().open_connections() > 2 {
         assert!(
             Instant::now() < deadline,
             "the closed socket's place was not given back"
@@ -385,7 +385,7 @@ async fn many_distinct_clients_keep_the_limiter_bounded() {
         ("HOUSEKEEPING_INTERVAL_MS", "100"),
     ])
     .await;
-    let admission = &server.running.gateway().admission;
+    let admission = server.probe();
     let mut statuses = std::collections::BTreeMap::new();
     for n in 0..1500u32 {
         let ip = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
@@ -420,7 +420,7 @@ async fn many_distinct_offenders_keep_the_strike_map_bounded() {
         ("MAX_TRACKED_CLIENTS", "100"),
     ])
     .await;
-    let bans = &server.running.gateway().bans;
+    let bans = server.probe();
     for n in 0..300u32 {
         let ip = format!("10.9.{}.{}", n >> 8, n & 255);
         let mut socket = RawSocket::try_connect(server.addr, &via_proxy(&ip))
@@ -430,7 +430,7 @@ async fn many_distinct_offenders_keep_the_strike_map_bounded() {
         assert_eq!(socket.close_code().await, Some(1003));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (strikes, banned) = bans.tracked();
+    let (strikes, banned) = bans.tracked_offenders();
     assert!(
         strikes <= 100 && banned <= 100,
         "{strikes} strike entries, {banned} bans"

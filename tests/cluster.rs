@@ -88,7 +88,7 @@ async fn wait_for(client: &mut Client, kind: &str, body: Option<&str>, wait: Dur
 
 /// The value of an unlabelled (or fully labelled) series in the node's metrics.
 fn metric(node: &TestServer, series: &str) -> u64 {
-    let text = node.running.gateway().metrics.encode();
+    let text = node.probe().metrics();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("{series} not in\n{text}"))
@@ -158,7 +158,7 @@ async fn a_message_reaches_the_other_node_exactly_once_and_in_order() {
         (&left["type"], &left["userId"], &left["totalUsers"]),
         (&json!("userleave"), &json!("bob"), &json!(1))
     );
-    let metrics = a.running.gateway().metrics.encode();
+    let metrics = a.probe().metrics();
     assert!(metrics.contains("palisade_broker_up 1"), "{metrics}");
     assert!(!metrics.contains("palisade_broker_published_total 0\n"));
 }
@@ -351,7 +351,7 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
         newcomer.close().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = a.running.gateway().metrics.encode();
+    let metrics = a.probe().metrics();
     assert!(
         metrics.contains("palisade_broker_reconnects_total 1"),
         "{metrics}"
@@ -364,7 +364,7 @@ async fn a_node_without_redis_serves_its_rooms_locally_and_says_so() {
     let url = redis.url();
     redis.kill();
     let a = TestServer::with(&[("REDIS_URL", &url), ("REDIS_TIMEOUT_MS", "300")]).await;
-    assert!(!a.running.gateway().is_ready());
+    assert!(!a.probe().is_ready());
     assert_eq!(readyz(a.addr).await, 503);
     let (mut alice, total) = join(&a, "alice", "solo").await;
     assert_eq!(total, 1);

@@ -116,7 +116,7 @@ fn protocol_close_code_table_matches_the_code() {
 fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let dashboard: Value =
         serde_json::from_str(include_str!("../docs/grafana-dashboard.json")).expect("valid JSON");
-    let exposition = palisade::metrics::Metrics::new().encode();
+    let exposition = palisade::testing::fresh_metrics();
     let families: Vec<&str> = exposition
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -154,7 +154,7 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
 #[test]
 fn operations_doc_lists_every_metric() {
     let doc = include_str!("../docs/OPERATIONS.md");
-    let exposition = palisade::metrics::Metrics::new().encode();
+    let exposition = palisade::testing::fresh_metrics();
     for family in exposition
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))

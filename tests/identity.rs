@@ -40,7 +40,7 @@ async fn gateway_for(jwks: &JwksServer, extra: &[(&str, &str)]) -> TestServer {
 
 async fn wait_ready(server: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.running.gateway().is_ready() {
+    while !server.probe().is_ready() {
         assert!(Instant::now() < deadline, "keys never loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -200,10 +200,7 @@ async fn the_last_good_keys_survive_an_endpoint_that_fails_hangs_or_returns_garb
             "{mode:?}"
         );
     }
-    assert!(
-        server.running.gateway().is_ready(),
-        "keys once loaded stay loaded"
-    );
+    assert!(server.probe().is_ready(), "keys once loaded stay loaded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +474,7 @@ async fn a_fresh_token_for_the_same_user_extends_the_session() {
         .send_json(json!({"type": "message", "body": "still here"}))
         .await;
     server.wait_members("lobby", 1).await;
-    assert_eq!(server.hub().member_count("lobby"), 1, "still in the room");
+    assert_eq!(server.probe().member_count("lobby"), 1, "still in the room");
 
     // Another user's token is refused, and ends the session.
     client.auth(&short("mallory", 60)).await;

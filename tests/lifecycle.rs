@@ -65,7 +65,7 @@ async fn a_reader_that_never_reads_is_closed_as_slow_consumer_while_the_room_flo
     };
     assert_eq!(left["userId"], "slow");
     assert_eq!(left["totalUsers"], 2);
-    assert_eq!(server.hub().member_count("busy"), 2);
+    assert_eq!(server.probe().member_count("busy"), 2);
 
     // The room keeps flowing after the eviction.
     let after = Instant::now();

@@ -234,12 +234,12 @@ async fn sessions_left_at_the_grace_deadline_are_dropped_and_counted() {
         TestServer::with(&[("CLOSE_TIMEOUT_MS", "5000"), ("SHUTDOWN_GRACE_SECS", "1")]).await;
     let _silent = common::Client::connect(&server.url(), Some(ORIGIN)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = std::sync::Arc::clone(&server.running.gateway().metrics);
+    let metrics = server.probe();
     let started = Instant::now();
     let report = server.running.shutdown().await;
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert!(report.abandoned >= 1, "{report:?}");
-    assert!(metrics.encode().contains(&format!(
+    assert!(metrics.metrics().contains(&format!(
         "palisade_sessions_abandoned_total {}",
         report.abandoned
     )));

@@ -365,10 +365,10 @@ async fn rooms_are_isolated() {
     b.send_json(json!({"type": "message", "body": "only b"}))
         .await;
     a.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(server.hub().room_count(), 2);
+    assert_eq!(server.probe().room_count(), 2);
     b.send_json(json!({"type": "userleave"})).await;
     server.wait_members("room-b", 0).await;
-    assert_eq!(server.hub().room_count(), 1, "an empty room is dropped");
+    assert_eq!(server.probe().room_count(), 1, "an empty room is dropped");
 }
 
 /// Each way a member can vanish removes it exactly once, with an exact `totalUsers`.
@@ -426,7 +426,7 @@ async fn every_exit_path_leaves_no_ghost() {
         (Some("userleave"), Some(1))
     );
 
-    assert_eq!(server.hub().member_count("lobby"), 1);
+    assert_eq!(server.probe().member_count("lobby"), 1);
     watcher.expect_silence(Duration::from_millis(200)).await; // no second userleave anywhere
 }
 
@@ -531,7 +531,7 @@ async fn a_full_room_refuses_joins_with_4012() {
         .send_json(json!({"type": "join", "room": "small"}))
         .await;
     assert_eq!(carol.expect_close().await, (4012, "room full".into()));
-    assert_eq!(server.hub().member_count("small"), 2);
+    assert_eq!(server.probe().member_count("small"), 2);
     let _elsewhere = server.joined("carol", "other").await;
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::AuthError;
+use super::error::AuthError;
 use crate::config::Config;
 use crate::names::sanitize_display_name;
 
@@ -92,12 +92,12 @@ impl ClaimRules {
             .find(|name| claims.get(name.as_str()).is_none_or(Value::is_null))
         {
             tracing::debug!(claim = %missing, "required claim missing");
-            return Err(AuthError::Rejected("missing_claim"));
+            return Err(AuthError::MissingClaim);
         }
         if !scope.allowed_azp.is_empty() {
             let azp = claims.get("azp").and_then(Value::as_str);
             if !azp.is_some_and(|azp| scope.allowed_azp.iter().any(|allowed| allowed == azp)) {
-                return Err(AuthError::Rejected("wrong_azp"));
+                return Err(AuthError::WrongAzp);
             }
         }
         let id = match claims.get(&self.user_id_claim) {
@@ -111,7 +111,7 @@ impl ClaimRules {
             .get("exp")
             .and_then(Value::as_f64)
             .map(|exp| exp.max(0.0) as u64)
-            .ok_or(AuthError::Rejected("bad_claim_format"))?;
+            .ok_or(AuthError::BadClaimFormat)?;
         let display_name = claims
             .get(&self.username_claim)
             .and_then(Value::as_str)
@@ -146,11 +146,11 @@ fn room_patterns(value: Option<&Value>) -> Result<RoomPatterns, AuthError> {
             .iter()
             .map(|item| item.as_str().map(str::to_owned))
             .collect::<Option<_>>()
-            .ok_or(AuthError::Rejected("bad_claim_format"))?,
-        Some(_) => return Err(AuthError::Rejected("bad_claim_format")),
+            .ok_or(AuthError::BadClaimFormat)?,
+        Some(_) => return Err(AuthError::BadClaimFormat),
     };
     if patterns.len() > MAX_ROOM_PATTERNS {
-        return Err(AuthError::Rejected("bad_claim_format"));
+        return Err(AuthError::BadClaimFormat);
     }
     Ok(RoomPatterns(patterns))
 }

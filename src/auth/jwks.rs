@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, TrustedIssuer};
+use crate::metrics::labels::FetchResult;
 use crate::metrics::Metrics;
 
 /// The largest JWKS document read; real ones are a few KiB.
@@ -101,10 +102,6 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }
 
@@ -215,7 +212,7 @@ impl IssuerKeys {
         };
         match outcome {
             Ok((keys, max_age)) => {
-                self.metrics.jwks_fetch("ok");
+                self.metrics.jwks_fetch(FetchResult::Ok);
                 info!(issuer = %self.issuer.issuer, keys = keys.len(), "key set loaded");
                 let mut current = self.current.write().expect("key set lock");
                 if number > current.0 {
@@ -226,7 +223,7 @@ impl IssuerKeys {
                 Ok(max_age)
             }
             Err(err) => {
-                self.metrics.jwks_fetch("error");
+                self.metrics.jwks_fetch(FetchResult::Error);
                 warn!(issuer = %self.issuer.issuer, %err, "key set fetch failed; keeping the last good keys");
                 Err(err)
             }

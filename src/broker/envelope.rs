@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hub::SessionId;
+use crate::ids::SessionId;
 
 const VERSION: u8 = 1;
 /// Node ids are ours (hex), but anything on the channel is checked before it is believed.

@@ -1,12 +1,18 @@
 //! One node on its own: every member is local, so there is nothing to carry.
 
-use super::{BoxFuture, Broker, RoomEvent};
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use super::{BoxFuture, Broker, LocalRooms, RoomEvent};
 
 /// The default broker, used when `REDIS_URL` is not set.
 #[derive(Debug, Default)]
 pub struct LocalBroker;
 
 impl Broker for LocalBroker {
+    fn start(self: Arc<Self>, _rooms: Arc<dyn LocalRooms>, _tasks: &TaskTracker) {}
+
     fn open_room<'a>(&'a self, _room: &'a str) -> BoxFuture<'a> {
         Box::pin(std::future::ready(()))
     }

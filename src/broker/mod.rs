@@ -16,16 +16,20 @@ mod keys;
 mod memory;
 mod redis;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use envelope::{Envelope, EnvelopeError, RemoteEvent, RemoteMember};
+use tokio_util::task::TaskTracker;
+
+pub use envelope::{Envelope, RemoteEvent, RemoteMember};
 pub use keys::Keys;
 pub use memory::LocalBroker;
 pub use redis::RedisBroker;
 
-use crate::hub::SessionId;
+use crate::ids::SessionId;
 
 /// Something that happened in a room on this node, for the other nodes.
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +52,8 @@ pub enum RoomEvent<'a> {
 
 impl RoomEvent<'_> {
     /// The event as it travels (cheap: the names are shared, only a message body is copied).
-    pub fn to_remote(&self) -> RemoteEvent {
-        match *self {
+    pub fn to_remote(self) -> RemoteEvent {
+        match self {
             RoomEvent::Join {
                 session,
                 username,
@@ -77,8 +81,53 @@ impl RoomEvent<'_> {
 
 pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
+/// Whether cross-node delivery works: what the hub tells its members when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Other nodes are out of reach: their members' events are being missed.
+    Interrupted,
+    /// Other nodes are reachable again.
+    Restored,
+}
+
+/// What a broker may ask of this node's rooms: the hub implements it, and the broker knows the
+/// hub only through it. Every method is quick and never waits for a socket.
+pub trait LocalRooms: Send + Sync + 'static {
+    /// Applies an event another node published in `room` (ignored if this node lacks the room);
+    /// `seq` is the publisher's sequence number, for dropping duplicates.
+    fn apply_remote(&self, room: &str, node: &Arc<str>, seq: u64, event: RemoteEvent);
+
+    /// Replaces what this node knows of `room`'s members on other nodes with a fresh snapshot
+    /// (keeping the room even if this node has no members of its own in it yet).
+    fn replace_remote(&self, room: &str, members: Vec<(Arc<str>, RemoteMember)>);
+
+    /// Forgets every member of a node that stopped.
+    fn forget_node(&self, node: &str);
+
+    /// The other nodes this node knows members of.
+    fn remote_nodes(&self) -> HashSet<Arc<str>>;
+
+    /// The rooms this node has (members in them, or a join on its way).
+    fn room_names(&self) -> Vec<String>;
+
+    fn has_room(&self, room: &str) -> bool;
+
+    /// Calls `f` with the room's members on this node (none if it lacks the room), under the
+    /// room's lock, so that what `f` hands on is ordered with the room's own events.
+    fn with_local_members(&self, room: &str, f: &mut dyn FnMut(Vec<RemoteMember>));
+
+    /// Drops rooms opened for a join that never came, once older than `grace`.
+    fn sweep_unjoined(&self, grace: Duration);
+
+    /// Tells every member on this node that cross-node delivery stopped or is back.
+    fn delivery_changed(&self, delivery: Delivery);
+}
+
 /// The seam between the hub and whatever carries rooms between nodes.
 pub trait Broker: Send + Sync + 'static {
+    /// Starts the broker's tasks on `tasks`, serving `rooms`; they run until [`stop`](Self::stop).
+    fn start(self: Arc<Self>, rooms: Arc<dyn LocalRooms>, tasks: &TaskTracker);
+
     /// Called before the first local member joins `room`: resolves once this node knows the
     /// room's members on other nodes and receives its events, or once that is known to be
     /// impossible for now (the broker is down, or took longer than its timeout).

@@ -8,39 +8,44 @@
 //!
 //! Three tasks per socket: the [`reader`] (owns the read half), the [`writer`] (owns the write
 //! half and drains the outbox), and this session, which `select!`s only over cancel-safe
-//! branches: reader events, the outbox's eviction signal, the state's deadline and shutdown.
-//! The reader and writer are aborted when the session ends, so no task outlives its socket.
+//! branches: reader events, the outbox's eviction signal, the state's deadline, the
+//! [`timers`] and shutdown. The reader and writer are aborted when the session ends, so no
+//! task outlives its socket.
 //!
-//! Every exit is one [`End`]; the member leaves its room before the close frame is written (so
-//! the room hears `userleave` at once), then the close handshake gets `CLOSE_TIMEOUT_MS`.
+//! Every exit is one [`End`](close::End); the member leaves its room before the close frame is
+//! written (so the room hears `userleave` at once), then the [`close`] handshake gets
+//! `CLOSE_TIMEOUT_MS`.
 
+mod close;
 pub mod reader;
+mod timers;
 pub mod writer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fastwebsockets::WebSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::admission::{Admitted, UserSlot};
 use crate::auth::jwt::unix_now;
-use crate::auth::Identity;
-use crate::bans::{Offender, StrikeOutcome};
-use crate::gateway::Gateway;
-use crate::hub::{Member, Membership, SessionId};
+use crate::auth::{AuthError, Identity};
+use crate::bans::Offender;
+use crate::hub::{Member, Membership};
+use crate::ids::SessionId;
 use crate::limits::SessionLimiters;
-use crate::metrics::client_close_code;
+use crate::metrics::labels::{DropReason, RateLimit, SessionState};
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
-use crate::protocol::{notice, ClientFrame, CloseCode, ServerFrame};
+use crate::protocol::{ClientFrame, CloseCode};
+use crate::state::Gateway;
+use close::{End, Summary};
 use reader::{EventReceiver, Inbound, ReadLimits};
-use writer::CloseRequest;
+use timers::{far_future, Due, Timers};
 
 /// Reader events buffered ahead of the session: small, so a client that floods is held back by
 /// TCP rather than by our memory.
@@ -54,18 +59,21 @@ enum State {
     },
     InRoom {
         identity: Identity,
-        display_name: Arc<str>,
         membership: Membership,
     },
 }
 
 impl State {
-    fn name(&self) -> &'static str {
+    fn label(&self) -> SessionState {
         match self {
-            State::AwaitAuth => "await_auth",
-            State::AwaitJoin { .. } => "await_join",
-            State::InRoom { .. } => "in_room",
+            State::AwaitAuth => SessionState::AwaitAuth,
+            State::AwaitJoin { .. } => SessionState::AwaitJoin,
+            State::InRoom { .. } => SessionState::InRoom,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        self.label().into()
     }
 
     fn identity(&self) -> Option<&Identity> {
@@ -83,17 +91,6 @@ impl State {
     }
 }
 
-/// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    /// The server closes with this code.
-    Closed(CloseCode),
-    /// The client sent a close frame (with this code, if any); we echo it.
-    PeerClosed(Option<u16>),
-    /// The connection vanished without a close frame.
-    Gone,
-}
-
 struct Session {
     id: SessionId,
     gateway: Arc<Gateway>,
@@ -105,59 +102,6 @@ struct Session {
     /// This user's place under `MAX_SESSIONS_PER_USER`, once authenticated.
     user_slot: Option<UserSlot>,
     timers: Timers,
-}
-
-/// The session's clocks besides the auth/join deadline: server pings, the idle timeout, and
-/// the token's expiry.
-struct Timers {
-    ping_interval: Duration,
-    pong_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    /// When the next ping is due.
-    next_ping: Instant,
-    /// Set while a ping is unanswered: the pong must arrive by then.
-    pong_due: Option<Instant>,
-    /// Reset by every message from the client.
-    idle_deadline: Option<Instant>,
-    /// The token's `exp` plus the leeway, once authenticated.
-    token_expiry: Option<Instant>,
-}
-
-impl Timers {
-    fn new(config: &crate::config::Config, now: Instant) -> Self {
-        let idle_timeout = config.idle_timeout();
-        Self {
-            ping_interval: config.ping_interval(),
-            pong_timeout: config.pong_timeout(),
-            idle_timeout,
-            next_ping: now + config.ping_interval(),
-            pong_due: None,
-            idle_deadline: idle_timeout.map(|idle| now + idle),
-            token_expiry: None,
-        }
-    }
-
-    /// The earliest moment something must happen.
-    fn next_event(&self) -> Instant {
-        [
-            Some(self.next_ping),
-            self.pong_due,
-            self.idle_deadline,
-            self.token_expiry,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .expect("next_ping is always set")
-    }
-
-    fn on_client_message(&mut self, now: Instant) {
-        self.idle_deadline = self.idle_timeout.map(|idle| now + idle);
-    }
-
-    fn on_pong(&mut self) {
-        self.pong_due = None;
-    }
 }
 
 /// Runs a session on an upgraded socket until it closes.
@@ -187,7 +131,7 @@ where
 
     gateway
         .metrics
-        .session_state(None, Some(State::AwaitAuth.name()));
+        .session_state(None, Some(SessionState::AwaitAuth));
     let mut session = Session {
         id: gateway.next_session_id(),
         gateway: Arc::clone(&gateway),
@@ -196,96 +140,52 @@ where
         state: State::AwaitAuth,
         deadline: Some(started + config.auth_timeout()),
         user_slot: None,
-        timers: Timers::new(config, started),
+        timers: Timers::new(
+            config.ping_interval(),
+            config.pong_timeout(),
+            config.idle_timeout(),
+            started,
+        ),
     };
     let end = session.run(&mut events).await;
 
     let user_id = session.state.identity().map(|id| Arc::clone(&id.user_id));
-    let last_state = session.state.name();
-    // Counted before the session is dropped: once the open-sessions gauge says it is gone,
-    // its close and any strike are already on record.
-    match end {
-        End::Closed(code) => {
-            gateway.metrics.server_close(code);
-            if code.is_abuse() {
-                strike(&gateway, admitted.ip.key(), user_id.as_ref(), code);
-            }
-        }
-        End::PeerClosed(code) => gateway.metrics.closed("client", client_close_code(code)),
-        End::Gone => gateway.metrics.closed("none", 1006),
-    }
+    let state = session.state.name();
+    end.record(&gateway, admitted.ip.key(), user_id.as_ref());
     // Leave the room first, so the others hear `userleave` before the close handshake.
     drop(session);
-
-    let close_timeout = config.close_timeout();
-    let close = match end {
-        End::Closed(code) => Some(CloseRequest {
-            code: Some(code.code()),
-            reason: code.reason(),
-            drain: code != CloseCode::SlowConsumer,
-        }),
-        End::PeerClosed(code) => Some(CloseRequest {
-            code,
-            reason: "",
-            drain: true,
-        }),
-        End::Gone => None,
-    };
-    if let Some(request) = close {
-        let _ = close_tx.send(request);
-        let handshake = async {
-            let _ = writer.await;
-            if matches!(end, End::Closed(_)) {
-                // Give the client the chance to answer our close frame before we drop TCP.
-                while let Some(event) = events.recv().await {
-                    if matches!(
-                        event,
-                        Inbound::Close(_) | Inbound::Gone | Inbound::Violation(_)
-                    ) {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(close_timeout, handshake).await;
-    }
-
-    let (code, reason) = match end {
-        End::Closed(code) => (code.code(), code.reason()),
-        End::PeerClosed(code) => (code.unwrap_or(1005), "closed by client"),
-        End::Gone => (1006, "connection lost"),
-    };
+    close::handshake(end, writer, close_tx, &mut events, config.close_timeout()).await;
     drop(admitted);
-    info!(
-        peer = %client_ip,
-        user_id = user_id.as_deref().unwrap_or("-"),
-        state = last_state,
-        close_code = code,
-        reason,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "session ended"
-    );
+    Summary {
+        peer: client_ip,
+        user_id: user_id.as_deref(),
+        state,
+        end,
+        duration: started.elapsed(),
+    }
+    .log();
 }
 
 impl Session {
     async fn run(&mut self, events: &mut EventReceiver) -> End {
-        let shutdown = self.gateway.shutdown.clone();
+        let stopping = self.gateway.stopping.clone();
         loop {
             let deadline = self.deadline;
             let timer = self.timers.next_event();
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Closed(CloseCode::GoingAway),
+                _ = stopping.cancelled() => return End::Closed(CloseCode::GoingAway),
                 _ = self.outbox.evicted() => return End::Closed(CloseCode::SlowConsumer),
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    return End::Closed(match self.state {
-                        State::AwaitAuth => CloseCode::AuthTimeout,
-                        _ => CloseCode::JoinTimeout,
-                    });
+                    return End::Closed(self.deadline_code());
                 }
                 _ = sleep_until(timer) => {
-                    if let Err(code) = self.on_timer() {
-                        return End::Closed(code);
+                    match self.timers.due(Instant::now()) {
+                        Ok(Due::Ping) => {
+                            self.outbox.deliver(Outbound::Ping);
+                        }
+                        Ok(Due::Nothing) => {}
+                        Err(code) => return End::Closed(code),
                     }
                     continue;
                 }
@@ -311,29 +211,12 @@ impl Session {
         }
     }
 
-    /// Sends the next ping, or closes a socket that missed a pong, went idle, or whose token
-    /// expired.
-    fn on_timer(&mut self) -> Result<(), CloseCode> {
-        let now = Instant::now();
-        let timers = &mut self.timers;
-        if timers.token_expiry.is_some_and(|due| due <= now) {
-            return Err(CloseCode::TokenExpired);
+    /// The close code for the current state's deadline.
+    fn deadline_code(&self) -> CloseCode {
+        match self.state {
+            State::AwaitAuth => CloseCode::AuthTimeout,
+            _ => CloseCode::JoinTimeout,
         }
-        if timers.pong_due.is_some_and(|due| due <= now) {
-            // A half-open TCP peer, or one stalled in the middle of a frame, lands here.
-            return Err(CloseCode::PongTimeout);
-        }
-        if timers.idle_deadline.is_some_and(|due| due <= now) {
-            return Err(CloseCode::IdleTimeout);
-        }
-        if timers.next_ping <= now {
-            timers.next_ping = now + timers.ping_interval;
-            if timers.pong_due.is_none() {
-                timers.pong_due = Some(now + timers.pong_timeout);
-                self.outbox.deliver(Outbound::Ping);
-            }
-        }
-        Ok(())
     }
 
     /// Handles one client frame; `Err` closes the socket with that code.
@@ -352,11 +235,21 @@ impl Session {
         }
     }
 
+    /// Spends one unit of the control budget (joins, leaves, token refreshes); over it, the
+    /// socket is closed with 4006.
+    fn spend_control(&self) -> Result<(), CloseCode> {
+        if self.limiters.allow_control() {
+            return Ok(());
+        }
+        self.gateway.metrics.rate_limit(RateLimit::Control);
+        Err(CloseCode::RateLimited)
+    }
+
     /// The first `auth` authenticates; a later one refreshes the token (same user only).
     async fn on_auth(&mut self, token: &str) -> Result<(), CloseCode> {
-        if !matches!(self.state, State::AwaitAuth) && !self.limiters.allow_control() {
-            self.gateway.metrics.rate_limit("control");
-            return Err(CloseCode::RateLimited);
+        let first = matches!(self.state, State::AwaitAuth);
+        if !first {
+            self.spend_control()?;
         }
         let gateway = Arc::clone(&self.gateway);
         let metrics = &gateway.metrics;
@@ -367,82 +260,73 @@ impl Session {
         let verified = tokio::select! {
             verified = gateway.verifier.verify(token) => verified,
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                return Err(match self.state {
-                    State::AwaitAuth => CloseCode::AuthTimeout,
-                    _ => CloseCode::JoinTimeout,
-                });
+                return Err(self.deadline_code());
             }
-            _ = gateway.shutdown.cancelled() => return Err(CloseCode::GoingAway),
+            _ = gateway.stopping.cancelled() => return Err(CloseCode::GoingAway),
         };
         metrics
             .auth_duration
             .observe(verifying.elapsed().as_secs_f64());
-        let identity = verified.map_err(|err| {
-            debug!(session = self.id, token_bytes = token.len(), %err, "auth failed");
-            metrics.auth_failure(err.label());
-            CloseCode::AuthFailed
-        })?;
-        if !matches!(self.state, State::AwaitAuth) {
+        let identity = verified.map_err(|err| self.refuse_auth(err))?;
+        if !first {
             return self.refresh(identity);
         }
         let user = Offender::User(Arc::clone(&identity.user_id));
         if self.gateway.bans.remaining(&user).is_some() {
-            debug!(session = self.id, user_id = %identity.user_id, "banned user");
-            metrics.auth_failure("banned_user");
-            return Err(CloseCode::Banned);
+            return Err(self.refuse_auth(AuthError::BannedUser));
         }
         let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
-            debug!(session = self.id, user_id = %identity.user_id, "too many sessions");
-            metrics.auth_failure("too_many_sessions");
-            return Err(CloseCode::TooManySessions);
+            return Err(self.refuse_auth(AuthError::TooManySessions));
         };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
-        // The token stops being good at `exp` plus the leeway it was accepted with.
-        self.timers.token_expiry = Some(token_deadline(
-            identity.expires_at,
-            self.gateway.config.jwt_leeway_secs,
-        ));
+        self.set_token_expiry(&identity);
         self.user_slot = Some(slot);
-        self.transition("await_auth", State::AwaitJoin { identity });
+        self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
+    }
+
+    /// Logs and counts a refused authentication; the close code that goes with it.
+    fn refuse_auth(&self, err: AuthError) -> CloseCode {
+        debug!(session = self.id, %err, "auth refused");
+        self.gateway.metrics.auth_failure(err);
+        match err {
+            AuthError::TooManySessions => CloseCode::TooManySessions,
+            AuthError::BannedUser => CloseCode::Banned,
+            _ => CloseCode::AuthFailed,
+        }
+    }
+
+    /// The token stops being good at `exp` plus the leeway it was accepted with.
+    fn set_token_expiry(&mut self, identity: &Identity) {
+        let leeway = self.gateway.config.jwt_leeway_secs;
+        self.timers
+            .set_token_expiry(identity.expires_at.saturating_add(leeway), unix_now());
     }
 
     /// A fresh token for the same user extends the session to its expiry; one for anybody
     /// else is refused.
     fn refresh(&mut self, fresh: Identity) -> Result<(), CloseCode> {
-        let Some(current) = self.state.identity_mut() else {
+        let Some(current) = self.state.identity() else {
             unreachable!("refresh happens only after auth");
         };
         if current.user_id != fresh.user_id {
-            debug!(session = self.id, "refresh with another user's token");
-            self.gateway.metrics.auth_failure("wrong_subject");
-            return Err(CloseCode::AuthFailed);
+            return Err(self.refuse_auth(AuthError::WrongSubject));
         }
         debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
+        self.set_token_expiry(&fresh);
+        let current = self.state.identity_mut().expect("checked above");
         current.expires_at = fresh.expires_at;
         current.token_id = fresh.token_id;
         current.rooms = fresh.rooms;
-        self.timers.token_expiry = Some(token_deadline(
-            fresh.expires_at,
-            self.gateway.config.jwt_leeway_secs,
-        ));
         Ok(())
     }
 
     async fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
         let State::AwaitJoin { identity } = &self.state else {
-            debug!(
-                session = self.id,
-                state = self.state.name(),
-                "join refused in this state"
-            );
-            return Err(CloseCode::ProtocolViolation);
+            return Err(self.out_of_state("join"));
         };
-        if !self.limiters.allow_control() {
-            self.gateway.metrics.rate_limit("control");
-            return Err(CloseCode::RateLimited);
-        }
+        self.spend_control()?;
         let config = &self.gateway.config;
         if identity
             .rooms
@@ -473,7 +357,7 @@ impl Session {
         let member = Member {
             session_id: self.id,
             user_id: Arc::clone(&identity.user_id),
-            display_name: Arc::clone(&display_name),
+            display_name,
             outbox: self.outbox.clone(),
         };
         let hub = Arc::clone(&self.gateway.hub);
@@ -485,89 +369,78 @@ impl Session {
         else {
             unreachable!("checked at the top");
         };
-        self.transition(
-            "await_join",
+        self.enter(
+            SessionState::AwaitJoin,
             State::InRoom {
                 identity,
-                display_name,
                 membership,
             },
         );
         self.deadline = None;
-        if !hub.broker().is_connected() {
-            // Joined while other nodes are out of reach: say so, as those already in rooms
-            // were told.
-            let notice = ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode();
-            self.outbox.deliver(Outbound::text(notice));
-        }
         Ok(())
     }
 
     fn on_message(&mut self, body: &str) -> Result<(), CloseCode> {
         let State::InRoom {
             identity,
-            display_name,
             membership,
         } = &self.state
         else {
-            debug!(
-                session = self.id,
-                state = self.state.name(),
-                "message outside a room"
-            );
-            return Err(CloseCode::ProtocolViolation);
+            return Err(self.out_of_state("message"));
         };
         let metrics = &self.gateway.metrics;
         if !self.limiters.allow_message() {
             debug!(session = self.id, "message rate exceeded");
-            metrics.rate_limit("message");
+            metrics.rate_limit(RateLimit::Message);
             return Err(CloseCode::RateLimited);
         }
         if !self.gateway.user_messages.allow(&identity.user_id) {
             debug!(session = self.id, "user message rate exceeded");
-            metrics.rate_limit("user_message");
+            metrics.rate_limit(RateLimit::UserMessage);
             return Err(CloseCode::RateLimited);
         }
         if body.is_empty() {
             // Documented: an empty message is dropped, not relayed (it still counts above).
-            metrics.dropped("empty");
+            metrics.dropped(DropReason::Empty);
             return Ok(());
         }
         metrics.messages_received.inc();
-        let frame = ServerFrame::message(body, display_name, &identity.user_id).encode();
-        membership.publish(body, &frame);
+        membership.publish(body);
         Ok(())
     }
 
     fn on_leave(&mut self) -> Result<(), CloseCode> {
         if !matches!(self.state, State::InRoom { .. }) {
-            debug!(
-                session = self.id,
-                state = self.state.name(),
-                "userleave outside a room"
-            );
-            return Err(CloseCode::ProtocolViolation);
+            return Err(self.out_of_state("userleave"));
         }
-        if !self.limiters.allow_control() {
-            self.gateway.metrics.rate_limit("control");
-            return Err(CloseCode::RateLimited);
-        }
+        self.spend_control()?;
         let State::InRoom { identity, .. } = std::mem::replace(&mut self.state, State::AwaitAuth)
         else {
             unreachable!("checked at the top");
         };
         // The membership was dropped with the old state: the room has heard `userleave`.
-        self.transition("in_room", State::AwaitJoin { identity });
+        self.enter(SessionState::InRoom, State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
         Ok(())
     }
 
-    /// Enters `next`, leaving the state named `from` (the open-sessions gauge follows).
-    fn transition(&mut self, from: &'static str, next: State) {
+    /// A frame not allowed in the current state: logged, then 4004.
+    fn out_of_state(&self, frame: &'static str) -> CloseCode {
+        debug!(
+            session = self.id,
+            state = self.state.name(),
+            frame,
+            "frame refused in this state"
+        );
+        CloseCode::ProtocolViolation
+    }
+
+    /// Enters `next`, leaving the state `from` (the open-sessions gauge follows).
+    fn enter(&mut self, from: SessionState, next: State) {
         self.state = next;
         self.gateway
             .metrics
-            .session_state(Some(from), Some(self.state.name()));
+            .session_state(Some(from), Some(self.state.label()));
     }
 }
 
@@ -576,54 +449,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.gateway
             .metrics
-            .session_state(Some(self.state.name()), None);
+            .session_state(Some(self.state.label()), None);
     }
-}
-
-/// Counts an abusive close against the client's IP and user; logs a ban when it causes one.
-fn strike(
-    gateway: &Gateway,
-    ip: &crate::client_ip::IpKey,
-    user: Option<&Arc<str>>,
-    code: CloseCode,
-) {
-    let offenders =
-        std::iter::once(Offender::Ip(*ip)).chain(user.map(|u| Offender::User(Arc::clone(u))));
-    for offender in offenders {
-        match gateway.bans.strike(offender.clone()) {
-            StrikeOutcome::Banned => {
-                warn!(
-                    ?offender,
-                    reason = code.reason(),
-                    "banned after repeated abuse"
-                );
-                gateway.metrics.ban(match offender {
-                    Offender::Ip(_) => "ip",
-                    Offender::User(_) => "user",
-                });
-            }
-            StrikeOutcome::NotTracked => warn!(
-                reason = code.reason(),
-                "strike not recorded: too many tracked clients"
-            ),
-            StrikeOutcome::Counted => {}
-        }
-    }
-}
-
-/// The longest a token may keep a session open, whatever its `exp` says (ten years): an
-/// absurd `exp` must not overflow the clock.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
-
-/// When a token accepted now stops being good: `exp` plus the leeway.
-fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
-    let left = expires_at
-        .saturating_add(leeway_secs)
-        .saturating_sub(unix_now());
-    Instant::now() + Duration::from_secs(left).min(MAX_TOKEN_LIFETIME)
-}
-
-/// A deadline for a `select!` branch that is disabled anyway.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }

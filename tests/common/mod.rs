@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use palisade::auth::mint::{mint_hs_token, TokenRequest};
 use palisade::config::{Config, Secret};
+use palisade::mint::{mint_hs_token, TokenRequest};
+use palisade::testing::Probe;
 use palisade::RunningGateway;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
@@ -108,25 +109,26 @@ impl TestServer {
     /// Waits until `/readyz` would say ready (keys loaded, broker connected).
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-        while !self.running.gateway().is_ready() {
+        while !self.probe().is_ready() {
             assert!(tokio::time::Instant::now() < deadline, "never ready");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    pub fn hub(&self) -> &palisade::hub::Hub {
-        &self.running.gateway().hub
+    /// A view of the gateway's insides, for assertions.
+    pub fn probe(&self) -> Probe {
+        Probe::of(&self.running)
     }
 
     /// Waits until `room` has `count` local members (membership changes are asynchronous to
     /// the client that caused them, e.g. after a TCP reset).
     pub async fn wait_members(&self, room: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-        while self.hub().member_count(room) != count {
+        while self.probe().member_count(room) != count {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "room {room} has {} members, expected {count}",
-                self.hub().member_count(room)
+                self.probe().member_count(room)
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

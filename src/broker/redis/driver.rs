@@ -12,10 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{now_ms, Command, Link, RedisBroker, RECONNECT_MIN};
-use crate::broker::Envelope;
-use crate::hub::Hub;
-use crate::protocol::{notice, ServerFrame};
+use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
+use crate::broker::{Delivery, Envelope, LocalRooms};
+use crate::metrics::labels::BrokerFailure;
 
 /// Channels per SUBSCRIBE command.
 const SUBSCRIBE_CHUNK: usize = 256;
@@ -23,7 +22,7 @@ const SUBSCRIBE_CHUNK: usize = 256;
 /// Why a connected period ended.
 enum Ended {
     Stopped,
-    Lost(&'static str, String),
+    Lost(BrokerFailure, RedisFailure),
 }
 
 /// What the driver remembers across connected periods.
@@ -49,7 +48,7 @@ impl RedisBroker {
     /// once when it is back.
     pub(super) async fn driver(
         self: Arc<Self>,
-        hub: Arc<Hub>,
+        local: Arc<dyn LocalRooms>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         publisher: tokio::task::JoinHandle<()>,
     ) {
@@ -62,7 +61,7 @@ impl RedisBroker {
         info!(node = %self.node, "redis broker starting");
         loop {
             let (kind, error) = match self
-                .connected_period(&hub, &mut commands, &mut course)
+                .connected_period(&*local, &mut commands, &mut course)
                 .await
             {
                 Ended::Stopped => break,
@@ -71,10 +70,10 @@ impl RedisBroker {
             self.set_connected(false);
             self.connection.send_replace(None);
             self.metrics.broker_error(kind);
-            warn!(node = %self.node, kind, %error, "redis unavailable; rooms are local until it is back");
+            warn!(node = %self.node, %kind, %error, "redis unavailable; rooms are local until it is back");
             if !course.interrupted {
                 course.interrupted = true;
-                hub.notify_all(&ServerFrame::notice(notice::DELIVERY_INTERRUPTED).encode());
+                local.delivery_changed(Delivery::Interrupted);
             }
             // Opens waiting for a connection would only wait out their timeout; the rooms are
             // subscribed on reconnect.
@@ -107,20 +106,20 @@ impl RedisBroker {
     /// One connection's lifetime: connect, catch up, serve until it fails or we stop.
     async fn connected_period(
         &self,
-        hub: &Arc<Hub>,
+        local: &dyn LocalRooms,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         course: &mut Course,
     ) -> Ended {
-        let lost = |kind| move |err: String| Ended::Lost(kind, err);
+        let lost = |kind| move |err: RedisFailure| Ended::Lost(kind, err);
         let mut link = match self.connect().await {
             Ok(link) => link,
-            Err(err) => return lost("connect")(err),
+            Err(err) => return lost(BrokerFailure::Connect)(err),
         };
-        if let Err(err) = self.subscribe_rooms(&mut link, &hub.room_names()).await {
-            return lost("subscribe")(err);
+        if let Err(err) = self.subscribe_rooms(&mut link, &local.room_names()).await {
+            return lost(BrokerFailure::Subscribe)(err);
         }
-        if let Err(err) = self.refresh_node_key(&mut link.conn, hub).await {
-            return lost("connect")(err);
+        if let Err(err) = self.refresh_node_key(&mut link.conn, local).await {
+            return lost(BrokerFailure::Connect)(err);
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.connection.send_replace(Some(Link {
@@ -130,16 +129,16 @@ impl RedisBroker {
         // Connected before the resync is queued: an event after this point is queued behind
         // the resync of its room, one before it is superseded by that resync.
         self.set_connected(true);
-        let mut rooms: HashSet<String> = hub.room_names().into_iter().collect();
+        let mut rooms: HashSet<String> = local.room_names().into_iter().collect();
         rooms.extend(self.take_dirty());
-        self.resync(hub, rooms);
+        self.resync(local, rooms);
         // Rooms created while the first subscriptions were on their way.
-        let rooms = hub.room_names();
+        let rooms = local.room_names();
         if let Err(err) = self.subscribe_rooms(&mut link, &rooms).await {
-            return lost("subscribe")(err);
+            return lost(BrokerFailure::Subscribe)(err);
         }
-        if let Err(err) = self.refresh_views(&mut link.conn, hub, &rooms).await {
-            return lost("connect")(err);
+        if let Err(err) = self.refresh_views(&mut link.conn, local, &rooms).await {
+            return lost(BrokerFailure::Connect)(err);
         }
         if course.ever_connected {
             self.metrics.broker_reconnects.inc();
@@ -150,7 +149,7 @@ impl RedisBroker {
         course.ever_connected = true;
         course.connected_since = Some(Instant::now());
         if std::mem::take(&mut course.interrupted) {
-            hub.notify_all(&ServerFrame::notice(notice::DELIVERY_RESTORED).encode());
+            local.delivery_changed(Delivery::Restored);
         }
 
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
@@ -165,37 +164,37 @@ impl RedisBroker {
                 _ = self.publish_failed.notified() => {
                     // A failure from an earlier period left a permit behind: not ours.
                     if self.failed_generation.load(Ordering::SeqCst) == generation {
-                        return lost("publish")("a write to redis failed".into());
+                        return lost(BrokerFailure::Publish)(RedisFailure::WriteFailed);
                     }
                 }
                 message = link.stream.next() => {
                     let Some(message) = message else {
-                        return lost("subscribe")("the subscription closed".into());
+                        return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed);
                     };
-                    self.on_envelope(hub, message.get_channel_name(), message.get_payload_bytes());
+                    self.on_envelope(local, message.get_channel_name(), message.get_payload_bytes());
                 }
                 Some(command) = commands.recv() => {
-                    if let Err(err) = self.on_commands(hub, &mut link, commands, command).await {
-                        return lost("subscribe")(err);
+                    if let Err(err) = self.on_commands(local, &mut link, commands, command).await {
+                        return lost(BrokerFailure::Subscribe)(err);
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if let Err(err) = self.heartbeat(hub, &mut link).await {
-                        return lost("probe")(err);
+                    if let Err(err) = self.heartbeat(local, &mut link).await {
+                        return lost(BrokerFailure::Probe)(err);
                     }
                 }
                 _ = probe.tick() => {
                     // A subscriber that stopped answering (a dead peer, a proxy that lost the
                     // connection) would otherwise go unnoticed until TCP gives up.
                     if let Err(err) = self.within(link.sink.ping::<redis::Value>()).await {
-                        return lost("probe")(err);
+                        return lost(BrokerFailure::Probe)(err);
                     }
                 }
             }
         }
     }
 
-    async fn connect(&self) -> Result<Connection, String> {
+    async fn connect(&self) -> Result<Connection, RedisFailure> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.timeout))
             .set_response_timeout(Some(self.settings.timeout));
@@ -215,14 +214,14 @@ impl RedisBroker {
         })
     }
 
-    fn on_envelope(&self, hub: &Hub, channel: &str, payload: &[u8]) {
+    fn on_envelope(&self, local: &dyn LocalRooms, channel: &str, payload: &[u8]) {
         let Some(room) = self.keys.room_of_channel(channel) else {
             return;
         };
         let envelope = match Envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(err) => {
-                self.metrics.broker_error("decode");
+                self.metrics.broker_error(BrokerFailure::Decode);
                 debug!(bytes = payload.len(), %err, "envelope refused");
                 return;
             }
@@ -235,7 +234,7 @@ impl RedisBroker {
         let delay_ms = now_ms().saturating_sub(envelope.sent_at_ms);
         self.metrics.broker_delay.observe(delay_ms as f64 / 1000.0);
         let node: Arc<str> = Arc::from(envelope.node);
-        hub.apply_remote(room, &node, envelope.seq, envelope.event);
+        local.apply_remote(room, &node, envelope.seq, envelope.event);
     }
 
     /// Handles `first` and every command already waiting behind it: opens are batched (one
@@ -243,11 +242,11 @@ impl RedisBroker {
     /// skipped unless the hub has the room.
     async fn on_commands(
         &self,
-        hub: &Hub,
+        local: &dyn LocalRooms,
         link: &mut Connection,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         first: Command,
-    ) -> Result<(), String> {
+    ) -> Result<(), RedisFailure> {
         let mut opens: Vec<String> = Vec::new();
         let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut closed: Vec<String> = Vec::new();
@@ -259,7 +258,7 @@ impl RedisBroker {
                         opens.push(room);
                         waiting.push(done);
                     }
-                    Some(_) if !hub.has_room(&room) => {}
+                    Some(_) if !local.has_room(&room) => {}
                     _ => opens.push(room),
                 },
                 Command::Closed { room } => closed.push(room),
@@ -271,14 +270,14 @@ impl RedisBroker {
         opens.sort();
         opens.dedup();
         self.subscribe_rooms(link, &opens).await?;
-        self.refresh_views(&mut link.conn, hub, &opens).await?;
+        self.refresh_views(&mut link.conn, local, &opens).await?;
         for done in waiting {
             let _ = done.send(());
         }
         // A room closed and opened again in this batch is still in the hub: kept.
         let gone: Vec<String> = closed
             .into_iter()
-            .filter(|room| !hub.has_room(room) && link.subscribed.remove(room))
+            .filter(|room| !local.has_room(room) && link.subscribed.remove(room))
             .collect();
         if !gone.is_empty() {
             let channels: Vec<String> = gone.iter().map(|room| self.keys.channel(room)).collect();
@@ -288,7 +287,11 @@ impl RedisBroker {
     }
 
     /// Subscribes to the rooms' channels not yet subscribed, many per command.
-    async fn subscribe_rooms(&self, link: &mut Connection, rooms: &[String]) -> Result<(), String> {
+    async fn subscribe_rooms(
+        &self,
+        link: &mut Connection,
+        rooms: &[String],
+    ) -> Result<(), RedisFailure> {
         let new: Vec<&String> = rooms
             .iter()
             .filter(|room| !link.subscribed.contains(*room))
@@ -306,23 +309,27 @@ impl RedisBroker {
     /// whose keys expired, resyncs rooms whose presence writes were lost, makes subscriptions
     /// follow the hub's rooms whatever raced with the open and close commands, and re-reads
     /// every room's members elsewhere (which repairs anything a lost envelope left wrong).
-    async fn heartbeat(&self, hub: &Hub, link: &mut Connection) -> Result<(), String> {
-        if !self.refresh_node_key(&mut link.conn, hub).await? {
+    async fn heartbeat(
+        &self,
+        local: &dyn LocalRooms,
+        link: &mut Connection,
+    ) -> Result<(), RedisFailure> {
+        if !self.refresh_node_key(&mut link.conn, local).await? {
             warn!(node = %self.node, "this node's key had expired; resyncing its presence");
-            self.resync(hub, hub.room_names());
+            self.resync(local, local.room_names());
         }
-        self.resync(hub, self.take_dirty());
-        let known: Vec<Arc<str>> = hub.remote_nodes().into_iter().collect();
+        self.resync(local, self.take_dirty());
+        let known: Vec<Arc<str>> = local.remote_nodes().into_iter().collect();
         for node in self.dead_nodes(&mut link.conn, &known).await? {
             info!(node = %node, "a node's presence expired; its members left");
-            hub.forget_node(&node);
+            local.forget_node(&node);
         }
-        hub.sweep_unjoined(self.settings.timeout * 2);
-        let rooms = hub.room_names();
+        local.sweep_unjoined(self.settings.timeout * 2);
+        let rooms = local.room_names();
         let stale: Vec<String> = link
             .subscribed
             .iter()
-            .filter(|room| !hub.has_room(room))
+            .filter(|room| !local.has_room(room))
             .cloned()
             .collect();
         if !stale.is_empty() {
@@ -333,7 +340,7 @@ impl RedisBroker {
             self.within(link.sink.unsubscribe(channels)).await?;
         }
         self.subscribe_rooms(link, &rooms).await?;
-        self.refresh_views(&mut link.conn, hub, &rooms).await
+        self.refresh_views(&mut link.conn, local, &rooms).await
     }
 
     /// Sets this node's key and pushes back the expiry of its rooms' hashes. False if the key
@@ -341,8 +348,8 @@ impl RedisBroker {
     async fn refresh_node_key(
         &self,
         conn: &mut MultiplexedConnection,
-        hub: &Hub,
-    ) -> Result<bool, String> {
+        local: &dyn LocalRooms,
+    ) -> Result<bool, RedisFailure> {
         let ttl = self.settings.key_ttl.as_secs();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -351,7 +358,7 @@ impl RedisBroker {
             .arg("EX")
             .arg(ttl)
             .arg("GET");
-        for room in hub.room_names() {
+        for room in local.room_names() {
             pipe.cmd("EXPIRE")
                 .arg(self.keys.members(&room))
                 .arg(ttl)
@@ -366,7 +373,7 @@ impl RedisBroker {
         let Some(Link { mut conn, .. }) = self.connection.borrow().clone() else {
             return;
         };
-        let _: Result<(), String> = self
+        let _: Result<(), RedisFailure> = self
             .within(
                 redis::cmd("DEL")
                     .arg(self.keys.node(&self.node))

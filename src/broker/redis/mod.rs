@@ -5,7 +5,7 @@
 //! - the **driver** ([`driver`]) owns the subscriber connection and a command connection. It
 //!   (re)connects with jittered exponential backoff, subscribes every room this node has
 //!   members in, rebuilds this node's presence, reads each room's members on other nodes, and
-//!   then serves: envelopes from the subscription go to the [`Hub`], rooms are subscribed as
+//!   then serves: envelopes from the subscription go to the node's [`LocalRooms`], rooms are subscribed as
 //!   they open and unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
 //!   nodes whose keys expired and repairs what was lost, and a probe pings the subscriber so a
 //!   connection that went silent is restarted.
@@ -31,6 +31,20 @@ mod driver;
 mod presence;
 mod publisher;
 
+/// Why a Redis call or connection failed. Never the URL: the redis crate's error kinds name
+/// the failure, not the address (which may hold a password).
+#[derive(Debug, thiserror::Error)]
+enum RedisFailure {
+    #[error("timed out")]
+    Timeout,
+    #[error("{0:?}")]
+    Redis(redis::ErrorKind),
+    #[error("the subscription closed")]
+    SubscriptionClosed,
+    #[error("a write to redis failed")]
+    WriteFailed,
+}
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,9 +56,11 @@ use redis::{Client, RedisError};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Broker, Keys, RemoteEvent, RoomEvent};
+use tokio_util::task::TaskTracker;
+
+use super::{BoxFuture, Broker, Keys, LocalRooms, RemoteEvent, RoomEvent};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
 
 /// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
@@ -154,23 +170,6 @@ impl RedisBroker {
         }))
     }
 
-    /// This node's id, as it appears in envelopes and presence fields.
-    pub fn node_id(&self) -> &str {
-        &self.node
-    }
-
-    /// Starts the driver and the publisher on `tracker`; they run until [`Broker::stop`].
-    pub fn spawn(self: &Arc<Self>, hub: Arc<Hub>, tracker: &tokio_util::task::TaskTracker) {
-        let inboxes = self
-            .inboxes
-            .lock()
-            .expect("the lock is never poisoned")
-            .take()
-            .expect("spawned once");
-        let publisher = tracker.spawn(Arc::clone(self).publisher(inboxes.outgoing));
-        tracker.spawn(Arc::clone(self).driver(hub, inboxes.commands, publisher));
-    }
-
     fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::SeqCst);
         self.metrics.broker_up.set(i64::from(connected));
@@ -202,28 +201,38 @@ impl RedisBroker {
             event,
         };
         if self.outgoing.try_send(outgoing).is_err() {
-            self.metrics.broker_drop("backlog");
+            self.metrics.broker_drop(BrokerDrop::Backlog);
             if changes_presence {
                 self.mark_dirty(room);
             }
         }
     }
 
-    /// Runs a Redis call with the `REDIS_TIMEOUT_MS` deadline; errors become text for the log
-    /// (never the URL: the redis crate's error kinds name the failure, not the address).
+    /// Runs a Redis call with the `REDIS_TIMEOUT_MS` deadline.
     async fn within<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RedisFailure> {
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(format!("{:?}", err.kind())),
-            Err(_) => Err("timed out".into()),
+            Ok(Err(err)) => Err(RedisFailure::Redis(err.kind())),
+            Err(_) => Err(RedisFailure::Timeout),
         }
     }
 }
 
 impl Broker for RedisBroker {
+    fn start(self: Arc<Self>, rooms: Arc<dyn LocalRooms>, tasks: &TaskTracker) {
+        let inboxes = self
+            .inboxes
+            .lock()
+            .expect("the lock is never poisoned")
+            .take()
+            .expect("started once");
+        let publisher = tasks.spawn(Arc::clone(&self).publisher(inboxes.outgoing));
+        tasks.spawn(self.driver(rooms, inboxes.commands, publisher));
+    }
+
     fn open_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a> {
         Box::pin(async move {
             if !self.connected.load(Ordering::SeqCst) {
@@ -251,7 +260,7 @@ impl Broker for RedisBroker {
 
     fn publish(&self, room: &str, event: RoomEvent<'_>) {
         if !self.connected.load(Ordering::Relaxed) {
-            self.metrics.broker_drop("down");
+            self.metrics.broker_drop(BrokerDrop::Down);
             if !matches!(event, RoomEvent::Message { .. }) {
                 self.mark_dirty(room);
             }

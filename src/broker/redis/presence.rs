@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
-use super::RedisBroker;
+use super::{RedisBroker, RedisFailure};
 use crate::broker::envelope::PresenceValue;
-use crate::broker::{Keys, RemoteEvent, RemoteMember};
-use crate::hub::Hub;
+use crate::broker::{Keys, LocalRooms, RemoteEvent, RemoteMember};
+use crate::metrics::labels::BrokerFailure;
 
 /// Rooms per pipelined read.
 const READ_CHUNK: usize = 256;
@@ -30,9 +30,9 @@ impl RedisBroker {
     pub(super) async fn refresh_views(
         &self,
         conn: &mut MultiplexedConnection,
-        hub: &Hub,
+        local: &dyn LocalRooms,
         rooms: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), RedisFailure> {
         for chunk in rooms.chunks(READ_CHUNK) {
             let mut pipe = redis::pipe();
             for room in chunk {
@@ -76,7 +76,7 @@ impl RedisBroker {
                     }
                     members.retain(|(node, _)| !dead.contains(node));
                 }
-                hub.install_remote_view(room, members);
+                local.replace_remote(room, members);
             }
             if !prune.is_empty() {
                 self.within(prune.query_async::<()>(conn)).await?;
@@ -96,7 +96,7 @@ impl RedisBroker {
                 continue;
             }
             let Ok(who) = serde_json::from_slice::<PresenceValue<'_>>(value) else {
-                self.metrics.broker_error("decode");
+                self.metrics.broker_error(BrokerFailure::Decode);
                 continue;
             };
             members.push((
@@ -116,7 +116,7 @@ impl RedisBroker {
         &self,
         conn: &mut MultiplexedConnection,
         nodes: &[Arc<str>],
-    ) -> Result<Vec<Arc<str>>, String> {
+    ) -> Result<Vec<Arc<str>>, RedisFailure> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -134,10 +134,10 @@ impl RedisBroker {
 
     /// Queues a `sync` of this node's members for each room (none, for a room it no longer
     /// has), taken under the room's lock so that it is ordered with the hub's own events.
-    pub(super) fn resync(&self, hub: &Hub, rooms: impl IntoIterator<Item = String>) {
+    pub(super) fn resync(&self, local: &dyn LocalRooms, rooms: impl IntoIterator<Item = String>) {
         let rooms: HashSet<String> = rooms.into_iter().collect();
         for room in rooms {
-            hub.with_local_members(&room, |members| {
+            local.with_local_members(&room, &mut |members| {
                 self.queue(&room, RemoteEvent::Sync(members));
             });
         }

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use super::{now_ms, Link, Outgoing, RedisBroker};
 use crate::broker::envelope::{self, PresenceValue};
 use crate::broker::{Keys, RemoteEvent};
+use crate::metrics::labels::{BrokerDrop, BrokerFailure};
 
 /// Envelopes written per pipeline round trip at most.
 const BATCH: usize = 512;
@@ -47,7 +48,7 @@ impl RedisBroker {
                 mut conn,
             }) = link
             else {
-                self.abandon(batch.drain(..), "down");
+                self.abandon(batch.drain(..), BrokerDrop::Down);
                 if self.stop.is_cancelled() {
                     return;
                 }
@@ -60,8 +61,8 @@ impl RedisBroker {
                     batch.clear();
                 }
                 Err(_) => {
-                    self.metrics.broker_error("publish");
-                    self.abandon(batch.drain(..), "down");
+                    self.metrics.broker_error(BrokerFailure::Publish);
+                    self.abandon(batch.drain(..), BrokerDrop::Down);
                     self.raise_failure(generation);
                     if self.stop.is_cancelled() {
                         return;
@@ -125,7 +126,7 @@ impl RedisBroker {
     }
 
     /// Counts events that will not be written; rooms whose presence they changed are resynced.
-    fn abandon(&self, events: impl Iterator<Item = Outgoing>, reason: &'static str) {
+    fn abandon(&self, events: impl Iterator<Item = Outgoing>, reason: BrokerDrop) {
         for Outgoing { room, event } in events {
             self.metrics.broker_drop(reason);
             if !matches!(event, RemoteEvent::Message { .. }) {

@@ -12,130 +12,27 @@
 //! path of a session (clean close, error, kick, shutdown, even a panic) removes the member
 //! exactly once and tells the others.
 
-use std::collections::{HashMap, HashSet};
+mod remote;
+mod room;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::time::Instant;
 
-use crate::broker::{Broker, RemoteEvent, RemoteMember, RoomEvent};
+use crate::broker::{Broker, Delivery, RoomEvent};
+use crate::ids::SessionId;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox, SharedPayload};
+use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
-
-/// Identifies one socket's session for the lifetime of the process.
-pub type SessionId = u64;
+use room::Room;
 
 /// A socket in a room.
 #[derive(Clone, Debug)]
-pub struct Member {
+pub(crate) struct Member {
     pub session_id: SessionId,
     pub user_id: Arc<str>,
     pub display_name: Arc<str>,
     pub outbox: Outbox,
-}
-
-/// A member on another node: the node's id and its session id.
-type RemoteKey = (Arc<str>, SessionId);
-
-struct Room {
-    members: HashMap<SessionId, Member>,
-    remote: HashMap<RemoteKey, RemoteMember>,
-    /// The last envelope sequence number seen from each node, to drop duplicates.
-    last_seq: HashMap<Arc<str>, u64>,
-    created: Instant,
-}
-
-impl Room {
-    fn new() -> Room {
-        Room {
-            members: HashMap::new(),
-            remote: HashMap::new(),
-            last_seq: HashMap::new(),
-            created: Instant::now(),
-        }
-    }
-
-    /// The local members as other nodes see them.
-    fn local_members(&self) -> Vec<RemoteMember> {
-        self.members
-            .values()
-            .map(|member| RemoteMember {
-                session: member.session_id,
-                username: Arc::clone(&member.display_name),
-                user_id: Arc::clone(&member.user_id),
-            })
-            .collect()
-    }
-
-    /// Members on every node.
-    fn total(&self) -> usize {
-        self.members.len() + self.remote.len()
-    }
-
-    fn broadcast(&self, frame: &Bytes, except: Option<SessionId>, metrics: &Metrics) {
-        let shared = SharedPayload::new(frame.clone());
-        let (mut delivered, mut dropped) = (0u64, 0u64);
-        for member in self.members.values() {
-            if Some(member.session_id) != except {
-                if member.outbox.deliver(Outbound::Text(Arc::clone(&shared))) {
-                    delivered += 1;
-                } else {
-                    dropped += 1;
-                }
-            }
-        }
-        metrics.messages_delivered.inc_by(delivered);
-        if dropped > 0 {
-            metrics.dropped_by("queue_full", dropped);
-        }
-    }
-
-    fn add_remote(&mut self, node: &Arc<str>, member: RemoteMember, metrics: &Metrics) {
-        let key = (Arc::clone(node), member.session);
-        if self.remote.contains_key(&key) {
-            return;
-        }
-        let frame = ServerFrame::join(&member.username, &member.user_id, self.total() + 1).encode();
-        self.remote.insert(key, member);
-        self.broadcast(&frame, None, metrics);
-    }
-
-    fn remove_remote(&mut self, key: &RemoteKey, metrics: &Metrics) {
-        if let Some(member) = self.remote.remove(key) {
-            let frame =
-                ServerFrame::user_leave(&member.username, &member.user_id, self.total()).encode();
-            self.broadcast(&frame, None, metrics);
-        }
-    }
-
-    /// Makes `node`'s members exactly `members` (all nodes' when `node` is None), telling the
-    /// local members who left and who joined.
-    fn replace_remote(
-        &mut self,
-        node: Option<&Arc<str>>,
-        members: Vec<(Arc<str>, RemoteMember)>,
-        metrics: &Metrics,
-    ) {
-        let wanted: HashSet<RemoteKey> = members
-            .iter()
-            .map(|(node, member)| (Arc::clone(node), member.session))
-            .collect();
-        let gone: Vec<RemoteKey> = self
-            .remote
-            .keys()
-            .filter(|key| node.is_none_or(|node| key.0 == *node) && !wanted.contains(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.remove_remote(&key, metrics);
-        }
-        for (node, member) in members {
-            self.add_remote(&node, member, metrics);
-        }
-    }
 }
 
 /// All rooms of this node.
@@ -166,7 +63,7 @@ impl Hub {
 
     /// Joins `room`, first asking the broker for the room's members elsewhere if this node has
     /// none of its own yet.
-    pub async fn join_everywhere(
+    pub(crate) async fn join_everywhere(
         self: &Arc<Self>,
         room: &str,
         member: Member,
@@ -179,7 +76,11 @@ impl Hub {
 
     /// Adds `member` to `room` and tells everyone in it, the joiner included (GarinChat's only
     /// acknowledgement of a join). Returns the guard that removes the member when dropped.
-    pub fn join(self: &Arc<Self>, room: &str, member: Member) -> Result<Membership, RoomFull> {
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        room: &str,
+        member: Member,
+    ) -> Result<Membership, RoomFull> {
         let session_id = member.session_id;
         let mut created = false;
         let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
@@ -198,6 +99,10 @@ impl Hub {
         self.metrics.joins.inc();
         let frame =
             ServerFrame::join(&member.display_name, &member.user_id, entry.total() + 1).encode();
+        // Joined while other nodes are out of reach: say so, as those already in rooms were.
+        let notice =
+            (!self.broker.is_connected()).then(|| remote::notice_frame(Delivery::Interrupted));
+        let joiner = member.outbox.clone();
         self.broker.publish(
             room,
             RoomEvent::Join {
@@ -215,13 +120,18 @@ impl Hub {
         };
         entry.members.insert(session_id, member);
         entry.broadcast(&frame, None, &self.metrics);
+        drop(entry);
+        if let Some(notice) = notice {
+            joiner.deliver(Outbound::text(notice));
+        }
         Ok(membership)
     }
 
     /// Sends a chat message to every member of the room except the sender, here and elsewhere.
-    fn publish(&self, sender: &Membership, body: &str, frame: &Bytes) {
+    fn publish(&self, sender: &Membership, body: &str) {
         if let Some(entry) = self.rooms.get(&sender.room) {
-            entry.broadcast(frame, Some(sender.session_id), &self.metrics);
+            let frame = ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
+            entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
             self.broker.publish(
                 &sender.room,
                 RoomEvent::Message {
@@ -268,114 +178,6 @@ impl Hub {
         true
     }
 
-    /// Applies an event from another node to a room this node has members in.
-    pub fn apply_remote(&self, room: &str, node: &Arc<str>, seq: u64, event: RemoteEvent) {
-        let Some(mut entry) = self.rooms.get_mut(room) else {
-            return;
-        };
-        let last = entry.last_seq.entry(Arc::clone(node)).or_insert(0);
-        if seq <= *last {
-            self.metrics.broker_duplicates.inc();
-            return;
-        }
-        *last = seq;
-        match event {
-            RemoteEvent::Join(member) => entry.add_remote(node, member, &self.metrics),
-            RemoteEvent::Leave { session } => {
-                entry.remove_remote(&(Arc::clone(node), session), &self.metrics)
-            }
-            RemoteEvent::Message {
-                username,
-                user_id,
-                body,
-                ..
-            } => {
-                let frame = ServerFrame::message(&body, &username, &user_id).encode();
-                entry.broadcast(&frame, None, &self.metrics);
-            }
-            RemoteEvent::Sync(members) => {
-                let members = members
-                    .into_iter()
-                    .map(|member| (Arc::clone(node), member))
-                    .collect();
-                entry.replace_remote(Some(node), members, &self.metrics);
-            }
-        }
-    }
-
-    /// Replaces what this node knows of `room`'s members elsewhere with a fresh snapshot
-    /// (creating the room if this node has no members in it yet), telling local members the
-    /// difference.
-    pub fn install_remote_view(&self, room: &str, members: Vec<(Arc<str>, RemoteMember)>) {
-        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(Room::new);
-        entry.replace_remote(None, members, &self.metrics);
-    }
-
-    /// Forgets every member of a node that stopped (its presence expired), telling local
-    /// members each one left.
-    pub fn forget_node(&self, node: &str) {
-        for mut room in self.rooms.iter_mut() {
-            let gone: Vec<RemoteKey> = room
-                .remote
-                .keys()
-                .filter(|key| &*key.0 == node)
-                .cloned()
-                .collect();
-            for key in gone {
-                room.remove_remote(&key, &self.metrics);
-            }
-            room.last_seq.retain(|seen, _| &**seen != node);
-        }
-    }
-
-    /// The nodes this node knows members of.
-    pub fn remote_nodes(&self) -> HashSet<Arc<str>> {
-        self.rooms
-            .iter()
-            .flat_map(|room| {
-                room.remote
-                    .keys()
-                    .map(|(node, _)| Arc::clone(node))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    /// Sends `frame` to every local member of every room.
-    pub fn notify_all(&self, frame: &Bytes) {
-        for room in self.rooms.iter() {
-            room.broadcast(frame, None, &self.metrics);
-        }
-    }
-
-    /// The names of this node's rooms (with local members, or being opened).
-    pub fn room_names(&self) -> Vec<String> {
-        self.rooms.iter().map(|room| room.key().clone()).collect()
-    }
-
-    /// Calls `f` with the room's local members (none if this node does not have the room),
-    /// under the room's lock, so that what `f` hands the broker is ordered with the events the
-    /// hub publishes for that room.
-    pub fn with_local_members(&self, room: &str, f: impl FnOnce(Vec<RemoteMember>)) {
-        match self.rooms.entry(room.to_owned()) {
-            dashmap::Entry::Occupied(entry) => f(entry.get().local_members()),
-            // The vacant entry holds the shard's lock until it is dropped, inserting nothing.
-            dashmap::Entry::Vacant(_) => f(Vec::new()),
-        }
-    }
-
-    /// Drops rooms opened for a join that never came (the session ended in between), once
-    /// they are older than `grace`.
-    pub fn sweep_unjoined(&self, grace: Duration) {
-        self.rooms
-            .retain(|_, room| !room.members.is_empty() || room.created.elapsed() < grace);
-    }
-
-    /// Whether this node has the room (members in it, or a join on its way).
-    pub fn has_room(&self, room: &str) -> bool {
-        self.rooms.contains_key(room)
-    }
-
     /// Members of `room` on this node.
     pub fn member_count(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |entry| entry.members.len())
@@ -419,13 +221,9 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn room(&self) -> &str {
-        &self.room
-    }
-
-    /// Relays a chat message: `frame` to the local members, `body` to the other nodes.
-    pub fn publish(&self, body: &str, frame: &Bytes) {
-        self.hub.publish(self, body, frame);
+    /// Relays a chat message to every other member of the room, on every node.
+    pub fn publish(&self, body: &str) {
+        self.hub.publish(self, body);
     }
 }
 
@@ -480,8 +278,11 @@ mod tests {
         assert!(next_text(&mut bob_rx).contains(r#""totalUsers":2"#));
         assert_eq!(hub.member_count("lobby"), 2);
 
-        b.publish("x", &bytes::Bytes::from_static(b"x"));
-        assert_eq!(next_text(&mut alice_rx), "x");
+        b.publish("x");
+        assert_eq!(
+            next_text(&mut alice_rx),
+            r#"{"type":"message","body":"x","username":"user2","userId":"user2"}"#
+        );
         assert!(bob_rx.queue.try_recv().is_err(), "no echo to the sender");
 
         drop(b);
@@ -501,13 +302,13 @@ mod tests {
         let f = hub.join("lobby", fast).unwrap();
         // The slow member's queue (4) holds its own join and the fast one's: room for two more.
         for _ in 0..2 {
-            f.publish("x", &bytes::Bytes::from_static(b"x"));
+            f.publish("x");
         }
         assert!(
             !slow_outbox.is_evicted(),
             "a full queue is not yet an overflow"
         );
-        f.publish("x", &bytes::Bytes::from_static(b"x"));
+        f.publish("x");
         assert!(slow_outbox.is_evicted());
     }
 }

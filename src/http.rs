@@ -1,0 +1,174 @@
+//! Plain HTTP, shared by every listener: the accept loop, serving one connection, and the small
+//! responses (`/healthz`, `/readyz`, plain text with a status).
+//!
+//! Every listener goes through [`accept_loop`] and [`serve_connection`], so they share one
+//! policy for accept errors (skip those that concern one connection, pause on the rest, never
+//! exit), for the header read timeout and limits, for how long a connection may stay before it
+//! upgrades, and for shutdown (finish the response in flight, then close).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// The body of every response the gateway writes itself.
+pub(crate) type Body = Full<Bytes>;
+
+/// How long an accept error that is not about one connection (e.g. out of file descriptors)
+/// pauses the loop, so it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a plain HTTP connection may take to finish its response at shutdown.
+const HTTP_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+
+/// The limits every HTTP listener applies to a request head and to a connection's life before
+/// it upgrades (or, on a listener that never upgrades, to its whole life).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadLimits {
+    /// Time for the request head to arrive, and the longest a connection may stay before it
+    /// upgrades (hyper has no write timeout: a client that pipelines requests and never reads
+    /// the answers would otherwise hold the connection for ever).
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl HeadLimits {
+    /// hyper's connection builder with these limits. hyper applies no header read timeout
+    /// without a timer: a slow-header client would hold its socket for ever.
+    pub(crate) fn builder(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_header_size(self.max_header_bytes)
+            .max_headers(self.max_headers)
+            .max_buf_size(self.max_header_bytes.max(8192));
+        builder
+    }
+}
+
+/// Accepts connections until `stopping` is cancelled, handing each to `accepted`. Never exits
+/// on an accept error.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    stopping: CancellationToken,
+    mut accepted: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stopping.cancelled() => return,
+            next = listener.accept() => next,
+        };
+        match next {
+            Ok((stream, peer)) => accepted(stream, peer),
+            Err(err) if is_per_connection_error(&err) => continue,
+            Err(err) => {
+                warn!(%err, "accept failed; pausing");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only; the next accept may well succeed.
+fn is_per_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves HTTP/1.1 on one connection until it ends, upgrades, outlives the head timeout, or
+/// the gateway stops (then the response in flight may finish for a second).
+pub(crate) async fn serve_connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: &HeadLimits,
+    service: S,
+    stopping: &CancellationToken,
+) where
+    S: HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send,
+{
+    let connection = limits
+        .builder()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let deadline = tokio::time::sleep(limits.header_read_timeout);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                debug!(peer = %peer.ip(), %err, "http connection ended with an error");
+            }
+        }
+        _ = deadline => debug!(peer = %peer.ip(), "http connection timed out"),
+        _ = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;
+        }
+    }
+}
+
+/// A plain-text response.
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    with_type(
+        status,
+        Bytes::from_static(text.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+/// A response with a body of the given content type.
+pub(crate) fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(Body::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Adds `Retry-After` in whole seconds, rounded up (at least 1).
+pub(crate) fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
+/// `/healthz`: the process is alive. `/readyz`: it should get new clients (`ready` says).
+/// `None` for any other path.
+pub(crate) fn health(path: &str, ready: impl FnOnce() -> bool) -> Option<Response<Body>> {
+    match path {
+        "/healthz" => Some(plain(StatusCode::OK, "ok\n")),
+        "/readyz" if ready() => Some(plain(StatusCode::OK, "ready\n")),
+        "/readyz" => Some(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")),
+        _ => None,
+    }
+}
+
+/// A future that resolves to a response: what pluggable pages return.
+pub type ResponseFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Option<Response<Full<Bytes>>>> + Send + 'a>>;

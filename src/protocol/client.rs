@@ -1,0 +1,257 @@
+//! Frames from the client: GarinChat's JSON, decoded strictly.
+//!
+//! Client frames are decoded by hand-written serde visitors so that keys match
+//! case-insensitively (as Go's `encoding/json` did for GarinChat clients), duplicate keys are
+//! refused (two parsers must never disagree about which `type` a frame has), and known fields
+//! must be strings.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// A frame from the client, after decoding and basic shape checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Auth {
+        token: String,
+    },
+    Join {
+        username: Option<String>,
+        room: String,
+    },
+    Message {
+        body: String,
+    },
+    UserLeave,
+}
+
+/// Why a client frame was refused. All map to [`CloseCode::ProtocolViolation`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a JSON object with string fields")]
+    Malformed,
+    #[error("missing type")]
+    MissingType,
+    #[error("unknown type")]
+    UnknownType,
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+}
+
+/// The raw shape of a client frame: known keys, matched ignoring ASCII case.
+#[derive(Default)]
+struct RawClientFrame {
+    kind: Option<String>,
+    body: Option<String>,
+    username: Option<String>,
+    room: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawClientFrame {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RawClientFrameVisitor)
+    }
+}
+
+struct RawClientFrameVisitor;
+
+impl<'de> Visitor<'de> for RawClientFrameVisitor {
+    type Value = RawClientFrame;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut frame = RawClientFrame::default();
+        while let Some(key) = map.next_key::<KeyName>()? {
+            let slot = match key {
+                KeyName::Type => &mut frame.kind,
+                KeyName::Body => &mut frame.body,
+                KeyName::Username => &mut frame.username,
+                KeyName::Room => &mut frame.room,
+                KeyName::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(de::Error::custom("duplicate key"));
+            }
+            *slot = Some(map.next_value::<String>()?);
+        }
+        Ok(frame)
+    }
+}
+
+/// A key of a client frame. Borrowed where possible: no allocation for the usual keys.
+enum KeyName {
+    Type,
+    Body,
+    Username,
+    Room,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for KeyName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = KeyName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<KeyName, E> {
+                let is = |name: &str| key.eq_ignore_ascii_case(name);
+                Ok(if is("type") {
+                    KeyName::Type
+                } else if is("body") {
+                    KeyName::Body
+                } else if is("username") {
+                    KeyName::Username
+                } else if is("room") {
+                    KeyName::Room
+                } else {
+                    KeyName::Other
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl ClientFrame {
+    /// Decodes one text message. The caller has already bounded its size, and serde_json bounds
+    /// nesting depth (128), so neither memory nor stack depends on the input beyond that.
+    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| DecodeError::Malformed)?;
+        // `type` is case-sensitive, as in GarinChat.
+        match raw.kind.as_deref() {
+            None => Err(DecodeError::MissingType),
+            Some("auth") => Ok(ClientFrame::Auth {
+                token: raw.body.ok_or(DecodeError::MissingField("body"))?,
+            }),
+            Some("join") => Ok(ClientFrame::Join {
+                username: raw.username,
+                room: raw.room.ok_or(DecodeError::MissingField("room"))?,
+            }),
+            Some("message") => Ok(ClientFrame::Message {
+                // A message without a body is an empty message: dropped, not relayed.
+                body: raw.body.unwrap_or_default(),
+            }),
+            Some("userleave") => Ok(ClientFrame::UserLeave),
+            Some(_) => Err(DecodeError::UnknownType),
+        }
+    }
+
+    /// Encodes the frame as a client would send it (tests and fuzzing use this).
+    pub fn encode(&self) -> String {
+        let value = match self {
+            ClientFrame::Auth { token } => serde_json::json!({"type": "auth", "body": token}),
+            ClientFrame::Join { username, room } => match username {
+                Some(name) => serde_json::json!({"type": "join", "username": name, "room": room}),
+                None => serde_json::json!({"type": "join", "room": room}),
+            },
+            ClientFrame::Message { body } => serde_json::json!({"type": "message", "body": body}),
+            ClientFrame::UserLeave => serde_json::json!({"type": "userleave"}),
+        };
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_garinchat_frames() {
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"auth","body":"t.o.k"}"#),
+            Ok(ClientFrame::Auth {
+                token: "t.o.k".into()
+            })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"join","username":"bob","room":"lobby"}"#),
+            Ok(ClientFrame::Join {
+                username: Some("bob".into()),
+                room: "lobby".into()
+            })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"message","body":"hi","extra":[1,{"a":null}]}"#),
+            Ok(ClientFrame::Message { body: "hi".into() })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"userleave"}"#),
+            Ok(ClientFrame::UserLeave)
+        );
+    }
+
+    #[test]
+    fn keys_match_ignoring_ascii_case_but_type_values_do_not() {
+        assert_eq!(
+            ClientFrame::decode(r#"{"TYPE":"auth","Body":"x"}"#),
+            Ok(ClientFrame::Auth { token: "x".into() })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"AUTH","body":"x"}"#),
+            Err(DecodeError::UnknownType)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        for bad in [
+            "",
+            "null",
+            "[]",
+            "\"auth\"",
+            "{",
+            r#"{"type":1}"#,
+            r#"{"type":"auth","body":5}"#,
+            r#"{"type":"auth","type":"join","room":"abc"}"#,
+            r#"{"type":"auth","TYPE":"auth","body":"x"}"#,
+        ] {
+            assert_eq!(
+                ClientFrame::decode(bad),
+                Err(DecodeError::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(ClientFrame::decode("{}"), Err(DecodeError::MissingType));
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"join"}"#),
+            Err(DecodeError::MissingField("room"))
+        );
+        // Deep nesting never recurses deeply: serde_json skips unknown values iteratively and
+        // limits recursion (128) everywhere else.
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let unknown = format!("{{\"x\":{}}}", deep(100_000));
+        assert_eq!(ClientFrame::decode(&unknown), Err(DecodeError::MissingType));
+        let known = format!("{{\"type\":{}}}", deep(100_000));
+        assert_eq!(ClientFrame::decode(&known), Err(DecodeError::Malformed));
+        assert_eq!(
+            ClientFrame::decode(&deep(100_000)),
+            Err(DecodeError::Malformed)
+        );
+    }
+
+    #[test]
+    fn round_trips_client_frames() {
+        for frame in [
+            ClientFrame::Auth {
+                token: "a.b.c".into(),
+            },
+            ClientFrame::Join {
+                username: None,
+                room: "lobby".into(),
+            },
+            ClientFrame::Message { body: "<x>".into() },
+            ClientFrame::UserLeave,
+        ] {
+            assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame));
+        }
+    }
+}

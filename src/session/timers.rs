@@ -1,0 +1,149 @@
+//! A session's clocks besides the auth/join deadline: server pings and their pongs, the idle
+//! timeout, and the token's expiry.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::protocol::CloseCode;
+
+/// What a timer asks of the session.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Nothing yet.
+    Nothing,
+    /// Send a keepalive ping.
+    Ping,
+}
+
+pub(super) struct Timers {
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// Set while a ping is unanswered: the pong must arrive by then.
+    pong_due: Option<Instant>,
+    /// Reset by every message from the client.
+    idle_deadline: Option<Instant>,
+    /// When the token stops being good, once authenticated.
+    token_expiry: Option<Instant>,
+}
+
+impl Timers {
+    pub(super) fn new(
+        ping_interval: Duration,
+        pong_timeout: Duration,
+        idle_timeout: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            ping_interval,
+            pong_timeout,
+            idle_timeout,
+            next_ping: now + ping_interval,
+            pong_due: None,
+            idle_deadline: idle_timeout.map(|idle| now + idle),
+            token_expiry: None,
+        }
+    }
+
+    /// The earliest moment something must happen.
+    pub(super) fn next_event(&self) -> Instant {
+        [
+            Some(self.next_ping),
+            self.pong_due,
+            self.idle_deadline,
+            self.token_expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("next_ping is always set")
+    }
+
+    pub(super) fn on_client_message(&mut self, now: Instant) {
+        self.idle_deadline = self.idle_timeout.map(|idle| now + idle);
+    }
+
+    pub(super) fn on_pong(&mut self) {
+        self.pong_due = None;
+    }
+
+    /// The session ends when its token does: `valid_until` is the token's `exp` plus the
+    /// leeway it was accepted with, in seconds since the Unix epoch.
+    pub(super) fn set_token_expiry(&mut self, valid_until: u64, unix_now: u64) {
+        let left = Duration::from_secs(valid_until.saturating_sub(unix_now));
+        self.token_expiry = Some(Instant::now() + left.min(MAX_TOKEN_LIFETIME));
+    }
+
+    /// What is due at `now`: a ping, or a close for a missed pong, idleness or an expired
+    /// token.
+    pub(super) fn due(&mut self, now: Instant) -> Result<Due, CloseCode> {
+        if self.token_expiry.is_some_and(|due| due <= now) {
+            return Err(CloseCode::TokenExpired);
+        }
+        if self.pong_due.is_some_and(|due| due <= now) {
+            // A half-open TCP peer, or one stalled in the middle of a frame, lands here.
+            return Err(CloseCode::PongTimeout);
+        }
+        if self.idle_deadline.is_some_and(|due| due <= now) {
+            return Err(CloseCode::IdleTimeout);
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + self.ping_interval;
+            if self.pong_due.is_none() {
+                self.pong_due = Some(now + self.pong_timeout);
+                return Ok(Due::Ping);
+            }
+        }
+        Ok(Due::Nothing)
+    }
+}
+
+/// The longest a token may keep a session open, whatever its `exp` says (ten years): an
+/// absurd `exp` must not overflow the clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A deadline for a `select!` branch that is disabled anyway.
+pub(super) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_then_closes_without_a_pong() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut timers = Timers::new(second * 30, second * 10, None, start);
+        assert_eq!(timers.next_event(), start + second * 30);
+        assert_eq!(timers.due(start + second * 29), Ok(Due::Nothing));
+        assert_eq!(timers.due(start + second * 30), Ok(Due::Ping));
+        assert_eq!(
+            timers.next_event(),
+            start + second * 40,
+            "the pong's deadline"
+        );
+        assert_eq!(timers.due(start + second * 40), Err(CloseCode::PongTimeout));
+        timers.on_pong();
+        assert_eq!(timers.due(start + second * 60), Ok(Due::Ping));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_and_expiry_close() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut timers = Timers::new(second * 30, second * 10, Some(second * 5), start);
+        assert_eq!(timers.due(start + second * 5), Err(CloseCode::IdleTimeout));
+        timers.on_client_message(start + second * 4);
+        assert_eq!(timers.due(start + second * 5), Ok(Due::Nothing));
+        timers.set_token_expiry(1_000, 998);
+        assert_eq!(timers.due(start + second * 2), Err(CloseCode::TokenExpired));
+        // An absurd expiry is capped, not overflowed.
+        timers.set_token_expiry(u64::MAX, 0);
+        assert!(timers.next_event() > start);
+    }
+}
