@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use palisade::config::{Config, Secret};
+use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
 use palisade::testing::{ClientFrame, Inbound, MessageReader, ReadLimits, TokenVerifier};
+use palisade::Settings;
 use palisade::{CloseCode, Gateway};
 
 const SECRET: &str = "fuzzing-secret-fuzzing-secret-fuzzing";
@@ -17,7 +18,7 @@ const LIMITS: ReadLimits = ReadLimits {
     max_fragments: 64,
 };
 
-fn config(extra: &[(&str, &str)]) -> Config {
+fn settings(extra: &[(&str, &str)]) -> Settings {
     let mut pairs = vec![
         ("ALLOWED_ORIGINS", "*"),
         ("JWT_DECODE_SECRET", SECRET),
@@ -38,7 +39,7 @@ fn config(extra: &[(&str, &str)]) -> Config {
         ("DRAIN_DELAY_SECS", "0"),
     ];
     pairs.extend_from_slice(extra);
-    Config::from_pairs(pairs).expect("fuzz config is valid")
+    Settings::from_pairs(pairs).expect("fuzz settings are valid")
 }
 
 /// Target `client_frame`: the decoder never panics, and whatever it accepts re-encodes to a
@@ -88,9 +89,7 @@ pub fn ws_stream(data: &[u8]) {
 /// Returns whether the token was accepted (only ever true on the signed road).
 pub fn token(data: &[u8]) -> bool {
     static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
-    let verifier = VERIFIER.get_or_init(|| {
-        TokenVerifier::from_config(&config(&[]), &Arc::default()).expect("verifier")
-    });
+    let verifier = VERIFIER.get_or_init(|| palisade::testing::verifier(&settings(&[])));
     if let Some((1, claims)) = data.split_first() {
         let token = signed_token(claims);
         if let Ok(identity) = runtime().block_on(verifier.verify(&token)) {
@@ -266,7 +265,7 @@ pub fn session(data: &[u8]) -> SessionStats {
     let steps = steps(data);
     runtime().block_on(async {
         let mut stats = SessionStats::default();
-        let gateway = palisade::testing::gateway(config(&[]));
+        let gateway = palisade::testing::gateway(&settings(&[]));
         let mut clients: Vec<Option<Client>> = Vec::new();
         let mut sessions = Vec::new();
         for step in steps {

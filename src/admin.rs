@@ -17,7 +17,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Accepts admin connections until the gateway stops.
 pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
-    let limits = gateway.head_limits();
+    let limits = gateway.head;
     http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
         let service_gateway = Arc::clone(&gateway);
         let stopping = gateway.stopping.clone();

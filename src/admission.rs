@@ -13,7 +13,7 @@
 //! tracked: fail closed, memory bounded).
 
 use std::hash::Hash;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,37 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client_ip::IpKey;
-use crate::config::Config;
+use crate::config::{nonzero_u32, nonzero_usize, Config, ConfigError};
+use crate::limits::quota;
+
+/// The caps and the connect rate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    pub max_connections: NonZeroUsize,
+    pub max_connections_per_ip: NonZeroU32,
+    pub connect_rate: Quota,
+    pub max_sessions_per_user: NonZeroU32,
+    /// Client addresses the connect-rate limiter may remember.
+    pub max_tracked_clients: NonZeroUsize,
+}
+
+impl Policy {
+    pub(crate) fn from_env(env: &Config) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            max_connections: nonzero_usize("MAX_CONNECTIONS", env.max_connections)?,
+            max_connections_per_ip: nonzero_u32(
+                "MAX_CONNECTIONS_PER_IP",
+                env.max_connections_per_ip,
+            )?,
+            connect_rate: quota(
+                ("CONNECT_RATE_PER_SEC", env.connect_rate_per_sec),
+                ("CONNECT_BURST", env.connect_burst),
+            )?,
+            max_sessions_per_user: nonzero_u32("MAX_SESSIONS_PER_USER", env.max_sessions_per_user)?,
+            max_tracked_clients: nonzero_usize("MAX_TRACKED_CLIENTS", env.max_tracked_clients)?,
+        })
+    }
+}
 
 /// Why a connection was refused before the upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,17 +138,14 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(config: &Config) -> Admission {
-        let positive = |n: u32| NonZeroU32::new(n).expect("validated as positive");
-        let quota = Quota::per_second(positive(config.connect_rate_per_sec))
-            .allow_burst(positive(config.connect_burst));
+    pub(crate) fn new(policy: &Policy) -> Admission {
         Admission {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
-            per_ip: Counter::new(config.max_connections_per_ip),
-            per_user: Counter::new(config.max_sessions_per_user),
-            connect_rate: RateLimiter::keyed(quota),
-            max_tracked: config.max_tracked_clients,
+            connections: Arc::new(Semaphore::new(policy.max_connections.get())),
+            max_connections: policy.max_connections.get(),
+            per_ip: Counter::new(policy.max_connections_per_ip.get()),
+            per_user: Counter::new(policy.max_sessions_per_user.get()),
+            connect_rate: RateLimiter::keyed(policy.connect_rate),
+            max_tracked: policy.max_tracked_clients.get(),
         }
     }
 
@@ -167,6 +194,30 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn policy_at_and_past_its_limits() {
+        let policy = Policy::from_env(&env(&[
+            ("MAX_CONNECTIONS", "1"),
+            ("MAX_CONNECTIONS_PER_IP", "1"),
+            ("MAX_SESSIONS_PER_USER", "1"),
+        ]))
+        .unwrap();
+        let admission = Admission::new(&policy);
+        let first = admission.try_connection();
+        assert!(first.is_some() && admission.try_connection().is_none());
+        for var in [
+            "MAX_CONNECTIONS",
+            "MAX_CONNECTIONS_PER_IP",
+            "CONNECT_RATE_PER_SEC",
+            "CONNECT_BURST",
+            "MAX_SESSIONS_PER_USER",
+            "MAX_TRACKED_CLIENTS",
+        ] {
+            assert_names(Policy::from_env(&env(&[(var, "0")])), var);
+        }
+    }
 
     #[test]
     fn counters_cap_and_forget() {

@@ -15,7 +15,28 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::client_ip::IpKey;
-use crate::config::Config;
+use crate::config::{nonzero_u32, nonzero_usize, secs, Config, ConfigError};
+
+/// When strikes become a ban, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    pub strikes: u32,
+    pub window: Duration,
+    pub duration: Duration,
+    /// Offenders remembered at most, in each of the strike and ban maps.
+    pub max_tracked: usize,
+}
+
+impl Policy {
+    pub(crate) fn from_env(env: &Config) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            strikes: nonzero_u32("BAN_STRIKES", env.ban_strikes)?.get(),
+            window: secs("BAN_WINDOW_SECS", env.ban_window_secs)?,
+            duration: secs("BAN_SECS", env.ban_secs)?,
+            max_tracked: nonzero_usize("MAX_TRACKED_CLIENTS", env.max_tracked_clients)?.get(),
+        })
+    }
+}
 
 /// Who a strike or ban applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,14 +70,14 @@ pub enum StrikeOutcome {
 }
 
 impl Bans {
-    pub fn new(config: &Config) -> Bans {
+    pub(crate) fn new(policy: &Policy) -> Bans {
         Bans {
             strikes: DashMap::new(),
             banned_until: DashMap::new(),
-            strikes_to_ban: config.ban_strikes,
-            window: config.ban_window(),
-            duration: config.ban_duration(),
-            max_tracked: config.max_tracked_clients,
+            strikes_to_ban: policy.strikes,
+            window: policy.window,
+            duration: policy.duration,
+            max_tracked: policy.max_tracked,
         }
     }
 
@@ -116,10 +137,27 @@ impl Bans {
 mod tests {
     use super::*;
 
+    use crate::config::tests::{assert_names, env};
+
     fn bans(pairs: &[(&str, &str)]) -> Bans {
-        let mut all = vec![("ALLOWED_ORIGINS", "x"), ("JWT_DECODE_SECRET", "y")];
-        all.extend_from_slice(pairs);
-        Bans::new(&Config::from_pairs(all).unwrap())
+        Bans::new(&Policy::from_env(&env(pairs)).unwrap())
+    }
+
+    #[test]
+    fn policy_at_and_past_its_limits() {
+        let policy = Policy::from_env(&env(&[("BAN_STRIKES", "1"), ("BAN_SECS", "1")])).unwrap();
+        assert_eq!(
+            (policy.strikes, policy.duration),
+            (1, Duration::from_secs(1))
+        );
+        for var in [
+            "BAN_STRIKES",
+            "BAN_WINDOW_SECS",
+            "BAN_SECS",
+            "MAX_TRACKED_CLIENTS",
+        ] {
+            assert_names(Policy::from_env(&env(&[(var, "0")])), var);
+        }
     }
 
     fn ip(n: u8) -> Offender {

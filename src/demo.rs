@@ -22,10 +22,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use rand::RngCore;
 
 use crate::auth::mint::{ephemeral_secret, mint_hs_token, TokenRequest};
-use crate::config::{Config, ConfigError, Secret, MIN_NAME_CHARS};
+use crate::config::{ConfigError, Secret};
 use crate::http::{with_type, ResponseFuture};
 use crate::names::sanitize_display_name;
+use crate::names::MIN_NAME_CHARS;
 use crate::server::Pages;
+use crate::settings::Settings;
 
 const PAGE: &str = include_str!("../clients/demo/index.html");
 const PAGE_SCRIPT: &str = include_str!("../clients/demo/demo.js");
@@ -45,11 +47,11 @@ pub const DEMO_USERS: [(&str, &str); 3] = [("alice", "Alice"), ("bob", "Bob"), (
 /// Demo tokens live this long.
 pub const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The demo's config: the environment, with the settings that make it safe and standalone
+/// The demo's settings: the environment, with the settings that make it safe and standalone
 /// forced. Returns the secret too, to mint tokens with.
-pub fn demo_config(
+pub fn demo_settings(
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(Config, Secret), ConfigError> {
+) -> Result<(Settings, Secret), ConfigError> {
     // Whatever a production .env says about identity and origins, the demo's own tokens and
     // page must work: these are set by the demo alone.
     const FORCED: [&str; 17] = [
@@ -105,8 +107,8 @@ pub fn demo_config(
         // Command-line clients (websocat, wscat) send no Origin.
         ("ALLOW_MISSING_ORIGIN".to_owned(), "true".to_owned()),
     ]);
-    let config = Config::from_pairs(pairs)?;
-    Ok((config, secret))
+    let settings = Settings::from_pairs(pairs)?;
+    Ok((settings, secret))
 }
 
 /// The demo's pages, plugged into the public port: `/` and its scripts, and the token endpoint.
@@ -118,13 +120,18 @@ pub struct DemoPages {
 }
 
 impl DemoPages {
-    /// The pages for a gateway started with `config`, minting tokens with `secret`.
-    pub fn new(config: &Config, secret: Secret) -> Arc<DemoPages> {
+    /// The pages for a gateway started with `settings`, minting tokens with `secret`.
+    pub fn new(settings: &Settings, secret: Secret) -> Arc<DemoPages> {
         Arc::new(DemoPages {
             secret,
-            port: config.port,
-            origins: config.origins().iter().map(str::to_owned).collect(),
-            username_max_chars: config.username_max_chars,
+            port: settings.port(),
+            origins: settings
+                .env()
+                .allowed_origins
+                .as_ref()
+                .map(|list| list.0.clone())
+                .unwrap_or_default(),
+            username_max_chars: settings.session.names.username_max_chars,
         })
     }
 }
@@ -282,20 +289,24 @@ mod tests {
             ("JWT_REQUIRED_CLAIMS", "email"),
             ("BAN_STRIKES", "3"),
         ]);
-        let (config, _) = demo_config(production).unwrap();
-        assert!(!config.uses_jwks());
-        assert_eq!(config.rooms_claim, None);
-        assert_eq!(config.user_id_claim, "sub");
+        let (settings, _) = demo_settings(production).unwrap();
+        let env = settings.env();
+        assert!(env.jwks_url.is_none() && env.trusted_issuers.is_none());
+        assert_eq!(env.rooms_claim, None);
+        assert_eq!(env.user_id_claim, "sub");
         assert_eq!(
-            config.origins().0,
+            env.allowed_origins.as_ref().unwrap().0,
             ["http://localhost:9100", "http://127.0.0.1:9100"]
         );
-        assert!(config.ban_strikes > 1000);
+        assert!(settings.bans.strikes > 1000);
     }
 
     #[test]
     fn the_demo_needs_a_fixed_port() {
-        let err = demo_config(env(&[("PORT", "0")])).unwrap_err().to_string();
+        let err = demo_settings(env(&[("PORT", "0")]))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("PORT"), "{err}");
     }
 }

@@ -15,8 +15,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::broker::LocalRooms;
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::server::Pages;
+use crate::settings::Settings;
 use crate::state::Gateway;
 use crate::{admin, server};
 
@@ -46,17 +47,18 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds `BIND_ADDR:PORT`, and `BIND_ADDR:METRICS_PORT` unless it is 0.
-    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+    pub async fn bind(settings: &Settings) -> Result<Listeners, StartError> {
+        let listen = settings.listen;
         let bind = |port| async move {
-            let addr = SocketAddr::new(config.bind_addr, port);
+            let addr = SocketAddr::new(listen.bind_addr, port);
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })
         };
-        let main = bind(config.port).await?;
-        let admin = match config.metrics_port {
-            0 => None,
-            port => Some(bind(port).await?),
+        let main = bind(listen.port).await?;
+        let admin = match listen.metrics_port {
+            None => None,
+            Some(port) => Some(bind(port).await?),
         };
         Ok(Listeners { main, admin })
     }
@@ -70,27 +72,27 @@ pub struct RunningGateway {
     accept_loop: JoinHandle<()>,
 }
 
-/// Binds the listeners the config names and starts serving.
-pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
-    let listeners = Listeners::bind(&config).await?;
-    start_with(config, listeners).await
+/// Binds the listeners the settings name and starts serving.
+pub async fn start(settings: &Settings) -> Result<RunningGateway, StartError> {
+    let listeners = Listeners::bind(settings).await?;
+    start_with(settings, listeners).await
 }
 
 /// Starts serving on listeners bound by the caller (tests bind `127.0.0.1:0`).
 pub async fn start_with(
-    config: Config,
+    settings: &Settings,
     listeners: Listeners,
 ) -> Result<RunningGateway, StartError> {
-    start_with_pages(config, listeners, None).await
+    start_with_pages(settings, listeners, None).await
 }
 
 /// Starts serving, with `pages` answering plain HTTP requests on the public port (the demo).
 pub async fn start_with_pages(
-    config: Config,
+    settings: &Settings,
     listeners: Listeners,
     pages: Option<Arc<dyn Pages>>,
 ) -> Result<RunningGateway, StartError> {
-    let gateway = Gateway::new(config)?;
+    let gateway = Gateway::new(settings)?;
     let local_addr = bound_addr(&listeners.main)?;
     let admin_addr = listeners.admin.as_ref().map(bound_addr).transpose()?;
     let accept_loop = tokio::spawn(server::accept_loop(
@@ -129,7 +131,7 @@ fn bound_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
 /// Sweeps the limiter and ban maps every `HOUSEKEEPING_INTERVAL_MS` until the gateway stops,
 /// so clients that come and go do not grow them for ever.
 async fn housekeeping(gateway: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(gateway.config.housekeeping_interval());
+    let mut tick = tokio::time::interval(gateway.lifecycle.housekeeping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -165,10 +167,13 @@ impl RunningGateway {
     /// the start of the drain) is over; what is left then is dropped and counted.
     pub async fn shutdown(self) -> ShutdownReport {
         let started = tokio::time::Instant::now();
-        let config = &self.gateway.config;
+        let lifecycle = self.gateway.lifecycle;
         self.gateway.draining.store(true, Ordering::SeqCst);
-        tracing::info!(delay_secs = config.drain_delay_secs, "draining: not ready");
-        tokio::time::sleep(config.drain_delay()).await;
+        tracing::info!(
+            delay_secs = lifecycle.drain_delay.as_secs(),
+            "draining: not ready"
+        );
+        tokio::time::sleep(lifecycle.drain_delay).await;
 
         tracing::info!("closing every session");
         self.gateway.stopping.cancel();
@@ -176,7 +181,7 @@ impl RunningGateway {
         let (sessions, tasks) = (&self.gateway.sessions, &self.gateway.tasks);
         sessions.close();
         tasks.close();
-        let deadline = started + config.shutdown_grace();
+        let deadline = started + lifecycle.shutdown_grace;
         let everything = async {
             sessions.wait().await;
             // Only now: the sessions' last leaves must reach the other nodes.

@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::{at_least, millis, nonzero_usize, Config, ConfigError};
+
 /// The body of every response the gateway writes itself.
 pub(crate) type Body = Full<Bytes>;
 
@@ -46,6 +48,15 @@ pub(crate) struct HeadLimits {
 }
 
 impl HeadLimits {
+    pub(crate) fn from_env(env: &Config) -> Result<HeadLimits, ConfigError> {
+        Ok(HeadLimits {
+            header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", env.header_read_timeout_ms)?,
+            // A browser's upgrade request alone is several hundred bytes.
+            max_header_bytes: at_least("MAX_HEADER_BYTES", env.max_header_bytes, 1024)?,
+            max_headers: nonzero_usize("MAX_HEADERS", env.max_headers)?.get(),
+        })
+    }
+
     /// hyper's connection builder with these limits. hyper applies no header read timeout
     /// without a timer: a slow-header client would hold its socket for ever.
     pub(crate) fn builder(&self) -> http1::Builder {
@@ -172,3 +183,27 @@ pub(crate) fn health(path: &str, ready: impl FnOnce() -> bool) -> Option<Respons
 /// A future that resolves to a response: what pluggable pages return.
 pub type ResponseFuture<'a> =
     std::pin::Pin<Box<dyn Future<Output = Option<Response<Full<Bytes>>>> + Send + 'a>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn head_limits_at_and_past_their_limits() {
+        let limits = HeadLimits::from_env(&env(&[
+            ("MAX_HEADER_BYTES", "1024"),
+            ("MAX_HEADERS", "1"),
+            ("HEADER_READ_TIMEOUT_MS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!((limits.max_header_bytes, limits.max_headers), (1024, 1));
+        for (var, value) in [
+            ("MAX_HEADER_BYTES", "1023"),
+            ("MAX_HEADERS", "0"),
+            ("HEADER_READ_TIMEOUT_MS", "0"),
+        ] {
+            assert_names(HeadLimits::from_env(&env(&[(var, value)])), var);
+        }
+    }
+}

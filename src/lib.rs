@@ -57,14 +57,17 @@ mod outbox;
 mod protocol;
 mod server;
 mod session;
+mod settings;
 pub mod shutdown;
 mod state;
 #[doc(hidden)]
 pub mod testing;
+mod upgrade;
 
 pub use auth::mint;
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use gateway::{start, start_with, Listeners, RunningGateway, ShutdownReport, StartError};
 pub use protocol::CloseCode;
 pub use server::Pages;
+pub use settings::{Logging, Settings};
 pub use state::Gateway;

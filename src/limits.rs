@@ -10,16 +10,52 @@
 //! sockets, so that opening more sockets does not buy more messages. Its keyed map is swept by
 //! housekeeping; it only ever holds users who sent recently, who are bounded by open sessions.
 
-use std::num::NonZeroU32;
-
 use std::sync::Arc;
 
 use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::Config;
+use crate::config::{nonzero_u32, Config, ConfigError};
 
-/// The quotas, computed once from config, and the clock every session's limiters share.
+/// A rate per second and a burst, from a pair of settings that must both be positive.
+pub(crate) fn quota(
+    (rate_var, rate): (&'static str, u32),
+    (burst_var, burst): (&'static str, u32),
+) -> Result<Quota, ConfigError> {
+    Ok(Quota::per_second(nonzero_u32(rate_var, rate)?).allow_burst(nonzero_u32(burst_var, burst)?))
+}
+
+/// The message budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Quotas {
+    /// `message` frames per socket.
+    pub messages: Quota,
+    /// `join`/`userleave` frames and token refreshes per socket.
+    pub control: Quota,
+    /// `message` frames per user, all sockets together.
+    pub user_messages: Quota,
+}
+
+impl Quotas {
+    pub(crate) fn from_env(env: &Config) -> Result<Quotas, ConfigError> {
+        Ok(Quotas {
+            messages: quota(
+                ("MSG_RATE_PER_SEC", env.msg_rate_per_sec),
+                ("MSG_BURST", env.msg_burst),
+            )?,
+            control: quota(
+                ("CONTROL_RATE_PER_SEC", env.control_rate_per_sec),
+                ("CONTROL_BURST", env.control_burst),
+            )?,
+            user_messages: quota(
+                ("USER_MSG_RATE_PER_SEC", env.user_msg_rate_per_sec),
+                ("USER_MSG_BURST", env.user_msg_burst),
+            )?,
+        })
+    }
+}
+
+/// The per-socket quotas, and the clock every session's limiters share.
 #[derive(Clone, Debug)]
 pub struct SessionQuotas {
     messages: Quota,
@@ -30,15 +66,10 @@ pub struct SessionQuotas {
 }
 
 impl SessionQuotas {
-    /// Builds the quotas; `Config::validate` has checked that every number is positive.
-    pub fn from_config(config: &Config) -> Self {
-        let quota = |rate: u32, burst: u32| {
-            let positive = |n| NonZeroU32::new(n).expect("validated as positive");
-            Quota::per_second(positive(rate)).allow_burst(positive(burst))
-        };
+    pub(crate) fn new(quotas: &Quotas) -> Self {
         Self {
-            messages: quota(config.msg_rate_per_sec, config.msg_burst),
-            control: quota(config.control_rate_per_sec, config.control_burst),
+            messages: quotas.messages,
+            control: quotas.control,
             clock: DefaultClock::default(),
         }
     }
@@ -75,10 +106,7 @@ pub struct UserMessageLimiter {
 }
 
 impl UserMessageLimiter {
-    pub fn from_config(config: &Config) -> Self {
-        let positive = |n| NonZeroU32::new(n).expect("validated as positive");
-        let quota = Quota::per_second(positive(config.user_msg_rate_per_sec))
-            .allow_burst(positive(config.user_msg_burst));
+    pub(crate) fn new(quota: Quota) -> Self {
         Self {
             limiter: RateLimiter::keyed(quota),
         }
@@ -93,5 +121,54 @@ impl UserMessageLimiter {
     pub fn housekeep(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn quotas_at_and_past_their_limits() {
+        let quotas =
+            Quotas::from_env(&env(&[("MSG_RATE_PER_SEC", "1"), ("MSG_BURST", "1")])).unwrap();
+        assert_eq!(
+            quotas.messages,
+            Quota::per_second(nonzero_u32("x", 1).unwrap())
+        );
+        for var in [
+            "MSG_RATE_PER_SEC",
+            "MSG_BURST",
+            "CONTROL_RATE_PER_SEC",
+            "CONTROL_BURST",
+            "USER_MSG_RATE_PER_SEC",
+            "USER_MSG_BURST",
+        ] {
+            assert_names(Quotas::from_env(&env(&[(var, "0")])), var);
+        }
+    }
+
+    #[test]
+    fn a_session_over_its_message_budget_is_refused_until_it_refills() {
+        let quotas =
+            Quotas::from_env(&env(&[("MSG_RATE_PER_SEC", "1"), ("MSG_BURST", "2")])).unwrap();
+        let limiters = SessionLimiters::new(&SessionQuotas::new(&quotas));
+        assert!(
+            limiters.allow_message() && limiters.allow_message(),
+            "the burst"
+        );
+        assert!(!limiters.allow_message(), "past the burst");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(limiters.allow_message(), "refilled at the rate");
+    }
+
+    #[test]
+    fn users_share_one_budget_across_sockets() {
+        let limiter = UserMessageLimiter::new(quota(("R", 1), ("B", 3)).unwrap());
+        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+        assert!((0..3).all(|_| limiter.allow(&alice)));
+        assert!(!limiter.allow(&alice));
+        assert!(limiter.allow(&bob), "another user is not affected");
     }
 }

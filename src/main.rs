@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use palisade::config::{Config, LogFormat};
-use palisade::demo::{demo_config, demo_tokens, DemoPages};
+use palisade::config::LogFormat;
+use palisade::demo::{demo_settings, demo_tokens, DemoPages};
 use palisade::mint::{mint_hs_token, TokenRequest};
 use palisade::Pages;
+use palisade::{Logging, Settings};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -80,20 +81,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let config = Config::load()?;
-            init_logging(&config);
-            serve(config, None)
+            let settings = Settings::load()?;
+            init_logging(settings.logging());
+            serve(settings, None)
         }
         Command::Demo => {
             let _ = dotenvy::dotenv();
-            let (config, secret) = demo_config(palisade::config::utf8_environment())?;
-            init_logging(&config);
+            let (settings, secret) = demo_settings(palisade::config::utf8_environment())?;
+            init_logging(settings.logging());
             let tokens = demo_tokens(&secret);
-            let pages = DemoPages::new(&config, secret);
-            serve(config, Some((pages, tokens)))
+            let pages = DemoPages::new(&settings, secret);
+            serve(settings, Some((pages, tokens)))
         }
         Command::Token { sub, name, ttl } => {
-            let config = Config::load()?;
+            let settings = Settings::load()?;
+            let config = settings.env();
             let secret = config
                 .jwt_decode_secret
                 .as_ref()
@@ -106,14 +108,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .jwt_audience
                 .as_ref()
                 .and_then(|aud| aud.iter().next());
-            request.algorithm = config.algorithms().0[0];
+            request.algorithm = settings.token_algorithm();
             println!("{}", mint_hs_token(secret, &request)?);
             Ok(())
         }
         Command::Healthcheck { path } => healthcheck(&path),
         Command::CheckConfig => {
-            let config = Config::load()?;
-            println!("{}", serde_json::to_string_pretty(&config)?);
+            let settings = Settings::load()?;
+            println!("{}", serde_json::to_string_pretty(settings.env())?);
             Ok(())
         }
     }
@@ -122,18 +124,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// The demo's pages and the tokens it prints.
 type Demo = (std::sync::Arc<DemoPages>, Vec<(&'static str, String)>);
 
-fn serve(config: Config, demo: Option<Demo>) -> anyhow::Result<()> {
+fn serve(settings: Settings, demo: Option<Demo>) -> anyhow::Result<()> {
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let listeners = palisade::Listeners::bind(&config).await?;
+        let listeners = palisade::Listeners::bind(&settings).await?;
         let pages = demo
             .as_ref()
             .map(|(pages, _)| std::sync::Arc::clone(pages) as std::sync::Arc<dyn Pages>);
-        let running = palisade::gateway::start_with_pages(config, listeners, pages).await?;
+        let running = palisade::gateway::start_with_pages(&settings, listeners, pages).await?;
         let addr = running.local_addr();
         match running.admin_addr() {
             Some(admin) => tracing::info!(%addr, %admin, "listening"),
@@ -231,11 +233,11 @@ fn print_demo_banner(addr: std::net::SocketAddr, tokens: &[(&str, String)]) {
     let _ = stdout.flush();
 }
 
-fn init_logging(config: &Config) {
-    // Config::validate has checked the filter parses.
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(logging: &Logging) {
+    // Settings have checked the filter parses.
+    let filter = EnvFilter::try_new(&logging.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
+    match logging.format {
         LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colours only for a person at a terminal, not for log collectors.
         LogFormat::Text => logs

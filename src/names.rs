@@ -11,7 +11,33 @@
 
 use unicode_normalization::{is_nfc, UnicodeNormalization};
 
-use crate::config::MIN_NAME_CHARS;
+use crate::config::{at_least, Config, ConfigError};
+
+/// Usernames and rooms shorter than this are refused, as GarinChat does.
+pub const MIN_NAME_CHARS: usize = 3;
+
+/// How long names may be, and whose display name is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NameRules {
+    pub username_max_chars: usize,
+    pub room_max_chars: usize,
+    /// GarinChat's behaviour: show the `username` the client sends in `join`.
+    pub trust_client_username: bool,
+}
+
+impl NameRules {
+    pub(crate) fn from_env(env: &Config) -> Result<NameRules, ConfigError> {
+        Ok(NameRules {
+            username_max_chars: at_least(
+                "USERNAME_MAX_CHARS",
+                env.username_max_chars,
+                MIN_NAME_CHARS,
+            )?,
+            room_max_chars: at_least("ROOM_MAX_CHARS", env.room_max_chars, MIN_NAME_CHARS)?,
+            trust_client_username: env.trust_client_username,
+        })
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -89,6 +115,25 @@ fn is_format_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn rules_at_and_past_their_limits() {
+        let rules = NameRules::from_env(&env(&[
+            ("USERNAME_MAX_CHARS", "3"),
+            ("ROOM_MAX_CHARS", "3"),
+        ]))
+        .unwrap();
+        assert_eq!((rules.username_max_chars, rules.room_max_chars), (3, 3));
+        assert_names(
+            NameRules::from_env(&env(&[("USERNAME_MAX_CHARS", "2")])),
+            "USERNAME_MAX_CHARS",
+        );
+        assert_names(
+            NameRules::from_env(&env(&[("ROOM_MAX_CHARS", "2")])),
+            "ROOM_MAX_CHARS",
+        );
+    }
 
     #[test]
     fn rooms() {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{HeaderValue, UPGRADE};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,11 +22,11 @@ use tracing::debug;
 use crate::admission::{Admitted, Refusal};
 use crate::bans::Offender;
 use crate::client_ip::{client_ip, IpKey};
-use crate::config::Config;
 use crate::http::{self, plain, with_retry_after, Body, ResponseFuture};
 use crate::metrics::labels::Outcome;
 use crate::session;
 use crate::state::Gateway;
+use crate::upgrade::check_upgrade;
 
 /// How long answering a connection over `MAX_CONNECTIONS` may take.
 const BUSY_ANSWER_TIME: Duration = Duration::from_secs(1);
@@ -57,7 +57,7 @@ pub(crate) async fn accept_loop(
         gateway: Arc::clone(&gateway),
         pages,
     });
-    let limits = gateway.head_limits();
+    let limits = gateway.head;
     http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
         let Some(permit) = gateway.admission.try_connection() else {
             debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
@@ -125,7 +125,7 @@ impl Public {
                 .insert(UPGRADE, HeaderValue::from_static("websocket"));
             return response;
         }
-        if let Err(refusal) = check_upgrade(&gateway.config, &request) {
+        if let Err(refusal) = check_upgrade(&gateway.upgrade, &request) {
             debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
             gateway
                 .metrics
@@ -139,7 +139,7 @@ impl Public {
         let client_ip = client_ip(
             peer.ip(),
             request.headers(),
-            &gateway.config.trusted_proxies,
+            &gateway.upgrade.trusted_proxies,
         );
         let key = IpKey::of(client_ip);
         if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
@@ -194,84 +194,4 @@ impl Public {
         // No Sec-WebSocket-Extensions in the response: permessage-deflate is never negotiated.
         response.map(|_| Body::default())
     }
-}
-
-/// A refused handshake, answered with plain HTTP.
-struct HandshakeRefusal {
-    status: StatusCode,
-    reason: &'static str,
-}
-
-impl HandshakeRefusal {
-    fn into_response(self) -> Response<Body> {
-        let mut response = plain(self.status, self.reason);
-        if self.status == StatusCode::UPGRADE_REQUIRED {
-            response
-                .headers_mut()
-                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        }
-        response
-    }
-}
-
-/// The checks fastwebsockets leaves to us: method, Origin, version, and the key's form.
-fn check_upgrade(config: &Config, request: &Request<Incoming>) -> Result<(), HandshakeRefusal> {
-    let refuse = |status, reason| Err(HandshakeRefusal { status, reason });
-    if request.method() != Method::GET {
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "websocket upgrade must be a GET\n",
-        );
-    }
-    if !origin_allowed(config, request.headers().get(ORIGIN)) {
-        return refuse(StatusCode::FORBIDDEN, "origin not allowed\n");
-    }
-    if request
-        .headers()
-        .get(SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket version 13 required\n",
-        );
-    }
-    if !request
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .is_some_and(is_valid_key)
-    {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "missing or invalid Sec-WebSocket-Key\n",
-        );
-    }
-    Ok(())
-}
-
-/// Origins are compared whole and ignoring ASCII case (scheme and host are case-insensitive);
-/// `*` in `ALLOWED_ORIGINS` admits any Origin. A missing Origin is admitted only with
-/// `ALLOW_MISSING_ORIGIN=true`.
-fn origin_allowed(config: &Config, origin: Option<&HeaderValue>) -> bool {
-    let Some(origin) = origin else {
-        return config.allow_missing_origin;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    config
-        .origins()
-        .iter()
-        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
-}
-
-/// RFC 6455 4.1: the key is 16 random bytes, base64-encoded: 24 characters ending in `==`.
-fn is_valid_key(key: &HeaderValue) -> bool {
-    let key = key.as_bytes();
-    key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }

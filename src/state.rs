@@ -2,7 +2,7 @@
 //! metrics, and the trackers of the tasks that serve clients.
 //!
 //! It is built once per gateway and shared as an `Arc<Gateway>`. Starting and stopping the
-//! process (listeners, housekeeping, the drain) is [`gateway`](crate::gateway)'s business; this
+//! process (listeners, housekeeping, the drain) is the business of the gateway module above; this
 //! module knows nothing of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,16 +15,22 @@ use crate::admission::Admission;
 use crate::auth::TokenVerifier;
 use crate::bans::Bans;
 use crate::broker::{Broker, LocalBroker, RedisBroker};
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::http::HeadLimits;
 use crate::hub::Hub;
 use crate::ids::SessionId;
 use crate::limits::{SessionQuotas, UserMessageLimiter};
 use crate::metrics::Metrics;
+use crate::session::settings::Settings as SessionSettings;
+use crate::settings::{Lifecycle, Settings};
+use crate::upgrade::UpgradePolicy;
 
 /// State shared by every connection.
 pub struct Gateway {
-    pub(crate) config: Arc<Config>,
+    pub(crate) session: SessionSettings,
+    pub(crate) head: HeadLimits,
+    pub(crate) upgrade: UpgradePolicy,
+    pub(crate) lifecycle: Lifecycle,
     pub(crate) verifier: TokenVerifier,
     pub(crate) admission: Admission,
     pub(crate) bans: Bans,
@@ -44,42 +50,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Arc<Gateway>, ConfigError> {
-        config.validate()?;
+    /// The state for `settings`; fails only if a file they name cannot be read.
+    pub fn new(settings: &Settings) -> Result<Arc<Gateway>, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let broker: Arc<dyn Broker> = match config.redis_url() {
-            Some(url) => RedisBroker::new(&config, url, Arc::clone(&metrics)).map_err(|err| {
-                ConfigError::Invalid {
-                    var: "REDIS_URL",
-                    why: format!("not a Redis URL ({:?})", err.kind()),
-                }
-            })?,
+        let broker: Arc<dyn Broker> = match &settings.redis {
+            Some(redis) => RedisBroker::new(redis, Arc::clone(&metrics)),
             None => Arc::new(LocalBroker),
         };
         Ok(Arc::new(Gateway {
-            verifier: TokenVerifier::from_config(&config, &metrics)?,
-            admission: Admission::new(&config),
-            bans: Bans::new(&config),
-            quotas: SessionQuotas::from_config(&config),
-            user_messages: UserMessageLimiter::from_config(&config),
-            hub: Hub::new(config.max_room_members, Arc::clone(&metrics), broker),
+            verifier: TokenVerifier::new(&settings.auth, &metrics)?,
+            admission: Admission::new(&settings.admission),
+            bans: Bans::new(&settings.bans),
+            quotas: SessionQuotas::new(&settings.quotas),
+            user_messages: UserMessageLimiter::new(settings.quotas.user_messages),
+            hub: Hub::new(&settings.rooms, Arc::clone(&metrics), broker),
             metrics,
             draining: AtomicBool::new(false),
-            config: Arc::new(config),
+            session: settings.session,
+            head: settings.head,
+            upgrade: settings.upgrade.clone(),
+            lifecycle: settings.lifecycle,
             stopping: CancellationToken::new(),
             sessions: TaskTracker::new(),
             tasks: TaskTracker::new(),
             next_session_id: AtomicU64::new(1),
         }))
-    }
-
-    /// The limits of every HTTP listener.
-    pub(crate) fn head_limits(&self) -> HeadLimits {
-        HeadLimits {
-            header_read_timeout: self.config.header_read_timeout(),
-            max_header_bytes: self.config.max_header_bytes,
-            max_headers: self.config.max_headers,
-        }
     }
 
     pub(crate) fn next_session_id(&self) -> SessionId {

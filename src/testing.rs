@@ -95,8 +95,13 @@ impl Probe {
 }
 
 /// A gateway's state without listeners, for driving sessions over in-memory sockets.
-pub fn gateway(config: crate::Config) -> Arc<Gateway> {
-    Gateway::new(config).expect("a valid config")
+pub fn gateway(settings: &crate::Settings) -> Arc<Gateway> {
+    Gateway::new(settings).expect("the files the settings name can be read")
+}
+
+/// The token verifier `settings` describe, on its own.
+pub fn verifier(settings: &crate::Settings) -> TokenVerifier {
+    TokenVerifier::new(&settings.auth, &Arc::default()).expect("the revocation file can be read")
 }
 
 /// Starts a session on `gateway` over an in-memory socket, as if `ip` had connected and

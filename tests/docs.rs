@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use palisade::config::Config;
 use palisade::CloseCode;
+use palisade::Settings;
 use serde_json::Value;
 
 const README: &str = include_str!("../README.md");
@@ -37,9 +37,9 @@ fn table_rows<'a>(doc: &'a str, heading: &str, prefix: &str) -> Vec<Vec<&'a str>
 
 /// Every setting with its default, as the code sees it (required ones given placeholders).
 fn defaults() -> BTreeMap<String, Value> {
-    let config =
-        Config::from_pairs([("ALLOWED_ORIGINS", "x"), ("JWT_DECODE_SECRET", "y")]).unwrap();
-    let Value::Object(map) = serde_json::to_value(&config).unwrap() else {
+    let settings =
+        Settings::from_pairs([("ALLOWED_ORIGINS", "x"), ("JWT_DECODE_SECRET", "y")]).unwrap();
+    let Value::Object(map) = serde_json::to_value(settings.env()).unwrap() else {
         unreachable!()
     };
     map.into_iter()
@@ -87,9 +87,9 @@ fn env_example_lists_every_setting_and_is_valid() {
     for name in defaults().keys() {
         assert!(keys.contains(&name.as_str()), ".env.example lacks {name}");
     }
-    let config = Config::from_pairs(pairs.clone()).expect(".env.example is a valid config");
+    let settings = Settings::from_pairs(pairs.clone()).expect(".env.example is a valid config");
     // Its values are the defaults (bar the three GarinChat settings it fills in).
-    let example = serde_json::to_value(&config).unwrap();
+    let example = serde_json::to_value(settings.env()).unwrap();
     for (name, default) in defaults() {
         if !["ALLOWED_ORIGINS", "JWT_DECODE_SECRET"].contains(&name.as_str()) {
             assert_eq!(example[name.to_lowercase()], default, "{name}");

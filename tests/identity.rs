@@ -228,15 +228,15 @@ async fn hs_tokens_signed_with_the_public_key_are_refused() {
         ("JWKS_URL", jwks.url.as_str()),
         ("JWT_ISSUER", ISSUER),
     ];
-    assert!(palisade::Config::from_pairs(open)
+    assert!(palisade::Settings::from_pairs(open)
         .unwrap_err()
         .to_string()
         .contains("JWT_AUDIENCE"));
     let mut allowed = open.to_vec();
     allowed.push(("JWT_ACCEPT_ANY_AUDIENCE", "true"));
-    assert!(palisade::Config::from_pairs(allowed).is_ok());
+    assert!(palisade::Settings::from_pairs(allowed).is_ok());
     // And a JWKS cannot be combined with HS algorithms at all.
-    let refused = palisade::Config::from_pairs([
+    let refused = palisade::Settings::from_pairs([
         ("ALLOWED_ORIGINS", "x"),
         ("JWKS_URL", jwks.url.as_str()),
         ("JWT_ISSUER", ISSUER),
@@ -514,13 +514,13 @@ async fn revoked_tokens_and_subjects_are_refused_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A missing file is a configuration error, not silently nothing revoked.
-    let missing = palisade::Config::from_pairs([
+    let missing = palisade::Settings::from_pairs([
         ("ALLOWED_ORIGINS", "x"),
         ("JWT_DECODE_SECRET", "y"),
         ("REVOCATION_FILE", "/nonexistent/revoked.txt"),
     ])
     .unwrap();
-    let err = palisade::Gateway::new(missing)
+    let err = palisade::Gateway::new(&missing)
         .err()
         .expect("refused")
         .to_string();

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::error::AuthError;
-use crate::config::Config;
+use crate::config::{invalid, Config, ConfigError};
 use crate::names::sanitize_display_name;
+use crate::names::NameRules;
 
 /// The longest user id accepted; an id is an id, not a payload.
 pub const MAX_SUBJECT_BYTES: usize = 256;
@@ -21,8 +22,9 @@ pub struct Identity {
     pub user_id: Arc<str>,
     /// `USERNAME_CLAIM`, cleaned; the user id when the token has none.
     pub display_name: Arc<str>,
-    /// The token's `exp`, seconds since the Unix epoch.
-    pub expires_at: u64,
+    /// When the token stops being good: its `exp` plus `JWT_LEEWAY_SECS`, in seconds since
+    /// the Unix epoch.
+    pub valid_until: u64,
     /// The token's `jti`, if any.
     pub token_id: Option<String>,
     /// With `ROOMS_CLAIM`: the rooms this token may join.
@@ -44,13 +46,17 @@ impl RoomPatterns {
     }
 }
 
-/// How claims are read, from config.
+/// How claims are read (`USER_ID_CLAIM`, `USERNAME_CLAIM`, `ROOMS_CLAIM`,
+/// `JWT_REQUIRED_CLAIMS`).
+#[derive(Clone, Debug)]
 pub struct ClaimRules {
     user_id_claim: String,
     username_claim: String,
     username_max_chars: usize,
     rooms_claim: Option<String>,
     required: Vec<String>,
+    /// `JWT_LEEWAY_SECS` (validated by `AuthSettings`).
+    leeway_secs: u64,
 }
 
 /// What depends on the issuer: the clients its tokens may be for, and its user id prefix.
@@ -62,18 +68,25 @@ pub struct IssuerScope {
 }
 
 impl ClaimRules {
-    pub fn from_config(config: &Config) -> ClaimRules {
-        ClaimRules {
-            user_id_claim: config.user_id_claim.clone(),
-            username_claim: config.username_claim.clone(),
-            username_max_chars: config.username_max_chars,
-            rooms_claim: config.rooms_claim.clone(),
-            required: config
+    pub(crate) fn from_env(env: &Config, names: &NameRules) -> Result<ClaimRules, ConfigError> {
+        let claim = |var, name: &String| {
+            if name.trim().is_empty() {
+                return Err(invalid(var, "empty"));
+            }
+            Ok(name.clone())
+        };
+        Ok(ClaimRules {
+            user_id_claim: claim("USER_ID_CLAIM", &env.user_id_claim)?,
+            username_claim: claim("USERNAME_CLAIM", &env.username_claim)?,
+            username_max_chars: names.username_max_chars,
+            rooms_claim: env.rooms_claim.clone(),
+            required: env
                 .jwt_required_claims
                 .as_ref()
                 .map(|list| list.0.clone())
                 .unwrap_or_default(),
-        }
+            leeway_secs: env.jwt_leeway_secs,
+        })
     }
 
     /// The claim jsonwebtoken must find, besides `exp`: `sub` unless the id is elsewhere.
@@ -107,10 +120,10 @@ impl ClaimRules {
             _ => return Err(AuthError::BadSubject),
         };
         let user_id = format!("{}{id}", scope.user_id_prefix);
-        let expires_at = claims
+        let valid_until = claims
             .get("exp")
             .and_then(Value::as_f64)
-            .map(|exp| exp.max(0.0) as u64)
+            .map(|exp| (exp.max(0.0) as u64).saturating_add(self.leeway_secs))
             .ok_or(AuthError::BadClaimFormat)?;
         let display_name = claims
             .get(&self.username_claim)
@@ -125,7 +138,7 @@ impl ClaimRules {
         Ok(Identity {
             user_id: Arc::from(user_id.as_str()),
             display_name: Arc::from(display_name),
-            expires_at,
+            valid_until,
             token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             rooms,
         })

@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, TrustedIssuer};
+use super::settings::JwksTiming;
+use crate::config::TrustedIssuer;
 use crate::metrics::labels::FetchResult;
 use crate::metrics::Metrics;
 
@@ -151,10 +152,14 @@ pub struct IssuerKeys {
 }
 
 impl IssuerKeys {
-    pub fn new(issuer: TrustedIssuer, config: &Config, metrics: Arc<Metrics>) -> IssuerKeys {
+    pub(crate) fn new(
+        issuer: TrustedIssuer,
+        timing: &JwksTiming,
+        metrics: Arc<Metrics>,
+    ) -> IssuerKeys {
         let client = reqwest::Client::builder()
-            .timeout(config.jwks_timeout())
-            .connect_timeout(config.jwks_timeout())
+            .timeout(timing.timeout)
+            .connect_timeout(timing.timeout)
             // Key sets are never behind redirects we should follow to another host.
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -166,9 +171,9 @@ impl IssuerKeys {
             fetches_started: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             last_refetch: tokio::sync::Mutex::new(None),
-            cooldown: config.jwks_refetch_cooldown(),
-            refresh: config.jwks_refresh(),
-            timeout: config.jwks_timeout(),
+            cooldown: timing.cooldown,
+            refresh: timing.refresh,
+            timeout: timing.timeout,
             metrics,
         }
     }

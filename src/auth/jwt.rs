@@ -15,14 +15,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{decode, decode_header, Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::claims::{ClaimRules, Identity, IssuerScope};
 use super::error::AuthError;
 use super::jwks::{IssuerKeys, MAX_KID_BYTES};
 use super::revocation::Revocations;
-use crate::config::{Config, ConfigError};
+use super::settings::{AuthSettings, KeySettings};
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
 /// Where verification keys come from.
@@ -54,13 +55,16 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ConfigError> {
-        let algorithms = config.algorithms().0;
-        let rules = ClaimRules::from_config(config);
+    pub(crate) fn new(
+        settings: &AuthSettings,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        let algorithms = settings.algorithms.clone();
+        let rules = settings.claims.clone();
         let base = |issuers: &[String], audience: &[String]| {
             let mut validation = Validation::new(algorithms[0]);
             validation.algorithms = algorithms.clone();
-            validation.leeway = config.jwt_leeway_secs;
+            validation.leeway = settings.leeway_secs;
             validation.validate_exp = true;
             validation.validate_nbf = true;
             let mut required = vec!["exp"];
@@ -81,42 +85,42 @@ impl TokenVerifier {
             validation.set_required_spec_claims(&required);
             validation
         };
-        let source = if config.uses_jwks() {
-            KeySource::Jwks(
-                config
-                    .issuers()
-                    .into_iter()
+        let source = match &settings.keys {
+            KeySettings::Jwks { issuers, timing } => KeySource::Jwks(
+                issuers
+                    .iter()
                     .map(|issuer| TrustedKeys {
                         validation: base(std::slice::from_ref(&issuer.issuer), &issuer.audience),
                         scope: IssuerScope {
                             allowed_azp: issuer.azp.clone(),
                             user_id_prefix: issuer.user_id_prefix.clone(),
                         },
-                        keys: Arc::new(IssuerKeys::new(issuer, config, Arc::clone(metrics))),
+                        keys: Arc::new(IssuerKeys::new(
+                            issuer.clone(),
+                            timing,
+                            Arc::clone(metrics),
+                        )),
                     })
                     .collect(),
-            )
-        } else {
-            let issuers: Vec<String> = config.jwt_issuer.iter().cloned().collect();
-            let audience = config
-                .jwt_audience
-                .as_ref()
-                .map(|aud| aud.0.clone())
-                .unwrap_or_default();
-            KeySource::Static {
-                key: static_key(config)?,
-                validation: Box::new(base(&issuers, &audience)),
-                scope: IssuerScope {
-                    allowed_azp: config
-                        .jwt_allowed_azp
-                        .as_ref()
-                        .map(|azp| azp.0.clone())
-                        .unwrap_or_default(),
-                    user_id_prefix: String::new(),
-                },
+            ),
+            KeySettings::Static {
+                key,
+                issuer,
+                audience,
+                azp,
+            } => {
+                let issuers: Vec<String> = issuer.iter().cloned().collect();
+                KeySource::Static {
+                    key: key.clone(),
+                    validation: Box::new(base(&issuers, audience)),
+                    scope: IssuerScope {
+                        allowed_azp: azp.clone(),
+                        user_id_prefix: String::new(),
+                    },
+                }
             }
         };
-        let revocations = config
+        let revocations = settings
             .revocation_file
             .as_deref()
             .map(Revocations::load)
@@ -126,7 +130,7 @@ impl TokenVerifier {
             algorithms,
             rules,
             revocations,
-            max_token_bytes: config.max_token_bytes,
+            max_token_bytes: settings.max_token_bytes,
         })
     }
 
@@ -231,32 +235,6 @@ fn choose_issuer<'a>(
         .iter()
         .find(|trusted| trusted.keys.issuer.issuer == iss)
         .ok_or(AuthError::WrongIssuer)
-}
-
-fn static_key(config: &Config) -> Result<DecodingKey, ConfigError> {
-    let family = config
-        .algorithms()
-        .family()
-        .ok_or_else(|| ConfigError::Missing("JWT_ALGORITHMS".into()))?;
-    if family == AlgorithmFamily::Hmac {
-        let secret = config
-            .jwt_decode_secret
-            .as_ref()
-            .ok_or_else(|| ConfigError::Missing("JWT_DECODE_SECRET".into()))?;
-        return Ok(DecodingKey::from_secret(secret.expose().as_bytes()));
-    }
-    let pem = config
-        .read_public_key()?
-        .ok_or_else(|| ConfigError::Missing("JWT_PUBLIC_KEY_FILE".into()))?;
-    let parsed = match family {
-        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-        _ => DecodingKey::from_ed_pem(&pem),
-    };
-    parsed.map_err(|err| ConfigError::Invalid {
-        var: "JWT_PUBLIC_KEY_FILE",
-        why: format!("not a {family:?} public key in PEM form: {err}"),
-    })
 }
 
 /// Seconds since the Unix epoch.

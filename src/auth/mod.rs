@@ -13,7 +13,9 @@ pub mod jwks;
 pub mod jwt;
 pub mod mint;
 pub mod revocation;
+pub mod settings;
 
 pub use claims::Identity;
 pub use error::AuthError;
 pub use jwt::TokenVerifier;
+pub(crate) use settings::AuthSettings;

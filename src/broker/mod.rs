@@ -1,6 +1,6 @@
 //! How rooms reach beyond this node.
 //!
-//! The [`Hub`](crate::hub::Hub) holds a room's members on this node and fans out to them; a
+//! The hub holds a room's members on this node and fans out to them; a
 //! [`Broker`] carries the room's events to the other nodes. Two implementations:
 //!
 //! - [`LocalBroker`]: the default (no `REDIS_URL`). One node, nothing to carry.
@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 pub use envelope::{Envelope, RemoteEvent, RemoteMember};
 pub use keys::Keys;
 pub use memory::LocalBroker;
-pub use redis::RedisBroker;
+pub(crate) use redis::{RedisBroker, RedisSettings};
 
 use crate::ids::SessionId;
 

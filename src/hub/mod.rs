@@ -20,11 +20,27 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::broker::{Broker, Delivery, RoomEvent};
+use crate::config::{nonzero_usize, Config, ConfigError};
 use crate::ids::SessionId;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
 use room::Room;
+
+/// What rooms may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RoomSettings {
+    /// Members per room, on every node together.
+    pub max_members: usize,
+}
+
+impl RoomSettings {
+    pub(crate) fn from_env(env: &Config) -> Result<RoomSettings, ConfigError> {
+        Ok(RoomSettings {
+            max_members: nonzero_usize("MAX_ROOM_MEMBERS", env.max_room_members)?.get(),
+        })
+    }
+}
 
 /// A socket in a room.
 #[derive(Clone, Debug)]
@@ -48,10 +64,14 @@ pub struct Hub {
 pub struct RoomFull;
 
 impl Hub {
-    pub fn new(max_members: usize, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) -> Arc<Hub> {
+    pub(crate) fn new(
+        settings: &RoomSettings,
+        metrics: Arc<Metrics>,
+        broker: Arc<dyn Broker>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             rooms: DashMap::new(),
-            max_members,
+            max_members: settings.max_members,
             metrics,
             broker,
         })
@@ -253,6 +273,25 @@ mod tests {
         )
     }
 
+    fn hub(max_members: usize) -> Arc<Hub> {
+        Hub::new(
+            &RoomSettings { max_members },
+            Arc::default(),
+            Arc::new(LocalBroker),
+        )
+    }
+
+    #[test]
+    fn settings_at_and_past_their_limits() {
+        use crate::config::tests::{assert_names, env};
+        let settings = RoomSettings::from_env(&env(&[("MAX_ROOM_MEMBERS", "1")])).unwrap();
+        assert_eq!(settings.max_members, 1);
+        assert_names(
+            RoomSettings::from_env(&env(&[("MAX_ROOM_MEMBERS", "0")])),
+            "MAX_ROOM_MEMBERS",
+        );
+    }
+
     fn next_text(rx: &mut OutboxReceiver) -> String {
         match rx.queue.try_recv().expect("a frame") {
             Outbound::Text(text) => String::from_utf8(text.bytes.to_vec()).unwrap(),
@@ -262,7 +301,7 @@ mod tests {
 
     #[test]
     fn rooms_live_while_they_have_members() {
-        let hub = Hub::new(2, Arc::default(), Arc::new(LocalBroker));
+        let hub = hub(2);
         let (alice, mut alice_rx) = member(1);
         let (bob, mut bob_rx) = member(2);
         let a = hub.join("lobby", alice).unwrap();
@@ -294,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_evicts_instead_of_blocking() {
-        let hub = Hub::new(10, Arc::default(), Arc::new(LocalBroker));
+        let hub = hub(10);
         let (slow, _slow_rx) = member(1);
         let slow_outbox = slow.outbox.clone();
         let (fast, _fast_rx) = member(2);

@@ -16,8 +16,10 @@
 //! written (so the room hears `userleave` at once), then the [`close`] handshake gets
 //! `CLOSE_TIMEOUT_MS`.
 
+mod auth;
 mod close;
 pub mod reader;
+pub(crate) mod settings;
 mod timers;
 pub mod writer;
 
@@ -32,9 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use crate::admission::{Admitted, UserSlot};
-use crate::auth::jwt::unix_now;
-use crate::auth::{AuthError, Identity};
-use crate::bans::Offender;
+use crate::auth::Identity;
 use crate::hub::{Member, Membership};
 use crate::ids::SessionId;
 use crate::limits::SessionLimiters;
@@ -44,7 +44,7 @@ use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{ClientFrame, CloseCode};
 use crate::state::Gateway;
 use close::{End, Summary};
-use reader::{EventReceiver, Inbound, ReadLimits};
+use reader::{EventReceiver, Inbound};
 use timers::{far_future, Due, Timers};
 
 /// Reader events buffered ahead of the session: small, so a client that floods is held back by
@@ -109,11 +109,11 @@ pub async fn run<S>(gateway: Arc<Gateway>, ws: WebSocket<S>, client_ip: IpAddr, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = &gateway.config;
+    let settings = &gateway.session;
     let started = Instant::now();
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
 
-    let (outbox, outbox_rx) = Outbox::new(config.outbound_queue_frames);
+    let (outbox, outbox_rx) = Outbox::new(settings.outbound_queue_frames.get());
     let (close_tx, close_rx) = oneshot::channel();
     let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
         write_half,
@@ -122,12 +122,12 @@ where
         Some(Arc::clone(&gateway.metrics)),
     )));
 
-    let limits = ReadLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_fragments: config.max_fragments,
-    };
     let (events_tx, mut events) = reader::events(READER_QUEUE);
-    let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(read_half, limits, events_tx)));
+    let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(
+        read_half,
+        settings.read,
+        events_tx,
+    )));
 
     gateway
         .metrics
@@ -138,14 +138,9 @@ where
         outbox,
         limiters: SessionLimiters::new(&gateway.quotas),
         state: State::AwaitAuth,
-        deadline: Some(started + config.auth_timeout()),
+        deadline: Some(started + settings.deadlines.auth),
         user_slot: None,
-        timers: Timers::new(
-            config.ping_interval(),
-            config.pong_timeout(),
-            config.idle_timeout(),
-            started,
-        ),
+        timers: Timers::new(&settings.keepalive, started),
     };
     let end = session.run(&mut events).await;
 
@@ -154,7 +149,7 @@ where
     end.record(&gateway, admitted.ip.key(), user_id.as_ref());
     // Leave the room first, so the others hear `userleave` before the close handshake.
     drop(session);
-    close::handshake(end, writer, close_tx, &mut events, config.close_timeout()).await;
+    close::handshake(end, writer, close_tx, &mut events, settings.deadlines.close).await;
     drop(admitted);
     Summary {
         peer: client_ip,
@@ -245,89 +240,12 @@ impl Session {
         Err(CloseCode::RateLimited)
     }
 
-    /// The first `auth` authenticates; a later one refreshes the token (same user only).
-    async fn on_auth(&mut self, token: &str) -> Result<(), CloseCode> {
-        let first = matches!(self.state, State::AwaitAuth);
-        if !first {
-            self.spend_control()?;
-        }
-        let gateway = Arc::clone(&self.gateway);
-        let metrics = &gateway.metrics;
-        let verifying = Instant::now();
-        // Verifying may wait for an identity provider's keys: the state's deadline and
-        // shutdown still apply meanwhile.
-        let deadline = self.deadline;
-        let verified = tokio::select! {
-            verified = gateway.verifier.verify(token) => verified,
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                return Err(self.deadline_code());
-            }
-            _ = gateway.stopping.cancelled() => return Err(CloseCode::GoingAway),
-        };
-        metrics
-            .auth_duration
-            .observe(verifying.elapsed().as_secs_f64());
-        let identity = verified.map_err(|err| self.refuse_auth(err))?;
-        if !first {
-            return self.refresh(identity);
-        }
-        let user = Offender::User(Arc::clone(&identity.user_id));
-        if self.gateway.bans.remaining(&user).is_some() {
-            return Err(self.refuse_auth(AuthError::BannedUser));
-        }
-        let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
-            return Err(self.refuse_auth(AuthError::TooManySessions));
-        };
-        debug!(session = self.id, user_id = %identity.user_id, "authenticated");
-        self.set_token_expiry(&identity);
-        self.user_slot = Some(slot);
-        self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
-        self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
-        Ok(())
-    }
-
-    /// Logs and counts a refused authentication; the close code that goes with it.
-    fn refuse_auth(&self, err: AuthError) -> CloseCode {
-        debug!(session = self.id, %err, "auth refused");
-        self.gateway.metrics.auth_failure(err);
-        match err {
-            AuthError::TooManySessions => CloseCode::TooManySessions,
-            AuthError::BannedUser => CloseCode::Banned,
-            _ => CloseCode::AuthFailed,
-        }
-    }
-
-    /// The token stops being good at `exp` plus the leeway it was accepted with.
-    fn set_token_expiry(&mut self, identity: &Identity) {
-        let leeway = self.gateway.config.jwt_leeway_secs;
-        self.timers
-            .set_token_expiry(identity.expires_at.saturating_add(leeway), unix_now());
-    }
-
-    /// A fresh token for the same user extends the session to its expiry; one for anybody
-    /// else is refused.
-    fn refresh(&mut self, fresh: Identity) -> Result<(), CloseCode> {
-        let Some(current) = self.state.identity() else {
-            unreachable!("refresh happens only after auth");
-        };
-        if current.user_id != fresh.user_id {
-            return Err(self.refuse_auth(AuthError::WrongSubject));
-        }
-        debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
-        self.set_token_expiry(&fresh);
-        let current = self.state.identity_mut().expect("checked above");
-        current.expires_at = fresh.expires_at;
-        current.token_id = fresh.token_id;
-        current.rooms = fresh.rooms;
-        Ok(())
-    }
-
     async fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
         let State::AwaitJoin { identity } = &self.state else {
             return Err(self.out_of_state("join"));
         };
         self.spend_control()?;
-        let config = &self.gateway.config;
+        let names = &self.gateway.session.names;
         if identity
             .rooms
             .as_ref()
@@ -340,13 +258,13 @@ impl Session {
             );
             return Err(CloseCode::RoomNotAllowed);
         }
-        validate_room(room, config.room_max_chars).map_err(|err| {
+        validate_room(room, names.room_max_chars).map_err(|err| {
             debug!(session = self.id, room_bytes = room.len(), %err, "room refused");
             CloseCode::InvalidName
         })?;
-        let display_name: Arc<str> = if config.trust_client_username {
+        let display_name: Arc<str> = if names.trust_client_username {
             let name = username.ok_or(CloseCode::InvalidName)?;
-            validate_username(&name, config.username_max_chars).map_err(|err| {
+            validate_username(&name, names.username_max_chars).map_err(|err| {
                 debug!(session = self.id, name_bytes = name.len(), %err, "username refused");
                 CloseCode::InvalidName
             })?;
@@ -420,7 +338,7 @@ impl Session {
         };
         // The membership was dropped with the old state: the room has heard `userleave`.
         self.enter(SessionState::InRoom, State::AwaitJoin { identity });
-        self.deadline = Some(Instant::now() + self.gateway.config.join_timeout());
+        self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
         Ok(())
     }
 
@@ -452,3 +370,6 @@ impl Drop for Session {
             .session_state(Some(self.state.label()), None);
     }
 }
+
+#[cfg(test)]
+mod tests;

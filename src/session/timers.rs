@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::settings::Keepalive;
 use crate::protocol::CloseCode;
 
 /// What a timer asks of the session.
@@ -31,19 +32,14 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    pub(super) fn new(
-        ping_interval: Duration,
-        pong_timeout: Duration,
-        idle_timeout: Option<Duration>,
-        now: Instant,
-    ) -> Self {
+    pub(super) fn new(keepalive: &Keepalive, now: Instant) -> Self {
         Self {
-            ping_interval,
-            pong_timeout,
-            idle_timeout,
-            next_ping: now + ping_interval,
+            ping_interval: keepalive.ping_interval,
+            pong_timeout: keepalive.pong_timeout,
+            idle_timeout: keepalive.idle_timeout,
+            next_ping: now + keepalive.ping_interval,
             pong_due: None,
-            idle_deadline: idle_timeout.map(|idle| now + idle),
+            idle_deadline: keepalive.idle_timeout.map(|idle| now + idle),
             token_expiry: None,
         }
     }
@@ -114,11 +110,19 @@ pub(super) fn far_future() -> Instant {
 mod tests {
     use super::*;
 
+    fn keepalive(idle_timeout: Option<Duration>) -> Keepalive {
+        Keepalive {
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn pings_then_closes_without_a_pong() {
         let start = Instant::now();
         let second = Duration::from_secs(1);
-        let mut timers = Timers::new(second * 30, second * 10, None, start);
+        let mut timers = Timers::new(&keepalive(None), start);
         assert_eq!(timers.next_event(), start + second * 30);
         assert_eq!(timers.due(start + second * 29), Ok(Due::Nothing));
         assert_eq!(timers.due(start + second * 30), Ok(Due::Ping));
@@ -136,7 +140,7 @@ mod tests {
     async fn idleness_and_expiry_close() {
         let start = Instant::now();
         let second = Duration::from_secs(1);
-        let mut timers = Timers::new(second * 30, second * 10, Some(second * 5), start);
+        let mut timers = Timers::new(&keepalive(Some(second * 5)), start);
         assert_eq!(timers.due(start + second * 5), Err(CloseCode::IdleTimeout));
         timers.on_client_message(start + second * 4);
         assert_eq!(timers.due(start + second * 5), Ok(Due::Nothing));

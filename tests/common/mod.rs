@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use palisade::config::{Config, Secret};
+use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
 use palisade::testing::Probe;
 use palisade::RunningGateway;
+use palisade::Settings;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -72,12 +73,12 @@ impl TestServer {
             settings.retain(|(k, _)| k != key);
             settings.push(((*key).to_owned(), (*value).to_owned()));
         }
-        let config = Config::from_pairs(settings).expect("test config is valid");
+        let settings = Settings::from_pairs(settings).expect("test settings are valid");
         let listeners = palisade::Listeners {
             main: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         };
-        let running = palisade::start_with(config, listeners)
+        let running = palisade::start_with(&settings, listeners)
             .await
             .expect("gateway starts");
         let addr = running.local_addr();

@@ -30,6 +30,9 @@
 mod driver;
 mod presence;
 mod publisher;
+mod settings;
+
+pub(crate) use settings::RedisSettings;
 
 /// Why a Redis call or connection failed. Never the URL: the redis crate's error kinds name
 /// the failure, not the address (which may hold a password).
@@ -59,27 +62,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{BoxFuture, Broker, Keys, LocalRooms, RemoteEvent, RoomEvent};
-use crate::config::Config;
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
 
 /// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
-
-/// Settings from the config.
-#[derive(Clone, Debug)]
-struct Settings {
-    key_ttl: Duration,
-    timeout: Duration,
-    probe_interval: Duration,
-    reconnect_max: Duration,
-}
-
-impl Settings {
-    fn heartbeat(&self) -> Duration {
-        self.key_ttl / 3
-    }
-}
 
 /// What the publisher writes.
 struct Outgoing {
@@ -115,7 +102,7 @@ pub struct RedisBroker {
     node: Arc<str>,
     keys: Keys,
     client: Client,
-    settings: Settings,
+    settings: RedisSettings,
     metrics: Arc<Metrics>,
     connected: AtomicBool,
     commands: mpsc::UnboundedSender<Command>,
@@ -136,22 +123,16 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker for `REDIS_URL`; nothing connects until [`spawn`](Self::spawn).
-    pub fn new(config: &Config, url: &str, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisError> {
-        let client = Client::open(url)?;
+    /// A broker for these settings; nothing connects until [`Broker::start`].
+    pub(crate) fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (outgoing, outgoing_rx) = mpsc::channel(config.redis_publish_queue);
+        let (outgoing, outgoing_rx) = mpsc::channel(settings.publish_queue.get());
         let node: Arc<str> = Arc::from(format!("{:016x}", rand::rng().random::<u64>()));
-        Ok(Arc::new(RedisBroker {
+        Arc::new(RedisBroker {
             node,
-            keys: Keys::new(&config.redis_prefix),
-            client,
-            settings: Settings {
-                key_ttl: config.redis_key_ttl(),
-                timeout: config.redis_timeout(),
-                probe_interval: config.redis_probe_interval(),
-                reconnect_max: config.redis_reconnect_max(),
-            },
+            keys: Keys::new(&settings.prefix),
+            client: settings.client.clone(),
+            settings: settings.clone(),
             metrics,
             connected: AtomicBool::new(false),
             commands,
@@ -167,7 +148,7 @@ impl RedisBroker {
             publish_failed: Notify::new(),
             stop: CancellationToken::new(),
             stopped: CancellationToken::new(),
-        }))
+        })
     }
 
     fn set_connected(&self, connected: bool) {

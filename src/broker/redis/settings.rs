@@ -1,0 +1,121 @@
+//! The Redis broker's settings (`REDIS_*`).
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use redis::Client;
+
+use crate::config::{invalid, nonzero_usize, Config, ConfigError, Secret};
+
+/// Where Redis is and how the broker treats it; `None` (one node on its own) when `REDIS_URL`
+/// is unset or empty.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisSettings {
+    /// Opened from `REDIS_URL` (parsed, not connected).
+    pub client: Client,
+    pub prefix: String,
+    /// How long a node's presence outlives its last heartbeat.
+    pub key_ttl: Duration,
+    /// The longest a connect or command may take.
+    pub timeout: Duration,
+    pub probe_interval: Duration,
+    pub reconnect_max: Duration,
+    pub publish_queue: NonZeroUsize,
+}
+
+impl RedisSettings {
+    pub(crate) fn from_env(env: &Config) -> Result<Option<RedisSettings>, ConfigError> {
+        let Some(url) = env.redis_url.as_ref().map(Secret::expose) else {
+            return Ok(None);
+        };
+        let client = Client::open(url).map_err(|err| {
+            // The parser's message may quote the URL, password included: keep only its kind.
+            invalid("REDIS_URL", format!("not a Redis URL ({:?})", err.kind()))
+        })?;
+        let prefix = &env.redis_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "REDIS_PREFIX",
+                "1 to 64 characters, no spaces or control characters",
+            ));
+        }
+        if env.redis_key_ttl_secs < 3 {
+            return Err(invalid(
+                "REDIS_KEY_TTL_SECS",
+                "at least 3 (nodes refresh their keys three times per period)",
+            ));
+        }
+        if env.redis_timeout_ms == 0 || env.redis_timeout_ms >= env.redis_key_ttl_secs * 1000 / 3 {
+            return Err(invalid(
+                "REDIS_TIMEOUT_MS",
+                "greater than 0 and shorter than a third of REDIS_KEY_TTL_SECS",
+            ));
+        }
+        if env.redis_probe_interval_ms < 100 {
+            return Err(invalid("REDIS_PROBE_INTERVAL_MS", "at least 100"));
+        }
+        if env.redis_reconnect_max_ms < 100 {
+            return Err(invalid("REDIS_RECONNECT_MAX_MS", "at least 100"));
+        }
+        Ok(Some(RedisSettings {
+            client,
+            prefix: prefix.clone(),
+            key_ttl: Duration::from_secs(env.redis_key_ttl_secs),
+            timeout: Duration::from_millis(env.redis_timeout_ms),
+            probe_interval: Duration::from_millis(env.redis_probe_interval_ms),
+            reconnect_max: Duration::from_millis(env.redis_reconnect_max_ms),
+            publish_queue: nonzero_usize("REDIS_PUBLISH_QUEUE", env.redis_publish_queue)?,
+        }))
+    }
+
+    /// How often a node refreshes its keys: three times per TTL.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.key_ttl / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn settings_at_their_limits_are_accepted() {
+        let settings = RedisSettings::from_env(&env(&[
+            ("REDIS_URL", "redis://:pass@127.0.0.1:6379/2"),
+            ("REDIS_KEY_TTL_SECS", "3"),
+            ("REDIS_TIMEOUT_MS", "999"),
+            ("REDIS_PROBE_INTERVAL_MS", "100"),
+            ("REDIS_RECONNECT_MAX_MS", "100"),
+            ("REDIS_PUBLISH_QUEUE", "1"),
+        ]))
+        .unwrap()
+        .expect("Redis is configured");
+        assert_eq!(settings.heartbeat(), Duration::from_secs(1));
+        assert!(RedisSettings::from_env(&env(&[("REDIS_URL", "")]))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn settings_past_their_limits_are_named() {
+        for (var, value) in [
+            ("REDIS_URL", "http://not-redis"),
+            ("REDIS_PREFIX", "has space:"),
+            ("REDIS_KEY_TTL_SECS", "2"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("REDIS_TIMEOUT_MS", "5000"),
+            ("REDIS_PROBE_INTERVAL_MS", "99"),
+            ("REDIS_RECONNECT_MAX_MS", "99"),
+            ("REDIS_PUBLISH_QUEUE", "0"),
+        ] {
+            let mut pairs = vec![("REDIS_URL", "redis://127.0.0.1:6379")];
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, value));
+            assert_names(RedisSettings::from_env(&env(&pairs)), var);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The `auth` frame: the first authenticates the session (once the user is neither banned nor
+//! over `MAX_SESSIONS_PER_USER`), a later one refreshes its token.
+
+use std::sync::Arc;
+
+use tokio::time::{sleep_until, Instant};
+use tracing::debug;
+
+use super::timers::far_future;
+use super::{Session, State};
+use crate::auth::jwt::unix_now;
+use crate::auth::{AuthError, Identity};
+use crate::bans::Offender;
+use crate::metrics::labels::SessionState;
+use crate::protocol::CloseCode;
+
+impl Session {
+    /// The first `auth` authenticates; a later one refreshes the token (same user only).
+    pub(super) async fn on_auth(&mut self, token: &str) -> Result<(), CloseCode> {
+        let first = matches!(self.state, State::AwaitAuth);
+        if !first {
+            self.spend_control()?;
+        }
+        let gateway = Arc::clone(&self.gateway);
+        let metrics = &gateway.metrics;
+        let verifying = Instant::now();
+        // Verifying may wait for an identity provider's keys: the state's deadline and
+        // shutdown still apply meanwhile.
+        let deadline = self.deadline;
+        let verified = tokio::select! {
+            verified = gateway.verifier.verify(token) => verified,
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                return Err(self.deadline_code());
+            }
+            _ = gateway.stopping.cancelled() => return Err(CloseCode::GoingAway),
+        };
+        metrics
+            .auth_duration
+            .observe(verifying.elapsed().as_secs_f64());
+        let identity = verified.map_err(|err| self.refuse_auth(err))?;
+        if !first {
+            return self.refresh(identity);
+        }
+        let user = Offender::User(Arc::clone(&identity.user_id));
+        if self.gateway.bans.remaining(&user).is_some() {
+            return Err(self.refuse_auth(AuthError::BannedUser));
+        }
+        let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
+            return Err(self.refuse_auth(AuthError::TooManySessions));
+        };
+        debug!(session = self.id, user_id = %identity.user_id, "authenticated");
+        self.set_token_expiry(&identity);
+        self.user_slot = Some(slot);
+        self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
+        self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
+        Ok(())
+    }
+
+    /// Logs and counts a refused authentication; the close code that goes with it.
+    fn refuse_auth(&self, err: AuthError) -> CloseCode {
+        debug!(session = self.id, %err, "auth refused");
+        self.gateway.metrics.auth_failure(err);
+        match err {
+            AuthError::TooManySessions => CloseCode::TooManySessions,
+            AuthError::BannedUser => CloseCode::Banned,
+            _ => CloseCode::AuthFailed,
+        }
+    }
+
+    /// The session ends when its token stops being good.
+    fn set_token_expiry(&mut self, identity: &Identity) {
+        self.timers
+            .set_token_expiry(identity.valid_until, unix_now());
+    }
+
+    /// A fresh token for the same user extends the session to its expiry; one for anybody
+    /// else is refused.
+    fn refresh(&mut self, fresh: Identity) -> Result<(), CloseCode> {
+        let Some(current) = self.state.identity() else {
+            unreachable!("refresh happens only after auth");
+        };
+        if current.user_id != fresh.user_id {
+            return Err(self.refuse_auth(AuthError::WrongSubject));
+        }
+        debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
+        self.set_token_expiry(&fresh);
+        let current = self.state.identity_mut().expect("checked above");
+        current.valid_until = fresh.valid_until;
+        current.token_id = fresh.token_id;
+        current.rooms = fresh.rooms;
+        Ok(())
+    }
+}

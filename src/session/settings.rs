@@ -1,0 +1,97 @@
+//! A session's settings: its deadlines, its keepalive, what it reads and queues, and the
+//! naming rules it applies.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use super::reader::ReadLimits;
+use crate::config::{millis, nonzero_usize, secs, Config, ConfigError};
+use crate::names::NameRules;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub deadlines: Deadlines,
+    pub keepalive: Keepalive,
+    pub read: ReadLimits,
+    /// Frames queued to a socket before it is a slow consumer.
+    pub outbound_queue_frames: NonZeroUsize,
+    pub names: NameRules,
+}
+
+/// How long each step of a session may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// From the upgrade to the `auth` frame.
+    pub auth: Duration,
+    /// From `auth` (or `userleave`) to the `join` frame.
+    pub join: Duration,
+    /// For the close handshake.
+    pub close: Duration,
+}
+
+/// Server pings, and the optional idle timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Keepalive {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// `None` when `IDLE_TIMEOUT_SECS` is 0.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Settings {
+    pub(crate) fn from_env(env: &Config) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            deadlines: Deadlines {
+                auth: millis("AUTH_TIMEOUT_MS", env.auth_timeout_ms)?,
+                join: millis("JOIN_TIMEOUT_MS", env.join_timeout_ms)?,
+                close: millis("CLOSE_TIMEOUT_MS", env.close_timeout_ms)?,
+            },
+            keepalive: Keepalive {
+                ping_interval: secs("PING_INTERVAL_SECS", env.ping_interval_secs)?,
+                pong_timeout: secs("PONG_TIMEOUT_SECS", env.pong_timeout_secs)?,
+                idle_timeout: (env.idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(env.idle_timeout_secs)),
+            },
+            read: ReadLimits {
+                max_message_bytes: nonzero_usize("MAX_MESSAGE_BYTES", env.max_message_bytes)?.get(),
+                max_fragments: nonzero_usize("MAX_FRAGMENTS", env.max_fragments)?.get(),
+            },
+            outbound_queue_frames: nonzero_usize(
+                "OUTBOUND_QUEUE_FRAMES",
+                env.outbound_queue_frames,
+            )?,
+            names: NameRules::from_env(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn settings_at_and_past_their_limits() {
+        let settings = Settings::from_env(&env(&[
+            ("AUTH_TIMEOUT_MS", "1"),
+            ("IDLE_TIMEOUT_SECS", "0"),
+            ("MAX_MESSAGE_BYTES", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.deadlines.auth, Duration::from_millis(1));
+        assert_eq!(settings.keepalive.idle_timeout, None);
+        assert_eq!(settings.read.max_message_bytes, 1);
+        for var in [
+            "AUTH_TIMEOUT_MS",
+            "JOIN_TIMEOUT_MS",
+            "CLOSE_TIMEOUT_MS",
+            "PING_INTERVAL_SECS",
+            "PONG_TIMEOUT_SECS",
+            "MAX_MESSAGE_BYTES",
+            "MAX_FRAGMENTS",
+            "OUTBOUND_QUEUE_FRAMES",
+        ] {
+            assert_names(Settings::from_env(&env(&[(var, "0")])), var);
+        }
+    }
+}
