@@ -44,7 +44,7 @@ fn settings(extra: &[(&str, &str)]) -> Settings {
 
 /// Target `client_frame`: the decoder never panics, and whatever it accepts re-encodes to a
 /// frame that decodes to the same value.
-pub fn client_frame(data: &[u8]) {
+pub(crate) fn client_frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -64,7 +64,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Target `ws_stream`: arbitrary bytes after the handshake, through the gateway's frame
 /// reader. Never panics; every message it yields is within the limits; it ends.
-pub fn ws_stream(data: &[u8]) {
+pub(crate) fn ws_stream(data: &[u8]) {
     runtime().block_on(async {
         let mut reader = MessageReader::new(data, LIMITS);
         for _ in 0..=data.len() {
@@ -87,7 +87,7 @@ pub fn ws_stream(data: &[u8]) {
 /// signature are fuzzed too; then an accepted token must carry a string `sub`, a numeric
 /// `exp` not in the past (beyond the leeway), and no `nbf` in the future.
 /// Returns whether the token was accepted (only ever true on the signed road).
-pub fn token(data: &[u8]) -> bool {
+pub(crate) fn token(data: &[u8]) -> bool {
     static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
     let verifier = VERIFIER.get_or_init(|| palisade::testing::verifier(&settings(&[])));
     if let Some((1, claims)) = data.split_first() {
@@ -261,7 +261,7 @@ struct Client {
 /// real session state machine over in-memory sockets. After every step: no session is in two
 /// rooms. At the end, once every client is gone: no room is left (no ghost), every close
 /// code a client saw is in the table or an echo, and no unauthenticated frame reached a room.
-pub fn session(data: &[u8]) -> SessionStats {
+pub(crate) fn session(data: &[u8]) -> SessionStats {
     let steps = steps(data);
     runtime().block_on(async {
         let mut stats = SessionStats::default();
@@ -362,7 +362,7 @@ pub fn session(data: &[u8]) -> SessionStats {
 
 /// What the clients of a script saw, so tests can tell a seed exercises something.
 #[derive(Debug, Default)]
-pub struct SessionStats {
+pub(crate) struct SessionStats {
     pub room_frames: usize,
     pub closes: usize,
     /// Members whose last `totalUsers` was checked against their room's size.

@@ -57,7 +57,7 @@ impl Policy {
 
 /// Why a connection was refused before the upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The gateway is at `MAX_CONNECTIONS` (or cannot track another client).
     Busy,
     /// This address already has `MAX_CONNECTIONS_PER_IP` sockets open.
@@ -73,7 +73,7 @@ struct Counter<K: Eq + Hash + Clone> {
 }
 
 /// One counted thing; dropping it gives the count back.
-pub struct Slot<K: Eq + Hash + Clone> {
+pub(crate) struct Slot<K: Eq + Hash + Clone> {
     counter: Arc<Counter<K>>,
     key: K,
 }
@@ -101,7 +101,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
 }
 
 impl<K: Eq + Hash + Clone> Slot<K> {
-    pub fn key(&self) -> &K {
+    pub(crate) fn key(&self) -> &K {
         &self.key
     }
 }
@@ -118,17 +118,17 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     }
 }
 
-pub type IpSlot = Slot<IpKey>;
-pub type UserSlot = Slot<Arc<str>>;
+pub(crate) type IpSlot = Slot<IpKey>;
+pub(crate) type UserSlot = Slot<Arc<str>>;
 
 /// What a connection holds while it is open: its share of every cap.
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// Shared between the HTTP connection and the session it upgrades to; held, never read.
     pub _connection: Arc<OwnedSemaphorePermit>,
     pub ip: IpSlot,
 }
 
-pub struct Admission {
+pub(crate) struct Admission {
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_ip: Arc<Counter<IpKey>>,
@@ -150,12 +150,12 @@ impl Admission {
     }
 
     /// A place under `MAX_CONNECTIONS`, or `None` when full.
-    pub fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.connections).try_acquire_owned().ok()
     }
 
     /// Checks a client IP's connect rate and open-socket cap for an upgrade.
-    pub fn admit_ip(&self, key: IpKey) -> Result<IpSlot, Refusal> {
+    pub(crate) fn admit_ip(&self, key: IpKey) -> Result<IpSlot, Refusal> {
         if self.connect_rate.len() >= self.max_tracked {
             self.connect_rate.retain_recent();
             if self.connect_rate.len() >= self.max_tracked {
@@ -170,23 +170,23 @@ impl Admission {
     }
 
     /// A session for `user` under `MAX_SESSIONS_PER_USER`, or `None`.
-    pub fn admit_user(&self, user: &Arc<str>) -> Option<UserSlot> {
+    pub(crate) fn admit_user(&self, user: &Arc<str>) -> Option<UserSlot> {
         self.per_user.try_acquire(Arc::clone(user))
     }
 
     /// Forgets clients whose rate budget is full again, and gives the memory back.
-    pub fn housekeep(&self) {
+    pub(crate) fn housekeep(&self) {
         self.connect_rate.retain_recent();
         self.connect_rate.shrink_to_fit();
     }
 
     /// Client keys the connect-rate limiter currently remembers.
-    pub fn tracked_clients(&self) -> usize {
+    pub(crate) fn tracked_clients(&self) -> usize {
         self.connect_rate.len()
     }
 
     /// Open connections (HTTP or WebSocket).
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.max_connections - self.connections.available_permits()
     }
 }

@@ -40,7 +40,7 @@ impl Policy {
 
 /// Who a strike or ban applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Offender {
+pub(crate) enum Offender {
     Ip(IpKey),
     User(Arc<str>),
 }
@@ -51,7 +51,7 @@ struct Strikes {
     window_started: Instant,
 }
 
-pub struct Bans {
+pub(crate) struct Bans {
     strikes: DashMap<Offender, Strikes>,
     banned_until: DashMap<Offender, Instant>,
     strikes_to_ban: u32,
@@ -62,7 +62,7 @@ pub struct Bans {
 
 /// What a strike led to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StrikeOutcome {
+pub(crate) enum StrikeOutcome {
     Counted,
     Banned,
     /// The strike map is full of other offenders; this one was not recorded.
@@ -82,7 +82,7 @@ impl Bans {
     }
 
     /// Records a strike; bans the offender when it reaches `BAN_STRIKES` within the window.
-    pub fn strike(&self, offender: Offender) -> StrikeOutcome {
+    pub(crate) fn strike(&self, offender: Offender) -> StrikeOutcome {
         let now = Instant::now();
         if self.strikes.len() >= self.max_tracked && !self.strikes.contains_key(&offender) {
             self.housekeep();
@@ -111,14 +111,14 @@ impl Bans {
     }
 
     /// How much longer `offender` is banned, if it is.
-    pub fn remaining(&self, offender: &Offender) -> Option<Duration> {
+    pub(crate) fn remaining(&self, offender: &Offender) -> Option<Duration> {
         let until = *self.banned_until.get(offender)?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
     }
 
     /// Drops expired bans and strike windows.
-    pub fn housekeep(&self) {
+    pub(crate) fn housekeep(&self) {
         let now = Instant::now();
         self.banned_until.retain(|_, until| *until > now);
         self.strikes
@@ -128,7 +128,7 @@ impl Bans {
     }
 
     /// Entries held: (offenders with strikes, offenders banned).
-    pub fn tracked(&self) -> (usize, usize) {
+    pub(crate) fn tracked(&self) -> (usize, usize) {
         (self.strikes.len(), self.banned_until.len())
     }
 }

@@ -18,10 +18,10 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// The key a client is counted, limited and banned under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpKey(IpAddr);
+pub(crate) struct IpKey(IpAddr);
 
 impl IpKey {
-    pub fn of(ip: IpAddr) -> IpKey {
+    pub(crate) fn of(ip: IpAddr) -> IpKey {
         match ip {
             IpAddr::V4(_) => IpKey(ip),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -45,7 +45,7 @@ impl fmt::Display for IpKey {
 }
 
 /// The client's address as far as we can trust it.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     if !trusted.contains(&peer) {
         return peer;
     }

@@ -21,13 +21,18 @@ use crate::settings::Settings;
 use crate::state::Gateway;
 use crate::{admin, server};
 
+/// Why a gateway did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A file the settings name cannot be read.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A listener cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why it cannot be bound.
         source: std::io::Error,
     },
 }
@@ -41,7 +46,9 @@ pub struct ShutdownReport {
 
 /// The sockets a gateway serves on: the public one, and the admin one for `/metrics`.
 pub struct Listeners {
+    /// The public listener (`PORT`).
     pub main: TcpListener,
+    /// The admin listener (`METRICS_PORT`), unless disabled.
     pub admin: Option<TcpListener>,
 }
 
@@ -148,6 +155,7 @@ async fn housekeeping(gateway: Arc<Gateway>) {
 }
 
 impl RunningGateway {
+    /// Where the public listener listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -157,6 +165,8 @@ impl RunningGateway {
         self.admin_addr
     }
 
+    /// The shared state, for tests.
+    #[doc(hidden)]
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }

@@ -181,7 +181,7 @@ pub(crate) fn health(path: &str, ready: impl FnOnce() -> bool) -> Option<Respons
 }
 
 /// A future that resolves to a response: what pluggable pages return.
-pub type ResponseFuture<'a> =
+pub(crate) type ResponseFuture<'a> =
     std::pin::Pin<Box<dyn Future<Output = Option<Response<Full<Bytes>>>> + Send + 'a>>;
 
 #[cfg(test)]

@@ -2,4 +2,4 @@
 //! broker, the session).
 
 /// Identifies one socket's session for the lifetime of the process.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;

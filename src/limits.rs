@@ -57,7 +57,7 @@ impl Quotas {
 
 /// The per-socket quotas, and the clock every session's limiters share.
 #[derive(Clone, Debug)]
-pub struct SessionQuotas {
+pub(crate) struct SessionQuotas {
     messages: Quota,
     control: Quota,
     /// Made once: a new quanta clock calibrates itself (CPUID, slow under a hypervisor), which
@@ -76,13 +76,13 @@ impl SessionQuotas {
 }
 
 /// One session's limiters.
-pub struct SessionLimiters {
+pub(crate) struct SessionLimiters {
     messages: DefaultDirectRateLimiter,
     control: DefaultDirectRateLimiter,
 }
 
 impl SessionLimiters {
-    pub fn new(quotas: &SessionQuotas) -> Self {
+    pub(crate) fn new(quotas: &SessionQuotas) -> Self {
         Self {
             messages: RateLimiter::direct_with_clock(quotas.messages, quotas.clock.clone()),
             control: RateLimiter::direct_with_clock(quotas.control, quotas.clock.clone()),
@@ -90,18 +90,18 @@ impl SessionLimiters {
     }
 
     /// Spends one unit of the message budget; false when over the limit.
-    pub fn allow_message(&self) -> bool {
+    pub(crate) fn allow_message(&self) -> bool {
         self.messages.check().is_ok()
     }
 
     /// Spends one unit of the join/leave budget; false when over the limit.
-    pub fn allow_control(&self) -> bool {
+    pub(crate) fn allow_control(&self) -> bool {
         self.control.check().is_ok()
     }
 }
 
 /// The message budget each user shares across their sockets.
-pub struct UserMessageLimiter {
+pub(crate) struct UserMessageLimiter {
     limiter: DefaultKeyedRateLimiter<Arc<str>>,
 }
 
@@ -113,12 +113,12 @@ impl UserMessageLimiter {
     }
 
     /// Spends one unit of `user`'s budget; false when over the limit.
-    pub fn allow(&self, user: &Arc<str>) -> bool {
+    pub(crate) fn allow(&self, user: &Arc<str>) -> bool {
         self.limiter.check_key(user).is_ok()
     }
 
     /// Forgets users whose budget is full again.
-    pub fn housekeep(&self) {
+    pub(crate) fn housekeep(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }

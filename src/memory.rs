@@ -10,7 +10,7 @@
 //! the housekeeping timer calls it, so RSS follows the load back down.
 
 /// Returns free heap pages to the system (glibc); a no-op elsewhere.
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
     unsafe {

@@ -14,7 +14,7 @@ use unicode_normalization::{is_nfc, UnicodeNormalization};
 use crate::config::{at_least, Config, ConfigError};
 
 /// Usernames and rooms shorter than this are refused, as GarinChat does.
-pub const MIN_NAME_CHARS: usize = 3;
+pub(crate) const MIN_NAME_CHARS: usize = 3;
 
 /// How long names may be, and whose display name is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl NameRules {
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
+pub(crate) enum NameError {
     #[error("too short")]
     TooShort,
     #[error("too long")]
@@ -63,7 +63,7 @@ fn check_length(count: usize, max: usize) -> Result<(), NameError> {
     }
 }
 
-pub fn validate_room(room: &str, max_chars: usize) -> Result<(), NameError> {
+pub(crate) fn validate_room(room: &str, max_chars: usize) -> Result<(), NameError> {
     // Length first: a 100 KiB room name is refused without scanning it all.
     check_length(room.len().min(max_chars + 1), max_chars)?;
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
@@ -74,7 +74,7 @@ pub fn validate_room(room: &str, max_chars: usize) -> Result<(), NameError> {
     }
 }
 
-pub fn validate_username(name: &str, max_chars: usize) -> Result<(), NameError> {
+pub(crate) fn validate_username(name: &str, max_chars: usize) -> Result<(), NameError> {
     check_length(name.chars().take(max_chars + 1).count(), max_chars)?;
     let allowed = |c: char| c.is_alphanumeric() || is_mark(c) || matches!(c, ' ' | '_' | '-' | '.');
     if !name.chars().all(allowed) {
@@ -95,7 +95,7 @@ fn is_mark(c: char) -> bool {
 }
 
 /// Cleans a display name from a token claim; `None` when nothing usable is left.
-pub fn sanitize_display_name(raw: &str, max_chars: usize) -> Option<String> {
+pub(crate) fn sanitize_display_name(raw: &str, max_chars: usize) -> Option<String> {
     let cleaned: String = raw
         .nfc()
         .filter(|c| !c.is_control() && !is_format_char(*c))

@@ -30,7 +30,9 @@ pub enum Outbound {
 /// A frame's payload and the moment it was made (for the fan-out delay metric).
 #[derive(Debug)]
 pub struct SharedPayload {
+    /// The frame's payload.
     pub bytes: Bytes,
+    /// When it was made.
     pub created: Instant,
 }
 
@@ -64,6 +66,7 @@ pub struct OutboxReceiver {
 }
 
 impl Outbox {
+    /// A queue of `capacity` frames: the sending side for rooms, the receiving side for the writer.
     pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
         let (queue, receiver) = mpsc::channel(capacity);
         let outbox = Outbox {
@@ -91,6 +94,7 @@ impl Outbox {
         self.evicted.cancelled().await
     }
 
+    /// Whether a delivery found the queue full.
     pub fn is_evicted(&self) -> bool {
         self.evicted.is_cancelled()
     }

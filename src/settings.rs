@@ -155,7 +155,9 @@ impl Lifecycle {
 /// How the process logs: `LOG_FORMAT` and a tracing filter from `LOG_LEVEL`.
 #[derive(Clone, Debug)]
 pub struct Logging {
+    /// `LOG_FORMAT`.
     pub format: LogFormat,
+    /// `LOG_LEVEL`, a tracing filter.
     pub filter: String,
 }
 

@@ -11,9 +11,9 @@ use crate::names::sanitize_display_name;
 use crate::names::NameRules;
 
 /// The longest user id accepted; an id is an id, not a payload.
-pub const MAX_SUBJECT_BYTES: usize = 256;
+pub(crate) const MAX_SUBJECT_BYTES: usize = 256;
 /// The most room patterns a token may carry.
-pub const MAX_ROOM_PATTERNS: usize = 256;
+pub(crate) const MAX_ROOM_PATTERNS: usize = 256;
 
 /// Who a verified token says the client is, and what it may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl RoomPatterns {
 /// How claims are read (`USER_ID_CLAIM`, `USERNAME_CLAIM`, `ROOMS_CLAIM`,
 /// `JWT_REQUIRED_CLAIMS`).
 #[derive(Clone, Debug)]
-pub struct ClaimRules {
+pub(crate) struct ClaimRules {
     user_id_claim: String,
     username_claim: String,
     username_max_chars: usize,
@@ -61,7 +61,7 @@ pub struct ClaimRules {
 
 /// What depends on the issuer: the clients its tokens may be for, and its user id prefix.
 #[derive(Clone, Debug, Default)]
-pub struct IssuerScope {
+pub(crate) struct IssuerScope {
     /// Accepted `azp` values; empty means not checked.
     pub allowed_azp: Vec<String>,
     pub user_id_prefix: String,
@@ -90,11 +90,11 @@ impl ClaimRules {
     }
 
     /// The claim jsonwebtoken must find, besides `exp`: `sub` unless the id is elsewhere.
-    pub fn requires_sub(&self) -> bool {
+    pub(crate) fn requires_sub(&self) -> bool {
         self.user_id_claim == "sub"
     }
 
-    pub fn identity(
+    pub(crate) fn identity(
         &self,
         claims: &Map<String, Value>,
         scope: &IssuerScope,

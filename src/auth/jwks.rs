@@ -31,9 +31,9 @@ use crate::metrics::labels::FetchResult;
 use crate::metrics::Metrics;
 
 /// The largest JWKS document read; real ones are a few KiB.
-pub const MAX_JWKS_BYTES: usize = 1 << 20;
+pub(crate) const MAX_JWKS_BYTES: usize = 1 << 20;
 /// The longest `kid` looked up; anything longer is refused without a fetch.
-pub const MAX_KID_BYTES: usize = 256;
+pub(crate) const MAX_KID_BYTES: usize = 256;
 
 /// A public key from a key set, with what it may verify.
 pub struct VerifyingKey {
@@ -69,13 +69,13 @@ pub enum JwksError {
 
 /// One fetched key set, by `kid`.
 #[derive(Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     keys: HashMap<String, Arc<VerifyingKey>>,
 }
 
 impl KeySet {
     /// Parses a JWKS document, skipping keys that cannot verify signatures.
-    pub fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<KeySet, JwksError> {
         #[derive(serde::Deserialize)]
         struct Document {
             keys: Vec<serde_json::Value>,
@@ -97,11 +97,11 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
-    pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+    pub(crate) fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
         self.keys.get(kid).cloned()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 }

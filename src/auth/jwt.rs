@@ -157,6 +157,7 @@ impl TokenVerifier {
         }
     }
 
+    /// The identity a token proves, or why it proves none.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLong);

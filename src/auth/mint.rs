@@ -25,15 +25,22 @@ struct DevClaims<'a> {
 
 /// What to put in a development token.
 pub struct TokenRequest<'a> {
+    /// The user id (`sub`).
     pub subject: &'a str,
+    /// The display name (`name`).
     pub name: Option<&'a str>,
+    /// How long from now until `exp`.
     pub ttl: Duration,
+    /// `iss`, when set.
     pub issuer: Option<&'a str>,
+    /// `aud`, when set.
     pub audience: Option<&'a str>,
+    /// An HS algorithm.
     pub algorithm: Algorithm,
 }
 
 impl<'a> TokenRequest<'a> {
+    /// A token for `subject` for an hour, HS256, no issuer or audience.
     pub fn new(subject: &'a str) -> Self {
         Self {
             subject,

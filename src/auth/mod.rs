@@ -7,15 +7,15 @@
 //! - [`revocation`]: the denylist of token ids and subjects.
 //! - [`mint`]: tokens for development (`palisade token`, `palisade demo`) and tests.
 
-pub mod claims;
-pub mod error;
-pub mod jwks;
-pub mod jwt;
+pub(crate) mod claims;
+pub(crate) mod error;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
 pub mod mint;
-pub mod revocation;
-pub mod settings;
+pub(crate) mod revocation;
+pub(crate) mod settings;
 
-pub use claims::Identity;
-pub use error::AuthError;
+pub(crate) use claims::Identity;
+pub(crate) use error::AuthError;
 pub use jwt::TokenVerifier;
 pub(crate) use settings::AuthSettings;

@@ -27,7 +27,7 @@ struct Entries {
     sub: HashMap<String, Option<u64>>,
 }
 
-pub struct Revocations {
+pub(crate) struct Revocations {
     path: PathBuf,
     entries: RwLock<Entries>,
     modified: RwLock<Option<SystemTime>>,
@@ -35,7 +35,7 @@ pub struct Revocations {
 
 impl Revocations {
     /// Loads the file; it must exist (a wrong path would silently revoke nothing).
-    pub fn load(path: &Path) -> Result<Revocations, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Revocations, ConfigError> {
         let revocations = Revocations {
             path: path.to_owned(),
             entries: RwLock::default(),
@@ -49,7 +49,7 @@ impl Revocations {
     }
 
     /// Whether a token with this `jti` and subject is revoked at `now` (Unix seconds).
-    pub fn is_revoked(&self, jti: Option<&str>, sub: &str, now: u64) -> bool {
+    pub(crate) fn is_revoked(&self, jti: Option<&str>, sub: &str, now: u64) -> bool {
         let entries = self.entries.read().expect("revocations lock");
         let active = |until: &Option<u64>| until.is_none_or(|until| now < until);
         entries.sub.get(sub).is_some_and(active)
@@ -57,7 +57,7 @@ impl Revocations {
     }
 
     /// Re-reads the file if it changed since the last read. Errors keep the old list.
-    pub fn reload_if_changed(&self) {
+    pub(crate) fn reload_if_changed(&self) {
         let modified = std::fs::metadata(&self.path)
             .and_then(|meta| meta.modified())
             .ok();

@@ -14,7 +14,7 @@ use crate::config::{
 use crate::names::NameRules;
 
 /// The largest leeway accepted for `exp`/`nbf`; more would let stolen tokens live on.
-pub const MAX_LEEWAY_SECS: u64 = 30;
+pub(crate) const MAX_LEEWAY_SECS: u64 = 30;
 
 #[derive(Clone)]
 pub(crate) struct AuthSettings {

@@ -29,7 +29,7 @@ const MAX_NODE_ID_BYTES: usize = 64;
 
 /// A member on another node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteMember {
+pub(crate) struct RemoteMember {
     pub session: SessionId,
     pub username: Arc<str>,
     #[serde(rename = "userId")]
@@ -38,7 +38,7 @@ pub struct RemoteMember {
 
 /// An event from another node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RemoteEvent {
+pub(crate) enum RemoteEvent {
     Join(RemoteMember),
     Leave {
         session: SessionId,
@@ -55,7 +55,7 @@ pub enum RemoteEvent {
 
 /// A decoded envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     pub node: String,
     pub seq: u64,
     pub sent_at_ms: u64,
@@ -63,7 +63,7 @@ pub struct Envelope {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvelopeError {
+pub(crate) enum EnvelopeError {
     #[error("not an envelope: {0}")]
     Json(String),
     #[error("unsupported envelope version {0}")]
@@ -124,7 +124,7 @@ impl<'a> Wire<'a> {
 }
 
 /// Encodes an event of this node's.
-pub fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent) -> Vec<u8> {
+pub(super) fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent) -> Vec<u8> {
     let mut wire;
     match event {
         RemoteEvent::Join(member) => {
@@ -158,7 +158,7 @@ pub fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent) -> Vec
 }
 
 impl Envelope {
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let wire: Wire<'_> =
             serde_json::from_slice(bytes).map_err(|err| EnvelopeError::Json(err.to_string()))?;
         if wire.v != VERSION {
@@ -230,7 +230,7 @@ pub(super) struct PresenceValue<'a> {
 }
 
 impl PresenceValue<'_> {
-    pub fn encode(username: &str, user_id: &str) -> Vec<u8> {
+    pub(super) fn encode(username: &str, user_id: &str) -> Vec<u8> {
         serde_json::to_vec(&PresenceValue {
             username: Cow::Borrowed(username),
             user_id: Cow::Borrowed(user_id),

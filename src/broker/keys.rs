@@ -12,43 +12,43 @@
 
 /// Builds the names for one prefix.
 #[derive(Clone, Debug)]
-pub struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
         Keys {
             prefix: prefix.to_owned(),
         }
     }
 
-    pub fn channel(&self, room: &str) -> String {
+    pub(crate) fn channel(&self, room: &str) -> String {
         format!("{}room:{room}", self.prefix)
     }
 
     /// The room a channel name belongs to, if it is one of ours.
-    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+    pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix("room:")
     }
 
-    pub fn members(&self, room: &str) -> String {
+    pub(crate) fn members(&self, room: &str) -> String {
         format!("{}members:{room}", self.prefix)
     }
 
-    pub fn node(&self, node: &str) -> String {
+    pub(crate) fn node(&self, node: &str) -> String {
         format!("{}node:{node}", self.prefix)
     }
 
     /// A member's field in the room's presence hash.
-    pub fn member_field(node: &str, session: u64) -> String {
+    pub(crate) fn member_field(node: &str, session: u64) -> String {
         format!("{node}:{session}")
     }
 
     /// Splits a presence field into node and session.
-    pub fn parse_member_field(field: &str) -> Option<(&str, u64)> {
+    pub(crate) fn parse_member_field(field: &str) -> Option<(&str, u64)> {
         let (node, session) = field.rsplit_once(':')?;
         Some((node, session.parse().ok()?))
     }

@@ -8,7 +8,7 @@ use super::{BoxFuture, Broker, LocalRooms, RoomEvent};
 
 /// The default broker, used when `REDIS_URL` is not set.
 #[derive(Debug, Default)]
-pub struct LocalBroker;
+pub(crate) struct LocalBroker;
 
 impl Broker for LocalBroker {
     fn start(self: Arc<Self>, _rooms: Arc<dyn LocalRooms>, _tasks: &TaskTracker) {}

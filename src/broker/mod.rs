@@ -24,16 +24,16 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-pub use envelope::{Envelope, RemoteEvent, RemoteMember};
-pub use keys::Keys;
-pub use memory::LocalBroker;
+pub(crate) use envelope::{Envelope, RemoteEvent, RemoteMember};
+pub(crate) use keys::Keys;
+pub(crate) use memory::LocalBroker;
 pub(crate) use redis::{RedisBroker, RedisSettings};
 
 use crate::ids::SessionId;
 
 /// Something that happened in a room on this node, for the other nodes.
 #[derive(Clone, Copy, Debug)]
-pub enum RoomEvent<'a> {
+pub(crate) enum RoomEvent<'a> {
     Join {
         session: SessionId,
         username: &'a Arc<str>,
@@ -52,7 +52,7 @@ pub enum RoomEvent<'a> {
 
 impl RoomEvent<'_> {
     /// The event as it travels (cheap: the names are shared, only a message body is copied).
-    pub fn to_remote(self) -> RemoteEvent {
+    pub(crate) fn to_remote(self) -> RemoteEvent {
         match self {
             RoomEvent::Join {
                 session,
@@ -79,11 +79,11 @@ impl RoomEvent<'_> {
     }
 }
 
-pub type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Whether cross-node delivery works: what the hub tells its members when it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Other nodes are out of reach: their members' events are being missed.
     Interrupted,
     /// Other nodes are reachable again.
@@ -92,7 +92,7 @@ pub enum Delivery {
 
 /// What a broker may ask of this node's rooms: the hub implements it, and the broker knows the
 /// hub only through it. Every method is quick and never waits for a socket.
-pub trait LocalRooms: Send + Sync + 'static {
+pub(crate) trait LocalRooms: Send + Sync + 'static {
     /// Applies an event another node published in `room` (ignored if this node lacks the room);
     /// `seq` is the publisher's sequence number, for dropping duplicates.
     fn apply_remote(&self, room: &str, node: &Arc<str>, seq: u64, event: RemoteEvent);
@@ -124,7 +124,7 @@ pub trait LocalRooms: Send + Sync + 'static {
 }
 
 /// The seam between the hub and whatever carries rooms between nodes.
-pub trait Broker: Send + Sync + 'static {
+pub(crate) trait Broker: Send + Sync + 'static {
     /// Starts the broker's tasks on `tasks`, serving `rooms`; they run until [`stop`](Self::stop).
     fn start(self: Arc<Self>, rooms: Arc<dyn LocalRooms>, tasks: &TaskTracker);
 

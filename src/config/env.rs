@@ -19,87 +19,164 @@ use super::values::{
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
+    /// `PORT`: TCP port to listen on.
     pub port: u16,
+    /// `BIND_ADDR`: address to listen on.
     #[serde(deserialize_with = "bind_addr")]
     pub bind_addr: IpAddr,
-    /// Required, as in GarinChat.
+    /// `ALLOWED_ORIGINS`: browser origins allowed to connect (`*` any); required, as in
+    /// GarinChat.
     pub allowed_origins: Option<CommaList>,
+    /// `ALLOW_MISSING_ORIGIN`: admit upgrades without an `Origin` header.
     pub allow_missing_origin: bool,
 
+    /// `JWT_DECODE_SECRET`: the HMAC secret.
     pub jwt_decode_secret: Option<Secret>,
+    /// `JWT_PUBLIC_KEY_FILE`: PEM public key for RS*, PS*, ES* or EdDSA.
     pub jwt_public_key_file: Option<PathBuf>,
+    /// `JWT_ALGORITHMS`: comma-separated allowed algorithms.
     pub jwt_algorithms: Option<AlgorithmList>,
+    /// `JWKS_URL`: the issuer's key set.
     pub jwks_url: Option<String>,
+    /// `TRUSTED_ISSUERS`: several issuers at once, as JSON: `[{"issuer": "...", "jwks_url": "...",
+    /// "audience": "...", "azp": "...", "user_id_prefix": "a:"}]`.
     #[serde(deserialize_with = "trusted_issuers")]
     pub trusted_issuers: Option<Vec<TrustedIssuer>>,
+    /// `JWKS_REFRESH_SECS`: key set refresh interval without `Cache-Control: max-age`, and the
+    /// longest with it.
     pub jwks_refresh_secs: u64,
+    /// `JWKS_REFETCH_COOLDOWN_SECS`: fewest seconds between fetches caused by unknown `kid`s.
     pub jwks_refetch_cooldown_secs: u64,
+    /// `JWKS_TIMEOUT_MS`: longest a key set fetch may take.
     pub jwks_timeout_ms: u64,
+    /// `USER_ID_CLAIM`: token claim with the user id.
     pub user_id_claim: String,
+    /// `ROOMS_CLAIM`: token claim listing the rooms it may join.
     pub rooms_claim: Option<String>,
+    /// `JWT_REQUIRED_CLAIMS`: comma-separated claims that must be present.
     pub jwt_required_claims: Option<CommaList>,
+    /// `JWT_ALLOWED_AZP`: comma-separated accepted `azp` values.
     pub jwt_allowed_azp: Option<CommaList>,
+    /// `JWT_ACCEPT_ANY_AUDIENCE`: with JWKS, accept an issuer with neither an audience nor an
+    /// `azp` check.
     pub jwt_accept_any_audience: bool,
+    /// `REVOCATION_FILE`: file of revoked `jti`s and users, re-read when it changes.
     pub revocation_file: Option<PathBuf>,
+    /// `JWT_ISSUER`: required `iss` value when set.
     pub jwt_issuer: Option<String>,
+    /// `JWT_AUDIENCE`: comma-separated accepted `aud` values.
     pub jwt_audience: Option<CommaList>,
+    /// `JWT_LEEWAY_SECS`: clock-skew allowance for `exp` and `nbf`, at most 30.
     pub jwt_leeway_secs: u64,
+    /// `MAX_TOKEN_BYTES`: longest token accepted.
     pub max_token_bytes: usize,
+    /// `USERNAME_CLAIM`: token claim with the display name.
     pub username_claim: String,
+    /// `TRUST_CLIENT_USERNAME`: show the `username` the client sends in `join`.
     pub trust_client_username: bool,
+    /// `USERNAME_MAX_CHARS`: longest display name, in characters.
     pub username_max_chars: usize,
+    /// `ROOM_MAX_CHARS`: longest room name.
     pub room_max_chars: usize,
 
+    /// `AUTH_TIMEOUT_MS`: time from the upgrade to the `auth` frame.
     pub auth_timeout_ms: u64,
+    /// `JOIN_TIMEOUT_MS`: time from `auth` to the `join` frame.
     pub join_timeout_ms: u64,
+    /// `MAX_MESSAGE_BYTES`: largest message, summed over its fragments.
     pub max_message_bytes: usize,
+    /// `MAX_FRAGMENTS`: most fragments in one message.
     pub max_fragments: usize,
+    /// `MSG_RATE_PER_SEC`: sustained `message` frames per second per socket.
     pub msg_rate_per_sec: u32,
+    /// `MSG_BURST`: `message` frames allowed back to back.
     pub msg_burst: u32,
+    /// `USER_MSG_RATE_PER_SEC`: sustained `message` frames per second per user, across all their
+    /// sockets.
     pub user_msg_rate_per_sec: u32,
+    /// `USER_MSG_BURST`: `message` frames per user allowed back to back.
     pub user_msg_burst: u32,
+    /// `CONTROL_RATE_PER_SEC`: sustained `join`/`userleave` frames per second per socket.
     pub control_rate_per_sec: u32,
+    /// `CONTROL_BURST`: `join`/`userleave` frames allowed back to back.
     pub control_burst: u32,
+    /// `MAX_ROOM_MEMBERS`: members per room.
     pub max_room_members: usize,
+    /// `OUTBOUND_QUEUE_FRAMES`: frames queued to one socket before it is closed as a slow
+    /// consumer.
     pub outbound_queue_frames: usize,
+    /// `CLOSE_TIMEOUT_MS`: how long the close handshake may take before TCP is dropped.
     pub close_timeout_ms: u64,
 
+    /// `HEADER_READ_TIMEOUT_MS`: time for the HTTP request head to arrive.
     pub header_read_timeout_ms: u64,
+    /// `MAX_HEADER_BYTES`: largest HTTP request head.
     pub max_header_bytes: usize,
+    /// `MAX_HEADERS`: most HTTP request headers.
     pub max_headers: usize,
 
+    /// `MAX_CONNECTIONS`: open connections before new ones get 503.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_IP`: open sockets per client address before 429.
     pub max_connections_per_ip: u32,
+    /// `CONNECT_RATE_PER_SEC`: sustained upgrades per second per client address.
     pub connect_rate_per_sec: u32,
+    /// `CONNECT_BURST`: upgrades per client address allowed back to back.
     pub connect_burst: u32,
+    /// `MAX_SESSIONS_PER_USER`: open sessions per user.
     pub max_sessions_per_user: u32,
+    /// `TRUSTED_PROXIES`: comma-separated IPs/CIDRs whose `X-Forwarded-For`/`Forwarded` give the
+    /// client address.
     #[serde(deserialize_with = "trusted_proxies")]
     pub trusted_proxies: TrustedProxies,
+    /// `BAN_STRIKES`: abusive closes that earn a ban.
     pub ban_strikes: u32,
+    /// `BAN_WINDOW_SECS`: window in which the strikes must fall.
     pub ban_window_secs: u64,
+    /// `BAN_SECS`: ban length: 403 at the upgrade for an address, 4009 at auth for a user.
     pub ban_secs: u64,
+    /// `MAX_TRACKED_CLIENTS`: cap on client addresses remembered by the connect-rate limiter and
+    /// on strike entries.
     pub max_tracked_clients: usize,
+    /// `HOUSEKEEPING_INTERVAL_MS`: how often limiter and ban maps are swept.
     pub housekeeping_interval_ms: u64,
 
+    /// `PING_INTERVAL_SECS`: server ping interval.
     pub ping_interval_secs: u64,
+    /// `PONG_TIMEOUT_SECS`: time for the pong.
     pub pong_timeout_secs: u64,
-    /// 0 disables the idle timeout.
+    /// `IDLE_TIMEOUT_SECS`: close 4011 after this long without a message; 0 disables it.
     pub idle_timeout_secs: u64,
 
+    /// `SHUTDOWN_GRACE_SECS`: longest a shutdown may take, counted from SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// `DRAIN_DELAY_SECS`: after SIGTERM, how long `/readyz` reports not-ready while sockets are
+    /// still served, before every session gets 1001.
     pub drain_delay_secs: u64,
-    /// 0 disables the admin listener.
+    /// `METRICS_PORT`: the admin listener (`/metrics`, `/healthz`, `/readyz`); 0 disables it.
     pub metrics_port: u16,
+    /// `LOG_FORMAT`: `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// `LOG_LEVEL`: `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as
+    /// `palisade=debug`.
     pub log_level: String,
 
-    /// Unset or empty runs one node on its own.
+    /// `REDIS_URL`: share rooms with other nodes through Redis; unset or empty runs one node on
+    /// its own.
     pub redis_url: Option<Secret>,
+    /// `REDIS_PREFIX`: prefix of every Redis key and channel, so deployments can share a Redis.
     pub redis_prefix: String,
+    /// `REDIS_KEY_TTL_SECS`: A node's presence outlives its last heartbeat by at most this: a
+    /// crashed node's members leave within it.
     pub redis_key_ttl_secs: u64,
+    /// `REDIS_TIMEOUT_MS`: longest a Redis connect or command may take, and a join may wait for a
+    /// room's members elsewhere.
     pub redis_timeout_ms: u64,
+    /// `REDIS_PROBE_INTERVAL_MS`: how often the subscriber connection is pinged.
     pub redis_probe_interval_ms: u64,
+    /// `REDIS_RECONNECT_MAX_MS`: longest wait between reconnect attempts.
     pub redis_reconnect_max_ms: u64,
+    /// `REDIS_PUBLISH_QUEUE`: events waiting to be written to Redis.
     pub redis_publish_queue: usize,
 }
 

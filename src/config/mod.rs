@@ -16,17 +16,29 @@ use std::time::Duration;
 pub use env::Config;
 pub use values::{AlgorithmList, CommaList, LogFormat, Secret, TrustedIssuer, TrustedProxies};
 
+/// Why settings were refused; every variant names its variable (or file).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A required variable is unset.
     #[error("missing required setting {0}")]
     Missing(String),
+    /// A variable has a value its subsystem cannot use.
     #[error("invalid setting {var}: {why}")]
-    Invalid { var: &'static str, why: String },
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with its value.
+        why: String,
+    },
+    /// A value is not of its variable's type.
     #[error("invalid settings: {0}")]
     Parse(String),
+    /// A file a variable names cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
 }

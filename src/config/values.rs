@@ -15,9 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret holding `value`.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+    /// The secret itself, for the one place that uses it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -42,6 +44,7 @@ impl Serialize for Secret {
 pub struct CommaList(pub Vec<String>);
 
 impl CommaList {
+    /// Splits `raw` at commas.
     pub fn parse(raw: &str) -> Self {
         Self(
             raw.split(',')
@@ -51,9 +54,11 @@ impl CommaList {
                 .collect(),
         )
     }
+    /// Whether no entry is listed.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// The entries.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
     }
@@ -70,6 +75,7 @@ impl<'de> Deserialize<'de> for CommaList {
 pub struct AlgorithmList(pub Vec<Algorithm>);
 
 impl AlgorithmList {
+    /// The family of the first algorithm.
     pub fn family(&self) -> Option<AlgorithmFamily> {
         self.0.first().map(|alg| alg.family())
     }
@@ -109,8 +115,10 @@ impl Serialize for AlgorithmList {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -132,6 +140,7 @@ impl<'de> Deserialize<'de> for LogFormat {
 pub struct TrustedIssuer {
     /// The exact `iss` value of its tokens.
     pub issuer: String,
+    /// Where its key set is (https, or http to loopback).
     pub jwks_url: String,
     /// Accepted `aud` values; when empty, `aud` is not checked.
     #[serde(default, deserialize_with = "one_or_many")]
@@ -173,9 +182,11 @@ pub(super) fn trusted_issuers<'de, D: Deserializer<'de>>(
 pub struct TrustedProxies(pub Vec<IpNet>);
 
 impl TrustedProxies {
+    /// Whether `ip` is one of the proxies.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(ip))
     }
+    /// Whether no proxy is trusted.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -52,7 +52,7 @@ pub(crate) struct Member {
 }
 
 /// All rooms of this node.
-pub struct Hub {
+pub(crate) struct Hub {
     rooms: DashMap<String, Room>,
     max_members: usize,
     metrics: Arc<Metrics>,
@@ -61,7 +61,7 @@ pub struct Hub {
 
 /// A join refused because the room has `MAX_ROOM_MEMBERS` members (on all nodes).
 #[derive(Debug, PartialEq, Eq)]
-pub struct RoomFull;
+pub(crate) struct RoomFull;
 
 impl Hub {
     pub(crate) fn new(
@@ -77,7 +77,7 @@ impl Hub {
         })
     }
 
-    pub fn broker(&self) -> &Arc<dyn Broker> {
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }
 
@@ -199,17 +199,17 @@ impl Hub {
     }
 
     /// Members of `room` on this node.
-    pub fn member_count(&self, room: &str) -> usize {
+    pub(crate) fn member_count(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |entry| entry.members.len())
     }
 
     /// Members of `room` on every node, as this node knows them.
-    pub fn total_count(&self, room: &str) -> usize {
+    pub(crate) fn total_count(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |entry| entry.total())
     }
 
     /// Rooms with at least one member on this node.
-    pub fn room_count(&self) -> usize {
+    pub(crate) fn room_count(&self) -> usize {
         self.rooms
             .iter()
             .filter(|room| !room.members.is_empty())
@@ -217,7 +217,7 @@ impl Hub {
     }
 
     /// Every (room, session) membership, for invariant checks in tests and fuzzing.
-    pub fn memberships(&self) -> Vec<(String, SessionId)> {
+    pub(crate) fn memberships(&self) -> Vec<(String, SessionId)> {
         self.rooms
             .iter()
             .flat_map(|room| {
@@ -232,7 +232,7 @@ impl Hub {
 }
 
 /// A member's place in a room; dropping it leaves the room.
-pub struct Membership {
+pub(crate) struct Membership {
     hub: Arc<Hub>,
     room: String,
     session_id: SessionId,
@@ -242,7 +242,7 @@ pub struct Membership {
 
 impl Membership {
     /// Relays a chat message to every other member of the room, on every node.
-    pub fn publish(&self, body: &str) {
+    pub(crate) fn publish(&self, body: &str) {
         self.hub.publish(self, body);
     }
 }

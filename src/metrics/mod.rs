@@ -5,7 +5,7 @@
 //! appears only at its first increment hides that increment from `rate()`. Hot paths
 //! (messages, deliveries) use unlabelled counters.
 
-pub mod labels;
+pub(crate) mod labels;
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use labels::{
 };
 
 /// A counter per value of a label enum.
-pub type Counters<T> = Family<Label<T>, Counter>;
+pub(crate) type Counters<T> = Family<Label<T>, Counter>;
 
 pub struct Metrics {
     registry: Registry,
@@ -284,7 +284,7 @@ impl Metrics {
 
 /// A client's close code as a label: the common ones, and `0` for any other (a client may
 /// send any of 2000 application codes; the label set stays small).
-pub fn client_close_code(code: Option<u16>) -> u16 {
+pub(crate) fn client_close_code(code: Option<u16>) -> u16 {
     match code {
         None => 1005,
         Some(code @ (1000 | 1001 | 1002 | 1003 | 1007 | 1008 | 1009 | 1010 | 1011)) => code,

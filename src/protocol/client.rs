@@ -13,16 +13,24 @@ use serde::Deserialize;
 /// A frame from the client, after decoding and basic shape checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientFrame {
+    /// `{"type":"auth","body":TOKEN}`: authenticate, or refresh the token.
     Auth {
+        /// The JWT.
         token: String,
     },
+    /// `{"type":"join","room":ROOM}`, with the name GarinChat clients send.
     Join {
+        /// The client's display name (used only with `TRUST_CLIENT_USERNAME`).
         username: Option<String>,
+        /// The room.
         room: String,
     },
+    /// `{"type":"message","body":TEXT}`: chat to the room.
     Message {
+        /// The text (empty: dropped).
         body: String,
     },
+    /// `{"type":"userleave"}`: leave the room.
     UserLeave,
 }
 

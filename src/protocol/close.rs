@@ -18,6 +18,7 @@ macro_rules! close_codes {
             /// Every code, in the table's order.
             pub const ALL: [CloseCode; [$(stringify!($name)),+].len()] = [$(CloseCode::$name),+];
 
+            /// The number on the wire.
             pub const fn code(self) -> u16 {
                 match self {
                     $(CloseCode::$name => $code,)+
@@ -91,7 +92,7 @@ impl fmt::Display for CloseCode {
 }
 
 /// Whether a close code received from a client is one RFC 6455 lets an endpoint send.
-pub fn is_valid_peer_close_code(code: u16) -> bool {
+pub(crate) fn is_valid_peer_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 

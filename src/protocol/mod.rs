@@ -4,10 +4,11 @@
 //! - [`server`]: frames from the server, encoded as GarinChat's were.
 //! - [`close`]: every close code the gateway sends.
 
-pub mod client;
-pub mod close;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod close;
+pub(crate) mod server;
 
 pub use client::ClientFrame;
-pub use close::{is_valid_peer_close_code, CloseCode};
-pub use server::{notice, ServerFrame};
+pub(crate) use close::is_valid_peer_close_code;
+pub use close::CloseCode;
+pub(crate) use server::{notice, ServerFrame};

@@ -7,19 +7,19 @@ use bytes::Bytes;
 
 /// The `body` of a `{"type":"notice"}` frame (Palisade's addition; clients that do not know
 /// the type ignore it).
-pub mod notice {
+pub(crate) mod notice {
     /// Cross-node delivery stopped (Redis is unreachable): members on this node still reach
     /// each other, but messages from and to other nodes are being missed.
-    pub const DELIVERY_INTERRUPTED: &str = "delivery_interrupted";
+    pub(crate) const DELIVERY_INTERRUPTED: &str = "delivery_interrupted";
     /// Cross-node delivery is back. What was sent meanwhile is not replayed; `join` and
     /// `userleave` frames follow for whoever arrived or left on other nodes.
-    pub const DELIVERY_RESTORED: &str = "delivery_restored";
+    pub(crate) const DELIVERY_RESTORED: &str = "delivery_restored";
 }
 
 /// A frame from the server. Field order and names are GarinChat's; `userId` is Palisade's
 /// addition (the token's subject) and comes last.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ServerFrame<'a> {
+pub(crate) struct ServerFrame<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -33,7 +33,7 @@ pub struct ServerFrame<'a> {
 }
 
 impl<'a> ServerFrame<'a> {
-    pub fn join(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
+    pub(crate) fn join(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
         Self {
             kind: "join",
             body: "",
@@ -43,7 +43,7 @@ impl<'a> ServerFrame<'a> {
         }
     }
 
-    pub fn message(body: &'a str, username: &'a str, user_id: &'a str) -> Self {
+    pub(crate) fn message(body: &'a str, username: &'a str, user_id: &'a str) -> Self {
         Self {
             kind: "message",
             body,
@@ -53,7 +53,7 @@ impl<'a> ServerFrame<'a> {
         }
     }
 
-    pub fn user_leave(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
+    pub(crate) fn user_leave(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
         Self {
             kind: "userleave",
             body: "",
@@ -64,7 +64,7 @@ impl<'a> ServerFrame<'a> {
     }
 
     /// A notice from the gateway itself; `code` is one of [`notice`]'s.
-    pub fn notice(code: &'a str) -> Self {
+    pub(crate) fn notice(code: &'a str) -> Self {
         Self {
             kind: "notice",
             body: code,
@@ -75,7 +75,7 @@ impl<'a> ServerFrame<'a> {
     }
 
     /// The frame's JSON, escaped as Go's `encoding/json` does (`<`, `>`, `&`, U+2028, U+2029).
-    pub fn encode(&self) -> Bytes {
+    pub(crate) fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(64 + self.body.len() + self.username.len());
         let mut ser = serde_json::Serializer::with_formatter(&mut out, HtmlSafeFormatter);
         serde::Serialize::serialize(self, &mut ser).expect("serializing to a Vec cannot fail");

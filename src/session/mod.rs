@@ -105,8 +105,12 @@ struct Session {
 }
 
 /// Runs a session on an upgraded socket until it closes.
-pub async fn run<S>(gateway: Arc<Gateway>, ws: WebSocket<S>, client_ip: IpAddr, admitted: Admitted)
-where
+pub(crate) async fn run<S>(
+    gateway: Arc<Gateway>,
+    ws: WebSocket<S>,
+    client_ip: IpAddr,
+    admitted: Admitted,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &gateway.session;

@@ -26,7 +26,9 @@ pub enum Inbound {
     Text(Box<str>),
     /// A whole binary message (the gateway refuses it; the conformance echo returns it).
     Binary(Box<[u8]>),
+    /// A ping, with its payload to echo.
     Ping(Box<[u8]>),
+    /// A pong.
     Pong,
     /// The client's close frame: its code, or `None` for an empty close payload.
     Close(Option<u16>),
@@ -49,7 +51,9 @@ impl Inbound {
 /// Limits the reader enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadLimits {
+    /// The largest message, summed over its fragments.
     pub max_message_bytes: usize,
+    /// The most fragments in one message.
     pub max_fragments: usize,
 }
 
@@ -76,6 +80,7 @@ struct Assembler {
 }
 
 impl<S: AsyncRead + Unpin> MessageReader<S> {
+    /// A reader of `stream` (after the handshake), enforcing `limits`.
     pub fn new(stream: S, limits: ReadLimits) -> Self {
         // fastwebsockets makes a read half only together with a write half; ours is separate
         // (see `writer`), so this one writes to nowhere and is dropped.

@@ -30,6 +30,7 @@ const MAX_HEAD: usize = 14;
 pub struct CloseRequest {
     /// `None` sends an empty close payload (the echo of a client's empty close).
     pub code: Option<u16>,
+    /// The close reason: static, never derived from input.
     pub reason: &'static str,
     /// Write what is already queued first (false for a slow consumer, whose queue is the
     /// problem).

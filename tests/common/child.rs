@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Raises this process's soft open-file limit to the hard limit (children inherit it).
-pub fn raise_nofile_limit() -> u64 {
+pub(crate) fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid resource and a properly initialised struct.
     unsafe {
         let mut limit = libc::rlimit {
@@ -19,13 +19,13 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub child: Child,
     pub addr: std::net::SocketAddr,
 }
 
 impl Gateway {
-    pub async fn start(extra: &[(&str, &str)]) -> Gateway {
+    pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -68,7 +68,7 @@ impl Gateway {
     }
 
     /// Resident memory in KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(self.proc_path("status")).unwrap();
         status
             .lines()
@@ -77,14 +77,14 @@ impl Gateway {
             .expect("VmRSS in /proc/PID/status")
     }
 
-    pub fn open_fds(&self) -> usize {
+    pub(crate) fn open_fds(&self) -> usize {
         std::fs::read_dir(Path::new(&self.proc_path("fd")))
             .unwrap()
             .count()
     }
 
     /// Waits until the gateway holds at most `fds` descriptors.
-    pub async fn wait_fds_at_most(&self, fds: usize, within: Duration) {
+    pub(crate) async fn wait_fds_at_most(&self, fds: usize, within: Duration) {
         let deadline = Instant::now() + within;
         while self.open_fds() > fds {
             assert!(

@@ -18,7 +18,7 @@ use serde_json::Value;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Serve,
     /// HTTP 500.
     Fail,
@@ -35,7 +35,7 @@ struct State {
     requests: AtomicUsize,
 }
 
-pub struct JwksServer {
+pub(crate) struct JwksServer {
     pub url: String,
     state: Arc<State>,
 }
@@ -47,7 +47,7 @@ fn fixture_jwks() -> Value {
 }
 
 impl JwksServer {
-    pub async fn start(kids: &[&'static str]) -> JwksServer {
+    pub(crate) async fn start(kids: &[&'static str]) -> JwksServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
             "http://{}/.well-known/jwks.json",
@@ -80,19 +80,19 @@ impl JwksServer {
         JwksServer { url, state }
     }
 
-    pub fn set_keys(&self, kids: &[&'static str]) {
+    pub(crate) fn set_keys(&self, kids: &[&'static str]) {
         *self.state.keys.lock().unwrap() = kids.to_vec();
     }
 
-    pub fn set_mode(&self, mode: Mode) {
+    pub(crate) fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
 
-    pub fn set_cache_control(&self, value: Option<&str>) {
+    pub(crate) fn set_cache_control(&self, value: Option<&str>) {
         *self.state.cache_control.lock().unwrap() = value.map(str::to_owned);
     }
 
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
 }
@@ -133,7 +133,7 @@ async fn answer(state: &State) -> Response<Full<Bytes>> {
 }
 
 /// Signs `claims` with the fixture private key behind `kid`, naming `kid` in the header.
-pub fn sign_with(kid: &str, claims: &Value) -> String {
+pub(crate) fn sign_with(kid: &str, claims: &Value) -> String {
     let (file, alg) = match kid {
         "rsa-1" => ("rsa_private.pem", Algorithm::RS256),
         "rsa-2" => ("rsa2_private.pem", Algorithm::RS256),
@@ -144,7 +144,7 @@ pub fn sign_with(kid: &str, claims: &Value) -> String {
 }
 
 /// Signs with a fixture key file and algorithm, under any `kid`.
-pub fn sign_as(kid: &str, alg: Algorithm, file: &str, claims: &Value) -> String {
+pub(crate) fn sign_as(kid: &str, alg: Algorithm, file: &str, claims: &Value) -> String {
     let pem = std::fs::read(format!("{FIXTURES}/{file}")).unwrap();
     let key = match alg {
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),

@@ -1,10 +1,10 @@
 //! Test support: a real gateway on 127.0.0.1:0, tokens, and a WebSocket client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-pub mod child;
-pub mod jwks;
-pub mod raw;
-pub mod redis;
+pub(crate) mod child;
+pub(crate) mod jwks;
+pub(crate) mod raw;
+pub(crate) mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,11 +22,11 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
-pub const ORIGIN: &str = "http://chat.test";
+pub(crate) const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+pub(crate) const ORIGIN: &str = "http://chat.test";
 
 /// Long enough for a loaded CI machine, short enough that a hung test fails quickly.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings every test server starts from; tests override what they exercise.
 fn base_settings() -> Vec<(String, String)> {
@@ -56,18 +56,18 @@ fn base_settings() -> Vec<(String, String)> {
     .collect()
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub running: RunningGateway,
     pub addr: SocketAddr,
 }
 
 impl TestServer {
-    pub async fn start() -> TestServer {
+    pub(crate) async fn start() -> TestServer {
         Self::with(&[]).await
     }
 
     /// Starts a gateway with the base settings plus `overrides` (later entries win).
-    pub async fn with(overrides: &[(&str, &str)]) -> TestServer {
+    pub(crate) async fn with(overrides: &[(&str, &str)]) -> TestServer {
         let mut settings = base_settings();
         for (key, value) in overrides {
             settings.retain(|(k, _)| k != key);
@@ -85,17 +85,17 @@ impl TestServer {
         TestServer { running, addr }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/", self.addr)
     }
 
-    pub async fn connect(&self) -> Client {
+    pub(crate) async fn connect(&self) -> Client {
         Client::connect(&self.url(), Some(ORIGIN)).await
     }
 
     /// Connects, authenticates as `sub` (display name = `sub` capitalised) and joins `room`,
     /// consuming the client's own join acknowledgement.
-    pub async fn joined(&self, sub: &str, room: &str) -> Client {
+    pub(crate) async fn joined(&self, sub: &str, room: &str) -> Client {
         let mut client = self.connect().await;
         client.auth(&token(sub)).await;
         client
@@ -108,7 +108,7 @@ impl TestServer {
     }
 
     /// Waits until `/readyz` would say ready (keys loaded, broker connected).
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         while !self.probe().is_ready() {
             assert!(tokio::time::Instant::now() < deadline, "never ready");
@@ -117,13 +117,13 @@ impl TestServer {
     }
 
     /// A view of the gateway's insides, for assertions.
-    pub fn probe(&self) -> Probe {
+    pub(crate) fn probe(&self) -> Probe {
         Probe::of(&self.running)
     }
 
     /// Waits until `room` has `count` local members (membership changes are asynchronous to
     /// the client that caused them, e.g. after a TCP reset).
-    pub async fn wait_members(&self, room: &str, count: usize) {
+    pub(crate) async fn wait_members(&self, room: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         while self.probe().member_count(room) != count {
             assert!(
@@ -136,7 +136,7 @@ impl TestServer {
     }
 
     /// A fresh client can still authenticate, join and chat: the server is healthy.
-    pub async fn assert_serves(&self) {
+    pub(crate) async fn assert_serves(&self) {
         let room = "health-check";
         let mut a = self.joined("healthy-a", room).await;
         let mut b = self.joined("healthy-b", room).await;
@@ -153,7 +153,7 @@ impl TestServer {
 
 /// The display name tests give each subject.
 /// A joined client whose kernel receive buffer is tiny, so that not reading fills it fast.
-pub async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Client {
+pub(crate) async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> Client {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -173,7 +173,7 @@ pub async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &str) -> C
     client
 }
 
-pub fn display_name(sub: &str) -> String {
+pub(crate) fn display_name(sub: &str) -> String {
     let mut chars = sub.chars();
     chars
         .next()
@@ -182,7 +182,7 @@ pub fn display_name(sub: &str) -> String {
 }
 
 /// A valid token for `sub`, named [`display_name`]`(sub)`, signed with [`SECRET`].
-pub fn token(sub: &str) -> String {
+pub(crate) fn token(sub: &str) -> String {
     let name = display_name(sub);
     let mut request = TokenRequest::new(sub);
     request.name = Some(&name);
@@ -190,7 +190,7 @@ pub fn token(sub: &str) -> String {
 }
 
 /// `base` with the fields of `extra` set over it; a `null` in `extra` removes the field.
-pub fn merged(mut base: Value, extra: Value) -> Value {
+pub(crate) fn merged(mut base: Value, extra: Value) -> Value {
     for (key, value) in extra.as_object().expect("extra claims are an object") {
         if value.is_null() {
             base.as_object_mut().unwrap().remove(key);
@@ -202,7 +202,7 @@ pub fn merged(mut base: Value, extra: Value) -> Value {
 }
 
 /// Signs arbitrary claims with `key` (HS256 unless `alg` says otherwise).
-pub fn sign(claims: &Value, key: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+pub(crate) fn sign(claims: &Value, key: &[u8], alg: jsonwebtoken::Algorithm) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),
         claims,
@@ -211,19 +211,19 @@ pub fn sign(claims: &Value, key: &[u8], alg: jsonwebtoken::Algorithm) -> String 
     .unwrap()
 }
 
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-pub struct Client {
+pub(crate) struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
-    pub async fn connect(url: &str, origin: Option<&str>) -> Client {
+    pub(crate) async fn connect(url: &str, origin: Option<&str>) -> Client {
         let mut request = url.into_client_request().unwrap();
         if let Some(origin) = origin {
             request
@@ -237,20 +237,20 @@ impl Client {
         Client { ws }
     }
 
-    pub async fn send_json(&mut self, value: Value) {
+    pub(crate) async fn send_json(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;
     }
 
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
-    pub async fn auth(&mut self, token: &str) {
+    pub(crate) async fn auth(&mut self, token: &str) {
         self.send_json(json!({"type": "auth", "body": token})).await;
     }
 
     /// The next message, skipping pings; panics after [`RECV_TIMEOUT`].
-    pub async fn recv(&mut self) -> Option<Message> {
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
         loop {
             let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
                 .await
@@ -264,7 +264,7 @@ impl Client {
     }
 
     /// The next text frame, parsed.
-    pub async fn recv_json(&mut self) -> Value {
+    pub(crate) async fn recv_json(&mut self) -> Value {
         match self.recv().await {
             Some(Message::Text(text)) => serde_json::from_str(&text).expect("server sends JSON"),
             other => panic!("expected a text frame, got {other:?}"),
@@ -272,7 +272,7 @@ impl Client {
     }
 
     /// The next text frame, as the server's exact bytes.
-    pub async fn recv_text(&mut self) -> String {
+    pub(crate) async fn recv_text(&mut self) -> String {
         match self.recv().await {
             Some(Message::Text(text)) => text.to_string(),
             other => panic!("expected a text frame, got {other:?}"),
@@ -281,7 +281,7 @@ impl Client {
 
     /// Reads until the server's close frame and returns its code and reason, skipping any
     /// text frames before it.
-    pub async fn expect_close(&mut self) -> (u16, String) {
+    pub(crate) async fn expect_close(&mut self) -> (u16, String) {
         loop {
             match self.recv().await {
                 Some(Message::Close(Some(frame))) => {
@@ -295,7 +295,7 @@ impl Client {
     }
 
     /// Asserts nothing arrives within `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
+    pub(crate) async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
             panic!("expected silence, got {message:?}");
         }
@@ -303,7 +303,7 @@ impl Client {
 
     /// Reads for `wait`, accepting only pings (which tungstenite answers): the connection
     /// stays alive and nothing else arrives. Returns how many pings came.
-    pub async fn expect_only_pings(&mut self, wait: Duration) -> usize {
+    pub(crate) async fn expect_only_pings(&mut self, wait: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pings = 0;
         while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -315,20 +315,20 @@ impl Client {
         pings
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 /// What became of an `auth` and `join` with a token.
-pub enum Outcome {
+pub(crate) enum Outcome {
     Accepted { name: String, user_id: String },
     Refused(u16),
 }
 
 /// Authenticates with `token`, then tries to join `lobby`.
-pub async fn outcome(server: &TestServer, token: &str) -> Outcome {
+pub(crate) async fn outcome(server: &TestServer, token: &str) -> Outcome {
     let mut client = server.connect().await;
     client.auth(token).await;
     client
@@ -348,7 +348,7 @@ pub async fn outcome(server: &TestServer, token: &str) -> Outcome {
     }
 }
 
-pub fn accepted(name: &str, user_id: &str) -> Outcome {
+pub(crate) fn accepted(name: &str, user_id: &str) -> Outcome {
     Outcome::Accepted {
         name: name.into(),
         user_id: user_id.into(),

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::RECV_TIMEOUT;
 
 /// The value of header `name` in a response head.
-pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
@@ -18,14 +18,14 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Sends `request` as-is and returns the response head (status line and headers).
-pub async fn http(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn http(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     read_head(&mut stream).await
 }
 
 /// The status code of a response head.
-pub fn status(head: &str) -> u16 {
+pub(crate) fn status(head: &str) -> u16 {
     head.split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
@@ -57,7 +57,7 @@ async fn read_head_keeping_rest(stream: &mut TcpStream) -> (String, Vec<u8>) {
 }
 
 /// An upgrade request with the given extra header lines (each ending in `\r\n`).
-pub fn upgrade_request(extra_headers: &str) -> String {
+pub(crate) fn upgrade_request(extra_headers: &str) -> String {
     format!(
         "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
@@ -65,7 +65,7 @@ pub fn upgrade_request(extra_headers: &str) -> String {
 }
 
 /// A raw WebSocket connection after a successful handshake.
-pub struct RawSocket {
+pub(crate) struct RawSocket {
     pub stream: TcpStream,
     /// Bytes read past the handshake, consumed before the stream.
     pending: Vec<u8>,
@@ -75,7 +75,7 @@ pub struct RawSocket {
 
 /// What the server sent, frame by frame.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ServerEvent {
+pub(crate) enum ServerEvent {
     Text(String),
     Close(Option<u16>),
     Other(u8),
@@ -84,7 +84,7 @@ pub enum ServerEvent {
 }
 
 impl RawSocket {
-    pub async fn connect(addr: SocketAddr, origin: &str) -> RawSocket {
+    pub(crate) async fn connect(addr: SocketAddr, origin: &str) -> RawSocket {
         match Self::try_connect(addr, &format!("Origin: {origin}\r\n")).await {
             Ok(socket) => socket,
             Err(head) => panic!("upgrade refused: {head}"),
@@ -92,7 +92,10 @@ impl RawSocket {
     }
 
     /// Upgrades with the given extra header lines; on refusal, the response head.
-    pub async fn try_connect(addr: SocketAddr, extra_headers: &str) -> Result<RawSocket, String> {
+    pub(crate) async fn try_connect(
+        addr: SocketAddr,
+        extra_headers: &str,
+    ) -> Result<RawSocket, String> {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream
             .write_all(upgrade_request(extra_headers).as_bytes())
@@ -110,21 +113,21 @@ impl RawSocket {
     }
 
     /// Sends a masked text frame.
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.send_frame(FIN | TEXT, text.as_bytes()).await;
     }
 
     /// Writes one frame: `first` is the FIN/RSV/opcode byte; the payload is masked.
-    pub async fn send_frame(&mut self, first: u8, payload: &[u8]) {
+    pub(crate) async fn send_frame(&mut self, first: u8, payload: &[u8]) {
         let _ = self.stream.write_all(&encode_frame(first, payload)).await;
     }
 
     /// Writes raw bytes (for headers that lie about their length).
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
     }
 
-    pub async fn next_event(&mut self) -> ServerEvent {
+    pub(crate) async fn next_event(&mut self) -> ServerEvent {
         let mut header = [0u8; 2];
         if self.read_exact(&mut header).await.is_err() {
             return ServerEvent::Eof;
@@ -162,7 +165,7 @@ impl RawSocket {
     }
 
     /// The code of the server's close frame, skipping text frames before it.
-    pub async fn close_code(&mut self) -> Option<u16> {
+    pub(crate) async fn close_code(&mut self) -> Option<u16> {
         loop {
             match self.next_event().await {
                 ServerEvent::Text(_) | ServerEvent::Other(_) => continue,
@@ -187,16 +190,16 @@ impl RawSocket {
     }
 }
 
-pub const FIN: u8 = 0x80;
-pub const TEXT: u8 = 0x1;
-pub const BINARY: u8 = 0x2;
-pub const CONTINUATION: u8 = 0x0;
-pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
-pub const PONG: u8 = 0xA;
+pub(crate) const FIN: u8 = 0x80;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
+pub(crate) const CONTINUATION: u8 = 0x0;
+pub(crate) const CLOSE: u8 = 0x8;
+pub(crate) const PING: u8 = 0x9;
+pub(crate) const PONG: u8 = 0xA;
 
 /// A masked client frame.
-pub fn encode_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
     let mut frame = vec![first];
     match payload.len() {
@@ -216,6 +219,6 @@ pub fn encode_frame(first: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Waits a little for the server to act on what was sent.
-pub async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }

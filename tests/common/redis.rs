@@ -3,14 +3,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (which must be installed: the test fails, never skips, without it).
-    pub async fn start() -> RedisServer {
+    pub(crate) async fn start() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -21,12 +21,12 @@ impl RedisServer {
         server
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server abruptly (SIGKILL): clients see their connections reset.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: as in `signal`; a paused server must be thawed to die.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
@@ -37,12 +37,12 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): connections stay open and data stays, but nothing answers,
     /// as with a network partition or a stalled host.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal(libc::SIGSTOP);
     }
 
     /// Thaws a paused server (SIGCONT).
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal(libc::SIGCONT);
     }
 
@@ -53,7 +53,7 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port, empty (it keeps nothing on disk).
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])

@@ -98,7 +98,7 @@ struct Link {
     conn: MultiplexedConnection,
 }
 
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     node: Arc<str>,
     keys: Keys,
     client: Client,
