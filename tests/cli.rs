@@ -3,24 +3,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::{free_port, get, post_from};
 use common::{sign, Client, TestServer};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The binary with an empty environment (but PATH) in `dir`.
 fn palisade(dir: &Path) -> Command {
@@ -386,12 +379,12 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
 
     // The page, its script and the client module are served, and the demo-only token
     // endpoint mints tokens that work.
-    let (status, page) = http_get(addr, "/").await;
+    let (status, page) = get(addr, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>Palisade demo</title>"));
-    let (_, module) = http_get(addr, "/palisade.js").await;
+    let (_, module) = get(addr, "/palisade.js").await;
     assert!(module.contains("export class PalisadeClient"));
-    let (status, _) = http_get(addr, "/demo.js").await;
+    let (status, _) = get(addr, "/demo.js").await;
     assert_eq!(status, 200);
     let (status, reply) = http_post(addr, "/demo/token", r#"{"name":"Dora"}"#).await;
     assert_eq!(status, 200, "{reply}");
@@ -420,9 +413,9 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     // Only this server's own page may ask: another Host (DNS rebinding) or another page's
     // Origin is refused; the demo page's own Origin is fine.
     let name = r#"{"name":"Mallory"}"#;
-    let (status, _) = http_post_from(addr, "evil.test", None, "/demo/token", name).await;
+    let (status, _) = post_from(addr, "evil.test", None, "/demo/token", name).await;
     assert_eq!(status, 403);
-    let (status, _) = http_post_from(
+    let (status, _) = post_from(
         addr,
         &addr.to_string(),
         Some("http://evil.test"),
@@ -432,8 +425,7 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     .await;
     assert_eq!(status, 403);
     let own = format!("http://127.0.0.1:{port}");
-    let (status, _) =
-        http_post_from(addr, &addr.to_string(), Some(&own), "/demo/token", name).await;
+    let (status, _) = post_from(addr, &addr.to_string(), Some(&own), "/demo/token", name).await;
     assert_eq!(status, 200);
 
     sigterm(&child);
@@ -441,48 +433,8 @@ async fn demo_runs_with_nothing_configured_and_prints_working_tokens() {
     assert!(wait_exit(&mut child, Duration::from_secs(12)).success());
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http_request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
 async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    http_post_from(addr, &addr.to_string(), None, path, body).await
-}
-
-/// A POST naming `host`, from a page at `origin` if any.
-async fn http_post_from(
-    addr: SocketAddr,
-    host: &str,
-    origin: Option<&str>,
-    path: &str,
-    body: &str,
-) -> (u16, String) {
-    let origin = origin
-        .map(|origin| format!("Origin: {origin}\r\n"))
-        .unwrap_or_default();
-    http_request(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await
-}
-
-async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    let _ = tokio::time::timeout(common::RECV_TIMEOUT, stream.read_to_string(&mut response)).await;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (common::raw::status(head), body.to_owned())
+    post_from(addr, &addr.to_string(), None, path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

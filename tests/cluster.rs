@@ -5,13 +5,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::raw::{http, status};
 use common::redis::RedisServer;
-use common::{token, Client, TestServer};
+use common::{token, Client, PacedSender, Pacing, TestServer};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,34 +54,6 @@ async fn join_with(client: &mut Client, sub: &str, room: &str) {
     client
         .send_json(json!({"type": "join", "room": room}))
         .await;
-}
-
-/// The next text frame within `wait`, parsed.
-async fn recv_within(client: &mut Client, wait: Duration) -> Value {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let next = tokio::time::timeout(left, futures_util::StreamExt::next(&mut client.ws))
-            .await
-            .unwrap_or_else(|_| panic!("no frame within {wait:?}"));
-        match next {
-            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// Skips frames until one of `kind` (with `body`, for notices) arrives within `wait`.
-async fn wait_for(client: &mut Client, kind: &str, body: Option<&str>, wait: Duration) -> Value {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = recv_within(client, left).await;
-        if frame["type"] == kind && body.is_none_or(|body| frame["body"] == body) {
-            return frame;
-        }
-    }
 }
 
 /// The value of an unlabelled (or fully labelled) series in the node's metrics.
@@ -170,11 +140,7 @@ async fn total_users_is_right_across_nodes_through_joins_leaves_and_a_node_kill(
     let settings = broker_settings(&redis);
     let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let b = common::child::Gateway::start(&pairs).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while readyz(b.addr).await != 200 {
-        assert!(Instant::now() < deadline, "node B never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    b.wait_ready().await;
     let b_url = format!("ws://{}/", b.addr);
 
     let (mut alice, total) = join(&a, "alice", "room").await;
@@ -215,7 +181,7 @@ async fn total_users_is_right_across_nodes_through_joins_leaves_and_a_node_kill(
     // Node B dies without a word: its member ages out within the key TTL and a heartbeat.
     drop(b);
     for member in [&mut alice, &mut carol] {
-        let left = recv_within(member, Duration::from_secs(10)).await;
+        let left = member.recv_within(Duration::from_secs(10)).await;
         assert_eq!(
             (&left["type"], &left["userId"], &left["totalUsers"]),
             (&json!("userleave"), &json!("bob"), &json!(2)),
@@ -241,19 +207,15 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
     assert_eq!(carol.recv_json().await["type"], "join");
 
     // Alice talks all along (bounded), numbering her messages.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender_stop = Arc::clone(&stop);
-    let talking = tokio::spawn(async move {
-        let mut sent = 0u64;
-        while !sender_stop.load(Ordering::Relaxed) && sent < 3000 {
-            alice
-                .send_json(json!({"type": "message", "body": sent.to_string()}))
-                .await;
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (alice, sent)
-    });
+    let talking = PacedSender::start(
+        alice,
+        Pacing {
+            padding: 0,
+            burst: 1,
+            pause: Duration::from_millis(10),
+            limit: 3000,
+        },
+    );
     // Checks that message numbers only grow (no duplicate, no reordering); returns the last.
     let next_message = |frame: &Value, last: &mut Option<u64>| -> bool {
         if frame["type"] != "message" {
@@ -274,7 +236,7 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
     let interrupted = Instant::now();
     // Bob learns that cross-node delivery stopped; node A stops being ready.
     loop {
-        let frame = recv_within(&mut bob, Duration::from_secs(5)).await;
+        let frame = bob.recv_within(Duration::from_secs(5)).await;
         if frame["type"] == "notice" {
             assert_eq!(frame["body"], "delivery_interrupted");
             break;
@@ -290,17 +252,17 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Carol, on Alice's node, still hears her: the room works locally.
-    let frame = wait_for(
-        &mut carol,
-        "notice",
-        Some("delivery_interrupted"),
-        Duration::from_secs(5),
-    )
-    .await;
+    let frame = carol
+        .wait_for(
+            "notice",
+            Some("delivery_interrupted"),
+            Duration::from_secs(5),
+        )
+        .await;
     assert_eq!(frame["type"], "notice");
     let before_restart = carol_last;
     while carol_last <= before_restart {
-        let frame = recv_within(&mut carol, Duration::from_secs(5)).await;
+        let frame = carol.recv_within(Duration::from_secs(5)).await;
         next_message(&frame, &mut carol_last);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -311,7 +273,7 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
     let bob_before = bob_last;
     // Delivery resumes: a restored notice, then Alice's messages again (some were missed).
     while !(restored && bob_last > bob_before) {
-        let frame = recv_within(&mut bob, Duration::from_secs(10)).await;
+        let frame = bob.recv_within(Duration::from_secs(10)).await;
         if frame["type"] == "notice" {
             assert_eq!(frame["body"], "delivery_restored");
             restored = true;
@@ -332,9 +294,8 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
         assert!(Instant::now() < deadline, "not ready again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let (_alice, sent) = talking.await.unwrap();
-    assert!(bob_last.unwrap() < sent);
+    let (_alice, sent) = talking.stop().await;
+    assert!(bob_last.unwrap() < sent as u64);
     eprintln!(
         "outage of {:?}; delivery resumed {resumed_after:?} after the restart",
         restarted - interrupted
@@ -383,7 +344,7 @@ async fn a_node_without_redis_serves_its_rooms_locally_and_says_so() {
     redis.restart().await;
     a.wait_ready().await;
     assert_eq!(
-        wait_for(&mut alice, "notice", None, Duration::from_secs(5)).await["body"],
+        alice.wait_for("notice", None, Duration::from_secs(5)).await["body"],
         "delivery_restored"
     );
 }
@@ -427,24 +388,17 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
         assert_eq!(local_reader.recv_json().await["type"], "join");
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender_stop = Arc::clone(&stop);
-    let sending = tokio::spawn(async move {
-        let body = "z".repeat(3000);
-        let mut sent = 0usize;
-        while !sender_stop.load(Ordering::Relaxed) && sent < 20_000 {
-            sender
-                .send_json(json!({"type": "message", "body": format!("{sent} {body}")}))
-                .await;
-            sent += 1;
-            // Paced (about 6 MB/s) so that both readers keep up on a busy two-core machine,
-            // while the socket that never reads still fills within a second.
-            if sent % 4 == 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        (sender, sent)
-    });
+    // Paced (about 6 MB/s) so that both readers keep up on a busy two-core machine, while the
+    // socket that never reads still fills within a second.
+    let sending = PacedSender::start(
+        sender,
+        Pacing {
+            padding: 3000,
+            burst: 4,
+            pause: Duration::from_millis(2),
+            limit: 20_000,
+        },
+    );
     // Each reader reads as a client does, on its own, every message in order until the slow
     // member is evicted (on node B), and goes on receiving after that.
     let read_until_eviction = |mut reader: Client| async move {
@@ -479,8 +433,7 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
     let remote = tokio::spawn(read_until_eviction(remote_reader));
     let (local, remote) = (local.await.unwrap(), remote.await.unwrap());
     assert!(local > 0 && remote > 0, "local {local}, remote {remote}");
-    stop.store(true, Ordering::Relaxed);
-    let _ = sending.await.unwrap();
+    let _ = sending.stop().await;
     let close = loop {
         match slow.recv().await {
             Some(Message::Text(_)) => {}
@@ -497,11 +450,7 @@ async fn child_node(redis: &RedisServer, extra: &[(&str, &str)]) -> common::chil
     let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     pairs.extend_from_slice(extra);
     let node = common::child::Gateway::start(&pairs).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while readyz(node.addr).await != 200 {
-        assert!(Instant::now() < deadline, "node never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_ready().await;
     node
 }
 
@@ -537,7 +486,7 @@ async fn two_processes_behave_as_one_gateway_and_a_stopping_node_says_goodbye() 
         0
     );
     assert_eq!(bob.expect_close().await.0, 1001);
-    let left = recv_within(&mut alice, Duration::from_secs(5)).await;
+    let left = alice.recv_within(Duration::from_secs(5)).await;
     assert_eq!(
         (&left["type"], &left["userId"], &left["totalUsers"]),
         (&json!("userleave"), &json!("bob"), &json!(1))
@@ -592,7 +541,9 @@ async fn past_the_publish_queue_messages_are_dropped_and_counted_never_reordered
     bob.send_json(json!({"type": "message", "body": "after"}))
         .await;
     assert_eq!(
-        wait_for(&mut alice, "message", None, Duration::from_secs(5)).await["body"],
+        alice
+            .wait_for("message", None, Duration::from_secs(5))
+            .await["body"],
         "after"
     );
 }
@@ -610,7 +561,9 @@ async fn joins_and_leaves_during_a_partition_are_repaired_when_it_heals() {
     // Redis stalls (its data stays): both nodes notice and say so.
     redis.pause();
     for member in [&mut alice, &mut bob] {
-        let frame = wait_for(member, "notice", None, Duration::from_secs(5)).await;
+        let frame = member
+            .wait_for("notice", None, Duration::from_secs(5))
+            .await;
         assert_eq!(frame["body"], "delivery_interrupted");
     }
     // Meanwhile Bob leaves (his node's last member of the room: the room closes there), and
@@ -621,10 +574,14 @@ async fn joins_and_leaves_during_a_partition_are_repaired_when_it_heals() {
     assert_eq!(carol.recv_json().await["body"], "delivery_interrupted");
 
     redis.resume();
-    let frame = wait_for(&mut alice, "notice", None, Duration::from_secs(10)).await;
+    let frame = alice
+        .wait_for("notice", None, Duration::from_secs(10))
+        .await;
     assert_eq!(frame["body"], "delivery_restored");
     // The leave that could not be written is repaired: Bob leaves Alice's room...
-    let left = wait_for(&mut alice, "userleave", None, Duration::from_secs(10)).await;
+    let left = alice
+        .wait_for("userleave", None, Duration::from_secs(10))
+        .await;
     assert_eq!(
         (&left["userId"], &left["totalUsers"]),
         (&json!("bob"), &json!(1))
@@ -632,11 +589,13 @@ async fn joins_and_leaves_during_a_partition_are_repaired_when_it_heals() {
     // ...and the room opened during the partition is subscribed: it hears node A.
     let (mut dave, total) = join(&a, "dave", "fresh").await;
     assert_eq!(total, 2, "Carol's presence was written after the partition");
-    wait_for(&mut carol, "join", None, Duration::from_secs(5)).await;
+    carol.wait_for("join", None, Duration::from_secs(5)).await;
     dave.send_json(json!({"type": "message", "body": "across"}))
         .await;
     assert_eq!(
-        wait_for(&mut carol, "message", None, Duration::from_secs(5)).await["body"],
+        carol
+            .wait_for("message", None, Duration::from_secs(5))
+            .await["body"],
         "across"
     );
     let (_erin, total) = join(&b, "erin", "kept").await;

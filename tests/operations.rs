@@ -4,41 +4,20 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::child::{raise_nofile_limit, Gateway};
+use common::http::{get, samples};
 use common::raw::{status, RawSocket, ServerEvent};
 use common::{sign, token, TestServer, ORIGIN, SECRET};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// GETs `path` and returns the status and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(common::RECV_TIMEOUT, stream.read_to_string(&mut response))
-        .await
-        .expect("a response")
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (status(head), body.to_owned())
-}
-
-/// Every sample of a scrape, by its name and labels as written (`name{a="b"}`).
+/// Every sample of a scrape of the admin listener.
 async fn scrape(server: &TestServer) -> BTreeMap<String, f64> {
     let (code, body) = get(server.running.admin_addr().unwrap(), "/metrics").await;
     assert_eq!(code, 200);
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
+    samples(&body)
 }
 
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {

@@ -26,25 +26,18 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::http::free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
         command
             .env_clear()
             .current_dir(dir.path())
+            .envs(palisade::testing::NO_LIMITS.iter().copied())
             .envs([
                 ("PORT", port.to_string().as_str()),
                 ("BIND_ADDR", "127.0.0.1"),
                 ("ALLOWED_ORIGINS", super::ORIGIN),
                 ("JWT_DECODE_SECRET", super::SECRET),
-                ("MAX_CONNECTIONS", "20000"),
-                ("MAX_CONNECTIONS_PER_IP", "20000"),
-                ("CONNECT_RATE_PER_SEC", "100000"),
-                ("CONNECT_BURST", "100000"),
                 ("CLOSE_TIMEOUT_MS", "500"),
                 ("LOG_LEVEL", "warn"),
                 ("METRICS_PORT", "0"),
@@ -68,6 +61,15 @@ impl Gateway {
     }
 
     /// Resident memory in KiB.
+    /// Waits until its `/readyz` answers 200 (within ten seconds).
+    pub(crate) async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while super::http::get(self.addr, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "the node never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(self.proc_path("status")).unwrap();
         status

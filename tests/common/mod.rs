@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub(crate) mod child;
+pub(crate) mod http;
 pub(crate) mod jwks;
 pub(crate) mod raw;
 pub(crate) mod redis;
@@ -28,32 +29,31 @@ pub(crate) const ORIGIN: &str = "http://chat.test";
 /// Long enough for a loaded CI machine, short enough that a hung test fails quickly.
 pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings every test server starts from; tests override what they exercise.
+/// Settings every test server starts from: loopback, the test secret, every limit lifted
+/// (`palisade::testing::NO_LIMITS`: tests of a limit set it back explicitly), short closes.
 fn base_settings() -> Vec<(String, String)> {
     [
         ("PORT", "0"),
         ("BIND_ADDR", "127.0.0.1"),
         ("ALLOWED_ORIGINS", ORIGIN),
         ("JWT_DECODE_SECRET", SECRET),
-        // Generous rates: tests of the limits set them back explicitly.
-        ("MSG_RATE_PER_SEC", "10000"),
-        ("MSG_BURST", "10000"),
-        ("USER_MSG_RATE_PER_SEC", "10000"),
-        ("USER_MSG_BURST", "10000"),
-        ("CONTROL_RATE_PER_SEC", "10000"),
-        ("CONTROL_BURST", "10000"),
-        ("CONNECT_RATE_PER_SEC", "10000"),
-        ("CONNECT_BURST", "10000"),
-        ("MAX_CONNECTIONS_PER_IP", "10000"),
-        ("MAX_SESSIONS_PER_USER", "1000"),
-        ("BAN_STRIKES", "1000"),
         ("CLOSE_TIMEOUT_MS", "500"),
         ("SHUTDOWN_GRACE_SECS", "5"),
         ("DRAIN_DELAY_SECS", "0"),
     ]
     .into_iter()
+    .chain(palisade::testing::NO_LIMITS.iter().copied())
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// Polls `check` every 10 ms until it holds; fails naming `what` after [`RECV_TIMEOUT`].
+pub(crate) async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub(crate) struct TestServer {
@@ -109,11 +109,8 @@ impl TestServer {
 
     /// Waits until `/readyz` would say ready (keys loaded, broker connected).
     pub(crate) async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-        while !self.probe().is_ready() {
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let probe = self.probe();
+        wait_until("ready", || probe.is_ready()).await;
     }
 
     /// A view of the gateway's insides, for assertions.
@@ -124,15 +121,20 @@ impl TestServer {
     /// Waits until `room` has `count` local members (membership changes are asynchronous to
     /// the client that caused them, e.g. after a TCP reset).
     pub(crate) async fn wait_members(&self, room: &str, count: usize) {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-        while self.probe().member_count(room) != count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "room {room} has {} members, expected {count}",
-                self.probe().member_count(room)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let probe = self.probe();
+        wait_until(&format!("{count} members in {room}"), || {
+            probe.member_count(room) == count
+        })
+        .await;
+    }
+
+    /// Shuts the gateway down and asserts that it took less than `limit` and abandoned no
+    /// session.
+    pub(crate) async fn shutdown_within(self, limit: Duration) {
+        let started = tokio::time::Instant::now();
+        let report = self.running.shutdown().await;
+        assert_eq!(report.abandoned, 0);
+        assert!(started.elapsed() < limit, "{:?}", started.elapsed());
     }
 
     /// A fresh client can still authenticate, join and chat: the server is healthy.
@@ -263,6 +265,39 @@ impl Client {
         }
     }
 
+    /// The next text frame within `wait` (skipping pings and pongs), parsed.
+    pub(crate) async fn recv_within(&mut self, wait: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {wait:?}"));
+            match next {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Skips frames until one of type `kind` (with `body`, for notices) arrives within `wait`.
+    pub(crate) async fn wait_for(
+        &mut self,
+        kind: &str,
+        body: Option<&str>,
+        wait: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = self
+                .recv_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
+            if frame["type"] == kind && body.is_none_or(|body| frame["body"] == body) {
+                return frame;
+            }
+        }
+    }
+
     /// The next text frame, parsed.
     pub(crate) async fn recv_json(&mut self) -> Value {
         match self.recv().await {
@@ -352,5 +387,56 @@ pub(crate) fn accepted(name: &str, user_id: &str) -> Outcome {
     Outcome::Accepted {
         name: name.into(),
         user_id: user_id.into(),
+    }
+}
+
+/// How a [`PacedSender`] sends: bodies of the message number plus `padding` bytes, a pause
+/// after every `burst` of them, at most `limit` in all.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pacing {
+    pub(crate) padding: usize,
+    pub(crate) burst: usize,
+    pub(crate) pause: Duration,
+    pub(crate) limit: usize,
+}
+
+/// A client sending numbered messages in the background until stopped, paced so that the
+/// readers of a test keep up on a busy two-core machine.
+pub(crate) struct PacedSender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(Client, usize)>,
+}
+
+impl PacedSender {
+    pub(crate) fn start(mut client: Client, pacing: Pacing) -> PacedSender {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let padding = "z".repeat(pacing.padding);
+            let mut sent = 0usize;
+            while !stopped.load(Ordering::Relaxed) && sent < pacing.limit {
+                let body = if padding.is_empty() {
+                    sent.to_string()
+                } else {
+                    format!("{sent} {padding}")
+                };
+                client
+                    .send_json(json!({"type": "message", "body": body}))
+                    .await;
+                sent += 1;
+                if sent % pacing.burst == 0 {
+                    tokio::time::sleep(pacing.pause).await;
+                }
+            }
+            (client, sent)
+        });
+        PacedSender { stop, task }
+    }
+
+    /// Stops sending; the client and how many messages it sent.
+    pub(crate) async fn stop(self) -> (Client, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the sender does not panic")
     }
 }
