@@ -4,9 +4,9 @@
 //! deadline, then chats; every rule it breaks closes it with a code from one table
 //! ([`CloseCode`], mirrored in `docs/PROTOCOL.md`).
 //!
-//! The API is small: settings ([`config`]), starting and stopping a gateway ([`gateway`]),
-//! the `palisade demo` pages ([`demo`]), development tokens ([`mint`]) and the stop signal
-//! ([`shutdown`]). Everything else is internal.
+//! The API is small: settings ([`Settings`], from [`config`]), starting and stopping a gateway
+//! ([`gateway`]), the `palisade demo` pages ([`demo`]), development tokens ([`mint`]) and the
+//! stop signal ([`shutdown`]). Everything else is internal.
 //!
 //! # Layout
 //!
@@ -14,22 +14,24 @@
 //!
 //! | layer | module | concept |
 //! |---|---|---|
-//! | foundation | `config` | the environment (envy), parsed once; [`config::ConfigError`] names the variable |
+//! | foundation | `config` | the environment (envy), parsed once into one flat [`Config`]; [`ConfigError`] names the variable |
 //! | | `protocol` | client and server JSON frames, the close-code table |
 //! | | `ids`, `names`, `client_ip` | session ids; username and room rules; the client address behind trusted proxies |
 //! | | `metrics` | Prometheus metrics, label values from closed enums |
 //! | | `memory` | returning freed heap pages to the system after load |
+//! | | `http` | the accept loop and connection serving every listener shares; plain responses |
 //! | policies | `auth` | JWT verification (static keys or identity providers' JWKS), claims, revocation, errors, minting |
 //! | | `admission` | connection caps (global, per IP, per user) and the per-IP connect rate |
 //! | | `bans` | strikes for abusive closes, temporary bans of IPs and users |
 //! | | `limits` | message and control rate limits (governor) |
 //! | | `outbox` | a socket's bounded outbound queue and slow-consumer eviction |
+//! | | `upgrade` | who may upgrade: the handshake checks fastwebsockets leaves open (method, Origin, version, key) |
 //! | rooms | `broker` | carrying rooms between nodes (in-process, or Redis Pub/Sub and presence); knows the hub only as `LocalRooms` |
 //! | | `hub` | rooms, membership that leaves on drop, non-blocking fan-out, every room frame |
 //! | session | `session` | one socket's state machine, with its reader, writer, timers and close |
+//! | settings | `settings` | every subsystem's typed settings, validated once: [`Settings`] is the only way in |
 //! | state | `state` | the [`Gateway`]: what every connection stands on |
-//! | serving | `http` | the accept loop and connection serving every listener shares; plain responses |
-//! | | `server` | the public listener: routes, Origin and handshake checks, admission, upgrade |
+//! | serving | `server` | the public listener: routes, admission, upgrade; pluggable [`Pages`] |
 //! | | `admin` | the admin listener: `/metrics`, `/healthz`, `/readyz` |
 //! | start-up | [`gateway`] | listeners, start, housekeeping, the drain |
 //! | | [`demo`], [`shutdown`] | the standalone demo's settings and pages; SIGTERM/SIGINT |

@@ -382,3 +382,87 @@ impl RedisBroker {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::envelope::encode;
+    use crate::broker::{RemoteEvent, RemoteMember};
+    use crate::config::tests::env;
+    use crate::metrics::Metrics;
+
+    /// Rooms that record what the broker asks of them.
+    #[derive(Default)]
+    struct FakeRooms {
+        applied: Mutex<Vec<(String, String, u64, RemoteEvent)>>,
+    }
+
+    impl LocalRooms for FakeRooms {
+        fn apply_remote(&self, room: &str, node: &Arc<str>, seq: u64, event: RemoteEvent) {
+            self.applied
+                .lock()
+                .unwrap()
+                .push((room.to_owned(), node.to_string(), seq, event));
+        }
+        fn replace_remote(&self, _: &str, _: Vec<(Arc<str>, RemoteMember)>) {}
+        fn forget_node(&self, _: &str) {}
+        fn remote_nodes(&self) -> HashSet<Arc<str>> {
+            HashSet::new()
+        }
+        fn room_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn has_room(&self, _: &str) -> bool {
+            true
+        }
+        fn with_local_members(&self, _: &str, f: &mut dyn FnMut(Vec<RemoteMember>)) {
+            f(Vec::new())
+        }
+        fn sweep_unjoined(&self, _: Duration) {}
+        fn delivery_changed(&self, _: Delivery) {}
+    }
+
+    fn broker() -> Arc<RedisBroker> {
+        // Never connected: the test drives the envelope path alone.
+        let settings =
+            crate::broker::RedisSettings::from_env(&env(&[("REDIS_URL", "redis://127.0.0.1:1")]))
+                .unwrap()
+                .unwrap();
+        RedisBroker::new(&settings, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn envelopes_from_other_nodes_reach_the_rooms_and_ours_and_garbage_do_not() {
+        let broker = broker();
+        let rooms = FakeRooms::default();
+        let hello = RemoteEvent::Message {
+            session: 7,
+            username: "Bob".into(),
+            user_id: "bob".into(),
+            body: "hi".into(),
+        };
+        let channel = broker.keys.channel("lobby");
+        broker.on_envelope(&rooms, &channel, &encode("other", 3, 0, &hello));
+        broker.on_envelope(&rooms, &channel, &encode(&broker.node, 4, 0, &hello));
+        broker.on_envelope(&rooms, &channel, b"not an envelope");
+        broker.on_envelope(
+            &rooms,
+            "elsewhere:room:lobby",
+            &encode("other", 5, 0, &hello),
+        );
+        let applied = rooms.applied.lock().unwrap();
+        assert_eq!(
+            *applied,
+            [("lobby".to_owned(), "other".to_owned(), 3, hello)],
+            "only the other node's envelope on our channel"
+        );
+        assert!(broker
+            .metrics
+            .encode()
+            .contains("palisade_broker_errors_total{kind=\"decode\"} 1"));
+    }
+}
