@@ -71,7 +71,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(io);
-    let (outbox, outbox_rx) = Outbox::new(QUEUE);
+    let (outbox, outbox_rx) = Outbox::new(QUEUE, usize::MAX);
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx, None));
     let (events_tx, mut events) = reader::events(4);
@@ -91,7 +91,7 @@ where
             Inbound::Ping(payload) => {
                 outbox.deliver(Outbound::Pong(SharedPayload::new(payload.into_vec())));
             }
-            Inbound::Pong => {}
+            Inbound::Pong(_) => {}
             Inbound::Close(code) => break Some((code, true)),
             Inbound::Violation(code) => break Some((Some(code.code()), false)),
             Inbound::Gone => break None,

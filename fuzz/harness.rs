@@ -62,7 +62,7 @@ pub(crate) fn ws_stream(data: &[u8]) {
                 Inbound::Text(text) => assert!(text.len() <= LIMITS.max_message_bytes),
                 Inbound::Binary(bytes) => assert!(bytes.len() <= LIMITS.max_message_bytes),
                 Inbound::Ping(payload) => assert!(payload.len() <= 125),
-                Inbound::Pong => {}
+                Inbound::Pong(_) => {}
                 Inbound::Close(_) | Inbound::Violation(_) | Inbound::Gone => return,
             }
         }

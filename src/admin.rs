@@ -1,6 +1,8 @@
-//! The admin listener (`BIND_ADDR:METRICS_PORT`): `/metrics` for Prometheus, plus `/healthz`
-//! and `/readyz` as on the main port. Kept off the public port so that metrics are not
-//! served to the internet by accident; put it on a private network.
+//! The admin listener (`METRICS_BIND_ADDR:METRICS_PORT`, loopback by default): `/metrics` for
+//! Prometheus, plus `/healthz` and `/readyz` as on the main port. Kept off the public port so
+//! that metrics are not served to the internet by accident. It holds at most
+//! `ADMIN_MAX_CONNECTIONS` connections, each for at most `HEADER_READ_TIMEOUT_MS`, so it can
+//! never starve the public port of descriptors.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,16 +19,23 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Accepts admin connections until the gateway stops.
 pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
-    let limits = gateway.head;
+    let serving = Arc::new(gateway.head.serving());
     http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
+        // Past ADMIN_MAX_CONNECTIONS a connection is closed at once: idle admin connections
+        // must never use up the descriptors the public port needs.
+        let Ok(permit) = Arc::clone(&gateway.admin_connections).try_acquire_owned() else {
+            return;
+        };
         let service_gateway = Arc::clone(&gateway);
         let stopping = gateway.stopping.clone();
+        let serving = Arc::clone(&serving);
         gateway.tasks.spawn(async move {
             let service = service_fn(move |request| {
                 let gateway = Arc::clone(&service_gateway);
                 async move { Ok::<_, Infallible>(route(&gateway, &request)) }
             });
-            http::serve_connection(stream, peer, &limits, service, &stopping).await;
+            serving.serve(stream, peer, service, &stopping).await;
+            drop(permit);
         });
     })
     .await;

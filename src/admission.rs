@@ -22,9 +22,13 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use hyper::{Response, StatusCode};
+
 use crate::client_ip::IpKey;
 use crate::config::{nonzero_u32, nonzero_usize, Config, ConfigError};
-use crate::limits::quota;
+use crate::http::{plain, retry_after_secs, with_retry_after, Body};
+use crate::limits::{quota, Throttle};
+use crate::metrics::labels::Outcome;
 
 /// The caps and the connect rate.
 #[derive(Clone, Copy, Debug)]
@@ -60,10 +64,85 @@ impl Policy {
 pub(crate) enum Refusal {
     /// The gateway is at `MAX_CONNECTIONS` (or cannot track another client).
     Busy,
-    /// This address already has `MAX_CONNECTIONS_PER_IP` sockets open.
+    /// This address already has `MAX_CONNECTIONS_PER_IP` connections open.
     TooManyFromIp,
     /// This address connects faster than `CONNECT_RATE_PER_SEC`.
     TooFast { retry_after: Duration },
+    /// This address is banned.
+    Banned { retry_after: Duration },
+    /// The process is above `MEMORY_HIGH_WATERMARK`: new sockets are shed.
+    Memory,
+}
+
+/// How often a full connect-rate map may be swept: often enough that a burst of new clients
+/// finds room as soon as others' budgets are full again, never once per request.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a client over a global limit is told to wait.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::Busy | Refusal::Memory => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooManyFromIp | Refusal::TooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Banned { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Refusal::Busy | Refusal::Memory => "server is busy\n",
+            Refusal::TooManyFromIp => "too many connections\n",
+            Refusal::TooFast { .. } => "connecting too fast\n",
+            Refusal::Banned { .. } => "banned\n",
+        }
+    }
+
+    fn retry_after(self) -> Option<Duration> {
+        match self {
+            Refusal::Busy | Refusal::Memory => Some(BUSY_RETRY_AFTER),
+            Refusal::TooFast { retry_after } | Refusal::Banned { retry_after } => Some(retry_after),
+            Refusal::TooManyFromIp => None,
+        }
+    }
+
+    /// The metric label of this refusal.
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            Refusal::Busy => Outcome::Busy,
+            Refusal::TooManyFromIp => Outcome::TooManyFromIp,
+            Refusal::TooFast { .. } => Outcome::TooFast,
+            Refusal::Banned { .. } => Outcome::Banned,
+            Refusal::Memory => Outcome::Memory,
+        }
+    }
+
+    /// The answer to an upgrade request.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let response = plain(self.status(), self.text());
+        match self.retry_after() {
+            Some(wait) => with_retry_after(response, wait),
+            None => response,
+        }
+    }
+
+    /// The whole answer as raw HTTP/1.1, for a connection refused at accept (before hyper).
+    pub(crate) fn head(self) -> String {
+        let status = self.status();
+        let retry_after = self
+            .retry_after()
+            .map(|wait| format!("Retry-After: {}\r\n", retry_after_secs(wait)))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {} {}\r\n{retry_after}Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.text().len(),
+            self.text()
+        )
+    }
 }
 
 /// Counts of live things per key, with a cap.
@@ -119,7 +198,6 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
 }
 
 pub(crate) type IpSlot = Slot<IpKey>;
-pub(crate) type UserSlot = Slot<Arc<str>>;
 
 /// What a connection holds while it is open: its share of every cap.
 pub(crate) struct Admitted {
@@ -132,9 +210,11 @@ pub(crate) struct Admission {
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_ip: Arc<Counter<IpKey>>,
-    per_user: Arc<Counter<Arc<str>>>,
     connect_rate: DefaultKeyedRateLimiter<IpKey>,
     max_tracked: usize,
+    /// A full connect-rate map is swept at most every [`FULL_SWEEP_INTERVAL`], so that a
+    /// flood of new addresses cannot buy a sweep each.
+    full_sweep: Throttle,
 }
 
 impl Admission {
@@ -143,9 +223,9 @@ impl Admission {
             connections: Arc::new(Semaphore::new(policy.max_connections.get())),
             max_connections: policy.max_connections.get(),
             per_ip: Counter::new(policy.max_connections_per_ip.get()),
-            per_user: Counter::new(policy.max_sessions_per_user.get()),
             connect_rate: RateLimiter::keyed(policy.connect_rate),
             max_tracked: policy.max_tracked_clients.get(),
+            full_sweep: Throttle::new(FULL_SWEEP_INTERVAL),
         }
     }
 
@@ -154,10 +234,26 @@ impl Admission {
         Arc::clone(&self.connections).try_acquire_owned().ok()
     }
 
-    /// Checks a client IP's connect rate and open-socket cap for an upgrade.
-    pub(crate) fn admit_ip(&self, key: IpKey) -> Result<IpSlot, Refusal> {
+    /// A place for a connection from `peer` under `MAX_CONNECTIONS_PER_IP`, taken at accept,
+    /// before any byte is read: however an address behaves before the upgrade, it holds no
+    /// more than its share.
+    pub(crate) fn admit_peer(&self, peer: IpKey) -> Option<IpSlot> {
+        self.per_ip.try_acquire(peer)
+    }
+
+    /// Checks a client address's connect rate for an upgrade, and its place under
+    /// `MAX_CONNECTIONS_PER_IP` unless the connection already holds one (taken at accept for a
+    /// client that connected directly; behind a trusted proxy the client's address is known
+    /// only now).
+    pub(crate) fn admit_upgrade(
+        &self,
+        key: IpKey,
+        held: Option<IpSlot>,
+    ) -> Result<IpSlot, Refusal> {
         if self.connect_rate.len() >= self.max_tracked {
-            self.connect_rate.retain_recent();
+            if self.full_sweep.ready() {
+                self.connect_rate.retain_recent();
+            }
             if self.connect_rate.len() >= self.max_tracked {
                 return Err(Refusal::Busy);
             }
@@ -166,12 +262,10 @@ impl Admission {
             let retry_after = not_until.wait_time_from(self.connect_rate.clock().now());
             return Err(Refusal::TooFast { retry_after });
         }
-        self.per_ip.try_acquire(key).ok_or(Refusal::TooManyFromIp)
-    }
-
-    /// A session for `user` under `MAX_SESSIONS_PER_USER`, or `None`.
-    pub(crate) fn admit_user(&self, user: &Arc<str>) -> Option<UserSlot> {
-        self.per_user.try_acquire(Arc::clone(user))
+        match held {
+            Some(slot) if *slot.key() == key => Ok(slot),
+            _ => self.per_ip.try_acquire(key).ok_or(Refusal::TooManyFromIp),
+        }
     }
 
     /// Forgets clients whose rate budget is full again, and gives the memory back.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::broker::LocalRooms;
+use crate::broker::{LocalControl, LocalRooms};
 use crate::config::ConfigError;
 use crate::server::Pages;
 use crate::settings::Settings;
@@ -53,19 +53,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `BIND_ADDR:PORT`, and `BIND_ADDR:METRICS_PORT` unless it is 0.
+    /// Binds `BIND_ADDR:PORT`, and `METRICS_BIND_ADDR:METRICS_PORT` unless the port is 0.
     pub async fn bind(settings: &Settings) -> Result<Listeners, StartError> {
         let listen = settings.listen;
-        let bind = |port| async move {
-            let addr = SocketAddr::new(listen.bind_addr, port);
+        let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })
         };
-        let main = bind(listen.port).await?;
-        let admin = match listen.metrics_port {
+        let main = bind(SocketAddr::new(listen.bind_addr, listen.port)).await?;
+        let admin = match listen.admin {
             None => None,
-            Some(port) => Some(bind(port).await?),
+            Some(addr) => Some(bind(addr).await?),
         };
         Ok(Listeners { main, admin })
     }
@@ -113,8 +112,10 @@ pub async fn start_with_pages(
             .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
     }
     gateway.tasks.spawn(housekeeping(Arc::clone(&gateway)));
+    gateway.tasks.spawn(watch_memory(Arc::clone(&gateway)));
     let rooms: Arc<dyn LocalRooms> = Arc::clone(&gateway.hub) as Arc<dyn LocalRooms>;
-    Arc::clone(gateway.hub.broker()).start(rooms, &gateway.tasks);
+    let control: Arc<dyn LocalControl> = Arc::clone(&gateway.moderation) as Arc<dyn LocalControl>;
+    Arc::clone(gateway.hub.broker()).start(rooms, control, &gateway.tasks);
     for issuer in gateway.verifier.issuers() {
         gateway
             .tasks
@@ -146,9 +147,33 @@ async fn housekeeping(gateway: Arc<Gateway>) {
             _ = tick.tick() => {
                 gateway.admission.housekeep();
                 gateway.user_messages.housekeep();
-                gateway.bans.housekeep();
+                gateway.moderation.bans().housekeep();
                 gateway.verifier.reload_revocations();
+                gateway
+                    .metrics
+                    .revocation_invalid_lines
+                    .set(gateway.verifier.invalid_revocation_lines() as i64);
                 crate::memory::release_free_memory();
+            }
+        }
+    }
+}
+
+/// Reads memory use every `memory::SAMPLE_INTERVAL` until the gateway stops: past
+/// `MEMORY_HIGH_WATERMARK` new upgrades are shed.
+async fn watch_memory(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(crate::memory::SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gateway.stopping.cancelled() => return,
+            _ = tick.tick() => {
+                let used = gateway.memory.sample();
+                gateway.metrics.memory_used.set(used as i64);
+                gateway
+                    .metrics
+                    .memory_shedding
+                    .set(i64::from(gateway.memory.is_shedding()));
             }
         }
     }
@@ -188,7 +213,7 @@ impl RunningGateway {
         tracing::info!("closing every session");
         self.gateway.stopping.cancel();
         let _ = self.accept_loop.await;
-        let (sessions, tasks) = (&self.gateway.sessions, &self.gateway.tasks);
+        let (sessions, tasks) = (&self.gateway.session_tasks, &self.gateway.tasks);
         sessions.close();
         tasks.close();
         let deadline = started + lifecycle.shutdown_grace;

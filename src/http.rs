@@ -57,18 +57,29 @@ impl HeadLimits {
         })
     }
 
-    /// hyper's connection builder with these limits. hyper applies no header read timeout
-    /// without a timer: a slow-header client would hold its socket for ever.
-    pub(crate) fn builder(&self) -> http1::Builder {
+    /// How a listener serves its connections under these limits; made once per listener.
+    pub(crate) fn serving(&self) -> Serving {
         let mut builder = http1::Builder::new();
+        // hyper applies no header read timeout without a timer: a slow-header client would
+        // hold its socket for ever.
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_header_size(self.max_header_bytes)
             .max_headers(self.max_headers)
             .max_buf_size(self.max_header_bytes.max(8192));
-        builder
+        Serving {
+            builder,
+            lifetime: self.header_read_timeout,
+        }
     }
+}
+
+/// A listener's hyper builder and the longest a connection may stay before it upgrades.
+#[derive(Clone, Debug)]
+pub(crate) struct Serving {
+    builder: http1::Builder,
+    lifetime: Duration,
 }
 
 /// Accepts connections until `stopping` is cancelled, handing each to `accepted`. Never exits
@@ -104,12 +115,37 @@ fn is_per_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// Serves HTTP/1.1 on one connection until it ends, upgrades, outlives the head timeout, or
-/// the gateway stops (then the response in flight may finish for a second).
-pub(crate) async fn serve_connection<S>(
+impl Serving {
+    /// Serves HTTP/1.1 on one connection until it ends, upgrades, outlives the head timeout,
+    /// or the gateway stops (then the response in flight may finish for a second).
+    pub(crate) async fn serve<S>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        service: S,
+        stopping: &CancellationToken,
+    ) where
+        S: HttpService<Incoming, ResBody = Body>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send,
+    {
+        serve(
+            &self.builder,
+            self.lifetime,
+            stream,
+            peer,
+            service,
+            stopping,
+        )
+        .await
+    }
+}
+
+async fn serve<S>(
+    builder: &http1::Builder,
+    lifetime: Duration,
     stream: TcpStream,
     peer: SocketAddr,
-    limits: &HeadLimits,
     service: S,
     stopping: &CancellationToken,
 ) where
@@ -117,12 +153,11 @@ pub(crate) async fn serve_connection<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send,
 {
-    let connection = limits
-        .builder()
+    let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let deadline = tokio::time::sleep(limits.header_read_timeout);
+    let deadline = tokio::time::sleep(lifetime);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(err) = result {
@@ -160,13 +195,17 @@ pub(crate) fn with_type(
     response
 }
 
-/// Adds `Retry-After` in whole seconds, rounded up (at least 1).
+/// Adds `Retry-After`, in whole seconds rounded up.
 pub(crate) fn with_retry_after(mut response: Response<Body>, wait: Duration) -> Response<Body> {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response
         .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
     response
+}
+
+/// A wait as `Retry-After` writes it: whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// `/healthz`: the process is alive. `/readyz`: it should get new clients (`ready` says).

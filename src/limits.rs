@@ -17,6 +17,44 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use crate::config::{nonzero_u32, Config, ConfigError};
 
+/// Lets something happen at most once per interval (a sweep of a full map, say), however often
+/// it is asked for.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    interval: std::time::Duration,
+    /// When it last happened, and how many times it has.
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub(crate) fn new(interval: std::time::Duration) -> Throttle {
+        Throttle {
+            interval,
+            last: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether it may happen now (and then it counts as happened).
+    pub(crate) fn ready(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().expect("never poisoned");
+        if last
+            .0
+            .is_some_and(|at| now.duration_since(at) < self.interval)
+        {
+            return false;
+        }
+        *last = (Some(now), last.1 + 1);
+        true
+    }
+
+    /// How many times it has happened.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> u64 {
+        self.last.lock().expect("never poisoned").1
+    }
+}
+
 /// A rate per second and a burst, from a pair of settings that must both be positive.
 pub(crate) fn quota(
     (rate_var, rate): (&'static str, u32),

@@ -9,6 +9,10 @@
 //! - a display name taken from a **token** comes from the identity provider, so it is cleaned
 //!   rather than refused: control and format characters dropped, NFC, truncated.
 
+use icu_properties::props::{
+    BinaryProperty, DefaultIgnorableCodePoint, GeneralCategory, WhiteSpace,
+};
+use icu_properties::CodePointMapData;
 use unicode_normalization::{is_nfc, UnicodeNormalization};
 
 use crate::config::{at_least, Config, ConfigError};
@@ -51,6 +55,8 @@ pub(crate) enum NameError {
     NotNormalized,
     #[error("leading, trailing or doubled space")]
     BadSpacing,
+    #[error("nothing visible")]
+    Blank,
 }
 
 fn check_length(count: usize, max: usize) -> Result<(), NameError> {
@@ -76,7 +82,10 @@ pub(crate) fn validate_room(room: &str, max_chars: usize) -> Result<(), NameErro
 
 pub(crate) fn validate_username(name: &str, max_chars: usize) -> Result<(), NameError> {
     check_length(name.chars().take(max_chars + 1).count(), max_chars)?;
-    let allowed = |c: char| c.is_alphanumeric() || is_mark(c) || matches!(c, ' ' | '_' | '-' | '.');
+    let allowed = |c: char| {
+        !is_invisible(c)
+            && (c.is_alphanumeric() || is_mark(c) || matches!(c, ' ' | '_' | '-' | '.'))
+    };
     if !name.chars().all(allowed) {
         return Err(NameError::BadCharacter);
     }
@@ -86,30 +95,55 @@ pub(crate) fn validate_username(name: &str, max_chars: usize) -> Result<(), Name
     if !is_nfc(name) {
         return Err(NameError::NotNormalized);
     }
+    if !name.chars().any(char::is_alphanumeric) {
+        // Marks, dots and dashes alone look like nothing, or like anybody.
+        return Err(NameError::Blank);
+    }
     Ok(())
 }
 
 /// Combining marks (accents written as separate code points); allowed inside NFC names.
 fn is_mark(c: char) -> bool {
-    matches!(c as u32, 0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
+    matches!(
+        CodePointMapData::<GeneralCategory>::new().get(c),
+        GeneralCategory::NonspacingMark
+            | GeneralCategory::SpacingMark
+            | GeneralCategory::EnclosingMark
+    )
 }
 
-/// Cleans a display name from a token claim; `None` when nothing usable is left.
+/// Characters that show nothing, by their Unicode properties: default-ignorable code points
+/// (soft hyphen, bidi and Arabic letter marks, zero-width joiners, variation selectors, tag
+/// characters, Hangul fillers), format and control characters, and private-use, surrogate or
+/// unassigned code points.
+fn is_invisible(c: char) -> bool {
+    DefaultIgnorableCodePoint::for_char(c)
+        || matches!(
+            CodePointMapData::<GeneralCategory>::new().get(c),
+            GeneralCategory::Format
+                | GeneralCategory::Control
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Surrogate
+                | GeneralCategory::Unassigned
+        )
+}
+
+/// Cleans a display name from a token claim: invisible characters dropped, white space of any
+/// kind made one space, NFC, truncated. `None` when nothing visible is left.
 pub(crate) fn sanitize_display_name(raw: &str, max_chars: usize) -> Option<String> {
-    let cleaned: String = raw
+    let visible: String = raw
         .nfc()
-        .filter(|c| !c.is_control() && !is_format_char(*c))
-        .collect::<String>()
-        .split_whitespace()
+        .map(|c| if WhiteSpace::for_char(c) { ' ' } else { c })
+        .filter(|c| !is_invisible(*c))
+        .collect();
+    let cleaned = visible
+        .split(' ')
+        .filter(|word| !word.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
     let truncated: String = cleaned.chars().take(max_chars).collect();
-    (!truncated.is_empty()).then_some(truncated)
-}
-
-/// Invisible format characters (bidi overrides, zero-width joiners) used to spoof names.
-fn is_format_char(c: char) -> bool {
-    matches!(c as u32, 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF)
+    let truncated = truncated.trim_end().to_owned();
+    truncated.chars().any(|c| !is_mark(c)).then_some(truncated)
 }
 
 #[cfg(test)]
@@ -194,5 +228,64 @@ mod tests {
             32
         );
         assert_eq!(sanitize_display_name("\u{200B}\t", 32), None);
+        assert_eq!(
+            sanitize_display_name("Ann\nLee", 32).as_deref(),
+            Some("Ann Lee")
+        );
+    }
+
+    /// Invisible or blank-looking characters that got through a hand-written list.
+    const INVISIBLE: [char; 9] = [
+        '\u{00AD}',  // soft hyphen
+        '\u{061C}',  // Arabic letter mark
+        '\u{E0041}', // tag latin capital A
+        '\u{E007F}', // cancel tag
+        '\u{115F}',  // Hangul choseong filler
+        '\u{1160}',  // Hangul jungseong filler
+        '\u{3164}',  // Hangul filler
+        '\u{FFA0}',  // halfwidth Hangul filler
+        '\u{FE0F}',  // variation selector
+    ];
+
+    #[test]
+    fn invisible_characters_are_removed_from_token_names_by_property() {
+        for c in INVISIBLE {
+            assert_eq!(
+                sanitize_display_name(&format!("An{c}n"), 32).as_deref(),
+                Some("Ann"),
+                "U+{:04X}",
+                c as u32
+            );
+            assert_eq!(
+                sanitize_display_name(&format!("{c}{c}{c}"), 32),
+                None,
+                "blank after cleaning: U+{:04X}",
+                c as u32
+            );
+        }
+        // Any kind of white space is one space.
+        assert_eq!(
+            sanitize_display_name("Ann\u{3000}\u{2028}Lee", 32).as_deref(),
+            Some("Ann Lee")
+        );
+        assert_eq!(sanitize_display_name("\u{301}\u{301}", 32), None);
+    }
+
+    #[test]
+    fn chosen_usernames_with_invisible_characters_are_refused() {
+        for c in INVISIBLE {
+            assert_eq!(
+                validate_username(&format!("bob{c}"), 32),
+                Err(NameError::BadCharacter),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        assert_eq!(
+            validate_username("\u{3164}\u{3164}\u{3164}", 32),
+            Err(NameError::BadCharacter)
+        );
+        assert_eq!(validate_username("...", 32), Err(NameError::Blank));
+        assert_eq!(validate_username("a..", 32), Ok(()));
     }
 }

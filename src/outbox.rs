@@ -1,16 +1,23 @@
-//! A socket's outbound queue: bounded, never awaited by anyone but the socket's own writer.
+//! A socket's outbound queue: bounded in frames and in bytes, never awaited by anyone but the
+//! socket's own writer, and the way anyone outside a session asks it to close.
 //!
-//! Fan-out calls [`Outbox::deliver`], which never blocks: when the queue is full the socket is
-//! a slow consumer, and instead of waiting (which would slow the whole room) the outbox is
-//! marked evicted; the socket's session sees that and closes it with
-//! [`CloseCode::SlowConsumer`](crate::protocol::CloseCode::SlowConsumer).
+//! Fan-out calls [`Outbox::deliver`], which never blocks: when the queue is full, in frames
+//! (`OUTBOUND_QUEUE_FRAMES`) or in bytes (`MAX_OUTBOUND_BYTES`), the socket is a slow consumer,
+//! and instead of waiting (which would slow the whole room) the outbox is closed with
+//! [`CloseCode::SlowConsumer`]. Bytes count every frame whole, though a broadcast's payload is
+//! shared: it is what the socket keeps alive, and HTML-safe escaping can make a frame six times
+//! its message. A ban or a kick closes the outbox with its own code the same way; the session
+//! watches [`Outbox::closed`] and ends with that code.
 
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocol::CloseCode;
 
 /// What the writer task writes, in order. Small (a pointer and a tag), because every socket's
 /// queue holds a block of them from the start.
@@ -20,11 +27,33 @@ pub enum Outbound {
     Text(Arc<SharedPayload>),
     /// The reply to a client's ping (at most 125 bytes).
     Pong(Arc<SharedPayload>),
-    /// A keepalive ping.
-    Ping,
+    /// A keepalive ping, with the payload its pong must echo.
+    Ping(Arc<SharedPayload>),
     /// A binary frame (the gateway sends none; the framing layer supports them for its
     /// conformance tests).
     Binary(Arc<SharedPayload>),
+}
+
+impl Outbound {
+    /// A text frame made now.
+    pub fn text(bytes: impl Into<Bytes>) -> Outbound {
+        Outbound::Text(SharedPayload::new(bytes))
+    }
+
+    /// The payload's length: what the frame costs the socket's byte budget.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Text(payload)
+            | Outbound::Pong(payload)
+            | Outbound::Ping(payload)
+            | Outbound::Binary(payload) => payload.bytes.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A frame's payload and the moment it was made (for the fan-out delay metric).
@@ -46,56 +75,157 @@ impl SharedPayload {
     }
 }
 
-impl Outbound {
-    /// A text frame made now.
-    pub fn text(bytes: impl Into<Bytes>) -> Outbound {
-        Outbound::Text(SharedPayload::new(bytes))
-    }
+/// What the sending and receiving sides share.
+#[derive(Debug)]
+struct Shared {
+    /// Payload bytes queued and not yet written.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// The code the session must close with, once asked to (0 until then).
+    close_code: AtomicU16,
+    closing: CancellationToken,
 }
 
 /// The sending side of a socket's queue, cheap to clone into a room.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     queue: mpsc::Sender<Outbound>,
-    evicted: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 /// The receiving side, owned by the writer task.
 pub struct OutboxReceiver {
-    pub queue: mpsc::Receiver<Outbound>,
+    queue: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
 }
 
 impl Outbox {
-    /// A queue of `capacity` frames: the sending side for rooms, the receiving side for the writer.
-    pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
-        let (queue, receiver) = mpsc::channel(capacity);
-        let outbox = Outbox {
-            queue,
-            evicted: CancellationToken::new(),
+    /// A queue of `frames` frames and `max_bytes` payload bytes: the sending side for rooms, the
+    /// receiving side for the writer.
+    pub fn new(frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
+        let (queue, receiver) = mpsc::channel(frames);
+        let shared = Arc::new(Shared {
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            close_code: AtomicU16::new(0),
+            closing: CancellationToken::new(),
+        });
+        let receiver = OutboxReceiver {
+            queue: receiver,
+            shared: Arc::clone(&shared),
         };
-        (outbox, OutboxReceiver { queue: receiver })
+        (Outbox { queue, shared }, receiver)
     }
 
-    /// Queues a frame without waiting. A full queue evicts the socket; a closed one (the
-    /// session already ended) drops the frame silently.
+    /// Queues a frame without waiting. A full queue (in frames or bytes) closes the socket as
+    /// a slow consumer; a closed one (the session already ended) drops the frame silently.
     pub fn deliver(&self, frame: Outbound) -> bool {
+        let len = frame.len();
+        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if queued + len > self.shared.max_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(CloseCode::SlowConsumer);
+            return false;
+        }
         match self.queue.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.evicted.cancel();
+            Err(err) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                    self.close(CloseCode::SlowConsumer);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    /// Resolves once a delivery found the queue full.
-    pub async fn evicted(&self) {
-        self.evicted.cancelled().await
+    /// Asks the session to close with `code`; the first code asked for wins.
+    pub(crate) fn close(&self, code: CloseCode) {
+        let _ = self.shared.close_code.compare_exchange(
+            0,
+            code.code(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.shared.closing.cancel();
+    }
+
+    /// Resolves with the code once the session was asked to close. Cancel-safe.
+    pub(crate) async fn closed(&self) -> CloseCode {
+        self.shared.closing.cancelled().await;
+        self.close_code().unwrap_or(CloseCode::SlowConsumer)
+    }
+
+    /// The code the session was asked to close with, if it was.
+    pub(crate) fn close_code(&self) -> Option<CloseCode> {
+        let code = self.shared.close_code.load(Ordering::Acquire);
+        CloseCode::ALL
+            .into_iter()
+            .find(|known| known.code() == code)
     }
 
     /// Whether a delivery found the queue full.
     pub fn is_evicted(&self) -> bool {
-        self.evicted.is_cancelled()
+        self.close_code() == Some(CloseCode::SlowConsumer)
+    }
+}
+
+impl OutboxReceiver {
+    /// The next frame; `None` once every sender is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.queue.recv().await
+    }
+
+    /// A frame already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.queue.try_recv().ok()
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Gives `bytes` of payload back to the budget once written.
+    pub fn written(&self, bytes: usize) {
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_closes_a_slow_consumer_and_refills_as_frames_are_written() {
+        let (outbox, mut rx) = Outbox::new(100, 1000);
+        assert!(outbox.deliver(Outbound::text(vec![b'x'; 600])));
+        assert!(
+            outbox.deliver(Outbound::text(vec![b'x'; 400])),
+            "at the budget"
+        );
+        assert!(outbox.close_code().is_none());
+        assert!(!outbox.deliver(Outbound::text(vec![b'x'; 1])), "past it");
+        assert_eq!(outbox.close_code(), Some(CloseCode::SlowConsumer));
+        let first = rx.try_recv().unwrap();
+        rx.written(first.len());
+        assert!(
+            outbox.deliver(Outbound::text(vec![b'x'; 600])),
+            "room again"
+        );
+    }
+
+    #[test]
+    fn the_first_close_code_wins() {
+        let (outbox, _rx) = Outbox::new(4, 1000);
+        outbox.close(CloseCode::Banned);
+        outbox.close(CloseCode::SlowConsumer);
+        assert_eq!(outbox.close_code(), Some(CloseCode::Banned));
+        assert!(!outbox.is_evicted());
     }
 }

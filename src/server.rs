@@ -11,28 +11,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, UPGRADE};
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
+use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use crate::admission::{Admitted, Refusal};
+use crate::admission::{Admitted, IpSlot, Refusal};
 use crate::bans::Offender;
-use crate::client_ip::{client_ip, IpKey};
-use crate::http::{self, plain, with_retry_after, Body, ResponseFuture};
+use crate::client_ip::IpKey;
+use crate::http::{self, plain, Body, ResponseFuture};
 use crate::metrics::labels::Outcome;
 use crate::session;
 use crate::state::Gateway;
 use crate::upgrade::check_upgrade;
 
-/// How long answering a connection over `MAX_CONNECTIONS` may take.
-const BUSY_ANSWER_TIME: Duration = Duration::from_secs(1);
+/// How long answering a connection refused at accept may take.
+const REFUSAL_ANSWER_TIME: Duration = Duration::from_secs(1);
 
-/// What a client over a global limit is told to wait.
-const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Refusals at accept answered at once at most; more are closed unanswered.
+const REFUSALS_IN_FLIGHT: usize = 64;
 
 /// Plain-HTTP pages served beside the upgrade, plugged in by whoever starts the gateway (the
 /// demo's page and token endpoint); this module knows none of them.
@@ -41,13 +43,12 @@ pub trait Pages: Send + Sync + 'static {
     fn serve(&self, peer: SocketAddr, request: Request<Incoming>) -> ResponseFuture<'_>;
 }
 
-/// What the public listener serves: the gateway, and the pages plugged into it.
-struct Public {
-    gateway: Arc<Gateway>,
-    pages: Option<Arc<dyn Pages>>,
-}
-
 /// Accepts connections on the public port until the gateway stops.
+///
+/// Admission starts at accept, before any byte is read: a banned address is refused, and a
+/// client that connects directly takes its place under `MAX_CONNECTIONS_PER_IP` then, so
+/// however it behaves before the upgrade it holds no more than its share. (A trusted proxy's
+/// clients are told apart only by their requests' forwarding headers, at the upgrade.)
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -56,55 +57,109 @@ pub(crate) async fn accept_loop(
     let public = Arc::new(Public {
         gateway: Arc::clone(&gateway),
         pages,
+        refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
     });
-    let limits = gateway.head;
+    let serving = Arc::new(gateway.head.serving());
     http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
-        let Some(permit) = gateway.admission.try_connection() else {
-            debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
-            gateway.metrics.connection(Outcome::Busy);
-            gateway.tasks.spawn(refuse_busy(stream));
+        let Some(connection) = public.admit(stream, peer) else {
             return;
         };
-        let permit = Arc::new(permit);
+        let Connection { stream, held } = connection;
         // Chat frames are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let public = Arc::clone(&public);
         let stopping = gateway.stopping.clone();
+        let serving = Arc::clone(&serving);
         gateway.tasks.spawn(async move {
+            let held = Arc::new(held);
             let service_public = Arc::clone(&public);
             let service = service_fn(move |request| {
                 let public = Arc::clone(&service_public);
-                let permit = Arc::clone(&permit);
-                async move { Ok::<_, Infallible>(public.route(peer, permit, request).await) }
+                let held = Arc::clone(&held);
+                async move { Ok::<_, Infallible>(public.route(peer, &held, request).await) }
             });
-            http::serve_connection(stream, peer, &limits, service, &stopping).await;
+            serving.serve(stream, peer, service, &stopping).await;
         });
     })
     .await;
 }
 
-/// Answers a connection over `MAX_CONNECTIONS` without involving hyper: read what the client
-/// sent (so closing does not reset the connection and destroy the answer), answer 503, close.
-/// Bounded in time, so a flood of these cannot pile up.
-async fn refuse_busy(mut stream: TcpStream) {
-    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\
-        Content-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\n\
-        Connection: close\r\n\r\nserver is busy\n";
-    let _ = tokio::time::timeout(BUSY_ANSWER_TIME, async {
-        let mut request = [0u8; 4096];
-        let _ = stream.read(&mut request).await;
-        let _ = stream.write_all(RESPONSE).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+/// An accepted connection and what it holds.
+struct Connection {
+    stream: TcpStream,
+    held: Held,
+}
+
+/// A connection's places under the caps, until it upgrades (the session then holds them).
+struct Held {
+    permit: Arc<OwnedSemaphorePermit>,
+    /// Taken at accept for a client that connected directly.
+    ip: Mutex<Option<IpSlot>>,
+}
+
+/// What the public listener serves: the gateway, and the pages plugged into it.
+struct Public {
+    gateway: Arc<Gateway>,
+    pages: Option<Arc<dyn Pages>>,
+    /// Refusals being answered, so that a flood of refused connections holds a bounded number
+    /// of descriptors.
+    refusals: Arc<Semaphore>,
 }
 
 impl Public {
+    /// Admits a connection at accept, or answers it with a refusal and `None`.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
+        let gateway = &self.gateway;
+        let proxied = gateway.proxies.is_trusted(peer.ip());
+        let key = IpKey::of(peer.ip());
+        let mut ip = None;
+        if !proxied {
+            if let Some(left) = gateway.moderation.bans().remaining(&Offender::Ip(key)) {
+                debug!(client = %key, "banned address at accept");
+                gateway.metrics.connection(Outcome::Banned);
+                self.refuse(stream, Refusal::Banned { retry_after: left });
+                return None;
+            }
+            let Some(slot) = gateway.admission.admit_peer(key) else {
+                debug!(client = %key, "at MAX_CONNECTIONS_PER_IP at accept");
+                gateway.metrics.connection(Outcome::TooManyFromIp);
+                self.refuse(stream, Refusal::TooManyFromIp);
+                return None;
+            };
+            ip = Some(slot);
+        }
+        let Some(permit) = gateway.admission.try_connection() else {
+            debug!(peer = %peer.ip(), "at MAX_CONNECTIONS");
+            gateway.metrics.connection(Outcome::Busy);
+            self.refuse(stream, Refusal::Busy);
+            return None;
+        };
+        Some(Connection {
+            stream,
+            held: Held {
+                permit: Arc::new(permit),
+                ip: Mutex::new(ip),
+            },
+        })
+    }
+
+    /// Answers a refused connection without hyper, bounded in time and in how many at once
+    /// (past that, it is closed unanswered).
+    fn refuse(&self, stream: TcpStream, refusal: Refusal) {
+        let Ok(slot) = Arc::clone(&self.refusals).try_acquire_owned() else {
+            return;
+        };
+        self.gateway.tasks.spawn(async move {
+            answer_at_accept(stream, refusal).await;
+            drop(slot);
+        });
+    }
+
     async fn route(
         &self,
         peer: SocketAddr,
-        connection: Arc<OwnedSemaphorePermit>,
-        mut request: Request<Incoming>,
+        held: &Held,
+        request: Request<Incoming>,
     ) -> Response<Body> {
         let gateway = &self.gateway;
         if let Some(response) = http::health(request.uri().path(), || gateway.is_ready()) {
@@ -125,6 +180,25 @@ impl Public {
                 .insert(UPGRADE, HeaderValue::from_static("websocket"));
             return response;
         }
+        let mut response = self.upgrade(peer, held, request);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A refused upgrade ends the connection: a proxy that switched to tunnel mode on
+            // seeing `Upgrade` must never carry a second request on it.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// Checks an upgrade request and answers 101 (spawning the session), or refuses it.
+    fn upgrade(
+        &self,
+        peer: SocketAddr,
+        held: &Held,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        let gateway = &self.gateway;
         if let Err(refusal) = check_upgrade(&gateway.upgrade, &request) {
             debug!(peer = %peer.ip(), status = refusal.status.as_u16(), reason = refusal.reason, "upgrade refused");
             gateway
@@ -136,43 +210,29 @@ impl Public {
                 });
             return refusal.into_response();
         }
-        let client_ip = client_ip(
-            peer.ip(),
-            request.headers(),
-            &gateway.upgrade.trusted_proxies,
-        );
+        if gateway.memory.is_shedding() {
+            debug!(peer = %peer.ip(), "memory above MEMORY_HIGH_WATERMARK: upgrade shed");
+            gateway.metrics.connection(Outcome::Memory);
+            return Refusal::Memory.into_response();
+        }
+        let client_ip = gateway.proxies.client_ip(peer.ip(), request.headers());
         let key = IpKey::of(client_ip);
-        if let Some(left) = gateway.bans.remaining(&Offender::Ip(key)) {
+        if let Some(left) = gateway.moderation.bans().remaining(&Offender::Ip(key)) {
             debug!(client = %key, "banned address");
             gateway.metrics.connection(Outcome::Banned);
-            return with_retry_after(plain(StatusCode::FORBIDDEN, "banned\n"), left);
+            return Refusal::Banned { retry_after: left }.into_response();
         }
-        let ip_slot = match gateway.admission.admit_ip(key) {
+        let taken = held.ip.lock().expect("never poisoned").take();
+        let ip_slot = match gateway.admission.admit_upgrade(key, taken) {
             Ok(slot) => slot,
             Err(refusal) => {
                 debug!(client = %key, ?refusal, "admission refused");
-                gateway.metrics.connection(match refusal {
-                    Refusal::Busy => Outcome::Busy,
-                    Refusal::TooManyFromIp => Outcome::TooManyFromIp,
-                    Refusal::TooFast { .. } => Outcome::TooFast,
-                });
-                return match refusal {
-                    Refusal::Busy => with_retry_after(
-                        plain(StatusCode::SERVICE_UNAVAILABLE, "server is busy\n"),
-                        BUSY_RETRY_AFTER,
-                    ),
-                    Refusal::TooManyFromIp => {
-                        plain(StatusCode::TOO_MANY_REQUESTS, "too many connections\n")
-                    }
-                    Refusal::TooFast { retry_after } => with_retry_after(
-                        plain(StatusCode::TOO_MANY_REQUESTS, "connecting too fast\n"),
-                        retry_after,
-                    ),
-                };
+                gateway.metrics.connection(refusal.outcome());
+                return refusal.into_response();
             }
         };
         let admitted = Admitted {
-            _connection: connection,
+            _connection: Arc::clone(&held.permit),
             ip: ip_slot,
         };
         let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
@@ -185,7 +245,7 @@ impl Public {
         };
         gateway.metrics.connection(Outcome::Upgraded);
         let gateway_for_session = Arc::clone(gateway);
-        gateway.sessions.spawn(async move {
+        gateway.session_tasks.spawn(async move {
             match upgrade.await {
                 Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
                 Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
@@ -194,4 +254,18 @@ impl Public {
         // No Sec-WebSocket-Extensions in the response: permessage-deflate is never negotiated.
         response.map(|_| Body::default())
     }
+}
+
+/// Answers a connection refused at accept without hyper: read what the client sent (so
+/// closing does not reset the connection and destroy the answer), answer, close. Bounded in
+/// time.
+async fn answer_at_accept(mut stream: TcpStream, refusal: Refusal) {
+    let head = refusal.head();
+    let _ = tokio::time::timeout(REFUSAL_ANSWER_TIME, async {
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

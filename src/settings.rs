@@ -12,10 +12,12 @@ use crate::admission;
 use crate::auth::AuthSettings;
 use crate::bans;
 use crate::broker::RedisSettings;
-use crate::config::{invalid, millis, secs, Config, ConfigError, LogFormat};
+use crate::client_ip::ProxyPolicy;
+use crate::config::{invalid, millis, nonzero_usize, secs, Config, ConfigError, LogFormat};
 use crate::http::HeadLimits;
 use crate::hub::RoomSettings;
 use crate::limits::Quotas;
+use crate::memory::Watermark;
 use crate::session::settings::Settings as SessionSettings;
 use crate::upgrade::UpgradePolicy;
 
@@ -27,12 +29,14 @@ pub struct Settings {
     pub(crate) logging: Logging,
     pub(crate) head: HeadLimits,
     pub(crate) upgrade: UpgradePolicy,
+    pub(crate) proxies: ProxyPolicy,
     pub(crate) admission: admission::Policy,
     pub(crate) bans: bans::Policy,
     pub(crate) quotas: Quotas,
     pub(crate) session: SessionSettings,
     pub(crate) auth: AuthSettings,
     pub(crate) rooms: RoomSettings,
+    pub(crate) memory: Watermark,
     pub(crate) redis: Option<RedisSettings>,
 }
 
@@ -50,17 +54,19 @@ impl Settings {
     pub fn from_env(env: Config) -> Result<Settings, ConfigError> {
         let session = SessionSettings::from_env(&env)?;
         Ok(Settings {
-            listen: Listen::from_env(&env),
+            listen: Listen::from_env(&env)?,
             lifecycle: Lifecycle::from_env(&env)?,
             logging: Logging::from_env(&env)?,
             head: HeadLimits::from_env(&env)?,
             upgrade: UpgradePolicy::from_env(&env)?,
+            proxies: ProxyPolicy::from_env(&env)?,
             admission: admission::Policy::from_env(&env)?,
             bans: bans::Policy::from_env(&env)?,
             quotas: Quotas::from_env(&env)?,
             auth: AuthSettings::from_env(&env, &session.names)?,
             session,
             rooms: RoomSettings::from_env(&env)?,
+            memory: Watermark::from_env(&env)?,
             redis: RedisSettings::from_env(&env)?,
             env,
         })
@@ -107,17 +113,25 @@ impl Settings {
 pub(crate) struct Listen {
     pub bind_addr: IpAddr,
     pub port: u16,
-    /// The admin listener's port; `None` when `METRICS_PORT` is 0.
-    pub metrics_port: Option<u16>,
+    /// The admin listener's address; `None` when `METRICS_PORT` is 0.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Connections the admin listener holds at most.
+    pub admin_max_connections: usize,
 }
 
 impl Listen {
-    fn from_env(env: &Config) -> Listen {
-        Listen {
+    fn from_env(env: &Config) -> Result<Listen, ConfigError> {
+        Ok(Listen {
             bind_addr: env.bind_addr,
             port: env.port,
-            metrics_port: (env.metrics_port != 0).then_some(env.metrics_port),
-        }
+            admin: (env.metrics_port != 0)
+                .then(|| std::net::SocketAddr::new(env.metrics_bind_addr, env.metrics_port)),
+            admin_max_connections: nonzero_usize(
+                "ADMIN_MAX_CONNECTIONS",
+                env.admin_max_connections,
+            )?
+            .get(),
+        })
     }
 }
 
@@ -238,11 +252,25 @@ mod tests {
     }
 
     #[test]
-    fn metrics_port_zero_disables_the_admin_listener() {
+    fn the_admin_listener_is_on_loopback_unless_configured() {
+        let listen = |pairs: &[(&str, &str)]| Listen::from_env(&env(pairs)).unwrap();
+        assert_eq!(listen(&[("METRICS_PORT", "0")]).admin, None);
         assert_eq!(
-            Listen::from_env(&env(&[("METRICS_PORT", "0")])).metrics_port,
-            None
+            listen(&[]).admin,
+            Some("127.0.0.1:9090".parse().unwrap()),
+            "loopback by default, whatever BIND_ADDR says"
         );
-        assert_eq!(Listen::from_env(&env(&[])).metrics_port, Some(9090));
+        assert_eq!(
+            listen(&[("METRICS_BIND_ADDR", "0.0.0.0")]).admin,
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert_eq!(
+            listen(&[("ADMIN_MAX_CONNECTIONS", "1")]).admin_max_connections,
+            1
+        );
+        assert_names(
+            Listen::from_env(&env(&[("ADMIN_MAX_CONNECTIONS", "0")])),
+            "ADMIN_MAX_CONNECTIONS",
+        );
     }
 }

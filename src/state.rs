@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,13 +16,17 @@ use crate::admission::Admission;
 use crate::auth::TokenVerifier;
 use crate::bans::Bans;
 use crate::broker::{Broker, LocalBroker, RedisBroker};
+use crate::client_ip::ProxyPolicy;
 use crate::config::ConfigError;
 use crate::http::HeadLimits;
 use crate::hub::Hub;
 use crate::ids::SessionId;
 use crate::limits::{SessionQuotas, UserMessageLimiter};
+use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
+use crate::moderation::Moderation;
 use crate::session::settings::Settings as SessionSettings;
+use crate::sessions::Sessions;
 use crate::settings::{Lifecycle, Settings};
 use crate::upgrade::UpgradePolicy;
 
@@ -30,17 +35,24 @@ pub struct Gateway {
     pub(crate) session: SessionSettings,
     pub(crate) head: HeadLimits,
     pub(crate) upgrade: UpgradePolicy,
+    pub(crate) proxies: ProxyPolicy,
     pub(crate) lifecycle: Lifecycle,
+    /// Whether new sockets are being shed for memory.
+    pub(crate) memory: MemoryGuard,
+    /// Connections the admin listener holds at most.
+    pub(crate) admin_connections: Arc<Semaphore>,
     pub(crate) verifier: TokenVerifier,
     pub(crate) admission: Admission,
-    pub(crate) bans: Bans,
+    pub(crate) moderation: Arc<Moderation>,
+    /// The sessions open on this node, by user and address.
+    pub(crate) sessions: Arc<Sessions>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) quotas: SessionQuotas,
     pub(crate) user_messages: UserMessageLimiter,
     /// Cancelled when the gateway stops: accept loops end, every session closes with 1001.
     pub(crate) stopping: CancellationToken,
     /// Every session task, so the drain can wait for them and count those left.
-    pub(crate) sessions: TaskTracker,
+    pub(crate) session_tasks: TaskTracker,
     /// Every other task (HTTP connections, admin, housekeeping, key refresh, the broker).
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: Arc<Metrics>,
@@ -57,21 +69,31 @@ impl Gateway {
             Some(redis) => RedisBroker::new(redis, Arc::clone(&metrics)),
             None => Arc::new(LocalBroker),
         };
+        let sessions = Sessions::new(settings.admission.max_sessions_per_user.get() as usize);
         Ok(Arc::new(Gateway {
             verifier: TokenVerifier::new(&settings.auth, &metrics)?,
             admission: Admission::new(&settings.admission),
-            bans: Bans::new(&settings.bans),
+            moderation: Arc::new(Moderation::new(
+                Bans::new(&settings.bans),
+                Arc::clone(&sessions),
+                Arc::clone(&broker),
+                Arc::clone(&metrics),
+            )),
+            sessions,
             quotas: SessionQuotas::new(&settings.quotas),
             user_messages: UserMessageLimiter::new(settings.quotas.user_messages),
-            hub: Hub::new(&settings.rooms, Arc::clone(&metrics), broker),
+            hub: Hub::new(&settings.rooms, Arc::clone(&metrics), Arc::clone(&broker)),
             metrics,
             draining: AtomicBool::new(false),
             session: settings.session,
             head: settings.head,
             upgrade: settings.upgrade.clone(),
+            proxies: settings.proxies.clone(),
             lifecycle: settings.lifecycle,
+            memory: MemoryGuard::new(settings.memory),
+            admin_connections: Arc::new(Semaphore::new(settings.listen.admin_max_connections)),
             stopping: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+            session_tasks: TaskTracker::new(),
             tasks: TaskTracker::new(),
             next_session_id: AtomicU64::new(1),
         }))

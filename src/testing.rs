@@ -81,7 +81,7 @@ impl Probe {
 
     /// Entries held by the ban list: (offenders with strikes, offenders banned).
     pub fn tracked_offenders(&self) -> (usize, usize) {
-        self.0.bans.tracked()
+        self.0.moderation.bans().tracked()
     }
 
     /// The metrics exposition.
@@ -91,6 +91,34 @@ impl Probe {
 
     pub fn is_ready(&self) -> bool {
         self.0.is_ready()
+    }
+
+    /// Bans `offender` (`user:ID` or `ip:ADDRESS`) for `duration`, on every node.
+    pub fn ban(&self, offender: &str, duration: std::time::Duration) {
+        let offender = crate::bans::Offender::parse(offender).expect("user:ID or ip:ADDRESS");
+        self.0.moderation.ban(offender, duration);
+    }
+
+    /// Lifts a ban on every node; whether this node knew of it.
+    pub fn unban(&self, offender: &str) -> bool {
+        let offender = crate::bans::Offender::parse(offender).expect("user:ID or ip:ADDRESS");
+        self.0.moderation.unban(offender)
+    }
+
+    /// Whether `offender` is banned as this node knows it.
+    pub fn is_banned(&self, offender: &str) -> bool {
+        let offender = crate::bans::Offender::parse(offender).expect("user:ID or ip:ADDRESS");
+        self.0.moderation.bans().remaining(&offender).is_some()
+    }
+
+    /// Closes every session of `user`, on every node, with `code`.
+    pub fn kick(&self, user: &str, code: crate::CloseCode) {
+        self.0.moderation.kick(std::sync::Arc::from(user), code);
+    }
+
+    /// Sessions of `user` open on this node.
+    pub fn user_sessions(&self, user: &str) -> usize {
+        self.0.sessions.user_count(&std::sync::Arc::from(user))
     }
 }
 
@@ -118,7 +146,10 @@ pub fn connect_in_memory(
                 .try_connection()
                 .expect("under MAX_CONNECTIONS"),
         ),
-        ip: gateway.admission.admit_ip(IpKey::of(ip)).expect("admitted"),
+        ip: gateway
+            .admission
+            .admit_upgrade(IpKey::of(ip), None)
+            .expect("admitted"),
     };
     let server_ws = WebSocket::after_handshake(server_io, Role::Server);
     let session = tokio::spawn(crate::session::run(

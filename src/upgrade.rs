@@ -4,9 +4,9 @@
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 
-use crate::config::{invalid, Config, ConfigError, TrustedProxies};
+use crate::config::{invalid, Config, ConfigError};
 use crate::http::{plain, Body};
 
 /// Who may upgrade, and whose forwarding headers are believed.
@@ -15,7 +15,6 @@ pub(crate) struct UpgradePolicy {
     /// `ALLOWED_ORIGINS`: compared whole, ignoring ASCII case; `*` admits any.
     origins: Vec<String>,
     allow_missing_origin: bool,
-    pub trusted_proxies: TrustedProxies,
 }
 
 impl UpgradePolicy {
@@ -30,7 +29,6 @@ impl UpgradePolicy {
         Ok(UpgradePolicy {
             origins,
             allow_missing_origin: env.allow_missing_origin,
-            trusted_proxies: env.trusted_proxies.clone(),
         })
     }
 
@@ -74,6 +72,14 @@ pub(crate) fn check_upgrade(
     request: &Request<Incoming>,
 ) -> Result<(), HandshakeRefusal> {
     let refuse = |status, reason| Err(HandshakeRefusal { status, reason });
+    if request.version() != Version::HTTP_11 {
+        // RFC 6455 4.1: the handshake is an HTTP/1.1 request. An HTTP/1.0 one answered with
+        // 101 would leave the connection in a state neither side agrees on.
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade needs HTTP/1.1\n",
+        );
+    }
     if request.method() != Method::GET {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -12,8 +12,9 @@ async fn raw(server: &TestServer) -> RawSocket {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused_before_their_payload_arrives() {
-    let server = TestServer::start().await; // MAX_MESSAGE_BYTES=4096
-                                            // A header promising 4097 bytes, and no payload: 1009 at once.
+    // The largest frame is an `auth` frame: MAX_TOKEN_BYTES plus 1 KiB of JSON.
+    let server = TestServer::with(&[("MAX_TOKEN_BYTES", "3072")]).await;
+    // A header promising 4097 bytes, and no payload: 1009 at once.
     let mut socket = raw(&server).await;
     let mut header = vec![FIN | TEXT, 0x80 | 126];
     header.extend_from_slice(&4097u16.to_be_bytes());
@@ -33,7 +34,7 @@ async fn oversized_frames_are_refused_before_their_payload_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragments_are_capped_in_total_size_and_count() {
-    let server = TestServer::with(&[("MAX_FRAGMENTS", "8")]).await;
+    let server = TestServer::with(&[("MAX_FRAGMENTS", "8"), ("MAX_TOKEN_BYTES", "3072")]).await;
     // Each fragment fits, together they do not.
     let mut socket = raw(&server).await;
     socket.send_frame(TEXT, &[b' '; 3000]).await;

@@ -171,3 +171,72 @@ async fn continuation_bombs_and_oversized_frames_stay_bounded() {
         "RSS did not come back: {after_kib} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_memory_watermark_new_upgrades_are_shed_and_open_sockets_kept() {
+    let _serial = SERIAL.lock().await;
+    raise_nofile_limit();
+    // The watermark: a fresh gateway's RSS plus 8 MiB.
+    let probe = Gateway::start(&[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watermark_kib = probe.rss_kib() + 8 * 1024;
+    drop(probe);
+    let watermark = format!("{watermark_kib}KiB");
+    let gateway = Gateway::start(&[
+        ("MEMORY_HIGH_WATERMARK", &watermark),
+        ("AUTH_TIMEOUT_MS", "30000"),
+    ])
+    .await;
+    let url = format!("ws://{}/", gateway.addr);
+    let join = |sub: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut client = common::Client::connect(&url, Some(common::ORIGIN)).await;
+            client.auth(&common::token(sub)).await;
+            client
+                .send_json(serde_json::json!({"type": "join", "room": "kept"}))
+                .await;
+            assert_eq!(client.recv_json().await["type"], "join");
+            client
+        }
+    };
+    let mut alice = join("alice").await;
+    let mut bob = join("bob").await;
+    assert_eq!(alice.recv_json().await["userId"], "bob");
+
+    // Thousands of sockets take the process past the watermark.
+    let headers = format!("Origin: {}\r\n", common::ORIGIN);
+    let mut load = Vec::new();
+    let refused = loop {
+        match RawSocket::try_connect(gateway.addr, &headers).await {
+            Ok(socket) => load.push(socket),
+            Err(head) => break head,
+        }
+        assert!(
+            load.len() < 9_000,
+            "never shed; RSS {} KiB",
+            gateway.rss_kib()
+        );
+    };
+    assert_eq!(common::raw::status(&refused), 503, "{refused}");
+    assert!(common::raw::header(&refused, "retry-after").is_some());
+    // The sockets already open are served as before.
+    bob.send_json(serde_json::json!({"type": "message", "body": "still here"}))
+        .await;
+    assert_eq!(alice.recv_json().await["body"], "still here");
+
+    // Below the watermark again, upgrades are welcome again.
+    drop(load);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while RawSocket::try_connect(gateway.addr, &headers)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "still shedding at {} KiB for a watermark of {watermark_kib} KiB",
+            gateway.rss_kib()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -150,6 +150,13 @@ impl TokenVerifier {
         self.issuers().iter().all(|keys| keys.is_loaded())
     }
 
+    /// Lines of the revocation file that were skipped at its last read.
+    pub(crate) fn invalid_revocation_lines(&self) -> usize {
+        self.revocations
+            .as_ref()
+            .map_or(0, Revocations::invalid_lines)
+    }
+
     /// Re-reads the revocation list if its file changed.
     pub fn reload_revocations(&self) {
         if let Some(revocations) = &self.revocations {

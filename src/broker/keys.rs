@@ -6,9 +6,13 @@
 //! | `{prefix}room:{room}` | Pub/Sub channel | the room's events, one [`Envelope`](super::Envelope) per message | — |
 //! | `{prefix}members:{room}` | hash | field `{node}:{session}` → `{"username":…,"userId":…}` for every member on every node | `REDIS_KEY_TTL_SECS` after the last node with members in the room stopped refreshing it |
 //! | `{prefix}node:{node}` | string | `1` while the node is alive | `REDIS_KEY_TTL_SECS` after its last heartbeat |
+//! | `{prefix}control` | Pub/Sub channel | bans, unbans and kicks (see `control`) | — |
+//! | `{prefix}ban:{offender}` | string | the ban's end, Unix milliseconds; `offender` is `user:ID` or `ip:ADDRESS` | when the ban ends |
 //!
 //! Room names are validated before they get here (a small charset, bounded length), so they
 //! are used unescaped.
+
+use crate::bans::Offender;
 
 /// Builds the names for one prefix.
 #[derive(Clone, Debug)]
@@ -36,6 +40,29 @@ impl Keys {
 
     pub(crate) fn members(&self, room: &str) -> String {
         format!("{}members:{room}", self.prefix)
+    }
+
+    /// The channel of bans, unbans and kicks.
+    pub(crate) fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
+    /// A ban, kept until it ends: `{prefix}ban:user:ID` or `{prefix}ban:ip:ADDRESS`.
+    pub(crate) fn ban(&self, offender: &Offender) -> String {
+        format!("{}ban:{offender}", self.prefix)
+    }
+
+    /// The offender a ban key names, if it is one of ours.
+    pub(crate) fn banned(&self, key: &str) -> Option<Offender> {
+        Offender::parse(
+            key.strip_prefix(self.prefix.as_str())?
+                .strip_prefix("ban:")?,
+        )
+    }
+
+    /// A pattern that matches every ban key.
+    pub(crate) fn bans_pattern(&self) -> String {
+        format!("{}ban:*", self.prefix)
     }
 
     pub(crate) fn node(&self, node: &str) -> String {

@@ -4,14 +4,22 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use super::{BoxFuture, Broker, LocalRooms, RoomEvent};
+use super::{BoxFuture, Broker, LocalControl, LocalRooms, Notice, RoomEvent};
 
 /// The default broker, used when `REDIS_URL` is not set.
 #[derive(Debug, Default)]
 pub(crate) struct LocalBroker;
 
 impl Broker for LocalBroker {
-    fn start(self: Arc<Self>, _rooms: Arc<dyn LocalRooms>, _tasks: &TaskTracker) {}
+    fn start(
+        self: Arc<Self>,
+        _rooms: Arc<dyn LocalRooms>,
+        _control: Arc<dyn LocalControl>,
+        _tasks: &TaskTracker,
+    ) {
+    }
+
+    fn announce(&self, _notice: Notice) {}
 
     fn open_room<'a>(&'a self, _room: &'a str) -> BoxFuture<'a> {
         Box::pin(std::future::ready(()))

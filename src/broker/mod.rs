@@ -11,6 +11,7 @@
 //! events on the wire is the order the hub applied them. `publish` never waits: a broker that
 //! cannot keep up drops and counts, and the hub's local members are served either way.
 
+mod control;
 mod envelope;
 mod keys;
 mod memory;
@@ -29,7 +30,9 @@ pub(crate) use keys::Keys;
 pub(crate) use memory::LocalBroker;
 pub(crate) use redis::{RedisBroker, RedisSettings};
 
+use crate::bans::Offender;
 use crate::ids::SessionId;
+use crate::protocol::CloseCode;
 
 /// Something that happened in a room on this node, for the other nodes.
 #[derive(Clone, Copy, Debug)]
@@ -123,10 +126,43 @@ pub(crate) trait LocalRooms: Send + Sync + 'static {
     fn delivery_changed(&self, delivery: Delivery);
 }
 
+/// A decision every node must enforce: a ban, its end, or a kick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// `offender` is banned until `until_ms` (Unix milliseconds).
+    Ban { offender: Offender, until_ms: u64 },
+    /// `offender`'s ban is lifted.
+    Unban { offender: Offender },
+    /// Every session of `user` is closed with `code`.
+    Kick { user: Arc<str>, code: CloseCode },
+}
+
+/// What a broker may ask of this node's enforcement of bans and kicks: implemented by the
+/// moderation, known to the broker only through this.
+pub(crate) trait LocalControl: Send + Sync + 'static {
+    /// Enforces a notice from another node (or one found in Redis after a reconnect).
+    fn on_notice(&self, notice: Notice);
+
+    /// The bans this node knows of, with their ends (Unix milliseconds), to write back to a
+    /// Redis that was away when some of them were decided.
+    fn bans_in_force(&self) -> Vec<(Offender, u64)>;
+}
+
 /// The seam between the hub and whatever carries rooms between nodes.
 pub(crate) trait Broker: Send + Sync + 'static {
-    /// Starts the broker's tasks on `tasks`, serving `rooms`; they run until [`stop`](Self::stop).
-    fn start(self: Arc<Self>, rooms: Arc<dyn LocalRooms>, tasks: &TaskTracker);
+    /// Starts the broker's tasks on `tasks`, serving `rooms` and `control`; they run until
+    /// [`stop`](Self::stop).
+    fn start(
+        self: Arc<Self>,
+        rooms: Arc<dyn LocalRooms>,
+        control: Arc<dyn LocalControl>,
+        tasks: &TaskTracker,
+    );
+
+    /// Tells the other nodes of a ban, an unban or a kick decided here (already enforced
+    /// here). Never blocks; bans are also kept in Redis until they end, so a node that
+    /// starts or reconnects later learns them.
+    fn announce(&self, notice: Notice);
 
     /// Called before the first local member joins `room`: resolves once this node knows the
     /// room's members on other nodes and receives its events, or once that is known to be

@@ -102,6 +102,9 @@ pub struct Config {
     pub control_burst: u32,
     /// `MAX_ROOM_MEMBERS`: members per room.
     pub max_room_members: usize,
+    /// `MAX_OUTBOUND_BYTES`: payload bytes queued to one socket before it is closed as a slow
+    /// consumer (4007).
+    pub max_outbound_bytes: usize,
     /// `OUTBOUND_QUEUE_FRAMES`: frames queued to one socket before it is closed as a slow
     /// consumer.
     pub outbound_queue_frames: usize,
@@ -129,6 +132,9 @@ pub struct Config {
     /// client address.
     #[serde(deserialize_with = "trusted_proxies")]
     pub trusted_proxies: TrustedProxies,
+    /// `FORWARDED_HEADER`: the one header trusted proxies write the client address in:
+    /// `x-forwarded-for` or `forwarded`.
+    pub forwarded_header: String,
     /// `BAN_STRIKES`: abusive closes that earn a ban.
     pub ban_strikes: u32,
     /// `BAN_WINDOW_SECS`: window in which the strikes must fall.
@@ -155,6 +161,15 @@ pub struct Config {
     pub drain_delay_secs: u64,
     /// `METRICS_PORT`: the admin listener (`/metrics`, `/healthz`, `/readyz`); 0 disables it.
     pub metrics_port: u16,
+    /// `METRICS_BIND_ADDR`: the admin listener's address; loopback unless set.
+    #[serde(deserialize_with = "bind_addr")]
+    pub metrics_bind_addr: IpAddr,
+    /// `ADMIN_MAX_CONNECTIONS`: open connections to the admin listener; more are closed at
+    /// once.
+    pub admin_max_connections: usize,
+    /// `MEMORY_HIGH_WATERMARK`: memory use past which new upgrades get 503: a size, a
+    /// percentage of the cgroup's (or the machine's) memory, or 0 for never.
+    pub memory_high_watermark: String,
     /// `LOG_FORMAT`: `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
     /// `LOG_LEVEL`: `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as
@@ -205,7 +220,7 @@ impl Default for Config {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 5,
-            max_token_bytes: 4096,
+            max_token_bytes: 16 * 1024,
             username_claim: "name".into(),
             trust_client_username: false,
             username_max_chars: 32,
@@ -223,6 +238,7 @@ impl Default for Config {
             control_burst: 5,
             max_room_members: 1000,
             outbound_queue_frames: 256,
+            max_outbound_bytes: 256 * 1024,
             close_timeout_ms: 1000,
 
             header_read_timeout_ms: 5000,
@@ -235,6 +251,7 @@ impl Default for Config {
             connect_burst: 20,
             max_sessions_per_user: 5,
             trusted_proxies: TrustedProxies::default(),
+            forwarded_header: "x-forwarded-for".into(),
             ban_strikes: 3,
             ban_window_secs: 60,
             ban_secs: 300,
@@ -248,6 +265,9 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             drain_delay_secs: 2,
             metrics_port: 9090,
+            metrics_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            admin_max_connections: 16,
+            memory_high_watermark: "90%".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
 

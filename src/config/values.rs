@@ -220,7 +220,9 @@ pub(super) fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Trusted
 /// `BIND_ADDR`, with an error that names it (envy's would not).
 pub(super) fn bind_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
     let raw = String::deserialize(d)?;
-    raw.trim()
-        .parse()
-        .map_err(|_| serde::de::Error::custom(format!("BIND_ADDR is not an IP address: {raw:?}")))
+    raw.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "BIND_ADDR (or METRICS_BIND_ADDR) is not an IP address: {raw:?}"
+        ))
+    })
 }

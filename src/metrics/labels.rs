@@ -56,6 +56,8 @@ label_enums! {
         Banned,
         TooFast,
         TooManyFromIp,
+        /// Shed above `MEMORY_HIGH_WATERMARK`.
+        Memory,
     }
 
     /// Where an open session is in the protocol.

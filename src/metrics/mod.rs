@@ -52,6 +52,9 @@ pub struct Metrics {
     pub broker_dropped: Counters<BrokerDrop>,
     pub broker_duplicates: Counter,
     pub broker_delay: Histogram,
+    pub memory_used: Gauge,
+    pub memory_shedding: Gauge,
+    pub revocation_invalid_lines: Gauge,
 }
 
 impl Default for Metrics {
@@ -206,6 +209,21 @@ impl Metrics {
                 "broker_delay",
                 "Time from publish on one node to receipt on another (wall clocks of both)",
                 0.000_05,
+            ),
+            memory_used: r.metric(
+                "memory_used_bytes",
+                "Memory counted against MEMORY_HIGH_WATERMARK: the cgroup's where it has a limit, else RSS",
+                Gauge::default(),
+            ),
+            memory_shedding: r.metric(
+                "memory_shedding",
+                "1 while new upgrades are shed above MEMORY_HIGH_WATERMARK",
+                Gauge::default(),
+            ),
+            revocation_invalid_lines: r.metric(
+                "revocation_invalid_lines",
+                "Lines of REVOCATION_FILE skipped at its last read",
+                Gauge::default(),
             ),
             registry: r.0,
         }

@@ -41,18 +41,28 @@ impl Session {
         if !first {
             return self.refresh(identity);
         }
-        let user = Offender::User(Arc::clone(&identity.user_id));
-        if self.gateway.bans.remaining(&user).is_some() {
-            return Err(self.refuse_auth(AuthError::BannedUser));
-        }
-        let Some(slot) = self.gateway.admission.admit_user(&identity.user_id) else {
+        self.check_ban(&identity)?;
+        let Ok(registration) =
+            self.gateway
+                .sessions
+                .register_user(&identity.user_id, self.id, &self.outbox)
+        else {
             return Err(self.refuse_auth(AuthError::TooManySessions));
         };
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
         self.set_token_expiry(&identity);
-        self.user_slot = Some(slot);
+        self.user = Some(registration);
         self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
+        Ok(())
+    }
+
+    /// Refuses a banned user (4009).
+    fn check_ban(&self, identity: &Identity) -> Result<(), CloseCode> {
+        let user = Offender::User(Arc::clone(&identity.user_id));
+        if self.gateway.moderation.bans().remaining(&user).is_some() {
+            return Err(self.refuse_auth(AuthError::BannedUser));
+        }
         Ok(())
     }
 
@@ -82,6 +92,8 @@ impl Session {
         if current.user_id != fresh.user_id {
             return Err(self.refuse_auth(AuthError::WrongSubject));
         }
+        // A banned user's session does not live on by refreshing its token.
+        self.check_ban(&fresh)?;
         debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
         self.set_token_expiry(&fresh);
         let current = self.state.identity_mut().expect("checked above");

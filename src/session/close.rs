@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::reader::{EventReceiver, Inbound};
 use super::writer::CloseRequest;
-use crate::bans::{Offender, StrikeOutcome};
+use crate::bans::Offender;
 use crate::client_ip::IpKey;
-use crate::metrics::labels::{BanKind, Initiator};
-use crate::metrics::{client_close_code, Metrics};
+use crate::metrics::client_close_code;
+use crate::metrics::labels::Initiator;
 use crate::protocol::CloseCode;
 use crate::state::Gateway;
 
@@ -129,32 +129,11 @@ impl Summary<'_> {
     }
 }
 
-/// Counts an abusive close against the client's IP and user; logs a ban when it causes one.
+/// Counts an abusive close against the client's IP and user.
 fn strike(gateway: &Gateway, ip: &IpKey, user: Option<&Arc<str>>, code: CloseCode) {
     let offenders =
         std::iter::once(Offender::Ip(*ip)).chain(user.map(|u| Offender::User(Arc::clone(u))));
     for offender in offenders {
-        match gateway.bans.strike(offender.clone()) {
-            StrikeOutcome::Banned => {
-                warn!(
-                    ?offender,
-                    reason = code.reason(),
-                    "banned after repeated abuse"
-                );
-                count_ban(&gateway.metrics, &offender);
-            }
-            StrikeOutcome::NotTracked => warn!(
-                reason = code.reason(),
-                "strike not recorded: too many tracked clients"
-            ),
-            StrikeOutcome::Counted => {}
-        }
+        gateway.moderation.strike(&offender, code);
     }
-}
-
-fn count_ban(metrics: &Metrics, offender: &Offender) {
-    metrics.ban(match offender {
-        Offender::Ip(_) => BanKind::Ip,
-        Offender::User(_) => BanKind::User,
-    });
 }

@@ -33,8 +33,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use crate::admission::{Admitted, UserSlot};
+use crate::admission::Admitted;
 use crate::auth::Identity;
+use crate::client_ip::IpKey;
 use crate::hub::{Member, Membership};
 use crate::ids::SessionId;
 use crate::limits::SessionLimiters;
@@ -42,6 +43,7 @@ use crate::metrics::labels::{DropReason, RateLimit, SessionState};
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{ClientFrame, CloseCode};
+use crate::sessions::Registration;
 use crate::state::Gateway;
 use close::{End, Summary};
 use reader::{EventReceiver, Inbound};
@@ -99,8 +101,11 @@ struct Session {
     state: State,
     /// When the current state's deadline (auth or join) passes; `None` in a room.
     deadline: Option<Instant>,
-    /// This user's place under `MAX_SESSIONS_PER_USER`, once authenticated.
-    user_slot: Option<UserSlot>,
+    /// This session under its client address, so a ban of the address closes it.
+    _address: Registration<IpKey>,
+    /// This session under its user (and the user's place under `MAX_SESSIONS_PER_USER`), once
+    /// authenticated.
+    user: Option<Registration<Arc<str>>>,
     timers: Timers,
 }
 
@@ -117,7 +122,10 @@ pub(crate) async fn run<S>(
     let started = Instant::now();
     let (read_half, write_half) = tokio::io::split(ws.into_inner());
 
-    let (outbox, outbox_rx) = Outbox::new(settings.outbound_queue_frames.get());
+    let (outbox, outbox_rx) = Outbox::new(
+        settings.outbound_queue_frames.get(),
+        settings.max_outbound_bytes,
+    );
     let (close_tx, close_rx) = oneshot::channel();
     let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
         write_half,
@@ -136,14 +144,18 @@ pub(crate) async fn run<S>(
     gateway
         .metrics
         .session_state(None, Some(SessionState::AwaitAuth));
+    let id = gateway.next_session_id();
     let mut session = Session {
-        id: gateway.next_session_id(),
+        id,
+        _address: gateway
+            .sessions
+            .register_ip(*admitted.ip.key(), id, &outbox),
         gateway: Arc::clone(&gateway),
         outbox,
         limiters: SessionLimiters::new(&gateway.quotas),
         state: State::AwaitAuth,
         deadline: Some(started + settings.deadlines.auth),
-        user_slot: None,
+        user: None,
         timers: Timers::new(&settings.keepalive, started),
     };
     let end = session.run(&mut events).await;
@@ -174,14 +186,14 @@ impl Session {
             let event = tokio::select! {
                 biased;
                 _ = stopping.cancelled() => return End::Closed(CloseCode::GoingAway),
-                _ = self.outbox.evicted() => return End::Closed(CloseCode::SlowConsumer),
+                code = self.outbox.closed() => return End::Closed(code),
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     return End::Closed(self.deadline_code());
                 }
                 _ = sleep_until(timer) => {
                     match self.timers.due(Instant::now()) {
-                        Ok(Due::Ping) => {
-                            self.outbox.deliver(Outbound::Ping);
+                        Ok(Due::Ping(payload)) => {
+                            self.outbox.deliver(Outbound::Ping(payload));
                         }
                         Ok(Due::Nothing) => {}
                         Err(code) => return End::Closed(code),
@@ -202,7 +214,7 @@ impl Session {
                     self.outbox
                         .deliver(Outbound::Pong(SharedPayload::new(payload.into_vec())));
                 }
-                Inbound::Pong => self.timers.on_pong(),
+                Inbound::Pong(payload) => self.timers.on_pong(&payload),
                 Inbound::Close(code) => return End::PeerClosed(code),
                 Inbound::Violation(code) => return End::Closed(code),
                 Inbound::Gone => return End::Gone,
@@ -220,10 +232,20 @@ impl Session {
 
     /// Handles one client frame; `Err` closes the socket with that code.
     async fn on_text(&mut self, text: &str) -> Result<(), CloseCode> {
-        let frame = ClientFrame::decode(text).map_err(|err| {
-            debug!(session = self.id, state = self.state.name(), %err, "frame refused");
-            CloseCode::ProtocolViolation
-        })?;
+        // The reader lets `auth` frames grow to a token's size; every other frame is held to
+        // `MAX_MESSAGE_BYTES`.
+        let oversized = text.len() > self.gateway.session.max_message_bytes;
+        let frame = match ClientFrame::decode(text) {
+            Ok(frame) => frame,
+            Err(_) if oversized => return Err(CloseCode::MessageTooBig),
+            Err(err) => {
+                debug!(session = self.id, state = self.state.name(), %err, "frame refused");
+                return Err(CloseCode::ProtocolViolation);
+            }
+        };
+        if oversized && !matches!(frame, ClientFrame::Auth { .. }) {
+            return Err(CloseCode::MessageTooBig);
+        }
         match frame {
             // Boxed: their futures (a key fetch, a room opened on other nodes) are large, and
             // unboxed they would be part of every idle session's state.

@@ -28,8 +28,8 @@ pub enum Inbound {
     Binary(Box<[u8]>),
     /// A ping, with its payload to echo.
     Ping(Box<[u8]>),
-    /// A pong.
-    Pong,
+    /// A pong, with its payload (which must echo our ping's to count as an answer).
+    Pong(Box<[u8]>),
     /// The client's close frame: its code, or `None` for an empty close payload.
     Close(Option<u16>),
     /// The client broke a framing rule; the session closes with this code.
@@ -133,7 +133,9 @@ impl Assembler {
             OpCode::Ping if payload.len() <= MAX_CONTROL_PAYLOAD => {
                 Some(Inbound::Ping(Box::from(payload)))
             }
-            OpCode::Pong if payload.len() <= MAX_CONTROL_PAYLOAD => Some(Inbound::Pong),
+            OpCode::Pong if payload.len() <= MAX_CONTROL_PAYLOAD => {
+                Some(Inbound::Pong(Box::from(payload)))
+            }
             OpCode::Ping | OpCode::Pong => Some(Inbound::Violation(CloseCode::ProtocolError)),
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {

@@ -5,16 +5,26 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use super::reader::ReadLimits;
-use crate::config::{millis, nonzero_usize, secs, Config, ConfigError};
+use crate::config::{at_least, millis, nonzero_usize, secs, Config, ConfigError};
 use crate::names::NameRules;
+
+/// What an `auth` frame may hold besides its token: `{"type":"auth","body":"…"}` and room for
+/// JSON escapes.
+const AUTH_FRAME_OVERHEAD: usize = 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Settings {
     pub deadlines: Deadlines,
     pub keepalive: Keepalive,
+    /// What the reader accepts: messages up to `MAX_MESSAGE_BYTES`, and `auth` frames with a
+    /// token up to `MAX_TOKEN_BYTES` (identity providers' tokens outgrow chat messages).
     pub read: ReadLimits,
+    /// `MAX_MESSAGE_BYTES`: the largest frame other than `auth`.
+    pub max_message_bytes: usize,
     /// Frames queued to a socket before it is a slow consumer.
     pub outbound_queue_frames: NonZeroUsize,
+    /// Payload bytes queued to a socket before it is a slow consumer.
+    pub max_outbound_bytes: usize,
     pub names: NameRules,
 }
 
@@ -40,6 +50,7 @@ pub(crate) struct Keepalive {
 
 impl Settings {
     pub(crate) fn from_env(env: &Config) -> Result<Settings, ConfigError> {
+        let max_message_bytes = nonzero_usize("MAX_MESSAGE_BYTES", env.max_message_bytes)?.get();
         Ok(Settings {
             deadlines: Deadlines {
                 auth: millis("AUTH_TIMEOUT_MS", env.auth_timeout_ms)?,
@@ -53,12 +64,20 @@ impl Settings {
                     .then(|| Duration::from_secs(env.idle_timeout_secs)),
             },
             read: ReadLimits {
-                max_message_bytes: nonzero_usize("MAX_MESSAGE_BYTES", env.max_message_bytes)?.get(),
+                max_message_bytes: max_message_bytes
+                    .max(env.max_token_bytes.saturating_add(AUTH_FRAME_OVERHEAD)),
                 max_fragments: nonzero_usize("MAX_FRAGMENTS", env.max_fragments)?.get(),
             },
+            max_message_bytes,
             outbound_queue_frames: nonzero_usize(
                 "OUTBOUND_QUEUE_FRAMES",
                 env.outbound_queue_frames,
+            )?,
+            // The largest frame the gateway sends must fit: a message escaped six-fold.
+            max_outbound_bytes: at_least(
+                "MAX_OUTBOUND_BYTES",
+                env.max_outbound_bytes,
+                max_message_bytes * 6 + 1024,
             )?,
             names: NameRules::from_env(env)?,
         })
@@ -80,7 +99,20 @@ mod tests {
         .unwrap();
         assert_eq!(settings.deadlines.auth, Duration::from_millis(1));
         assert_eq!(settings.keepalive.idle_timeout, None);
-        assert_eq!(settings.read.max_message_bytes, 1);
+        assert_eq!(settings.max_message_bytes, 1);
+        assert_eq!(
+            settings.read.max_message_bytes,
+            16384 + AUTH_FRAME_OVERHEAD,
+            "the reader takes identity providers' tokens"
+        );
+        let fits = (4096 * 6 + 1024).to_string();
+        let fits = Settings::from_env(&env(&[("MAX_OUTBOUND_BYTES", &fits)])).unwrap();
+        assert_eq!(fits.max_outbound_bytes, 4096 * 6 + 1024);
+        let short = (4096 * 6 + 1023).to_string();
+        assert_names(
+            Settings::from_env(&env(&[("MAX_OUTBOUND_BYTES", &short)])),
+            "MAX_OUTBOUND_BYTES",
+        );
         for var in [
             "AUTH_TIMEOUT_MS",
             "JOIN_TIMEOUT_MS",

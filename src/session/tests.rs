@@ -118,3 +118,20 @@ async fn a_refresh_with_another_subject_closes_4002() {
     auth(&mut client, &token("mallory", HOUR)).await;
     assert_eq!(close_code(&mut client).await, CloseCode::AuthFailed.code());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_by_a_banned_user_closes_4009() {
+    // A ban this node learned without closing the session (its notice was lost, say): the
+    // next refresh catches it.
+    let gateway = gateway(&[]);
+    let (mut client, _session) = connect_in_memory(&gateway, [127, 0, 0, 1].into());
+    auth(&mut client, &token("alice", HOUR)).await;
+    join(&mut client).await;
+    tokio::task::yield_now().await;
+    gateway
+        .moderation
+        .bans()
+        .ban(crate::bans::Offender::User("alice".into()), HOUR);
+    auth(&mut client, &token("alice", HOUR)).await;
+    assert_eq!(close_code(&mut client).await, CloseCode::Banned.code());
+}

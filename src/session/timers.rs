@@ -1,20 +1,26 @@
 //! A session's clocks besides the auth/join deadline: server pings and their pongs, the idle
 //! timeout, and the token's expiry.
+//!
+//! Each ping carries 8 random bytes, and only a pong that echoes them answers it: a client
+//! that never reads cannot know them, so unsolicited pongs (which RFC 6455 allows, as a
+//! heartbeat) cannot keep a socket alive that does not read what it is sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::settings::Keepalive;
+use crate::outbox::SharedPayload;
 use crate::protocol::CloseCode;
 
 /// What a timer asks of the session.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Due {
     /// Nothing yet.
     Nothing,
-    /// Send a keepalive ping.
-    Ping,
+    /// Send a keepalive ping with this payload.
+    Ping(Arc<SharedPayload>),
 }
 
 pub(super) struct Timers {
@@ -25,6 +31,8 @@ pub(super) struct Timers {
     next_ping: Instant,
     /// Set while a ping is unanswered: the pong must arrive by then.
     pong_due: Option<Instant>,
+    /// The payload the pong must echo.
+    ping_payload: [u8; 8],
     /// Reset by every message from the client.
     idle_deadline: Option<Instant>,
     /// When the token stops being good, once authenticated.
@@ -39,6 +47,7 @@ impl Timers {
             idle_timeout: keepalive.idle_timeout,
             next_ping: now + keepalive.ping_interval,
             pong_due: None,
+            ping_payload: [0; 8],
             idle_deadline: keepalive.idle_timeout.map(|idle| now + idle),
             token_expiry: None,
         }
@@ -62,8 +71,11 @@ impl Timers {
         self.idle_deadline = self.idle_timeout.map(|idle| now + idle);
     }
 
-    pub(super) fn on_pong(&mut self) {
-        self.pong_due = None;
+    /// A pong: it answers the ping only if it echoes its payload.
+    pub(super) fn on_pong(&mut self, payload: &[u8]) {
+        if payload == self.ping_payload {
+            self.pong_due = None;
+        }
     }
 
     /// The session ends when its token does: `valid_until` is the token's `exp` plus the
@@ -90,7 +102,8 @@ impl Timers {
             self.next_ping = now + self.ping_interval;
             if self.pong_due.is_none() {
                 self.pong_due = Some(now + self.pong_timeout);
-                return Ok(Due::Ping);
+                self.ping_payload = rand::random();
+                return Ok(Due::Ping(SharedPayload::new(self.ping_payload.to_vec())));
             }
         }
         Ok(Due::Nothing)
@@ -124,16 +137,22 @@ mod tests {
         let second = Duration::from_secs(1);
         let mut timers = Timers::new(&keepalive(None), start);
         assert_eq!(timers.next_event(), start + second * 30);
-        assert_eq!(timers.due(start + second * 29), Ok(Due::Nothing));
-        assert_eq!(timers.due(start + second * 30), Ok(Due::Ping));
+        assert!(matches!(timers.due(start + second * 29), Ok(Due::Nothing)));
+        let Ok(Due::Ping(ping)) = timers.due(start + second * 30) else {
+            panic!("a ping is due");
+        };
         assert_eq!(
             timers.next_event(),
             start + second * 40,
             "the pong's deadline"
         );
-        assert_eq!(timers.due(start + second * 40), Err(CloseCode::PongTimeout));
-        timers.on_pong();
-        assert_eq!(timers.due(start + second * 60), Ok(Due::Ping));
+        timers.on_pong(b"unsolicited");
+        assert!(
+            matches!(timers.due(start + second * 40), Err(CloseCode::PongTimeout)),
+            "a pong that does not echo the ping answers nothing"
+        );
+        timers.on_pong(&ping.bytes);
+        assert!(matches!(timers.due(start + second * 60), Ok(Due::Ping(_))));
     }
 
     #[tokio::test(start_paused = true)]
@@ -141,11 +160,17 @@ mod tests {
         let start = Instant::now();
         let second = Duration::from_secs(1);
         let mut timers = Timers::new(&keepalive(Some(second * 5)), start);
-        assert_eq!(timers.due(start + second * 5), Err(CloseCode::IdleTimeout));
+        assert!(matches!(
+            timers.due(start + second * 5),
+            Err(CloseCode::IdleTimeout)
+        ));
         timers.on_client_message(start + second * 4);
-        assert_eq!(timers.due(start + second * 5), Ok(Due::Nothing));
+        assert!(matches!(timers.due(start + second * 5), Ok(Due::Nothing)));
         timers.set_token_expiry(1_000, 998);
-        assert_eq!(timers.due(start + second * 2), Err(CloseCode::TokenExpired));
+        assert!(matches!(
+            timers.due(start + second * 2),
+            Err(CloseCode::TokenExpired)
+        ));
         // An absurd expiry is capped, not overflowed.
         timers.set_token_expiry(u64::MAX, 0);
         assert!(timers.next_event() > start);

@@ -61,7 +61,7 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             request = &mut close => break request,
-            first = outbox.queue.recv() => {
+            first = outbox.recv() => {
                 let Some(first) = first else {
                     // Every sender is gone, but the session may still be about to ask for the
                     // close frame: wait for its word rather than end without one.
@@ -70,11 +70,12 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
                 if let Some(metrics) = metrics {
                     metrics
                         .outbound_queue_depth
-                        .observe((outbox.queue.len() + 1) as f64);
+                        .observe((outbox.len() + 1) as f64);
                 }
-                let queued = std::iter::from_fn(|| outbox.queue.try_recv().ok());
+                let queued = std::iter::from_fn(|| outbox.try_recv());
                 let batch = std::iter::once(first).chain(queued.take(BATCH_FRAMES - 1));
-                write_batch(stream, batch, metrics).await?;
+                let written = write_batch(stream, batch, metrics).await?;
+                outbox.written(written);
             }
         }
     };
@@ -82,7 +83,7 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
         return Ok(false);
     };
     if request.drain {
-        let queued = std::iter::from_fn(|| outbox.queue.try_recv().ok());
+        let queued = std::iter::from_fn(|| outbox.try_recv());
         write_batch(stream, queued, metrics).await?;
     }
     let mut frame = match request.code {
@@ -96,14 +97,17 @@ async fn write_until_closed<S: AsyncWrite + Unpin>(
     Ok(true)
 }
 
-/// Lays the frames out one after the other and writes them at once.
+/// Lays the frames out one after the other and writes them at once; returns their payload
+/// bytes, for the outbox's budget.
 async fn write_batch<S: AsyncWrite + Unpin>(
     stream: &mut S,
     items: impl Iterator<Item = Outbound>,
     metrics: Option<&Metrics>,
-) -> Result<(), WebSocketError> {
+) -> Result<usize, WebSocketError> {
     let mut bytes = Vec::new();
+    let mut payload = 0;
     for item in items {
+        payload += item.len();
         if let (Outbound::Text(text), Some(metrics)) = (&item, metrics) {
             // Observed as the frame is handed to the socket: queueing included, the kernel not.
             metrics.observe_fanout(text.created.elapsed());
@@ -111,7 +115,9 @@ async fn write_batch<S: AsyncWrite + Unpin>(
         let mut frame = match &item {
             Outbound::Text(text) => Frame::text(Payload::Borrowed(&text.bytes)),
             Outbound::Pong(pong) => Frame::pong(Payload::Borrowed(&pong.bytes)),
-            Outbound::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])),
+            Outbound::Ping(ping) => {
+                Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&ping.bytes))
+            }
             Outbound::Binary(binary) => Frame::binary(Payload::Borrowed(&binary.bytes)),
         };
         append(&mut bytes, &mut frame);
@@ -120,7 +126,7 @@ async fn write_batch<S: AsyncWrite + Unpin>(
         stream.write_all(&bytes).await?;
         stream.flush().await?;
     }
-    Ok(())
+    Ok(payload)
 }
 
 /// Appends a server frame (unmasked: its header, then its payload) to `bytes`.

@@ -68,6 +68,11 @@ impl TestServer {
 
     /// Starts a gateway with the base settings plus `overrides` (later entries win).
     pub(crate) async fn with(overrides: &[(&str, &str)]) -> TestServer {
+        Self::on("127.0.0.1:0", overrides).await
+    }
+
+    /// Starts a gateway whose public listener is bound to `addr` (e.g. `[::]:0`).
+    pub(crate) async fn on(addr: &str, overrides: &[(&str, &str)]) -> TestServer {
         let mut settings = base_settings();
         for (key, value) in overrides {
             settings.retain(|(k, _)| k != key);
@@ -75,13 +80,17 @@ impl TestServer {
         }
         let settings = Settings::from_pairs(settings).expect("test settings are valid");
         let listeners = palisade::Listeners {
-            main: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            main: tokio::net::TcpListener::bind(addr).await.unwrap(),
             admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         };
         let running = palisade::start_with(&settings, listeners)
             .await
             .expect("gateway starts");
-        let addr = running.local_addr();
+        let mut addr = running.local_addr();
+        if addr.ip().is_unspecified() {
+            // Bound to every address (dual-stack `[::]`): reach it over IPv4 loopback.
+            addr.set_ip([127, 0, 0, 1].into());
+        }
         TestServer { running, addr }
     }
 

@@ -24,6 +24,13 @@ pub(crate) async fn http(addr: SocketAddr, request: &str) -> String {
     read_head(&mut stream).await
 }
 
+/// A TCP connection to `addr` from the address `source` (any of 127.0.0.0/8 on loopback).
+pub(crate) async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 /// The status code of a response head.
 pub(crate) fn status(head: &str) -> u16 {
     head.split_whitespace()
@@ -96,7 +103,19 @@ impl RawSocket {
         addr: SocketAddr,
         extra_headers: &str,
     ) -> Result<RawSocket, String> {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::upgrade_over(TcpStream::connect(addr).await.unwrap(), extra_headers).await
+    }
+
+    /// Upgrades over a connection made from `source` (another loopback address, say).
+    pub(crate) async fn try_connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        extra_headers: &str,
+    ) -> Result<RawSocket, String> {
+        Self::upgrade_over(connect_from(addr, source).await, extra_headers).await
+    }
+
+    async fn upgrade_over(mut stream: TcpStream, extra_headers: &str) -> Result<RawSocket, String> {
         stream
             .write_all(upgrade_request(extra_headers).as_bytes())
             .await

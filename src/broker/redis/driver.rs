@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
-use crate::broker::{Delivery, Envelope, LocalRooms};
+use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms};
 use crate::metrics::labels::BrokerFailure;
 
 /// Channels per SUBSCRIBE command.
@@ -49,6 +49,7 @@ impl RedisBroker {
     pub(super) async fn driver(
         self: Arc<Self>,
         local: Arc<dyn LocalRooms>,
+        control: Arc<dyn LocalControl>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         publisher: tokio::task::JoinHandle<()>,
     ) {
@@ -61,7 +62,7 @@ impl RedisBroker {
         info!(node = %self.node, "redis broker starting");
         loop {
             let (kind, error) = match self
-                .connected_period(&*local, &mut commands, &mut course)
+                .connected_period(&*local, &*control, &mut commands, &mut course)
                 .await
             {
                 Ended::Stopped => break,
@@ -107,6 +108,7 @@ impl RedisBroker {
     async fn connected_period(
         &self,
         local: &dyn LocalRooms,
+        control: &dyn LocalControl,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         course: &mut Course,
     ) -> Ended {
@@ -132,6 +134,9 @@ impl RedisBroker {
         let mut rooms: HashSet<String> = local.room_names().into_iter().collect();
         rooms.extend(self.take_dirty());
         self.resync(local, rooms);
+        if let Err(err) = self.catch_up_notices(&mut link.conn, control).await {
+            return lost(BrokerFailure::Connect)(err);
+        }
         // Rooms created while the first subscriptions were on their way.
         let rooms = local.room_names();
         if let Err(err) = self.subscribe_rooms(&mut link, &rooms).await {
@@ -171,7 +176,12 @@ impl RedisBroker {
                     let Some(message) = message else {
                         return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed);
                     };
-                    self.on_envelope(local, message.get_channel_name(), message.get_payload_bytes());
+                    let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
+                    if channel == self.control_channel {
+                        self.on_notice(control, payload);
+                    } else {
+                        self.on_envelope(local, channel, payload);
+                    }
                 }
                 Some(command) = commands.recv() => {
                     if let Err(err) = self.on_commands(local, &mut link, commands, command).await {
@@ -205,7 +215,8 @@ impl RedisBroker {
             )
             .await?;
         let pubsub = self.within(self.client.get_async_pubsub()).await?;
-        let (sink, stream) = pubsub.split();
+        let (mut sink, stream) = pubsub.split();
+        self.within(sink.subscribe(&self.control_channel)).await?;
         Ok(Connection {
             conn,
             sink,

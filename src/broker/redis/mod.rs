@@ -28,6 +28,7 @@
 //! slow Pub/Sub client because of a slow browser.
 
 mod driver;
+mod notices;
 mod presence;
 mod publisher;
 mod settings;
@@ -61,18 +62,23 @@ use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::TaskTracker;
 
-use super::{BoxFuture, Broker, Keys, LocalRooms, RemoteEvent, RoomEvent};
+use super::{BoxFuture, Broker, Keys, LocalControl, LocalRooms, Notice, RemoteEvent, RoomEvent};
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
 
 /// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 
-/// What the publisher writes.
-struct Outgoing {
-    room: String,
-    event: RemoteEvent,
+/// What the publisher writes, in order.
+enum Outgoing {
+    /// A room's event.
+    Room { room: String, event: RemoteEvent },
+    /// A ban, unban or kick for the other nodes.
+    Control(Notice),
 }
+
+/// Ban and unban notices kept while Redis is away, to be written when it is back.
+const PENDING_CONTROL: usize = 4096;
 
 /// What the driver is asked to do.
 enum Command {
@@ -101,6 +107,8 @@ struct Link {
 pub(crate) struct RedisBroker {
     node: Arc<str>,
     keys: Keys,
+    /// `{prefix}control`, where bans, unbans and kicks travel.
+    control_channel: String,
     client: Client,
     settings: RedisSettings,
     metrics: Arc<Metrics>,
@@ -110,6 +118,8 @@ pub(crate) struct RedisBroker {
     inboxes: Mutex<Option<Inboxes>>,
     /// Rooms whose presence in Redis may be wrong: a join or leave of ours was not written.
     dirty: Mutex<HashSet<String>>,
+    /// Bans and unbans decided while Redis was away, in order.
+    pending_control: Mutex<Vec<Notice>>,
     /// The command connection the publisher writes on, `None` while disconnected.
     connection: watch::Sender<Option<Link>>,
     /// Counts connected periods; a failure is only believed for the period it happened in.
@@ -131,6 +141,7 @@ impl RedisBroker {
         Arc::new(RedisBroker {
             node,
             keys: Keys::new(&settings.prefix),
+            control_channel: Keys::new(&settings.prefix).control(),
             client: settings.client.clone(),
             settings: settings.clone(),
             metrics,
@@ -142,6 +153,7 @@ impl RedisBroker {
                 outgoing: outgoing_rx,
             })),
             dirty: Mutex::new(HashSet::new()),
+            pending_control: Mutex::new(Vec::new()),
             connection: watch::Sender::new(None),
             generation: AtomicU64::new(0),
             failed_generation: AtomicU64::new(0),
@@ -176,17 +188,42 @@ impl RedisBroker {
     /// Queues an event for the publisher without waiting. A join, leave or sync that cannot be
     /// queued leaves this node's presence wrong: its room is resynced at the next heartbeat.
     fn queue(&self, room: &str, event: RemoteEvent) {
-        let changes_presence = !matches!(event, RemoteEvent::Message { .. });
-        let outgoing = Outgoing {
+        let outgoing = Outgoing::Room {
             room: room.to_owned(),
             event,
         };
-        if self.outgoing.try_send(outgoing).is_err() {
+        if let Err(err) = self.outgoing.try_send(outgoing) {
             self.metrics.broker_drop(BrokerDrop::Backlog);
-            if changes_presence {
-                self.mark_dirty(room);
-            }
+            self.abandon_one(err.into_inner());
         }
+    }
+
+    /// Keeps a ban or unban that could not be written, to write it when Redis is back (a
+    /// kick only matters now: it is dropped).
+    fn keep_pending(&self, notice: Notice) {
+        if matches!(notice, Notice::Kick { .. }) {
+            return;
+        }
+        let mut pending = self.pending_control.lock().expect("never poisoned");
+        if pending.len() < PENDING_CONTROL {
+            pending.push(notice);
+        }
+    }
+
+    /// Repairs what an event that will not be written leaves wrong.
+    fn abandon_one(&self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Room { room, event } => {
+                if !matches!(event, RemoteEvent::Message { .. }) {
+                    self.mark_dirty(&room);
+                }
+            }
+            Outgoing::Control(notice) => self.keep_pending(notice),
+        }
+    }
+
+    fn take_pending(&self) -> Vec<Notice> {
+        std::mem::take(&mut *self.pending_control.lock().expect("never poisoned"))
     }
 
     /// Runs a Redis call with the `REDIS_TIMEOUT_MS` deadline.
@@ -203,7 +240,24 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn start(self: Arc<Self>, rooms: Arc<dyn LocalRooms>, tasks: &TaskTracker) {
+    fn announce(&self, notice: Notice) {
+        if !self.connected.load(Ordering::Relaxed) {
+            self.metrics.broker_drop(BrokerDrop::Down);
+            self.keep_pending(notice);
+            return;
+        }
+        if let Err(err) = self.outgoing.try_send(Outgoing::Control(notice)) {
+            self.metrics.broker_drop(BrokerDrop::Backlog);
+            self.abandon_one(err.into_inner());
+        }
+    }
+
+    fn start(
+        self: Arc<Self>,
+        rooms: Arc<dyn LocalRooms>,
+        control: Arc<dyn LocalControl>,
+        tasks: &TaskTracker,
+    ) {
         let inboxes = self
             .inboxes
             .lock()
@@ -211,7 +265,7 @@ impl Broker for RedisBroker {
             .take()
             .expect("started once");
         let publisher = tasks.spawn(Arc::clone(&self).publisher(inboxes.outgoing));
-        tasks.spawn(self.driver(rooms, inboxes.commands, publisher));
+        tasks.spawn(self.driver(rooms, control, inboxes.commands, publisher));
     }
 
     fn open_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a> {

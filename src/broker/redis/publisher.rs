@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 
 use super::{now_ms, Link, Outgoing, RedisBroker};
 use crate::broker::envelope::{self, PresenceValue};
+use crate::broker::{control, Notice};
 use crate::broker::{Keys, RemoteEvent};
 use crate::metrics::labels::{BrokerDrop, BrokerFailure};
 
@@ -77,7 +78,14 @@ impl RedisBroker {
         let ttl = self.settings.key_ttl.as_secs();
         let sent_at = now_ms();
         let mut pipe = redis::pipe();
-        for Outgoing { room, event } in batch {
+        for outgoing in batch {
+            let (room, event) = match outgoing {
+                Outgoing::Room { room, event } => (room, event),
+                Outgoing::Control(notice) => {
+                    self.write_notice(&mut pipe, notice);
+                    continue;
+                }
+            };
             *seq += 1;
             let payload = envelope::encode(&self.node, *seq, sent_at, event);
             let channel = self.keys.channel(room);
@@ -125,13 +133,35 @@ impl RedisBroker {
         pipe
     }
 
-    /// Counts events that will not be written; rooms whose presence they changed are resynced.
-    fn abandon(&self, events: impl Iterator<Item = Outgoing>, reason: BrokerDrop) {
-        for Outgoing { room, event } in events {
-            self.metrics.broker_drop(reason);
-            if !matches!(event, RemoteEvent::Message { .. }) {
-                self.mark_dirty(&room);
+    /// Writes a ban (kept in Redis until it ends, so nodes that start or reconnect later learn
+    /// it), an unban, or a kick, and tells the other nodes.
+    pub(super) fn write_notice(&self, pipe: &mut redis::Pipeline, notice: &Notice) {
+        match notice {
+            Notice::Ban { offender, until_ms } => {
+                pipe.cmd("SET")
+                    .arg(self.keys.ban(offender))
+                    .arg(until_ms)
+                    .arg("PXAT")
+                    .arg(until_ms)
+                    .ignore();
             }
+            Notice::Unban { offender } => {
+                pipe.cmd("DEL").arg(self.keys.ban(offender)).ignore();
+            }
+            Notice::Kick { .. } => {}
+        }
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.control())
+            .arg(control::encode(&self.node, notice))
+            .ignore();
+    }
+
+    /// Counts events that will not be written; rooms whose presence they changed are resynced,
+    /// bans and unbans are written when Redis is back.
+    fn abandon(&self, events: impl Iterator<Item = Outgoing>, reason: BrokerDrop) {
+        for outgoing in events {
+            self.metrics.broker_drop(reason);
+            self.abandon_one(outgoing);
         }
     }
 }

@@ -1,0 +1,128 @@
+//! What travels between nodes besides rooms: bans, unbans and kicks, one JSON object per
+//! Pub/Sub message on the `{prefix}control` channel.
+//!
+//! ```text
+//! {"v":1,"node":"3f9c…","notice":"ban","offender":"user:alice","until":1763840000123}
+//! {"v":1,"node":"3f9c…","notice":"unban","offender":"ip:203.0.113.7"}
+//! {"v":1,"node":"3f9c…","notice":"kick","user":"alice","code":4009}
+//! ```
+//!
+//! A node skips its own notices (it enforced them when it decided them). Nothing on the
+//! channel is believed unchecked: offenders and codes are parsed, unknown ones refused.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Notice;
+use crate::bans::Offender;
+use crate::protocol::CloseCode;
+
+const VERSION: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    v: u8,
+    node: String,
+    notice: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+}
+
+/// Encodes a notice of this node's.
+pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
+    let mut wire = Wire {
+        v: VERSION,
+        node: node.to_owned(),
+        notice: String::new(),
+        offender: None,
+        until: None,
+        user: None,
+        code: None,
+    };
+    match notice {
+        Notice::Ban { offender, until_ms } => {
+            wire.notice = "ban".into();
+            wire.offender = Some(offender.to_string());
+            wire.until = Some(*until_ms);
+        }
+        Notice::Unban { offender } => {
+            wire.notice = "unban".into();
+            wire.offender = Some(offender.to_string());
+        }
+        Notice::Kick { user, code } => {
+            wire.notice = "kick".into();
+            wire.user = Some(user.to_string());
+            wire.code = Some(code.code());
+        }
+    }
+    serde_json::to_vec(&wire).expect("a notice always serializes")
+}
+
+/// Decodes a notice: the publishing node and what it says; `None` for anything malformed.
+pub(crate) fn decode(bytes: &[u8]) -> Option<(String, Notice)> {
+    let wire: Wire = serde_json::from_slice(bytes).ok()?;
+    if wire.v != VERSION {
+        return None;
+    }
+    let offender = || Offender::parse(wire.offender.as_deref()?);
+    let notice = match wire.notice.as_str() {
+        "ban" => Notice::Ban {
+            offender: offender()?,
+            until_ms: wire.until?,
+        },
+        "unban" => Notice::Unban {
+            offender: offender()?,
+        },
+        "kick" => Notice::Kick {
+            user: Arc::from(wire.user.as_deref().filter(|user| !user.is_empty())?),
+            code: CloseCode::ALL
+                .into_iter()
+                .find(|code| Some(code.code()) == wire.code)?,
+        },
+        _ => return None,
+    };
+    Some((wire.node, notice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_ip::IpKey;
+
+    #[test]
+    fn notices_round_trip_and_garbage_is_refused() {
+        for notice in [
+            Notice::Ban {
+                offender: Offender::User("alice".into()),
+                until_ms: 42,
+            },
+            Notice::Unban {
+                offender: Offender::Ip(IpKey::of([203, 0, 113, 7].into())),
+            },
+            Notice::Kick {
+                user: "bob".into(),
+                code: CloseCode::Banned,
+            },
+        ] {
+            assert_eq!(
+                decode(&encode("n1", &notice)),
+                Some(("n1".to_owned(), notice))
+            );
+        }
+        for bad in [
+            &b"{}"[..],
+            br#"{"v":1,"node":"n","notice":"ban","offender":"host:x","until":1}"#,
+            br#"{"v":1,"node":"n","notice":"kick","user":"a","code":1234}"#,
+            br#"{"v":2,"node":"n","notice":"unban","offender":"user:a"}"#,
+        ] {
+            assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

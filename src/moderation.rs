@@ -1,0 +1,129 @@
+//! Bans and kicks, enforced on every node: a ban (from strikes, or from the server API) is
+//! recorded, every open session it concerns on this node is closed with 4009, and the other
+//! nodes are told through the broker so they do the same; a refresh checks bans too.
+//!
+//! What travels is a [`Notice`]; a node that receives one enforces it exactly as if it had
+//! decided it (without announcing it again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::bans::{unix_ms, Bans, Offender, StrikeOutcome};
+use crate::broker::{Broker, LocalControl, Notice};
+use crate::metrics::labels::BanKind;
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::sessions::Sessions;
+
+pub(crate) struct Moderation {
+    bans: Bans,
+    sessions: Arc<Sessions>,
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+}
+
+impl Moderation {
+    pub(crate) fn new(
+        bans: Bans,
+        sessions: Arc<Sessions>,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> Moderation {
+        Moderation {
+            bans,
+            sessions,
+            broker,
+            metrics,
+        }
+    }
+
+    pub(crate) fn bans(&self) -> &Bans {
+        &self.bans
+    }
+
+    /// Counts an abusive close against `offender`; a ban that follows is enforced everywhere.
+    pub(crate) fn strike(&self, offender: &Offender, reason: CloseCode) {
+        match self.bans.strike(offender) {
+            StrikeOutcome::Banned { until_ms } => {
+                warn!(%offender, reason = reason.reason(), "banned after repeated abuse");
+                self.enforce(offender, CloseCode::Banned);
+                self.count_ban(offender);
+                self.broker.announce(Notice::Ban {
+                    offender: offender.clone(),
+                    until_ms,
+                });
+            }
+            StrikeOutcome::NotTracked => warn!(
+                reason = reason.reason(),
+                "strike not recorded: too many tracked clients"
+            ),
+            StrikeOutcome::Counted => {}
+        }
+    }
+
+    /// Bans `offender` for `duration`, on every node, closing its open sessions.
+    pub(crate) fn ban(&self, offender: Offender, duration: Duration) {
+        let until_ms = self.bans.ban(offender.clone(), duration);
+        self.enforce(&offender, CloseCode::Banned);
+        self.count_ban(&offender);
+        self.broker.announce(Notice::Ban { offender, until_ms });
+    }
+
+    /// Lifts a ban on every node; whether this node knew of it.
+    pub(crate) fn unban(&self, offender: Offender) -> bool {
+        let known = self.bans.unban(&offender);
+        self.broker.announce(Notice::Unban { offender });
+        known
+    }
+
+    /// Closes every session of `user`, on every node, with `code`.
+    pub(crate) fn kick(&self, user: Arc<str>, code: CloseCode) {
+        self.sessions.close_user(&user, code);
+        self.broker.announce(Notice::Kick { user, code });
+    }
+
+    /// Closes the offender's open sessions on this node.
+    fn enforce(&self, offender: &Offender, code: CloseCode) {
+        match offender {
+            Offender::User(user) => self.sessions.close_user(user, code),
+            Offender::Ip(ip) => self.sessions.close_ip(ip, code),
+        };
+    }
+
+    fn count_ban(&self, offender: &Offender) {
+        self.metrics.ban(match offender {
+            Offender::Ip(_) => BanKind::Ip,
+            Offender::User(_) => BanKind::User,
+        });
+    }
+}
+
+impl LocalControl for Moderation {
+    fn on_notice(&self, notice: Notice) {
+        match notice {
+            Notice::Ban { offender, until_ms } => {
+                self.bans.ban_until(offender.clone(), until_ms);
+                if self.bans.remaining(&offender).is_some() {
+                    self.enforce(&offender, CloseCode::Banned);
+                }
+            }
+            Notice::Unban { offender } => {
+                self.bans.unban(&offender);
+            }
+            Notice::Kick { user, code } => {
+                self.sessions.close_user(&user, code);
+            }
+        }
+    }
+
+    fn bans_in_force(&self) -> Vec<(Offender, u64)> {
+        let now = std::time::SystemTime::now();
+        self.bans
+            .in_force()
+            .into_iter()
+            .map(|(offender, left)| (offender, unix_ms(now + left)))
+            .collect()
+    }
+}

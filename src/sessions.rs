@@ -1,0 +1,212 @@
+//! The sessions open on this node, by user and by client address: the per-user cap
+//! (`MAX_SESSIONS_PER_USER`), and closing sessions from outside (a ban, a kick) with a code.
+//!
+//! A session registers its address when it starts and its user once authenticated; both
+//! registrations are guards that remove it when dropped, so every exit path forgets it. A
+//! close from outside goes through the session's [`Outbox`], which the session already
+//! watches: it costs no task and no channel per session.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::client_ip::IpKey;
+use crate::ids::SessionId;
+use crate::outbox::Outbox;
+use crate::protocol::CloseCode;
+
+/// One registered session.
+#[derive(Clone)]
+struct Entry {
+    id: SessionId,
+    outbox: Outbox,
+}
+
+/// Sessions by some key, each list only as long as the sessions it holds.
+pub(crate) struct Index<K: Eq + Hash> {
+    sessions: DashMap<K, Vec<Entry>>,
+}
+
+impl<K: Eq + Hash + Clone> Index<K> {
+    fn new() -> Self {
+        Index {
+            sessions: DashMap::new(),
+        }
+    }
+
+    /// Adds a session under `key`, unless `key` already has `max`.
+    fn add(&self, key: &K, entry: Entry, max: usize) -> bool {
+        let mut list = self.sessions.entry(key.clone()).or_default();
+        if list.len() >= max {
+            return false;
+        }
+        list.push(entry);
+        true
+    }
+
+    fn remove(&self, key: &K, id: SessionId) {
+        if let Some(mut list) = self.sessions.get_mut(key) {
+            list.retain(|entry| entry.id != id);
+        }
+        // Under the shard lock: a concurrent add either sees the entry or makes a new one.
+        self.sessions.remove_if(key, |_, list| list.is_empty());
+    }
+
+    fn close(&self, key: &K, code: CloseCode) -> usize {
+        let Some(list) = self.sessions.get(key) else {
+            return 0;
+        };
+        for entry in list.iter() {
+            entry.outbox.close(code);
+        }
+        list.len()
+    }
+
+    fn count(&self, key: &K) -> usize {
+        self.sessions.get(key).map_or(0, |list| list.len())
+    }
+}
+
+/// Every session open on this node.
+pub(crate) struct Sessions {
+    by_user: Index<Arc<str>>,
+    by_ip: Index<IpKey>,
+    max_per_user: usize,
+}
+
+/// Why a user's session was not registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TooManySessions;
+
+impl Sessions {
+    pub(crate) fn new(max_per_user: usize) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            by_user: Index::new(),
+            by_ip: Index::new(),
+            max_per_user,
+        })
+    }
+
+    /// Registers a session from `ip`; it is forgotten when the guard drops.
+    pub(crate) fn register_ip(
+        self: &Arc<Self>,
+        ip: IpKey,
+        id: SessionId,
+        outbox: &Outbox,
+    ) -> Registration<IpKey> {
+        let entry = Entry {
+            id,
+            outbox: outbox.clone(),
+        };
+        self.by_ip.add(&ip, entry, usize::MAX);
+        Registration {
+            sessions: Arc::clone(self),
+            key: ip,
+            id,
+        }
+    }
+
+    /// Registers an authenticated session of `user`, unless the user already has
+    /// `MAX_SESSIONS_PER_USER` here.
+    pub(crate) fn register_user(
+        self: &Arc<Self>,
+        user: &Arc<str>,
+        id: SessionId,
+        outbox: &Outbox,
+    ) -> Result<Registration<Arc<str>>, TooManySessions> {
+        let entry = Entry {
+            id,
+            outbox: outbox.clone(),
+        };
+        if !self.by_user.add(user, entry, self.max_per_user) {
+            return Err(TooManySessions);
+        }
+        Ok(Registration {
+            sessions: Arc::clone(self),
+            key: Arc::clone(user),
+            id,
+        })
+    }
+
+    /// Closes every session of `user` on this node with `code`; how many there were.
+    pub(crate) fn close_user(&self, user: &Arc<str>, code: CloseCode) -> usize {
+        self.by_user.close(user, code)
+    }
+
+    /// Closes every session from `ip` on this node with `code`; how many there were.
+    pub(crate) fn close_ip(&self, ip: &IpKey, code: CloseCode) -> usize {
+        self.by_ip.close(ip, code)
+    }
+
+    /// Sessions of `user` on this node.
+    pub(crate) fn user_count(&self, user: &Arc<str>) -> usize {
+        self.by_user.count(user)
+    }
+}
+
+/// A session's place in the registry, under one key; dropping it forgets the session.
+pub(crate) struct Registration<K: RegistryKey> {
+    sessions: Arc<Sessions>,
+    key: K,
+    id: SessionId,
+}
+
+/// The keys sessions are found by.
+pub(crate) trait RegistryKey: Eq + Hash + Clone {
+    fn index(sessions: &Sessions) -> &Index<Self>;
+}
+
+impl RegistryKey for Arc<str> {
+    fn index(sessions: &Sessions) -> &Index<Self> {
+        &sessions.by_user
+    }
+}
+
+impl RegistryKey for IpKey {
+    fn index(sessions: &Sessions) -> &Index<Self> {
+        &sessions.by_ip
+    }
+}
+
+impl<K: RegistryKey> Drop for Registration<K> {
+    fn drop(&mut self) {
+        K::index(&self.sessions).remove(&self.key, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_capped_closed_and_forgotten() {
+        let sessions = Sessions::new(2);
+        let (outbox, _rx) = Outbox::new(4, 1024);
+        let alice: Arc<str> = "alice".into();
+        let first = sessions.register_user(&alice, 1, &outbox).unwrap();
+        let _second = sessions.register_user(&alice, 2, &outbox).unwrap();
+        assert_eq!(
+            sessions.register_user(&alice, 3, &outbox).err(),
+            Some(TooManySessions)
+        );
+        assert_eq!(sessions.user_count(&alice), 2);
+        assert_eq!(sessions.close_user(&alice, CloseCode::Banned), 2);
+        assert_eq!(outbox.close_code(), Some(CloseCode::Banned));
+        drop(first);
+        assert_eq!(sessions.user_count(&alice), 1);
+        assert!(sessions.register_user(&alice, 4, &outbox).is_ok());
+    }
+
+    #[test]
+    fn addresses_are_closed_and_forgotten() {
+        let sessions = Sessions::new(1);
+        let (outbox, _rx) = Outbox::new(4, 1024);
+        let ip = IpKey::of([10, 0, 0, 1].into());
+        let registration = sessions.register_ip(ip, 1, &outbox);
+        assert_eq!(sessions.close_ip(&ip, CloseCode::Banned), 1);
+        drop(registration);
+        assert_eq!(sessions.close_ip(&ip, CloseCode::Banned), 0);
+        assert!(sessions.by_ip.sessions.is_empty(), "no empty list is kept");
+    }
+}
