@@ -47,6 +47,20 @@ fn base_settings() -> Vec<(String, String)> {
     .collect()
 }
 
+/// With `PALISADE_TEST_LOG` set (a tracing filter such as `palisade=debug`), the gateways of a
+/// test log to stderr: for investigating a failure, never needed to pass.
+fn init_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("PALISADE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
 /// Polls `check` every 10 ms until it holds; fails naming `what` after [`RECV_TIMEOUT`].
 pub(crate) async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
@@ -73,6 +87,7 @@ impl TestServer {
 
     /// Starts a gateway whose public listener is bound to `addr` (e.g. `[::]:0`).
     pub(crate) async fn on(addr: &str, overrides: &[(&str, &str)]) -> TestServer {
+        init_logs();
         let mut settings = base_settings();
         for (key, value) in overrides {
             settings.retain(|(k, _)| k != key);

@@ -142,6 +142,11 @@ impl RedisBroker {
         if let Err(err) = self.subscribe_rooms(&mut link, &rooms).await {
             return lost(BrokerFailure::Subscribe)(err);
         }
+        // Members hear that delivery is back before the `join`/`userleave` frames of what
+        // changed elsewhere meanwhile, which the fresh views below bring.
+        if std::mem::take(&mut course.interrupted) {
+            local.delivery_changed(Delivery::Restored);
+        }
         if let Err(err) = self.refresh_views(&mut link.conn, local, &rooms).await {
             return lost(BrokerFailure::Connect)(err);
         }
@@ -153,9 +158,6 @@ impl RedisBroker {
         }
         course.ever_connected = true;
         course.connected_since = Some(Instant::now());
-        if std::mem::take(&mut course.interrupted) {
-            local.delivery_changed(Delivery::Restored);
-        }
 
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
         let mut probe = tokio::time::interval(self.settings.probe_interval);
