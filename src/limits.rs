@@ -75,6 +75,15 @@ pub(crate) struct Quotas {
 }
 
 impl Quotas {
+    /// A user's message rate (messages a second) and burst.
+    pub(crate) fn user_rate(&self) -> (f64, u32) {
+        let per_cell = self.user_messages.replenish_interval().as_secs_f64();
+        (
+            1.0 / per_cell.max(f64::EPSILON),
+            self.user_messages.burst_size().get(),
+        )
+    }
+
     pub(crate) fn from_env(env: &Config) -> Result<Quotas, ConfigError> {
         Ok(Quotas {
             messages: quota(

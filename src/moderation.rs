@@ -118,6 +118,10 @@ impl LocalControl for Moderation {
         }
     }
 
+    fn local_sessions(&self) -> Vec<(Arc<str>, usize)> {
+        self.sessions.users()
+    }
+
     fn bans_in_force(&self) -> Vec<(Offender, u64)> {
         let now = std::time::SystemTime::now();
         self.bans

@@ -139,6 +139,20 @@ impl Sessions {
         self.by_ip.close(ip, code)
     }
 
+    /// Users with a session on this node, with how many each has.
+    pub(crate) fn users(&self) -> Vec<(Arc<str>, usize)> {
+        self.by_user
+            .sessions
+            .iter()
+            .map(|entry| (Arc::clone(entry.key()), entry.value().len()))
+            .collect()
+    }
+
+    /// `MAX_SESSIONS_PER_USER`.
+    pub(crate) fn max_per_user(&self) -> usize {
+        self.max_per_user
+    }
+
     /// Sessions of `user` on this node.
     pub(crate) fn user_count(&self, user: &Arc<str>) -> usize {
         self.by_user.count(user)

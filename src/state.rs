@@ -66,7 +66,9 @@ impl Gateway {
     pub fn new(settings: &Settings) -> Result<Arc<Gateway>, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let broker: Arc<dyn Broker> = match &settings.redis {
-            Some(redis) => RedisBroker::new(redis, Arc::clone(&metrics)),
+            Some(redis) => {
+                RedisBroker::new(redis, Arc::clone(&metrics), settings.quotas.user_rate())
+            }
             None => Arc::new(LocalBroker),
         };
         let sessions = Sessions::new(settings.admission.max_sessions_per_user.get() as usize);

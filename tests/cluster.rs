@@ -8,35 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw::{http, status};
-use common::redis::RedisServer;
+use common::redis::{broker_settings, node, node_with, RedisServer};
 use common::{token, Client, PacedSender, Pacing, TestServer};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Short broker periods, so that outages and expiries play out in seconds.
-fn broker_settings(redis: &RedisServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("REDIS_URL", redis.url()),
-        ("REDIS_KEY_TTL_SECS", "3".into()),
-        ("REDIS_TIMEOUT_MS", "500".into()),
-        ("REDIS_PROBE_INTERVAL_MS", "200".into()),
-        ("REDIS_RECONNECT_MAX_MS", "400".into()),
-    ]
-}
-
-async fn node_with(redis: &RedisServer, extra: &[(&str, &str)]) -> TestServer {
-    let settings = broker_settings(redis);
-    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    pairs.extend_from_slice(extra);
-    let node = TestServer::with(&pairs).await;
-    node.wait_ready().await;
-    node
-}
-
-async fn node(redis: &RedisServer) -> TestServer {
-    node_with(redis, &[]).await
-}
 
 /// Connects to `server`, authenticates as `sub`, joins `room`, and returns the client with the
 /// `totalUsers` of its own join acknowledgement.

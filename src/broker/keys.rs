@@ -8,6 +8,8 @@
 //! | `{prefix}node:{node}` | string | `1` while the node is alive | `REDIS_KEY_TTL_SECS` after its last heartbeat |
 //! | `{prefix}control` | Pub/Sub channel | bans, unbans and kicks (see `control`) | — |
 //! | `{prefix}ban:{offender}` | string | the ban's end, Unix milliseconds; `offender` is `user:ID` or `ip:ADDRESS` | when the ban ends |
+//! | `{prefix}sessions:{user}` | hash | field `{node}` → the user's sessions on that node | `REDIS_KEY_TTL_SECS` after the last node with sessions of the user stopped refreshing it |
+//! | `{prefix}rate:{user}:{window}` | string | the user's chat messages in that 5-second window (Unix time / 5 s), on every node | 10 s |
 //!
 //! Room names are validated before they get here (a small charset, bounded length), so they
 //! are used unescaped.
@@ -58,6 +60,16 @@ impl Keys {
             key.strip_prefix(self.prefix.as_str())?
                 .strip_prefix("ban:")?,
         )
+    }
+
+    /// A user's sessions on every node.
+    pub(crate) fn sessions(&self, user: &str) -> String {
+        format!("{}sessions:{user}", self.prefix)
+    }
+
+    /// A user's message count for one rate window.
+    pub(crate) fn rate(&self, user: &str, window: u64) -> String {
+        format!("{}rate:{user}:{window}", self.prefix)
     }
 
     /// A pattern that matches every ban key.

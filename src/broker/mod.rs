@@ -82,7 +82,7 @@ impl RoomEvent<'_> {
     }
 }
 
-pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T = ()> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Whether cross-node delivery works: what the hub tells its members when it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +146,9 @@ pub(crate) trait LocalControl: Send + Sync + 'static {
     /// The bans this node knows of, with their ends (Unix milliseconds), to write back to a
     /// Redis that was away when some of them were decided.
     fn bans_in_force(&self) -> Vec<(Offender, u64)>;
+
+    /// The users with sessions on this node, with how many each has.
+    fn local_sessions(&self) -> Vec<(Arc<str>, usize)>;
 }
 
 /// The seam between the hub and whatever carries rooms between nodes.
@@ -185,4 +188,48 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Stops after the sessions are gone: the last events are flushed and this node's
     /// presence is withdrawn, so other nodes need not wait for it to expire.
     fn stop(&self) -> BoxFuture<'_>;
+
+    /// Claims a place for one more session of `user` under `max` sessions counted on every
+    /// node: false when the user already has that many. One node alone (and a node whose
+    /// Redis is away) says yes: the cap on this node holds all the same.
+    fn claim_session<'a>(&'a self, _user: &'a Arc<str>, _max: usize) -> BoxFuture<'a, bool> {
+        Box::pin(std::future::ready(true))
+    }
+
+    /// A session of `user` whose place was claimed ended.
+    fn release_session(&self, _user: &Arc<str>) {}
+
+    /// Counts a chat message of `user` towards the rate all nodes share. Never blocks.
+    fn count_message(&self, _user: &Arc<str>) {}
+
+    /// Whether `user` is over the message rate counted on every node.
+    fn over_rate(&self, _user: &Arc<str>) -> bool {
+        false
+    }
+}
+
+/// A session's claimed place under the per-user cap of the cluster; dropping it gives it back.
+pub(crate) struct SessionClaim {
+    broker: Arc<dyn Broker>,
+    user: Arc<str>,
+}
+
+impl SessionClaim {
+    /// Claims a place for a session of `user` (see [`Broker::claim_session`]).
+    pub(crate) async fn claim(
+        broker: &Arc<dyn Broker>,
+        user: &Arc<str>,
+        max: usize,
+    ) -> Option<SessionClaim> {
+        broker.claim_session(user, max).await.then(|| SessionClaim {
+            broker: Arc::clone(broker),
+            user: Arc::clone(user),
+        })
+    }
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        self.broker.release_session(&self.user);
+    }
 }

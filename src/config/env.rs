@@ -193,6 +193,9 @@ pub struct Config {
     pub redis_reconnect_max_ms: u64,
     /// `REDIS_PUBLISH_QUEUE`: events waiting to be written to Redis.
     pub redis_publish_queue: usize,
+    /// `REDIS_RATE_SYNC_MS`: how often a node adds its users' messages to the counts every
+    /// node shares (the per-user rate's tolerance).
+    pub redis_rate_sync_ms: u64,
 }
 
 impl Default for Config {
@@ -278,6 +281,7 @@ impl Default for Config {
             redis_probe_interval_ms: 1000,
             redis_reconnect_max_ms: 5000,
             redis_publish_queue: 65_536,
+            redis_rate_sync_ms: 250,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{Session, State};
 use crate::auth::jwt::unix_now;
 use crate::auth::{AuthError, Identity};
 use crate::bans::Offender;
+use crate::broker::SessionClaim;
 use crate::metrics::labels::SessionState;
 use crate::protocol::CloseCode;
 
@@ -49,6 +50,14 @@ impl Session {
         else {
             return Err(self.refuse_auth(AuthError::TooManySessions));
         };
+        // The cap counted on every node: one round trip to Redis, within its timeout.
+        let max = self.gateway.sessions.max_per_user();
+        let Some(claim) =
+            SessionClaim::claim(self.gateway.hub.broker(), &identity.user_id, max).await
+        else {
+            return Err(self.refuse_auth(AuthError::TooManySessions));
+        };
+        self._claim = Some(claim);
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
         self.set_token_expiry(&identity);
         self.user = Some(registration);

@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::admission::Admitted;
 use crate::auth::Identity;
+use crate::broker::SessionClaim;
 use crate::client_ip::IpKey;
 use crate::hub::{Member, Membership};
 use crate::ids::SessionId;
@@ -106,6 +107,8 @@ struct Session {
     /// This session under its user (and the user's place under `MAX_SESSIONS_PER_USER`), once
     /// authenticated.
     user: Option<Registration<Arc<str>>>,
+    /// The user's place under `MAX_SESSIONS_PER_USER` counted on every node.
+    _claim: Option<SessionClaim>,
     timers: Timers,
 }
 
@@ -156,6 +159,7 @@ pub(crate) async fn run<S>(
         state: State::AwaitAuth,
         deadline: Some(started + settings.deadlines.auth),
         user: None,
+        _claim: None,
         timers: Timers::new(&settings.keepalive, started),
     };
     let end = session.run(&mut events).await;
@@ -338,7 +342,10 @@ impl Session {
             metrics.rate_limit(RateLimit::Message);
             return Err(CloseCode::RateLimited);
         }
-        if !self.gateway.user_messages.allow(&identity.user_id) {
+        let broker = self.gateway.hub.broker();
+        if !self.gateway.user_messages.allow(&identity.user_id)
+            || broker.over_rate(&identity.user_id)
+        {
             debug!(session = self.id, "user message rate exceeded");
             metrics.rate_limit(RateLimit::UserMessage);
             return Err(CloseCode::RateLimited);
@@ -348,6 +355,7 @@ impl Session {
             metrics.dropped(DropReason::Empty);
             return Ok(());
         }
+        broker.count_message(&identity.user_id);
         metrics.messages_received.inc();
         membership.publish(body);
         Ok(())

@@ -90,3 +90,27 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Short broker periods, so that outages and expiries play out in seconds.
+pub(crate) fn broker_settings(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", redis.url()),
+        ("REDIS_KEY_TTL_SECS", "3".into()),
+        ("REDIS_TIMEOUT_MS", "500".into()),
+        ("REDIS_PROBE_INTERVAL_MS", "200".into()),
+        ("REDIS_RECONNECT_MAX_MS", "400".into()),
+    ]
+}
+
+pub(crate) async fn node_with(redis: &RedisServer, extra: &[(&str, &str)]) -> super::TestServer {
+    let settings = broker_settings(redis);
+    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.extend_from_slice(extra);
+    let node = super::TestServer::with(&pairs).await;
+    node.wait_ready().await;
+    node
+}
+
+pub(crate) async fn node(redis: &RedisServer) -> super::TestServer {
+    node_with(redis, &[]).await
+}

@@ -137,6 +137,9 @@ impl RedisBroker {
         if let Err(err) = self.catch_up_notices(&mut link.conn, control).await {
             return lost(BrokerFailure::Connect)(err);
         }
+        if let Err(err) = self.sync_sessions(&mut link.conn, control, true).await {
+            return lost(BrokerFailure::Connect)(err);
+        }
         // Rooms created while the first subscriptions were on their way.
         let rooms = local.room_names();
         if let Err(err) = self.subscribe_rooms(&mut link, &rooms).await {
@@ -161,7 +164,8 @@ impl RedisBroker {
 
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
         let mut probe = tokio::time::interval(self.settings.probe_interval);
-        for timer in [&mut heartbeat, &mut probe] {
+        let mut rate_sync = tokio::time::interval(self.settings.rate_sync);
+        for timer in [&mut heartbeat, &mut probe, &mut rate_sync] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.reset();
         }
@@ -193,6 +197,14 @@ impl RedisBroker {
                 _ = heartbeat.tick() => {
                     if let Err(err) = self.heartbeat(local, &mut link).await {
                         return lost(BrokerFailure::Probe)(err);
+                    }
+                    if let Err(err) = self.sync_sessions(&mut link.conn, control, false).await {
+                        return lost(BrokerFailure::Probe)(err);
+                    }
+                }
+                _ = rate_sync.tick() => {
+                    if let Err(err) = self.sync_rates(&mut link.conn).await {
+                        return lost(BrokerFailure::Publish)(err);
                     }
                 }
                 _ = probe.tick() => {
@@ -445,7 +457,7 @@ mod tests {
             crate::broker::RedisSettings::from_env(&env(&[("REDIS_URL", "redis://127.0.0.1:1")]))
                 .unwrap()
                 .unwrap();
-        RedisBroker::new(&settings, Arc::new(Metrics::new()))
+        RedisBroker::new(&settings, Arc::new(Metrics::new()), (3.0, 5))
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod notices;
 mod presence;
 mod publisher;
 mod settings;
+mod users;
 
 pub(crate) use settings::RedisSettings;
 
@@ -65,6 +66,7 @@ use tokio_util::task::TaskTracker;
 use super::{BoxFuture, Broker, Keys, LocalControl, LocalRooms, Notice, RemoteEvent, RoomEvent};
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
+use users::Users;
 
 /// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -75,6 +77,8 @@ enum Outgoing {
     Room { room: String, event: RemoteEvent },
     /// A ban, unban or kick for the other nodes.
     Control(Notice),
+    /// A session of this user, counted on every node, ended.
+    Release(Arc<str>),
 }
 
 /// Ban and unban notices kept while Redis is away, to be written when it is back.
@@ -120,6 +124,8 @@ pub(crate) struct RedisBroker {
     dirty: Mutex<HashSet<String>>,
     /// Bans and unbans decided while Redis was away, in order.
     pending_control: Mutex<Vec<Notice>>,
+    /// The per-user limits every node shares.
+    users: Users,
     /// The command connection the publisher writes on, `None` while disconnected.
     connection: watch::Sender<Option<Link>>,
     /// Counts connected periods; a failure is only believed for the period it happened in.
@@ -133,8 +139,13 @@ pub(crate) struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker for these settings; nothing connects until [`Broker::start`].
-    pub(crate) fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// A broker for these settings, sharing `user_rate` (messages a second, and a burst) per
+    /// user; nothing connects until [`Broker::start`].
+    pub(crate) fn new(
+        settings: &RedisSettings,
+        metrics: Arc<Metrics>,
+        user_rate: (f64, u32),
+    ) -> Arc<Self> {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (outgoing, outgoing_rx) = mpsc::channel(settings.publish_queue.get());
         let node: Arc<str> = Arc::from(format!("{:016x}", rand::rng().random::<u64>()));
@@ -154,6 +165,7 @@ impl RedisBroker {
             })),
             dirty: Mutex::new(HashSet::new()),
             pending_control: Mutex::new(Vec::new()),
+            users: Users::new(user_rate.0, user_rate.1),
             connection: watch::Sender::new(None),
             generation: AtomicU64::new(0),
             failed_generation: AtomicU64::new(0),
@@ -219,6 +231,9 @@ impl RedisBroker {
                 }
             }
             Outgoing::Control(notice) => self.keep_pending(notice),
+            Outgoing::Release(user) => {
+                self.users.mark_dirty(&user);
+            }
         }
     }
 
@@ -312,6 +327,24 @@ impl Broker for RedisBroker {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    fn claim_session<'a>(&'a self, user: &'a Arc<str>, max: usize) -> BoxFuture<'a, bool> {
+        Box::pin(self.claim(user, max))
+    }
+
+    fn release_session(&self, user: &Arc<str>) {
+        self.release(user);
+    }
+
+    fn count_message(&self, user: &Arc<str>) {
+        if self.connected.load(Ordering::Relaxed) {
+            self.users.count_message(user);
+        }
+    }
+
+    fn over_rate(&self, user: &Arc<str>) -> bool {
+        self.users.over_rate(user)
     }
 
     fn stop(&self) -> BoxFuture<'_> {

@@ -85,6 +85,10 @@ impl RedisBroker {
                     self.write_notice(&mut pipe, notice);
                     continue;
                 }
+                Outgoing::Release(user) => {
+                    self.write_release(&mut pipe, user);
+                    continue;
+                }
             };
             *seq += 1;
             let payload = envelope::encode(&self.node, *seq, sent_at, event);

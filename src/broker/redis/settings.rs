@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::Client;
 
-use crate::config::{invalid, nonzero_usize, Config, ConfigError, Secret};
+use crate::config::{at_least, invalid, nonzero_usize, Config, ConfigError, Secret};
 
 /// Where Redis is and how the broker treats it; `None` (one node on its own) when `REDIS_URL`
 /// is unset or empty.
@@ -21,6 +21,8 @@ pub(crate) struct RedisSettings {
     pub probe_interval: Duration,
     pub reconnect_max: Duration,
     pub publish_queue: NonZeroUsize,
+    /// How often a node adds its users' messages to the counts every node shares.
+    pub rate_sync: Duration,
 }
 
 impl RedisSettings {
@@ -68,6 +70,11 @@ impl RedisSettings {
             probe_interval: Duration::from_millis(env.redis_probe_interval_ms),
             reconnect_max: Duration::from_millis(env.redis_reconnect_max_ms),
             publish_queue: nonzero_usize("REDIS_PUBLISH_QUEUE", env.redis_publish_queue)?,
+            rate_sync: Duration::from_millis(at_least(
+                "REDIS_RATE_SYNC_MS",
+                env.redis_rate_sync_ms,
+                50,
+            )?),
         }))
     }
 
@@ -91,6 +98,7 @@ mod tests {
             ("REDIS_PROBE_INTERVAL_MS", "100"),
             ("REDIS_RECONNECT_MAX_MS", "100"),
             ("REDIS_PUBLISH_QUEUE", "1"),
+            ("REDIS_RATE_SYNC_MS", "50"),
         ]))
         .unwrap()
         .expect("Redis is configured");
@@ -111,6 +119,7 @@ mod tests {
             ("REDIS_PROBE_INTERVAL_MS", "99"),
             ("REDIS_RECONNECT_MAX_MS", "99"),
             ("REDIS_PUBLISH_QUEUE", "0"),
+            ("REDIS_RATE_SYNC_MS", "49"),
         ] {
             let mut pairs = vec![("REDIS_URL", "redis://127.0.0.1:6379")];
             pairs.retain(|(k, _)| *k != var);
