@@ -34,7 +34,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
                 let gateway = Arc::clone(&service_gateway);
                 async move { Ok::<_, Infallible>(route(&gateway, &request)) }
             });
-            serving.serve(stream, peer, service, &stopping).await;
+            let deadline = serving.deadline();
+            serving
+                .serve(stream, peer, deadline, service, &stopping)
+                .await;
             drop(permit);
         });
     })

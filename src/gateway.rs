@@ -149,6 +149,9 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                 gateway.user_messages.housekeep();
                 gateway.moderation.bans().housekeep();
                 gateway.verifier.reload_revocations();
+                if let Some(tls) = &gateway.tls {
+                    tls.reload_if_changed();
+                }
                 gateway
                     .metrics
                     .revocation_invalid_lines

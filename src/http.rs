@@ -19,7 +19,9 @@ use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -116,58 +118,45 @@ fn is_per_connection_error(err: &io::Error) -> bool {
 }
 
 impl Serving {
-    /// Serves HTTP/1.1 on one connection until it ends, upgrades, outlives the head timeout,
-    /// or the gateway stops (then the response in flight may finish for a second).
-    pub(crate) async fn serve<S>(
+    /// When a connection accepted now must have upgraded (or finished) by.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.lifetime
+    }
+
+    /// Serves HTTP/1.1 on one connection until it ends, upgrades, passes `deadline` (from
+    /// [`deadline`](Self::deadline), taken at accept: a TLS handshake counts against it), or the
+    /// gateway stops (then the response in flight may finish for a second).
+    pub(crate) async fn serve<T, S>(
         &self,
-        stream: TcpStream,
+        stream: T,
         peer: SocketAddr,
+        deadline: Instant,
         service: S,
         stopping: &CancellationToken,
     ) where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<Incoming, ResBody = Body>,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         S::Future: Send,
     {
-        serve(
-            &self.builder,
-            self.lifetime,
-            stream,
-            peer,
-            service,
-            stopping,
-        )
-        .await
-    }
-}
-
-async fn serve<S>(
-    builder: &http1::Builder,
-    lifetime: Duration,
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: S,
-    stopping: &CancellationToken,
-) where
-    S: HttpService<Incoming, ResBody = Body>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send,
-{
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let deadline = tokio::time::sleep(lifetime);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(err) = result {
-                debug!(peer = %peer.ip(), %err, "http connection ended with an error");
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    debug!(peer = %peer.ip(), %err, "http connection ended with an error");
+                }
             }
-        }
-        _ = deadline => debug!(peer = %peer.ip(), "http connection timed out"),
-        _ = stopping.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;
+            _ = tokio::time::sleep_until(deadline) => {
+                debug!(peer = %peer.ip(), "http connection timed out");
+            }
+            _ = stopping.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;
+            }
         }
     }
 }

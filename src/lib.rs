@@ -66,6 +66,7 @@ pub mod shutdown;
 mod state;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod upgrade;
 
 pub use auth::mint;

@@ -70,6 +70,7 @@ pub(crate) async fn accept_loop(
         let public = Arc::clone(&public);
         let stopping = gateway.stopping.clone();
         let serving = Arc::clone(&serving);
+        let deadline = serving.deadline();
         gateway.tasks.spawn(async move {
             let held = Arc::new(held);
             let service_public = Arc::clone(&public);
@@ -78,7 +79,22 @@ pub(crate) async fn accept_loop(
                 let held = Arc::clone(&held);
                 async move { Ok::<_, Infallible>(public.route(peer, &held, request).await) }
             });
-            serving.serve(stream, peer, service, &stopping).await;
+            let Some(tls) = &public.gateway.tls else {
+                serving
+                    .serve(stream, peer, deadline, service, &stopping)
+                    .await;
+                return;
+            };
+            // The handshake, admitted already, has what is left of the time before the upgrade.
+            match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serving
+                        .serve(stream, peer, deadline, service, &stopping)
+                        .await
+                }
+                Ok(Err(err)) => debug!(peer = %peer.ip(), %err, "TLS handshake failed"),
+                Err(_) => debug!(peer = %peer.ip(), "TLS handshake timed out"),
+            }
         });
     })
     .await;

@@ -19,6 +19,7 @@ use crate::hub::RoomSettings;
 use crate::limits::Quotas;
 use crate::memory::Watermark;
 use crate::session::settings::Settings as SessionSettings;
+use crate::tls::TlsSettings;
 use crate::upgrade::UpgradePolicy;
 
 /// A validated configuration.
@@ -37,6 +38,7 @@ pub struct Settings {
     pub(crate) auth: AuthSettings,
     pub(crate) rooms: RoomSettings,
     pub(crate) memory: Watermark,
+    pub(crate) tls: Option<TlsSettings>,
     pub(crate) redis: Option<RedisSettings>,
 }
 
@@ -67,6 +69,7 @@ impl Settings {
             session,
             rooms: RoomSettings::from_env(&env)?,
             memory: Watermark::from_env(&env)?,
+            tls: TlsSettings::from_env(&env)?,
             redis: RedisSettings::from_env(&env)?,
             env,
         })

@@ -28,6 +28,7 @@ use crate::moderation::Moderation;
 use crate::session::settings::Settings as SessionSettings;
 use crate::sessions::Sessions;
 use crate::settings::{Lifecycle, Settings};
+use crate::tls::Tls;
 use crate::upgrade::UpgradePolicy;
 
 /// State shared by every connection.
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub(crate) lifecycle: Lifecycle,
     /// Whether new sockets are being shed for memory.
     pub(crate) memory: MemoryGuard,
+    /// TLS on the public port, with `TLS_CERT_FILE`.
+    pub(crate) tls: Option<Tls>,
     /// Connections the admin listener holds at most.
     pub(crate) admin_connections: Arc<Semaphore>,
     pub(crate) verifier: TokenVerifier,
@@ -93,6 +96,7 @@ impl Gateway {
             proxies: settings.proxies.clone(),
             lifecycle: settings.lifecycle,
             memory: MemoryGuard::new(settings.memory),
+            tls: settings.tls.as_ref().map(Tls::new).transpose()?,
             admin_connections: Arc::new(Semaphore::new(settings.listen.admin_max_connections)),
             stopping: CancellationToken::new(),
             session_tasks: TaskTracker::new(),

@@ -170,17 +170,24 @@ async fn an_http_1_0_upgrade_is_refused_before_any_101_and_refusals_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_slot_before_the_upgrade() {
-    let server =
-        TestServer::with(&[("MAX_CONNECTIONS", "60"), ("MAX_CONNECTIONS_PER_IP", "20")]).await;
+    // Idle connections stay for the (long) header timeout: nothing frees them meanwhile.
+    let server = TestServer::with(&[
+        ("MAX_CONNECTIONS", "60"),
+        ("MAX_CONNECTIONS_PER_IP", "20"),
+        ("HEADER_READ_TIMEOUT_MS", "30000"),
+    ])
+    .await;
     // 100 idle TCP connections from 127.0.0.1 that never send a byte.
     let mut idle = Vec::new();
     for _ in 0..100 {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
-    common::wait_until("the address holds its share", || {
-        server.probe().open_connections() <= 20
-    })
-    .await;
+    common::raw::settle().await;
+    assert!(
+        server.probe().open_connections() <= 20,
+        "the address holds more than its share: {}",
+        server.probe().open_connections()
+    );
     // Another address still gets in.
     let other = RawSocket::try_connect_from(server.addr, [127, 0, 0, 2].into(), &via("")).await;
     assert!(other.is_ok(), "{:?}", other.err());
@@ -267,13 +274,16 @@ async fn unsolicited_pongs_do_not_keep_a_socket_that_never_reads_alive() {
     socket
         .send_text(&json!({"type": "join", "room": "lobby"}).to_string())
         .await;
-    // Heartbeat pongs for three seconds, never reading (so never echoing a ping).
-    for _ in 0..15 {
+    // Heartbeat pongs for four seconds, never reading (so never echoing a ping): the socket is
+    // closed after the first unanswered ping (about 2 s in), and its close frame waits in our
+    // buffer. Counted as answers, the pongs would keep it open as long as they come.
+    for _ in 0..20 {
         socket
             .send_frame(common::raw::FIN | common::raw::PONG, b"alive")
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    socket.set_timeout(Duration::from_millis(300));
     assert_eq!(socket.close_code().await, Some(4010));
 }
 

@@ -167,6 +167,10 @@ pub struct Config {
     /// `ADMIN_MAX_CONNECTIONS`: open connections to the admin listener; more are closed at
     /// once.
     pub admin_max_connections: usize,
+    /// `TLS_CERT_FILE`: serve `wss://`: the certificate chain in PEM, leaf first.
+    pub tls_cert_file: Option<PathBuf>,
+    /// `TLS_KEY_FILE`: the private key of `TLS_CERT_FILE`, in PEM.
+    pub tls_key_file: Option<PathBuf>,
     /// `MEMORY_HIGH_WATERMARK`: memory use past which new upgrades get 503: a size, a
     /// percentage of the cgroup's (or the machine's) memory, or 0 for never.
     pub memory_high_watermark: String,
@@ -271,6 +275,8 @@ impl Default for Config {
             metrics_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_max_connections: 16,
             memory_high_watermark: "90%".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
             log_format: LogFormat::Text,
             log_level: "info".into(),
 

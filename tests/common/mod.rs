@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod jwks;
 pub(crate) mod raw;
 pub(crate) mod redis;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -261,6 +262,23 @@ impl Client {
             .expect("websocket connects");
         assert_eq!(response.status(), 101);
         Client { ws }
+    }
+
+    /// Connects over TLS with `tls` as the client configuration.
+    pub(crate) async fn connect_tls(
+        url: &str,
+        origin: &str,
+        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", HeaderValue::from_str(origin).unwrap());
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+                .await?;
+        Ok(Client { ws })
     }
 
     pub(crate) async fn send_json(&mut self, value: Value) {

@@ -141,6 +141,11 @@ impl RawSocket {
         let _ = self.stream.write_all(&encode_frame(first, payload)).await;
     }
 
+    /// How long reads wait for the server from now on.
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// Writes raw bytes (for headers that lie about their length).
     pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
