@@ -110,6 +110,10 @@ struct Common {
     /// Skip the bare ceiling server.
     #[arg(long)]
     no_ceiling: bool,
+    /// Start Palisade with this REDIS_URL: Pub/Sub between nodes and the limits shared through
+    /// Redis (bans, the per-user session cap and message rate) are then part of what is measured.
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,7 +226,10 @@ async fn under_test(common: &Common, es256: bool) -> anyhow::Result<Target> {
             origin: common.origin.clone(),
             pid: common.pid,
         }),
-        None => Target::palisade(&target::gateway_binary(common.gateway.clone())?, es256).await,
+        None => {
+            let binary = target::gateway_binary(common.gateway.clone())?;
+            Target::palisade(&binary, es256, common.redis.as_deref()).await
+        }
     }
 }
 

@@ -48,8 +48,12 @@ const QUIET: &[(&str, &str)] = &[
 
 impl Target {
     /// Starts `binary` (a `palisade` release build) on a free loopback port, signing with
-    /// `HS256` or `ES256`.
-    pub async fn palisade(binary: &Path, es256: bool) -> anyhow::Result<Target> {
+    /// `HS256` or `ES256`, on its own or joined to the Redis at `redis`.
+    pub async fn palisade(
+        binary: &Path,
+        es256: bool,
+        redis: Option<&str>,
+    ) -> anyhow::Result<Target> {
         let port = free_port()?;
         let secret = random_secret();
         let mut command = Command::new(binary);
@@ -61,6 +65,12 @@ impl Target {
             .env("ALLOWED_ORIGINS", ORIGIN)
             .envs(palisade::testing::NO_LIMITS.iter().copied())
             .envs(QUIET.iter().copied());
+        if let Some(url) = redis {
+            // A prefix of its own, so runs never meet each other's rooms, bans or counters.
+            command
+                .env("REDIS_URL", url)
+                .env("REDIS_PREFIX", format!("bench{}:", std::process::id()));
+        }
         let mut key_file = None;
         let signer = if es256 {
             let path =
