@@ -113,6 +113,7 @@ pub async fn start_with_pages(
     }
     gateway.tasks.spawn(housekeeping(Arc::clone(&gateway)));
     gateway.tasks.spawn(watch_memory(Arc::clone(&gateway)));
+    gateway.tasks.spawn(tick_rooms(Arc::clone(&gateway)));
     let rooms: Arc<dyn LocalRooms> = Arc::clone(&gateway.hub) as Arc<dyn LocalRooms>;
     let control: Arc<dyn LocalControl> = Arc::clone(&gateway.moderation) as Arc<dyn LocalControl>;
     Arc::clone(gateway.hub.broker()).start(rooms, control, &gateway.tasks);
@@ -158,6 +159,19 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                     .set(gateway.verifier.invalid_revocation_lines() as i64);
                 crate::memory::release_free_memory();
             }
+        }
+    }
+}
+
+/// Runs the rooms' clock until the gateway stops: held read positions relayed, expired history
+/// dropped.
+async fn tick_rooms(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(gateway.hub.tick_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gateway.stopping.cancelled() => return,
+            _ = tick.tick() => gateway.hub.tick(),
         }
     }
 }

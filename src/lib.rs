@@ -48,6 +48,7 @@ mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+mod history;
 mod http;
 mod hub;
 mod ids;

@@ -68,8 +68,10 @@ pub(crate) fn quota(
 pub(crate) struct Quotas {
     /// `message` frames per socket.
     pub messages: Quota,
-    /// `join`/`userleave` frames and token refreshes per socket.
+    /// `join`/`userleave`/`members`/`seen` frames and token refreshes per socket.
     pub control: Quota,
+    /// `typing` frames per socket.
+    pub typing: Quota,
     /// `message` frames per user, all sockets together.
     pub user_messages: Quota,
 }
@@ -94,6 +96,10 @@ impl Quotas {
                 ("CONTROL_RATE_PER_SEC", env.control_rate_per_sec),
                 ("CONTROL_BURST", env.control_burst),
             )?,
+            typing: quota(
+                ("TYPING_RATE_PER_SEC", env.typing_rate_per_sec),
+                ("TYPING_BURST", env.typing_burst),
+            )?,
             user_messages: quota(
                 ("USER_MSG_RATE_PER_SEC", env.user_msg_rate_per_sec),
                 ("USER_MSG_BURST", env.user_msg_burst),
@@ -107,6 +113,7 @@ impl Quotas {
 pub(crate) struct SessionQuotas {
     messages: Quota,
     control: Quota,
+    typing: Quota,
     /// Made once: a new quanta clock calibrates itself (CPUID, slow under a hypervisor), which
     /// per session cost a quarter of the gateway's CPU at thousands of connects a second.
     clock: DefaultClock,
@@ -117,6 +124,7 @@ impl SessionQuotas {
         Self {
             messages: quotas.messages,
             control: quotas.control,
+            typing: quotas.typing,
             clock: DefaultClock::default(),
         }
     }
@@ -126,6 +134,8 @@ impl SessionQuotas {
 pub(crate) struct SessionLimiters {
     messages: DefaultDirectRateLimiter,
     control: DefaultDirectRateLimiter,
+    /// Made at the first `typing` frame: most sockets never send one.
+    typing: Option<Box<DefaultDirectRateLimiter>>,
 }
 
 impl SessionLimiters {
@@ -133,7 +143,21 @@ impl SessionLimiters {
         Self {
             messages: RateLimiter::direct_with_clock(quotas.messages, quotas.clock.clone()),
             control: RateLimiter::direct_with_clock(quotas.control, quotas.clock.clone()),
+            typing: None,
         }
+    }
+
+    /// Spends one unit of the typing budget; false when over the limit.
+    pub(crate) fn allow_typing(&mut self, quotas: &SessionQuotas) -> bool {
+        self.typing
+            .get_or_insert_with(|| {
+                Box::new(RateLimiter::direct_with_clock(
+                    quotas.typing,
+                    quotas.clock.clone(),
+                ))
+            })
+            .check()
+            .is_ok()
     }
 
     /// Spends one unit of the message budget; false when over the limit.
@@ -189,6 +213,8 @@ mod tests {
             "MSG_BURST",
             "CONTROL_RATE_PER_SEC",
             "CONTROL_BURST",
+            "TYPING_RATE_PER_SEC",
+            "TYPING_BURST",
             "USER_MSG_RATE_PER_SEC",
             "USER_MSG_BURST",
         ] {

@@ -164,6 +164,15 @@ impl Outbox {
             .find(|known| known.code() == code)
     }
 
+    /// Room left in the queue: frames, and payload bytes.
+    pub(crate) fn spare(&self) -> (usize, usize) {
+        let queued = self.shared.queued_bytes.load(Ordering::Acquire);
+        (
+            self.queue.capacity(),
+            self.shared.max_bytes.saturating_sub(queued),
+        )
+    }
+
     /// Whether a delivery found the queue full.
     pub fn is_evicted(&self) -> bool {
         self.close_code() == Some(CloseCode::SlowConsumer)

@@ -17,7 +17,7 @@ use crate::RunningGateway;
 pub use crate::auth::jwt::unix_now;
 pub use crate::auth::TokenVerifier;
 pub use crate::outbox::{Outbound, Outbox, SharedPayload};
-pub use crate::protocol::ClientFrame;
+pub use crate::protocol::{ClientFrame, Since};
 pub use crate::session::reader::{self, Inbound, MessageReader, ReadLimits};
 pub use crate::session::writer::{self, CloseRequest};
 
@@ -36,6 +36,8 @@ pub const NO_LIMITS: &[(&str, &str)] = &[
     ("USER_MSG_BURST", "1000000"),
     ("CONTROL_RATE_PER_SEC", "1000000"),
     ("CONTROL_BURST", "1000000"),
+    ("TYPING_RATE_PER_SEC", "1000000"),
+    ("TYPING_BURST", "1000000"),
     ("BAN_STRIKES", "1000000"),
     ("MAX_TRACKED_CLIENTS", "1000000"),
 ];
@@ -114,6 +116,11 @@ impl Probe {
     /// Closes every session of `user`, on every node, with `code`.
     pub fn kick(&self, user: &str, code: crate::CloseCode) {
         self.0.moderation.kick(std::sync::Arc::from(user), code);
+    }
+
+    /// Bytes charged and messages held by the rooms' history on this node.
+    pub fn history_usage(&self) -> (usize, usize) {
+        self.0.hub.history_usage()
     }
 
     /// Sessions of `user` open on this node.

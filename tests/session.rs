@@ -398,7 +398,7 @@ async fn every_exit_path_leaves_no_ghost() {
 
     // An unknown type and a duplicate join close with 4004.
     for frame in [
-        json!({"type": "typing"}),
+        json!({"type": "shout"}),
         json!({"type": "join", "room": "lobby"}),
     ] {
         let mut leaver = server.joined("leaver", "lobby").await;

@@ -5,7 +5,16 @@
 //! {"v":1,"node":"3f9c…","seq":18,"ts":…,"event":"message","session":7,"username":"Bob","userId":"bob","body":"hi"}
 //! {"v":1,"node":"3f9c…","seq":19,"ts":…,"event":"leave","session":7}
 //! {"v":1,"node":"3f9c…","seq":20,"ts":…,"event":"sync","members":[{"session":7,"username":"Bob","userId":"bob"}]}
+//! {"v":1,"node":"3f9c…","seq":21,"ts":…,"event":"message",…,"body":"hi","offset":42,"epoch":"9b1d…"}
+//! {"v":1,"node":"3f9c…","seq":22,"ts":…,"event":"typing","session":7,"username":"Bob","userId":"bob"}
+//! {"v":1,"node":"3f9c…","seq":23,"ts":…,"event":"seen","username":"Bob","userId":"bob","offset":41}
 //! ```
+//!
+//! With history on, a message's `offset` and `epoch` are added by Redis itself, in the script
+//! that numbers, stores and publishes it: the node hands the script the envelope without its
+//! closing brace ([`encode_open`]) and the script appends `,"offset":N,"epoch":"E"}`. The same
+//! bytes are kept in the room's stream, so a message read back from history decodes like one
+//! received live.
 //!
 //! `node` is the publishing node's id (a node ignores its own envelopes: its members were
 //! served locally), `seq` grows by one per envelope a node publishes (a receiver drops any
@@ -21,10 +30,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::Position;
 use crate::ids::SessionId;
 
 const VERSION: u8 = 1;
-/// Node ids are ours (hex), but anything on the channel is checked before it is believed.
+/// Node ids and epochs are ours (hex), but anything on the channel is checked before it is
+/// believed.
 const MAX_NODE_ID_BYTES: usize = 64;
 
 /// A member on another node.
@@ -48,9 +59,19 @@ pub(crate) enum RemoteEvent {
         username: Arc<str>,
         user_id: Arc<str>,
         body: String,
+        /// The message's place in the room's history, given by Redis.
+        position: Option<Position>,
     },
     /// The publishing node's complete membership of the room.
     Sync(Vec<RemoteMember>),
+    /// A member is typing.
+    Typing(RemoteMember),
+    /// A user's read position rose.
+    Seen {
+        username: Arc<str>,
+        user_id: Arc<str>,
+        offset: u64,
+    },
 }
 
 /// A decoded envelope.
@@ -100,6 +121,10 @@ struct Wire<'a> {
     body: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     members: Option<Vec<RemoteMember>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    epoch: Option<Cow<'a, str>>,
 }
 
 impl<'a> Wire<'a> {
@@ -115,6 +140,8 @@ impl<'a> Wire<'a> {
             user_id: None,
             body: None,
             members: None,
+            offset: None,
+            epoch: None,
         }
     }
 
@@ -142,19 +169,49 @@ pub(super) fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent)
             username,
             user_id,
             body,
+            position,
         } => {
             wire = Wire::new(node, seq, sent_at_ms, "message");
             wire.session = Some(*session);
             wire.username = Some(Cow::Borrowed(username));
             wire.user_id = Some(Cow::Borrowed(user_id));
             wire.body = Some(Cow::Borrowed(body));
+            if let Some(position) = position {
+                wire.offset = Some(position.offset);
+                wire.epoch = Some(Cow::Borrowed(&position.epoch));
+            }
         }
         RemoteEvent::Sync(members) => {
             wire = Wire::new(node, seq, sent_at_ms, "sync");
             wire.members = Some(members.clone());
         }
+        RemoteEvent::Typing(member) => {
+            wire = Wire::new(node, seq, sent_at_ms, "typing");
+            wire.session = Some(member.session);
+            wire.username = Some(Cow::Borrowed(&member.username));
+            wire.user_id = Some(Cow::Borrowed(&member.user_id));
+        }
+        RemoteEvent::Seen {
+            username,
+            user_id,
+            offset,
+        } => {
+            wire = Wire::new(node, seq, sent_at_ms, "seen");
+            wire.username = Some(Cow::Borrowed(username));
+            wire.user_id = Some(Cow::Borrowed(user_id));
+            wire.offset = Some(*offset);
+        }
     }
     wire.to_bytes()
+}
+
+/// Encodes a message to be numbered by Redis: the envelope without its closing brace, for
+/// the script to complete with the offset and epoch it gives.
+pub(super) fn encode_open(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent) -> Vec<u8> {
+    let mut bytes = encode(node, seq, sent_at_ms, event);
+    debug_assert_eq!(bytes.last(), Some(&b'}'));
+    bytes.pop();
+    bytes
 }
 
 impl Envelope {
@@ -193,6 +250,18 @@ impl Envelope {
                     username,
                     user_id,
                 } = member("message")?;
+                let position = match (wire.offset, wire.epoch.as_deref()) {
+                    (None, None) => None,
+                    (Some(offset), Some(epoch))
+                        if !epoch.is_empty() && epoch.len() <= MAX_NODE_ID_BYTES =>
+                    {
+                        Some(Position {
+                            epoch: Arc::from(epoch),
+                            offset,
+                        })
+                    }
+                    _ => return Err(EnvelopeError::Incomplete("message")),
+                };
                 RemoteEvent::Message {
                     session,
                     username,
@@ -202,8 +271,23 @@ impl Envelope {
                         .as_deref()
                         .ok_or(EnvelopeError::Incomplete("message"))?
                         .to_owned(),
+                    position,
                 }
             }
+            "typing" => RemoteEvent::Typing(member("typing")?),
+            "seen" => RemoteEvent::Seen {
+                username: Arc::from(
+                    wire.username
+                        .as_deref()
+                        .ok_or(EnvelopeError::Incomplete("seen"))?,
+                ),
+                user_id: Arc::from(
+                    wire.user_id
+                        .as_deref()
+                        .ok_or(EnvelopeError::Incomplete("seen"))?,
+                ),
+                offset: wire.offset.ok_or(EnvelopeError::Incomplete("seen"))?,
+            },
             "sync" => RemoteEvent::Sync(
                 wire.members
                     .clone()
@@ -258,9 +342,26 @@ mod tests {
                 username: "Bob".into(),
                 user_id: "bob".into(),
                 body: "hi \"there\" \u{2028}".into(),
+                position: None,
             },
-            RemoteEvent::Sync(vec![bob]),
+            RemoteEvent::Message {
+                session: 7,
+                username: "Bob".into(),
+                user_id: "bob".into(),
+                body: "numbered".into(),
+                position: Some(Position {
+                    epoch: "e1".into(),
+                    offset: 42,
+                }),
+            },
+            RemoteEvent::Sync(vec![bob.clone()]),
             RemoteEvent::Sync(vec![]),
+            RemoteEvent::Typing(bob),
+            RemoteEvent::Seen {
+                username: "Bob".into(),
+                user_id: "bob".into(),
+                offset: 41,
+            },
         ];
         for (seq, event) in events.into_iter().enumerate() {
             let decoded = Envelope::decode(&encode("n1", seq as u64, 5, &event)).unwrap();
@@ -277,6 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn an_open_envelope_completed_as_the_script_does_decodes_with_its_position() {
+        let event = RemoteEvent::Message {
+            session: 7,
+            username: "Bob".into(),
+            user_id: "bob".into(),
+            body: "}".into(),
+            position: None,
+        };
+        let mut bytes = encode_open("n1", 3, 5, &event);
+        bytes.extend_from_slice(br#","offset":9,"epoch":"e2"}"#);
+        let decoded = Envelope::decode(&bytes).unwrap();
+        let RemoteEvent::Message { position, body, .. } = decoded.event else {
+            panic!("a message")
+        };
+        assert_eq!(body, "}");
+        assert_eq!(
+            position,
+            Some(Position {
+                epoch: "e2".into(),
+                offset: 9
+            })
+        );
+    }
+
+    #[test]
     fn garbage_is_refused() {
         for bad in [
             &b"not json"[..],
@@ -285,6 +411,9 @@ mod tests {
             br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"leave"}"#,
             br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"message","session":1,"username":"a","userId":"a"}"#,
             br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"explode"}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"message","session":1,"username":"a","userId":"a","body":"x","offset":1}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"message","session":1,"username":"a","userId":"a","body":"x","offset":1,"epoch":""}"#,
+            br#"{"v":1,"node":"n","seq":1,"ts":0,"event":"seen","username":"a","userId":"a"}"#,
         ] {
             assert!(Envelope::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

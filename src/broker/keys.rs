@@ -10,6 +10,9 @@
 //! | `{prefix}ban:{offender}` | string | the ban's end, Unix milliseconds; `offender` is `user:ID` or `ip:ADDRESS` | when the ban ends |
 //! | `{prefix}sessions:{user}` | hash | field `{node}` → the user's sessions on that node | `REDIS_KEY_TTL_SECS` after the last node with sessions of the user stopped refreshing it |
 //! | `{prefix}rate:{user}:{window}` | string | the user's chat messages in that 5-second window (Unix time / 5 s), on every node | 10 s |
+//! | `{prefix}position:{room}` | hash | `epoch` (made when missing) and `offset`, the room's last message | 7 × `HISTORY_TTL_SECS` after its last message |
+//! | `{prefix}history:{room}` | stream | the last `HISTORY_SIZE` message envelopes, entry id `0-{offset}`, field `e` | `HISTORY_TTL_SECS` after its last message |
+//! | `{prefix}seen:{room}` | hash | user id → the highest offset the user has seen | 7 × `HISTORY_TTL_SECS` after the last rise |
 //!
 //! Room names are validated before they get here (a small charset, bounded length), so they
 //! are used unescaped.
@@ -42,6 +45,21 @@ impl Keys {
 
     pub(crate) fn members(&self, room: &str) -> String {
         format!("{}members:{room}", self.prefix)
+    }
+
+    /// A room's epoch and last offset.
+    pub(crate) fn position(&self, room: &str) -> String {
+        format!("{}position:{room}", self.prefix)
+    }
+
+    /// A room's recent messages.
+    pub(crate) fn history(&self, room: &str) -> String {
+        format!("{}history:{room}", self.prefix)
+    }
+
+    /// A room's read positions.
+    pub(crate) fn seen(&self, room: &str) -> String {
+        format!("{}seen:{room}", self.prefix)
     }
 
     /// The channel of bans, unbans and kicks.

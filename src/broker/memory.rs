@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use super::{BoxFuture, Broker, LocalControl, LocalRooms, Notice, RoomEvent};
+use super::{BoxFuture, Broker, LocalControl, LocalRooms, MessageOrder, Notice, RoomEvent};
 
 /// The default broker, used when `REDIS_URL` is not set.
 #[derive(Debug, Default)]
@@ -25,7 +25,13 @@ impl Broker for LocalBroker {
         Box::pin(std::future::ready(()))
     }
 
-    fn publish(&self, _room: &str, _event: RoomEvent<'_>) {}
+    fn publish(&self, _room: &str, _event: RoomEvent<'_>) -> bool {
+        true
+    }
+
+    fn message_order(&self) -> MessageOrder {
+        MessageOrder::Here
+    }
 
     fn room_closed(&self, _room: &str) {}
 

@@ -31,6 +31,7 @@ pub(crate) use memory::LocalBroker;
 pub(crate) use redis::{RedisBroker, RedisSettings};
 
 use crate::bans::Offender;
+use crate::history::{Entry, Position};
 use crate::ids::SessionId;
 use crate::protocol::CloseCode;
 
@@ -50,6 +51,18 @@ pub(crate) enum RoomEvent<'a> {
         username: &'a Arc<str>,
         user_id: &'a Arc<str>,
         body: &'a str,
+    },
+    /// A member is typing (relayed, never stored).
+    Typing {
+        session: SessionId,
+        username: &'a Arc<str>,
+        user_id: &'a Arc<str>,
+    },
+    /// A user's read position rose (stored with Redis, then relayed).
+    Seen {
+        username: &'a Arc<str>,
+        user_id: &'a Arc<str>,
+        offset: u64,
     },
 }
 
@@ -77,9 +90,55 @@ impl RoomEvent<'_> {
                 username: Arc::clone(username),
                 user_id: Arc::clone(user_id),
                 body: body.to_owned(),
+                position: None,
+            },
+            RoomEvent::Typing {
+                session,
+                username,
+                user_id,
+            } => RemoteEvent::Typing(RemoteMember {
+                session,
+                username: Arc::clone(username),
+                user_id: Arc::clone(user_id),
+            }),
+            RoomEvent::Seen {
+                username,
+                user_id,
+                offset,
+            } => RemoteEvent::Seen {
+                username: Arc::clone(username),
+                user_id: Arc::clone(user_id),
+                offset,
             },
         }
     }
+}
+
+/// Who numbers a room's chat messages (with history on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MessageOrder {
+    /// This node, on its own.
+    Here,
+    /// The broker: every message, this node's own included, comes back through
+    /// [`LocalRooms::deliver_ordered`] with its offset, in order.
+    Broker,
+    /// Nobody, for now (Redis is away): messages are delivered on this node only, without
+    /// offsets, and not kept.
+    Unordered,
+}
+
+/// What became of a numbered message handed to the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ordered {
+    /// It was the room's next message: delivered and kept.
+    Delivered,
+    /// Already delivered.
+    Duplicate,
+    /// The room is behind it (messages in between are missing, or its epoch changed): the
+    /// broker must fetch a fresh view first.
+    Behind,
+    /// This node has no copy of the room's history (the room is not here, or not loaded).
+    Absent,
 }
 
 pub(crate) type BoxFuture<'a, T = ()> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -124,6 +183,16 @@ pub(crate) trait LocalRooms: Send + Sync + 'static {
 
     /// Tells every member on this node that cross-node delivery stopped or is back.
     fn delivery_changed(&self, delivery: Delivery);
+
+    /// Delivers a numbered chat message if it is the room's next one.
+    fn deliver_ordered(&self, room: &str, epoch: &Arc<str>, entry: Entry) -> Ordered;
+
+    /// Where this node's copy of the room's history stands, if it has one.
+    fn history_position(&self, room: &str) -> Option<Position>;
+
+    /// Takes a fresh view of the room's history (its position and newest entries, ascending):
+    /// delivers what this node's members missed, or tells them what is lost.
+    fn reload_history(&self, room: &str, position: Position, entries: Vec<Entry>);
 }
 
 /// A decision every node must enforce: a ban, its end, or a kick.
@@ -177,7 +246,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn room_created(&self, _room: &str) {}
 
     /// Hands a local event to the other nodes. Called under the room's lock: never blocks.
-    fn publish(&self, room: &str, event: RoomEvent<'_>);
+    /// False if it will not reach them (Redis away, the queue full).
+    fn publish(&self, room: &str, event: RoomEvent<'_>) -> bool;
+
+    /// Who numbers chat messages right now.
+    fn message_order(&self) -> MessageOrder;
+
+    /// `user`'s read position in `room` as every node knows it.
+    fn last_seen<'a>(&'a self, _room: &'a str, _user: &'a str) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(std::future::ready(None))
+    }
 
     /// The room has no local members any more.
     fn room_closed(&self, room: &str);

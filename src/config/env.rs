@@ -111,6 +111,30 @@ pub struct Config {
     /// `CLOSE_TIMEOUT_MS`: how long the close handshake may take before TCP is dropped.
     pub close_timeout_ms: u64,
 
+    /// `HISTORY_SIZE`: chat messages each room keeps (and numbers with offsets); 0 turns
+    /// history, offsets and recovery off.
+    pub history_size: usize,
+    /// `HISTORY_TTL_SECS`: how long a room keeps a message.
+    pub history_ttl_secs: u64,
+    /// `HISTORY_ON_JOIN`: past messages sent to a join that does not ask for a number.
+    pub history_on_join: usize,
+    /// `HISTORY_MAX_BYTES`: history (and read positions) one node keeps in memory in all; the
+    /// oldest entries of any room go first.
+    pub history_max_bytes: usize,
+    /// `MAX_MEMBERS_LISTED`: members in one `members` answer; more are left out and it says
+    /// `truncated`.
+    pub max_members_listed: usize,
+    /// `TYPING_RATE_PER_SEC`: sustained `typing` frames per second per socket.
+    pub typing_rate_per_sec: u32,
+    /// `TYPING_BURST`: `typing` frames allowed back to back.
+    pub typing_burst: u32,
+    /// `TYPING_INTERVAL_MS`: at most one `typing` frame is relayed per user per room per this
+    /// interval.
+    pub typing_interval_ms: u64,
+    /// `SEEN_INTERVAL_MS`: a user's read position is relayed to a room at most once per this
+    /// interval (the latest one, at its end).
+    pub seen_interval_ms: u64,
+
     /// `HEADER_READ_TIMEOUT_MS`: time for the HTTP request head to arrive.
     pub header_read_timeout_ms: u64,
     /// `MAX_HEADER_BYTES`: largest HTTP request head.
@@ -247,6 +271,16 @@ impl Default for Config {
             outbound_queue_frames: 256,
             max_outbound_bytes: 256 * 1024,
             close_timeout_ms: 1000,
+
+            history_size: 100,
+            history_ttl_secs: 24 * 60 * 60,
+            history_on_join: 0,
+            history_max_bytes: 64 * 1024 * 1024,
+            max_members_listed: 500,
+            typing_rate_per_sec: 2,
+            typing_burst: 10,
+            typing_interval_ms: 2000,
+            seen_interval_ms: 1000,
 
             header_read_timeout_ms: 5000,
             max_header_bytes: 8192,

@@ -1,5 +1,5 @@
 //! Rooms: their members on this node, what this node knows of their members on other nodes,
-//! and bounded fan-out.
+//! their history, and bounded fan-out.
 //!
 //! A room exists while it has local members: created on the first join, dropped with the last
 //! leave. (With a Redis broker it may also exist for a moment before the first join, holding the
@@ -8,36 +8,58 @@
 //! always consistent with every other change, and the broker hears of them in that order.
 //! Broadcasts only `try_send` into each member's [`Outbox`], so fan-out never awaits a socket.
 //!
+//! With history on, chat messages are numbered (see [`crate::history`]) and delivered in
+//! offset order under the room's write lock: by this node on its own, or, with Redis, as they
+//! come back from Redis (this node's own included), so every node delivers one order. A member
+//! that joined with the room extensions gets frames with offsets, `typing` and `seen` frames
+//! and the history notices; every other member gets GarinChat's frames byte for byte.
+//!
 //! [`Membership`] is the only way into a room, and leaving happens in its `Drop`: every exit
 //! path of a session (clean close, error, kick, shutdown, even a panic) removes the member
 //! exactly once and tells the others.
 
+mod frames;
 mod remote;
 mod room;
+mod signals;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::broker::{Broker, Delivery, RoomEvent};
-use crate::config::{nonzero_usize, Config, ConfigError};
+use crate::broker::{Broker, Delivery, MessageOrder, RoomEvent};
+use crate::config::{millis, nonzero_usize, Config, ConfigError};
+use crate::history::{self, HistorySettings, Request, Seen, Store};
 use crate::ids::SessionId;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
 use room::Room;
+use signals::Signals;
 
-/// What rooms may hold.
+/// What rooms may hold, and how they remember.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RoomSettings {
     /// Members per room, on every node together.
     pub max_members: usize,
+    /// Members in one `members` answer.
+    pub max_listed: usize,
+    /// At most one `typing` relayed per user per room per this.
+    pub typing_interval: Duration,
+    /// At most one read position relayed per user per room per this.
+    pub seen_interval: Duration,
+    pub history: HistorySettings,
 }
 
 impl RoomSettings {
     pub(crate) fn from_env(env: &Config) -> Result<RoomSettings, ConfigError> {
         Ok(RoomSettings {
             max_members: nonzero_usize("MAX_ROOM_MEMBERS", env.max_room_members)?.get(),
+            max_listed: nonzero_usize("MAX_MEMBERS_LISTED", env.max_members_listed)?.get(),
+            typing_interval: millis("TYPING_INTERVAL_MS", env.typing_interval_ms)?,
+            seen_interval: millis("SEEN_INTERVAL_MS", env.seen_interval_ms)?,
+            history: HistorySettings::from_env(env)?,
         })
     }
 }
@@ -49,12 +71,16 @@ pub(crate) struct Member {
     pub user_id: Arc<str>,
     pub display_name: Arc<str>,
     pub outbox: Outbox,
+    /// Joined with the room extensions (offsets, typing, seen, history notices).
+    pub extended: bool,
 }
 
 /// All rooms of this node.
 pub(crate) struct Hub {
     rooms: DashMap<String, Room>,
-    max_members: usize,
+    settings: RoomSettings,
+    history: Store,
+    signals: Signals,
     metrics: Arc<Metrics>,
     broker: Arc<dyn Broker>,
 }
@@ -63,15 +89,23 @@ pub(crate) struct Hub {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RoomFull;
 
+/// A read position past the room's last message: a protocol violation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SeenAhead;
+
 impl Hub {
     pub(crate) fn new(
         settings: &RoomSettings,
         metrics: Arc<Metrics>,
         broker: Arc<dyn Broker>,
     ) -> Arc<Hub> {
+        // One node numbers its rooms' messages itself; with Redis, its store is a copy.
+        let authoritative = broker.message_order() == MessageOrder::Here;
         Arc::new(Hub {
             rooms: DashMap::new(),
-            max_members: settings.max_members,
+            settings: *settings,
+            history: Store::new(settings.history, authoritative),
+            signals: Signals::new(settings.typing_interval, settings.seen_interval),
             metrics,
             broker,
         })
@@ -81,25 +115,39 @@ impl Hub {
         &self.broker
     }
 
-    /// Joins `room`, first asking the broker for the room's members elsewhere if this node has
-    /// none of its own yet.
+    /// History settings, for the sessions' requests.
+    pub(crate) fn history_settings(&self) -> &HistorySettings {
+        self.history.settings()
+    }
+
+    /// Joins `room`, first asking the broker for the room's members (and history) elsewhere if
+    /// this node has none of its own yet.
     pub(crate) async fn join_everywhere(
         self: &Arc<Self>,
         room: &str,
         member: Member,
+        request: &Request,
     ) -> Result<Membership, RoomFull> {
         if !self.rooms.contains_key(room) {
             self.broker.open_room(room).await;
         }
-        self.join(room, member)
+        let seen_elsewhere = if member.extended && self.history.enabled() {
+            self.broker.last_seen(room, &member.user_id).await
+        } else {
+            None
+        };
+        self.join(room, member, request, seen_elsewhere)
     }
 
-    /// Adds `member` to `room` and tells everyone in it, the joiner included (GarinChat's only
-    /// acknowledgement of a join). Returns the guard that removes the member when dropped.
+    /// Adds `member` to `room` and tells everyone in it; the joiner's copy of its `join` frame is
+    /// its acknowledgement (GarinChat's only one), followed by the history it asked for. Returns
+    /// the guard that removes the member when dropped.
     pub(crate) fn join(
         self: &Arc<Self>,
         room: &str,
         member: Member,
+        request: &Request,
+        seen_elsewhere: Option<u64>,
     ) -> Result<Membership, RoomFull> {
         let session_id = member.session_id;
         let mut created = false;
@@ -107,7 +155,7 @@ impl Hub {
             created = true;
             Room::new()
         });
-        if entry.total() >= self.max_members {
+        if entry.total() >= self.settings.max_members {
             return Err(RoomFull);
         }
         if created {
@@ -117,12 +165,11 @@ impl Hub {
             self.metrics.rooms.inc();
         }
         self.metrics.joins.inc();
-        let frame =
-            ServerFrame::join(&member.display_name, &member.user_id, entry.total() + 1).encode();
+        let total = entry.total() + 1;
+        let frame = ServerFrame::join(&member.display_name, &member.user_id, total).encode();
         // Joined while other nodes are out of reach: say so, as those already in rooms were.
         let notice =
             (!self.broker.is_connected()).then(|| remote::notice_frame(Delivery::Interrupted));
-        let joiner = member.outbox.clone();
         self.broker.publish(
             room,
             RoomEvent::Join {
@@ -131,6 +178,9 @@ impl Hub {
                 user_id: &member.user_id,
             },
         );
+        let replay = self.history.join(room, request, history::now_ms());
+        let seen = seen_elsewhere.max(self.history.seen(room, &member.user_id));
+        let welcome = frames::welcome(&member, total, &frame, replay, request, seen);
         let membership = Membership {
             hub: Arc::clone(self),
             room: room.to_owned(),
@@ -138,8 +188,14 @@ impl Hub {
             display_name: Arc::clone(&member.display_name),
             user_id: Arc::clone(&member.user_id),
         };
-        entry.members.insert(session_id, member);
-        entry.broadcast(&frame, None, &self.metrics);
+        let joiner = member.outbox.clone();
+        entry.broadcast(&frame, Some(session_id), &self.metrics);
+        entry.add(member);
+        let welcomed = welcome
+            .into_iter()
+            .filter(|frame| joiner.deliver(Outbound::text(frame.clone())))
+            .count();
+        self.metrics.messages_delivered.inc_by(welcomed as u64);
         drop(entry);
         if let Some(notice) = notice {
             joiner.deliver(Outbound::text(notice));
@@ -147,21 +203,49 @@ impl Hub {
         Ok(membership)
     }
 
-    /// Sends a chat message to every member of the room except the sender, here and elsewhere.
+    /// Sends a chat message to every member of the room except the sender, here and elsewhere,
+    /// numbered when history is on.
     fn publish(&self, sender: &Membership, body: &str) {
-        if let Some(entry) = self.rooms.get(&sender.room) {
-            let frame = ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
-            entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
-            self.broker.publish(
-                &sender.room,
-                RoomEvent::Message {
-                    session: sender.session_id,
-                    username: &sender.display_name,
-                    user_id: &sender.user_id,
-                    body,
-                },
-            );
+        let event = RoomEvent::Message {
+            session: sender.session_id,
+            username: &sender.display_name,
+            user_id: &sender.user_id,
+            body,
+        };
+        if !self.history.enabled() {
+            if let Some(entry) = self.rooms.get(&sender.room) {
+                let frame =
+                    ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
+                entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
+                self.broker.publish(&sender.room, event);
+            }
+            return;
         }
+        // The write lock: offsets are given and delivered in one order.
+        let Some(entry) = self.rooms.get_mut(&sender.room) else {
+            return;
+        };
+        match self.broker.message_order() {
+            MessageOrder::Here => {
+                let numbered = self.history.append(
+                    &sender.room,
+                    &sender.display_name,
+                    &sender.user_id,
+                    body,
+                    history::now_ms(),
+                );
+                if let Some(numbered) = numbered {
+                    entry.deliver(&numbered, Some(sender.session_id), &self.metrics);
+                    return;
+                }
+            }
+            // Delivered here when it comes back from the broker, numbered.
+            MessageOrder::Broker if self.broker.publish(&sender.room, event) => return,
+            MessageOrder::Broker | MessageOrder::Unordered => {}
+        }
+        // Nobody can number it now: delivered here only, without an offset, and not kept.
+        let frame = ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
+        entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
     }
 
     /// Removes a member and tells those who remain; false if it was not there.
@@ -169,7 +253,7 @@ impl Hub {
         let Some(mut entry) = self.rooms.get_mut(room) else {
             return false;
         };
-        let Some(member) = entry.members.remove(&session_id) else {
+        let Some(member) = entry.remove(session_id) else {
             return false;
         };
         self.broker.publish(
@@ -192,10 +276,96 @@ impl Hub {
                 .remove_if(room, |_, room| room.members.is_empty())
                 .is_some()
             {
+                self.history.closed(room);
                 self.broker.room_closed(room);
             }
         }
         true
+    }
+
+    /// Relays that a member is typing, at most once per user per room per `TYPING_INTERVAL_MS`.
+    fn typing(&self, member: &Membership) {
+        if !self.signals.typing(&member.room, &member.user_id) {
+            return;
+        }
+        if let Some(entry) = self.rooms.get(&member.room) {
+            let frame = ServerFrame::typing(&member.display_name, &member.user_id).encode();
+            entry.signal(&frame, Some(&member.user_id), &self.metrics);
+            self.broker.publish(
+                &member.room,
+                RoomEvent::Typing {
+                    session: member.session_id,
+                    username: &member.display_name,
+                    user_id: &member.user_id,
+                },
+            );
+        }
+    }
+
+    /// Records a member's read position and relays it, coalesced.
+    fn seen(&self, member: &Membership, offset: u64) -> Result<(), SeenAhead> {
+        match self
+            .history
+            .set_seen(&member.room, &member.user_id, offset, history::now_ms())
+        {
+            Seen::Ahead => Err(SeenAhead),
+            Seen::Unchanged | Seen::Unknown => Ok(()),
+            Seen::Raised => {
+                if self
+                    .signals
+                    .seen(&member.room, &member.user_id, &member.display_name, offset)
+                {
+                    self.relay_seen(&member.room, &member.display_name, &member.user_id, offset);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the room (here and elsewhere) how far a user has read.
+    fn relay_seen(&self, room: &str, username: &Arc<str>, user_id: &Arc<str>, offset: u64) {
+        if let Some(entry) = self.rooms.get(room) {
+            let frame = ServerFrame::seen(username, user_id, offset).encode();
+            entry.signal(&frame, None, &self.metrics);
+        }
+        self.broker.publish(
+            room,
+            RoomEvent::Seen {
+                username,
+                user_id,
+                offset,
+            },
+        );
+    }
+
+    /// The room's members on every node, one per user, as a `members` frame.
+    fn members(&self, room: &str) -> bytes::Bytes {
+        match self.rooms.get(room) {
+            Some(entry) => entry.listing(self.settings.max_listed),
+            None => room::Room::new().listing(self.settings.max_listed),
+        }
+    }
+
+    /// Work on a clock: coalesced read positions whose interval passed are relayed, expired
+    /// history goes, and the history gauges follow. Called by the gateway's timer.
+    pub(crate) fn tick(&self) {
+        for due in self.signals.due() {
+            self.relay_seen(&due.room, &due.username, &due.user_id, due.offset);
+        }
+        self.history.sweep(history::now_ms());
+        let (bytes, entries) = self.history.usage();
+        self.metrics.history_bytes.set(bytes as i64);
+        self.metrics.history_entries.set(entries as i64);
+    }
+
+    /// Bytes charged and messages held by this node's history.
+    pub(crate) fn history_usage(&self) -> (usize, usize) {
+        self.history.usage()
+    }
+
+    /// How often [`tick`](Self::tick) should run.
+    pub(crate) fn tick_interval(&self) -> Duration {
+        (self.settings.seen_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     /// Members of `room` on this node.
@@ -245,6 +415,21 @@ impl Membership {
     pub(crate) fn publish(&self, body: &str) {
         self.hub.publish(self, body);
     }
+
+    /// Tells the room's other members (with the extensions) that this user is typing.
+    pub(crate) fn typing(&self) {
+        self.hub.typing(self);
+    }
+
+    /// Records that this user has seen the room up to `offset`.
+    pub(crate) fn seen(&self, offset: u64) -> Result<(), SeenAhead> {
+        self.hub.seen(self, offset)
+    }
+
+    /// The room's members, as the frame that answers `{"type":"members"}`.
+    pub(crate) fn members(&self) -> bytes::Bytes {
+        self.hub.members(&self.room)
+    }
 }
 
 impl Drop for Membership {
@@ -254,100 +439,4 @@ impl Drop for Membership {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::LocalBroker;
-    use crate::outbox::OutboxReceiver;
-
-    fn member(id: SessionId) -> (Member, OutboxReceiver) {
-        let (outbox, rx) = Outbox::new(4, 1 << 20);
-        let name: Arc<str> = Arc::from(format!("user{id}"));
-        (
-            Member {
-                session_id: id,
-                user_id: name.clone(),
-                display_name: name,
-                outbox,
-            },
-            rx,
-        )
-    }
-
-    fn hub(max_members: usize) -> Arc<Hub> {
-        Hub::new(
-            &RoomSettings { max_members },
-            Arc::default(),
-            Arc::new(LocalBroker),
-        )
-    }
-
-    #[test]
-    fn settings_at_and_past_their_limits() {
-        use crate::config::tests::{assert_names, env};
-        let settings = RoomSettings::from_env(&env(&[("MAX_ROOM_MEMBERS", "1")])).unwrap();
-        assert_eq!(settings.max_members, 1);
-        assert_names(
-            RoomSettings::from_env(&env(&[("MAX_ROOM_MEMBERS", "0")])),
-            "MAX_ROOM_MEMBERS",
-        );
-    }
-
-    fn next_text(rx: &mut OutboxReceiver) -> String {
-        match rx.try_recv().expect("a frame") {
-            Outbound::Text(text) => String::from_utf8(text.bytes.to_vec()).unwrap(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn rooms_live_while_they_have_members() {
-        let hub = hub(2);
-        let (alice, mut alice_rx) = member(1);
-        let (bob, mut bob_rx) = member(2);
-        let a = hub.join("lobby", alice).unwrap();
-        assert!(next_text(&mut alice_rx).contains(r#""totalUsers":1"#));
-        let b = hub.join("lobby", bob).unwrap();
-        assert_eq!(
-            hub.join("lobby", member(3).0).err(),
-            Some(RoomFull),
-            "at the cap"
-        );
-        assert_eq!(hub.member_count("lobby"), 2);
-        assert!(next_text(&mut alice_rx).contains(r#""username":"user2","totalUsers":2"#));
-        assert!(next_text(&mut bob_rx).contains(r#""totalUsers":2"#));
-        assert_eq!(hub.member_count("lobby"), 2);
-
-        b.publish("x");
-        assert_eq!(
-            next_text(&mut alice_rx),
-            r#"{"type":"message","body":"x","username":"user2","userId":"user2"}"#
-        );
-        assert!(bob_rx.try_recv().is_none(), "no echo to the sender");
-
-        drop(b);
-        assert!(next_text(&mut alice_rx)
-            .contains(r#""type":"userleave","username":"user2","totalUsers":1"#));
-        drop(a);
-        assert_eq!(hub.room_count(), 0);
-    }
-
-    #[test]
-    fn a_full_queue_evicts_instead_of_blocking() {
-        let hub = hub(10);
-        let (slow, _slow_rx) = member(1);
-        let slow_outbox = slow.outbox.clone();
-        let (fast, _fast_rx) = member(2);
-        let _s = hub.join("lobby", slow).unwrap();
-        let f = hub.join("lobby", fast).unwrap();
-        // The slow member's queue (4) holds its own join and the fast one's: room for two more.
-        for _ in 0..2 {
-            f.publish("x");
-        }
-        assert!(
-            !slow_outbox.is_evicted(),
-            "a full queue is not yet an overflow"
-        );
-        f.publish("x");
-        assert!(slow_outbox.is_evicted());
-    }
-}
+mod tests;

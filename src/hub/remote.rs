@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::room::{RemoteKey, Room};
-use super::Hub;
-use crate::broker::{Delivery, LocalRooms, RemoteEvent, RemoteMember};
+use super::{frames, Hub};
+use crate::broker::{Delivery, LocalRooms, Ordered, RemoteEvent, RemoteMember};
+use crate::history::{self, Discontinuity, Entry, Position};
+use crate::metrics::labels::Discontinuity as Kind;
 use crate::protocol::{notice, ServerFrame};
 
 impl LocalRooms for Hub {
@@ -26,6 +28,8 @@ impl LocalRooms for Hub {
             RemoteEvent::Leave { session } => {
                 entry.remove_remote(&(Arc::clone(node), session), &self.metrics)
             }
+            // Numbered messages come through `deliver_ordered`; this one has no offset (history
+            // is off, or it was sent while Redis could not number it).
             RemoteEvent::Message {
                 username,
                 user_id,
@@ -34,6 +38,23 @@ impl LocalRooms for Hub {
             } => {
                 let frame = ServerFrame::message(&body, &username, &user_id).encode();
                 entry.broadcast(&frame, None, &self.metrics);
+            }
+            RemoteEvent::Typing(member) => {
+                let frame = ServerFrame::typing(&member.username, &member.user_id).encode();
+                entry.signal(&frame, Some(&member.user_id), &self.metrics);
+            }
+            RemoteEvent::Seen {
+                username,
+                user_id,
+                offset,
+            } => {
+                // Learned, so a join here can tell the user where it was; a position this
+                // node's copy has not reached yet is relayed all the same.
+                let _ = self
+                    .history
+                    .set_seen(room, &user_id, offset, history::now_ms());
+                let frame = ServerFrame::seen(&username, &user_id, offset).encode();
+                entry.signal(&frame, None, &self.metrics);
             }
             RemoteEvent::Sync(members) => {
                 let members = members
@@ -94,8 +115,57 @@ impl LocalRooms for Hub {
     }
 
     fn sweep_unjoined(&self, grace: Duration) {
-        self.rooms
-            .retain(|_, room| !room.members.is_empty() || room.created.elapsed() < grace);
+        self.rooms.retain(|name, room| {
+            let keep = !room.members.is_empty() || room.created.elapsed() < grace;
+            if !keep {
+                self.history.closed(name);
+            }
+            keep
+        });
+    }
+
+    fn deliver_ordered(&self, room: &str, epoch: &Arc<str>, entry: Entry) -> Ordered {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return Ordered::Absent;
+        };
+        let entry = Arc::new(entry);
+        if self.history.record(room, epoch, Arc::clone(&entry)) {
+            members.deliver(&entry, entry.from, &self.metrics);
+            return Ordered::Delivered;
+        }
+        match self.history.position(room) {
+            None => Ordered::Absent,
+            Some(at) if at.epoch == *epoch && entry.offset <= at.offset => Ordered::Duplicate,
+            Some(_) => Ordered::Behind,
+        }
+    }
+
+    fn history_position(&self, room: &str) -> Option<Position> {
+        self.history.position(room)
+    }
+
+    fn reload_history(&self, room: &str, position: Position, entries: Vec<Entry>) {
+        // Only rooms this node serves keep a copy (else nothing would ever drop it).
+        let Some(members) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let reloaded = self
+            .history
+            .reload(room, position, entries, history::now_ms());
+        match &reloaded.notice {
+            Some(what) => {
+                self.metrics.discontinuity(match what {
+                    Discontinuity::Gap(_) => Kind::GapLost,
+                    Discontinuity::Reset(_) => Kind::Reset,
+                });
+                members.signal(&frames::discontinuity(what), None, &self.metrics);
+            }
+            None if !reloaded.missed.is_empty() => self.metrics.discontinuity(Kind::GapFilled),
+            None => {}
+        }
+        for entry in &reloaded.missed {
+            members.deliver(entry, entry.from, &self.metrics);
+        }
     }
 
     fn delivery_changed(&self, delivery: Delivery) {

@@ -1,25 +1,28 @@
 //! One room on this node: its local members, what this node knows of its members on other
 //! nodes, and fan-out to the local members.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::Member;
+use super::{frames, Member};
 use crate::broker::RemoteMember;
+use crate::history::Entry;
 use crate::ids::SessionId;
 use crate::metrics::labels::DropReason;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, SharedPayload};
-use crate::protocol::ServerFrame;
+use crate::protocol::{Listed, MembersFrame, ServerFrame};
 
 /// A member on another node: the node's id and its session id.
 pub(super) type RemoteKey = (Arc<str>, SessionId);
 
 pub(super) struct Room {
     pub(super) members: HashMap<SessionId, Member>,
+    /// Local members with the room extensions.
+    extended: usize,
     pub(super) remote: HashMap<RemoteKey, RemoteMember>,
     /// The last envelope sequence number seen from each node, to drop duplicates.
     pub(super) last_seq: HashMap<Arc<str>, u64>,
@@ -30,6 +33,7 @@ impl Room {
     pub(super) fn new() -> Room {
         Room {
             members: HashMap::new(),
+            extended: 0,
             remote: HashMap::new(),
             last_seq: HashMap::new(),
             created: Instant::now(),
@@ -53,23 +57,110 @@ impl Room {
         self.members.len() + self.remote.len()
     }
 
+    pub(super) fn add(&mut self, member: Member) {
+        self.extended += usize::from(member.extended);
+        self.members.insert(member.session_id, member);
+    }
+
+    pub(super) fn remove(&mut self, session: SessionId) -> Option<Member> {
+        let member = self.members.remove(&session)?;
+        self.extended -= usize::from(member.extended);
+        Some(member)
+    }
+
     /// Queues `frame` to every local member but `except`, never waiting.
     pub(super) fn broadcast(&self, frame: &Bytes, except: Option<SessionId>, metrics: &Metrics) {
-        let shared = SharedPayload::new(frame.clone());
+        self.fan_out(
+            Some(frame),
+            Some(frame),
+            |member| Some(member.session_id) != except,
+            metrics,
+        );
+    }
+
+    /// Queues a numbered message to every local member but its sender: with its offset to
+    /// members with the room extensions, as GarinChat's frame to the others.
+    pub(super) fn deliver(&self, entry: &Entry, except: Option<SessionId>, metrics: &Metrics) {
+        let plain = (self.members.len() > self.extended).then(|| frames::live(entry, false));
+        let extended = (self.extended > 0).then(|| frames::live(entry, true));
+        self.fan_out(
+            plain.as_ref(),
+            extended.as_ref(),
+            |member| Some(member.session_id) != except,
+            metrics,
+        );
+    }
+
+    /// Queues a frame of the room extensions (`typing`, `seen`, a history notice) to the
+    /// members that have them, but `except_user`'s.
+    pub(super) fn signal(&self, frame: &Bytes, except_user: Option<&str>, metrics: &Metrics) {
+        if self.extended == 0 {
+            return;
+        }
+        self.fan_out(
+            None,
+            Some(frame),
+            |member| except_user.is_none_or(|user| *member.user_id != *user),
+            metrics,
+        );
+    }
+
+    /// Queues `plain` to members without the room extensions and `extended` to those with
+    /// them (either may be left out), to each member `to` accepts.
+    fn fan_out(
+        &self,
+        plain: Option<&Bytes>,
+        extended: Option<&Bytes>,
+        to: impl Fn(&Member) -> bool,
+        metrics: &Metrics,
+    ) {
+        let plain = plain.map(|frame| SharedPayload::new(frame.clone()));
+        let extended = extended.map(|frame| SharedPayload::new(frame.clone()));
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
-            if Some(member.session_id) != except {
-                if member.outbox.deliver(Outbound::Text(Arc::clone(&shared))) {
-                    delivered += 1;
-                } else {
-                    dropped += 1;
-                }
+            let frame = if member.extended { &extended } else { &plain };
+            let Some(frame) = frame else { continue };
+            if !to(member) {
+                continue;
+            }
+            if member.outbox.deliver(Outbound::Text(Arc::clone(frame))) {
+                delivered += 1;
+            } else {
+                dropped += 1;
             }
         }
         metrics.messages_delivered.inc_by(delivered);
         if dropped > 0 {
             metrics.dropped_by(DropReason::QueueFull, dropped);
         }
+    }
+
+    /// The members on every node, one per user (sorted by user id), at most `max` of them.
+    pub(super) fn listing(&self, max: usize) -> Bytes {
+        let mut users: BTreeMap<&str, &str> = BTreeMap::new();
+        let local = self
+            .members
+            .values()
+            .map(|member| (&*member.user_id, &*member.display_name));
+        let remote = self
+            .remote
+            .values()
+            .map(|member| (&*member.user_id, &*member.username));
+        for (user_id, username) in local.chain(remote) {
+            users.entry(user_id).or_insert(username);
+        }
+        let total = users.len();
+        MembersFrame {
+            kind: "members",
+            members: users
+                .into_iter()
+                .take(max)
+                .map(|(user_id, username)| Listed { user_id, username })
+                .collect(),
+            total,
+            truncated: total > max,
+        }
+        .encode()
     }
 
     pub(super) fn add_remote(&mut self, node: &Arc<str>, member: RemoteMember, metrics: &Metrics) {

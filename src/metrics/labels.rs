@@ -80,6 +80,17 @@ label_enums! {
         Message,
         UserMessage,
         Control,
+        Typing,
+    }
+
+    /// Where a room's members could not simply be given the next message.
+    Discontinuity("kind") {
+        /// Messages a node missed were fetched from Redis and delivered in order.
+        GapFilled,
+        /// Messages were lost for good: members were sent `history_gap`.
+        GapLost,
+        /// The room's history was lost (its epoch changed): members were sent `history_reset`.
+        Reset,
     }
 
     /// Who a ban is against.

@@ -18,8 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::auth::error::AuthError;
 use crate::protocol::close::CloseCode;
 use labels::{
-    BanKind, BrokerDrop, BrokerFailure, CloseLabel, DropReason, FetchResult, Initiator, Label,
-    LabelValue, Outcome, RateLimit, SessionState,
+    BanKind, BrokerDrop, BrokerFailure, CloseLabel, Discontinuity, DropReason, FetchResult,
+    Initiator, Label, LabelValue, Outcome, RateLimit, SessionState,
 };
 
 /// A counter per value of a label enum.
@@ -55,6 +55,9 @@ pub struct Metrics {
     pub memory_used: Gauge,
     pub memory_shedding: Gauge,
     pub revocation_invalid_lines: Gauge,
+    pub history_bytes: Gauge,
+    pub history_entries: Gauge,
+    pub history_discontinuities: Counters<Discontinuity>,
 }
 
 impl Default for Metrics {
@@ -160,7 +163,7 @@ impl Metrics {
             ),
             rate_limited: r.family(
                 "rate_limited",
-                "Sockets closed for going over a rate (message, user_message, control)",
+                "Sockets closed for going over a rate (message, user_message, control, typing)",
             ),
             bans: r.family("bans", "Bans imposed (ip, user)"),
             sessions_abandoned: r.metric(
@@ -224,6 +227,20 @@ impl Metrics {
                 "revocation_invalid_lines",
                 "Lines of REVOCATION_FILE skipped at its last read",
                 Gauge::default(),
+            ),
+            history_bytes: r.metric(
+                "history_bytes",
+                "Bytes of room history and read positions held on this node (HISTORY_MAX_BYTES bounds it)",
+                Gauge::default(),
+            ),
+            history_entries: r.metric(
+                "history_entries",
+                "Chat messages held in rooms' history on this node",
+                Gauge::default(),
+            ),
+            history_discontinuities: r.family(
+                "history_discontinuities",
+                "Rooms whose members could not simply be given the next message (gap_filled, gap_lost, reset)",
             ),
             registry: r.0,
         }
@@ -289,6 +306,12 @@ impl Metrics {
 
     pub fn broker_error(&self, kind: BrokerFailure) {
         self.broker_errors.get_or_create(&Label(kind)).inc();
+    }
+
+    pub fn discontinuity(&self, kind: Discontinuity) {
+        self.history_discontinuities
+            .get_or_create(&Label(kind))
+            .inc();
     }
 
     pub fn broker_drop(&self, reason: BrokerDrop) {

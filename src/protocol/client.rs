@@ -2,8 +2,9 @@
 //!
 //! Client frames are decoded by hand-written serde visitors so that keys match
 //! case-insensitively (as Go's `encoding/json` did for GarinChat clients), duplicate keys are
-//! refused (two parsers must never disagree about which `type` a frame has), and known fields
-//! must be strings.
+//! refused (two parsers must never disagree about which `type` a frame has), GarinChat's fields
+//! must be strings, and the room extensions' (`history`, `since`, `offset`) have their own
+//! types.
 
 use std::fmt;
 
@@ -18,12 +19,18 @@ pub enum ClientFrame {
         /// The JWT.
         token: String,
     },
-    /// `{"type":"join","room":ROOM}`, with the name GarinChat clients send.
+    /// `{"type":"join","room":ROOM}`, with the name GarinChat clients send, and what the
+    /// client wants of the room's history (either turns on the room extensions for the
+    /// socket: offsets, typing, seen, history notices).
     Join {
         /// The client's display name (used only with `TRUST_CLIENT_USERNAME`).
         username: Option<String>,
         /// The room.
         room: String,
+        /// `"history":N`: the last N messages (at most `HISTORY_SIZE`).
+        history: Option<u64>,
+        /// `"since":{"epoch":E,"offset":N}`: exactly the messages after this position.
+        since: Option<Since>,
     },
     /// `{"type":"message","body":TEXT}`: chat to the room.
     Message {
@@ -32,6 +39,24 @@ pub enum ClientFrame {
     },
     /// `{"type":"userleave"}`: leave the room.
     UserLeave,
+    /// `{"type":"members"}`: who is in the room.
+    Members,
+    /// `{"type":"typing"}`: the member is typing.
+    Typing,
+    /// `{"type":"seen","offset":N}`: the member has seen the room up to offset N.
+    Seen {
+        /// The highest offset seen.
+        offset: u64,
+    },
+}
+
+/// A position in a room's history, as a client remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Since {
+    /// The room's epoch when the client saw `offset`.
+    pub epoch: String,
+    /// The last offset the client saw.
+    pub offset: u64,
 }
 
 /// Why a client frame was refused. All map to [`CloseCode::ProtocolViolation`].
@@ -54,6 +79,9 @@ struct RawClientFrame {
     body: Option<String>,
     username: Option<String>,
     room: Option<String>,
+    history: Option<u64>,
+    since: Option<Since>,
+    offset: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for RawClientFrame {
@@ -79,18 +107,39 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
                 KeyName::Body => &mut frame.body,
                 KeyName::Username => &mut frame.username,
                 KeyName::Room => &mut frame.room,
+                KeyName::History => {
+                    fill(&mut frame.history, &mut map)?;
+                    continue;
+                }
+                KeyName::Since => {
+                    fill(&mut frame.since, &mut map)?;
+                    continue;
+                }
+                KeyName::Offset => {
+                    fill(&mut frame.offset, &mut map)?;
+                    continue;
+                }
                 KeyName::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
             };
-            if slot.is_some() {
-                return Err(de::Error::custom("duplicate key"));
-            }
-            *slot = Some(map.next_value::<String>()?);
+            fill(slot, &mut map)?;
         }
         Ok(frame)
     }
+}
+
+/// Reads the value of a known key into its slot; a key given twice is refused.
+fn fill<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::custom("duplicate key"));
+    }
+    *slot = Some(map.next_value::<T>()?);
+    Ok(())
 }
 
 /// A key of a client frame. Borrowed where possible: no allocation for the usual keys.
@@ -99,6 +148,9 @@ enum KeyName {
     Body,
     Username,
     Room,
+    History,
+    Since,
+    Offset,
     Other,
 }
 
@@ -120,6 +172,12 @@ impl<'de> Deserialize<'de> for KeyName {
                     KeyName::Username
                 } else if is("room") {
                     KeyName::Room
+                } else if is("history") {
+                    KeyName::History
+                } else if is("since") {
+                    KeyName::Since
+                } else if is("offset") {
+                    KeyName::Offset
                 } else {
                     KeyName::Other
                 })
@@ -143,12 +201,19 @@ impl ClientFrame {
             Some("join") => Ok(ClientFrame::Join {
                 username: raw.username,
                 room: raw.room.ok_or(DecodeError::MissingField("room"))?,
+                history: raw.history,
+                since: raw.since,
             }),
             Some("message") => Ok(ClientFrame::Message {
                 // A message without a body is an empty message: dropped, not relayed.
                 body: raw.body.unwrap_or_default(),
             }),
             Some("userleave") => Ok(ClientFrame::UserLeave),
+            Some("members") => Ok(ClientFrame::Members),
+            Some("typing") => Ok(ClientFrame::Typing),
+            Some("seen") => Ok(ClientFrame::Seen {
+                offset: raw.offset.ok_or(DecodeError::MissingField("offset"))?,
+            }),
             Some(_) => Err(DecodeError::UnknownType),
         }
     }
@@ -157,12 +222,30 @@ impl ClientFrame {
     pub fn encode(&self) -> String {
         let value = match self {
             ClientFrame::Auth { token } => serde_json::json!({"type": "auth", "body": token}),
-            ClientFrame::Join { username, room } => match username {
-                Some(name) => serde_json::json!({"type": "join", "username": name, "room": room}),
-                None => serde_json::json!({"type": "join", "room": room}),
-            },
+            ClientFrame::Join {
+                username,
+                room,
+                history,
+                since,
+            } => {
+                let mut join = serde_json::json!({"type": "join", "room": room});
+                if let Some(name) = username {
+                    join["username"] = name.as_str().into();
+                }
+                if let Some(history) = history {
+                    join["history"] = (*history).into();
+                }
+                if let Some(since) = since {
+                    join["since"] =
+                        serde_json::json!({"epoch": since.epoch, "offset": since.offset});
+                }
+                join
+            }
             ClientFrame::Message { body } => serde_json::json!({"type": "message", "body": body}),
             ClientFrame::UserLeave => serde_json::json!({"type": "userleave"}),
+            ClientFrame::Members => serde_json::json!({"type": "members"}),
+            ClientFrame::Typing => serde_json::json!({"type": "typing"}),
+            ClientFrame::Seen { offset } => serde_json::json!({"type": "seen", "offset": offset}),
         };
         value.to_string()
     }
@@ -184,7 +267,9 @@ mod tests {
             ClientFrame::decode(r#"{"type":"join","username":"bob","room":"lobby"}"#),
             Ok(ClientFrame::Join {
                 username: Some("bob".into()),
-                room: "lobby".into()
+                room: "lobby".into(),
+                history: None,
+                since: None,
             })
         );
         assert_eq!(
@@ -194,6 +279,57 @@ mod tests {
         assert_eq!(
             ClientFrame::decode(r#"{"type":"userleave"}"#),
             Ok(ClientFrame::UserLeave)
+        );
+    }
+
+    #[test]
+    fn decodes_the_room_extensions() {
+        assert_eq!(
+            ClientFrame::decode(
+                r#"{"type":"join","room":"r","history":20,"since":{"epoch":"e1","offset":7}}"#
+            ),
+            Ok(ClientFrame::Join {
+                username: None,
+                room: "r".into(),
+                history: Some(20),
+                since: Some(Since {
+                    epoch: "e1".into(),
+                    offset: 7
+                }),
+            })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"seen","offset":3}"#),
+            Ok(ClientFrame::Seen { offset: 3 })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"typing"}"#),
+            Ok(ClientFrame::Typing)
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"members"}"#),
+            Ok(ClientFrame::Members)
+        );
+        for bad in [
+            r#"{"type":"join","room":"r","history":-1}"#,
+            r#"{"type":"join","room":"r","history":"5"}"#,
+            r#"{"type":"join","room":"r","history":1.5}"#,
+            r#"{"type":"join","room":"r","history":1,"HISTORY":2}"#,
+            r#"{"type":"join","room":"r","since":{"epoch":"e"}}"#,
+            r#"{"type":"join","room":"r","since":{"epoch":1,"offset":1}}"#,
+            r#"{"type":"join","room":"r","since":[]}"#,
+            r#"{"type":"seen","offset":"3"}"#,
+            r#"{"type":"seen","offset":18446744073709551616}"#,
+        ] {
+            assert_eq!(
+                ClientFrame::decode(bad),
+                Err(DecodeError::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"seen"}"#),
+            Err(DecodeError::MissingField("offset"))
         );
     }
 
@@ -255,9 +391,23 @@ mod tests {
             ClientFrame::Join {
                 username: None,
                 room: "lobby".into(),
+                history: None,
+                since: None,
+            },
+            ClientFrame::Join {
+                username: Some("b".into()),
+                room: "lobby".into(),
+                history: Some(3),
+                since: Some(Since {
+                    epoch: "e".into(),
+                    offset: 9,
+                }),
             },
             ClientFrame::Message { body: "<x>".into() },
             ClientFrame::UserLeave,
+            ClientFrame::Members,
+            ClientFrame::Typing,
+            ClientFrame::Seen { offset: 4 },
         ] {
             assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame));
         }

@@ -8,7 +8,7 @@ pub(crate) mod client;
 pub(crate) mod close;
 pub(crate) mod server;
 
-pub use client::ClientFrame;
+pub use client::{ClientFrame, Since};
 pub(crate) use close::is_valid_peer_close_code;
 pub use close::CloseCode;
-pub(crate) use server::{notice, ServerFrame};
+pub(crate) use server::{notice, Listed, MembersFrame, ServerFrame};

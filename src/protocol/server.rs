@@ -11,14 +11,21 @@ pub(crate) mod notice {
     /// Cross-node delivery stopped (Redis is unreachable): members on this node still reach
     /// each other, but messages from and to other nodes are being missed.
     pub(crate) const DELIVERY_INTERRUPTED: &str = "delivery_interrupted";
-    /// Cross-node delivery is back. What was sent meanwhile is not replayed; `join` and
-    /// `userleave` frames follow for whoever arrived or left on other nodes.
+    /// Cross-node delivery is back. `join` and `userleave` frames follow for whoever arrived
+    /// or left on other nodes, and, with history on, the messages this node missed.
     pub(crate) const DELIVERY_RESTORED: &str = "delivery_restored";
+    /// Messages up to the given position are lost for good (only to sockets with the room
+    /// extensions).
+    pub(crate) const HISTORY_GAP: &str = "history_gap";
+    /// The room's history was lost and its offsets start again in a new epoch (only to
+    /// sockets with the room extensions).
+    pub(crate) const HISTORY_RESET: &str = "history_reset";
 }
 
 /// A frame from the server. Field order and names are GarinChat's; `userId` is Palisade's
-/// addition (the token's subject) and comes last.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// addition (the token's subject) and comes after them, then the room extensions' fields,
+/// which only sockets that asked for them see (or, for `history`, that were sent history).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct ServerFrame<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
@@ -30,16 +37,34 @@ pub(crate) struct ServerFrame<'a> {
     pub total_users: Option<usize>,
     #[serde(rename = "userId", skip_serializing_if = "str::is_empty")]
     pub user_id: &'a str,
+    /// The room's epoch (join acknowledgements, history notices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    /// A message's offset, or the room's last offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The joiner's own last seen offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen: Option<u64>,
+    /// Whether a join's `since` was honoured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// When a past message was sent, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+    /// A past message, sent on join.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
 }
 
 impl<'a> ServerFrame<'a> {
     pub(crate) fn join(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
         Self {
             kind: "join",
-            body: "",
             username,
             total_users: Some(total_users),
             user_id,
+            ..Self::default()
         }
     }
 
@@ -48,18 +73,18 @@ impl<'a> ServerFrame<'a> {
             kind: "message",
             body,
             username,
-            total_users: None,
             user_id,
+            ..Self::default()
         }
     }
 
     pub(crate) fn user_leave(username: &'a str, user_id: &'a str, total_users: usize) -> Self {
         Self {
             kind: "userleave",
-            body: "",
             username,
             total_users: Some(total_users),
             user_id,
+            ..Self::default()
         }
     }
 
@@ -68,19 +93,75 @@ impl<'a> ServerFrame<'a> {
         Self {
             kind: "notice",
             body: code,
-            username: "",
-            total_users: None,
-            user_id: "",
+            ..Self::default()
         }
+    }
+
+    /// Someone in the room is typing.
+    pub(crate) fn typing(username: &'a str, user_id: &'a str) -> Self {
+        Self {
+            kind: "typing",
+            username,
+            user_id,
+            ..Self::default()
+        }
+    }
+
+    /// Someone in the room has seen it up to `offset`.
+    pub(crate) fn seen(username: &'a str, user_id: &'a str, offset: u64) -> Self {
+        Self {
+            kind: "seen",
+            username,
+            user_id,
+            offset: Some(offset),
+            ..Self::default()
+        }
+    }
+
+    /// The frame with a room position (`epoch` and `offset`).
+    pub(crate) fn at(mut self, epoch: &'a str, offset: u64) -> Self {
+        self.epoch = Some(epoch);
+        self.offset = Some(offset);
+        self
     }
 
     /// The frame's JSON, escaped as Go's `encoding/json` does (`<`, `>`, `&`, U+2028, U+2029).
     pub(crate) fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(64 + self.body.len() + self.username.len());
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, HtmlSafeFormatter);
-        serde::Serialize::serialize(self, &mut ser).expect("serializing to a Vec cannot fail");
-        Bytes::from(out)
+        encode(self, 96 + self.body.len() + self.username.len())
     }
+}
+
+/// A member as a `members` answer lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Listed<'a> {
+    #[serde(rename = "userId")]
+    pub user_id: &'a str,
+    pub username: &'a str,
+}
+
+/// The answer to `{"type":"members"}`: the room's members on every node, one per user.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct MembersFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub members: Vec<Listed<'a>>,
+    /// Users in the room, listed or not.
+    pub total: usize,
+    /// Whether some were left out (`MAX_MEMBERS_LISTED`).
+    pub truncated: bool,
+}
+
+impl MembersFrame<'_> {
+    pub(crate) fn encode(&self) -> Bytes {
+        encode(self, 64 + 48 * self.members.len())
+    }
+}
+
+fn encode(frame: &impl serde::Serialize, capacity: usize) -> Bytes {
+    let mut out = Vec::with_capacity(capacity);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, HtmlSafeFormatter);
+    serde::Serialize::serialize(frame, &mut ser).expect("serializing to a Vec cannot fail");
+    Bytes::from(out)
 }
 
 /// serde_json's compact formatter plus Go's HTML-safe escapes.
@@ -127,6 +208,38 @@ mod tests {
         assert_eq!(
             &ServerFrame::user_leave("bob", "u1", 1).encode()[..],
             br#"{"type":"userleave","username":"bob","totalUsers":1,"userId":"u1"}"#
+        );
+    }
+
+    #[test]
+    fn extensions_come_after_garinchat_fields() {
+        let mut frame = ServerFrame::message("hi", "a", "u");
+        frame.offset = Some(7);
+        frame.ts = Some(1);
+        frame.history = true;
+        assert_eq!(
+            &frame.encode()[..],
+            br#"{"type":"message","body":"hi","username":"a","userId":"u","offset":7,"ts":1,"history":true}"#
+        );
+        let mut ack = ServerFrame::join("a", "u", 1).at("e1", 3);
+        ack.seen = Some(2);
+        ack.recovered = Some(false);
+        assert_eq!(
+            &ack.encode()[..],
+            br#"{"type":"join","username":"a","totalUsers":1,"userId":"u","epoch":"e1","offset":3,"seen":2,"recovered":false}"#
+        );
+        let list = MembersFrame {
+            kind: "members",
+            members: vec![Listed {
+                user_id: "u",
+                username: "<a>",
+            }],
+            total: 3,
+            truncated: true,
+        };
+        assert_eq!(
+            &list.encode()[..],
+            br#"{"type":"members","members":[{"userId":"u","username":"\u003ca\u003e"}],"total":3,"truncated":true}"#
         );
     }
 

@@ -37,13 +37,14 @@ use crate::admission::Admitted;
 use crate::auth::Identity;
 use crate::broker::SessionClaim;
 use crate::client_ip::IpKey;
+use crate::history::{Position, Request};
 use crate::hub::{Member, Membership};
 use crate::ids::SessionId;
 use crate::limits::SessionLimiters;
 use crate::metrics::labels::{DropReason, RateLimit, SessionState};
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
-use crate::protocol::{ClientFrame, CloseCode};
+use crate::protocol::{ClientFrame, CloseCode, Since};
 use crate::sessions::Registration;
 use crate::state::Gateway;
 use close::{End, Summary};
@@ -254,10 +255,60 @@ impl Session {
             // Boxed: their futures (a key fetch, a room opened on other nodes) are large, and
             // unboxed they would be part of every idle session's state.
             ClientFrame::Auth { token } => Box::pin(self.on_auth(&token)).await,
-            ClientFrame::Join { username, room } => Box::pin(self.on_join(username, &room)).await,
+            ClientFrame::Join {
+                username,
+                room,
+                history,
+                since,
+            } => Box::pin(self.on_join(username, &room, history, since)).await,
             ClientFrame::Message { body } => self.on_message(&body),
             ClientFrame::UserLeave => self.on_leave(),
+            ClientFrame::Members => self.on_members(),
+            ClientFrame::Typing => self.on_typing(),
+            ClientFrame::Seen { offset } => self.on_seen(offset),
         }
+    }
+
+    /// The membership, or 4004 for a frame that needs one.
+    fn membership(&self, frame: &'static str) -> Result<&Membership, CloseCode> {
+        match &self.state {
+            State::InRoom { membership, .. } => Ok(membership),
+            _ => Err(self.out_of_state(frame)),
+        }
+    }
+
+    /// `members`: answered with the room's members, under the control budget.
+    fn on_members(&mut self) -> Result<(), CloseCode> {
+        self.membership("members")?;
+        self.spend_control()?;
+        let frame = self.membership("members")?.members();
+        self.outbox.deliver(Outbound::text(frame));
+        Ok(())
+    }
+
+    /// `typing`: relayed (coalesced), under its own budget.
+    fn on_typing(&mut self) -> Result<(), CloseCode> {
+        self.membership("typing")?;
+        if !self.limiters.allow_typing(&self.gateway.quotas) {
+            debug!(session = self.id, "typing rate exceeded");
+            self.gateway.metrics.rate_limit(RateLimit::Typing);
+            return Err(CloseCode::RateLimited);
+        }
+        self.membership("typing")?.typing();
+        Ok(())
+    }
+
+    /// `seen`: the read position recorded and relayed (coalesced), under the control budget.
+    fn on_seen(&mut self, offset: u64) -> Result<(), CloseCode> {
+        self.membership("seen")?;
+        self.spend_control()?;
+        self.membership("seen")?.seen(offset).map_err(|_| {
+            debug!(
+                session = self.id,
+                offset, "seen past the room's last message"
+            );
+            CloseCode::ProtocolViolation
+        })
     }
 
     /// Spends one unit of the control budget (joins, leaves, token refreshes); over it, the
@@ -270,7 +321,13 @@ impl Session {
         Err(CloseCode::RateLimited)
     }
 
-    async fn on_join(&mut self, username: Option<String>, room: &str) -> Result<(), CloseCode> {
+    async fn on_join(
+        &mut self,
+        username: Option<String>,
+        room: &str,
+        history: Option<u64>,
+        since: Option<Since>,
+    ) -> Result<(), CloseCode> {
         let State::AwaitJoin { identity } = &self.state else {
             return Err(self.out_of_state("join"));
         };
@@ -302,17 +359,32 @@ impl Session {
         } else {
             Arc::clone(&identity.display_name)
         };
+        let hub = Arc::clone(&self.gateway.hub);
         let member = Member {
             session_id: self.id,
             user_id: Arc::clone(&identity.user_id),
             display_name,
             outbox: self.outbox.clone(),
+            extended: history.is_some() || since.is_some(),
         };
-        let hub = Arc::clone(&self.gateway.hub);
-        let membership = hub.join_everywhere(room, member).await.map_err(|_| {
-            debug!(session = self.id, "room full");
-            CloseCode::RoomFull
-        })?;
+        let limits = hub.history_settings();
+        let request = Request {
+            // More than a room keeps is what it keeps.
+            history: history.map_or(limits.on_join, |wanted| {
+                usize::try_from(wanted).map_or(limits.size, |wanted| wanted.min(limits.size))
+            }),
+            since: since.map(|since| Position {
+                epoch: Arc::from(since.epoch),
+                offset: since.offset,
+            }),
+        };
+        let membership = hub
+            .join_everywhere(room, member, &request)
+            .await
+            .map_err(|_| {
+                debug!(session = self.id, "room full");
+                CloseCode::RoomFull
+            })?;
         let State::AwaitJoin { identity } = std::mem::replace(&mut self.state, State::AwaitAuth)
         else {
             unreachable!("checked at the top");

@@ -257,7 +257,9 @@ impl Client {
                 .headers_mut()
                 .insert("Origin", HeaderValue::from_str(origin).unwrap());
         }
-        let (ws, response) = tokio_tungstenite::connect_async(request)
+        // Without Nagle: a test that writes twice and then waits would otherwise wait out the
+        // server's delayed ACK (40 ms) on every round.
+        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .expect("websocket connects");
         assert_eq!(response.status(), 101);

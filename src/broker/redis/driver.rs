@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
-use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms};
+use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
 
 /// Channels per SUBSCRIBE command.
@@ -153,6 +153,14 @@ impl RedisBroker {
         if let Err(err) = self.refresh_views(&mut link.conn, local, &rooms).await {
             return lost(BrokerFailure::Connect)(err);
         }
+        // Messages sent while this node was away are delivered now, in order, or the members
+        // are told what is lost.
+        if let Err(err) = self
+            .sync_history(&mut link.conn, local, &rooms, false)
+            .await
+        {
+            return lost(BrokerFailure::Connect)(err);
+        }
         if course.ever_connected {
             self.metrics.broker_reconnects.inc();
             info!(node = %self.node, rooms = rooms.len(), "redis back; rooms resubscribed");
@@ -185,8 +193,11 @@ impl RedisBroker {
                     let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
                     if channel == self.control_channel {
                         self.on_notice(control, payload);
-                    } else {
-                        self.on_envelope(local, channel, payload);
+                    } else if let Some(room) = self.on_envelope(local, channel, payload) {
+                        let rooms = [room];
+                        if let Err(err) = self.sync_history(&mut link.conn, local, &rooms, false).await {
+                            return lost(BrokerFailure::Subscribe)(err);
+                        }
                     }
                 }
                 Some(command) = commands.recv() => {
@@ -228,6 +239,8 @@ impl RedisBroker {
                     .get_multiplexed_async_connection_with_config(&config),
             )
             .await?;
+        let mut conn = conn;
+        self.load_scripts(&mut conn).await?;
         let pubsub = self.within(self.client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
         self.within(sink.subscribe(&self.control_channel)).await?;
@@ -239,27 +252,41 @@ impl RedisBroker {
         })
     }
 
-    fn on_envelope(&self, local: &dyn LocalRooms, channel: &str, payload: &[u8]) {
-        let Some(room) = self.keys.room_of_channel(channel) else {
-            return;
-        };
+    /// Applies an envelope from a room's channel. A numbered message (ours too: with history
+    /// on, this node delivers its own messages as they come back, in the room's one order) is
+    /// delivered if it is the room's next; if the room is behind it, the room is returned: its
+    /// copy must be brought level from Redis first, so nothing is delivered out of order.
+    fn on_envelope(&self, local: &dyn LocalRooms, channel: &str, payload: &[u8]) -> Option<String> {
+        let room = self.keys.room_of_channel(channel)?;
         let envelope = match Envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(err) => {
                 self.metrics.broker_error(BrokerFailure::Decode);
                 debug!(bytes = payload.len(), %err, "envelope refused");
-                return;
+                return None;
             }
         };
-        if *envelope.node == *self.node {
-            // Our own: its room heard it locally already.
-            return;
+        let ours = *envelope.node == *self.node;
+        if !ours {
+            self.metrics.broker_received.inc();
+            let delay_ms = now_ms().saturating_sub(envelope.sent_at_ms);
+            self.metrics.broker_delay.observe(delay_ms as f64 / 1000.0);
         }
-        self.metrics.broker_received.inc();
-        let delay_ms = now_ms().saturating_sub(envelope.sent_at_ms);
-        self.metrics.broker_delay.observe(delay_ms as f64 / 1000.0);
+        if let RemoteEvent::Message {
+            position: Some(_), ..
+        } = envelope.event
+        {
+            let (epoch, entry) = self.entry(envelope)?;
+            let behind = local.deliver_ordered(room, &epoch, entry) == Ordered::Behind;
+            return behind.then(|| room.to_owned());
+        }
+        if ours {
+            // Our own: its room heard it locally already.
+            return None;
+        }
         let node: Arc<str> = Arc::from(envelope.node);
         local.apply_remote(room, &node, envelope.seq, envelope.event);
+        None
     }
 
     /// Handles `first` and every command already waiting behind it: opens are batched (one
@@ -296,6 +323,8 @@ impl RedisBroker {
         opens.dedup();
         self.subscribe_rooms(link, &opens).await?;
         self.refresh_views(&mut link.conn, local, &opens).await?;
+        self.sync_history(&mut link.conn, local, &opens, false)
+            .await?;
         for done in waiting {
             let _ = done.send(());
         }
@@ -365,7 +394,9 @@ impl RedisBroker {
             self.within(link.sink.unsubscribe(channels)).await?;
         }
         self.subscribe_rooms(link, &rooms).await?;
-        self.refresh_views(&mut link.conn, local, &rooms).await
+        self.refresh_views(&mut link.conn, local, &rooms).await?;
+        // A lost message that was the room's last shows only here.
+        self.sync_history(&mut link.conn, local, &rooms, true).await
     }
 
     /// Sets this node's key and pushes back the expiry of its rooms' hashes. False if the key
@@ -418,6 +449,7 @@ mod tests {
     use crate::broker::envelope::encode;
     use crate::broker::{RemoteEvent, RemoteMember};
     use crate::config::tests::env;
+    use crate::history::{Entry, Position};
     use crate::metrics::Metrics;
 
     /// Rooms that record what the broker asks of them.
@@ -449,6 +481,13 @@ mod tests {
         }
         fn sweep_unjoined(&self, _: Duration) {}
         fn delivery_changed(&self, _: Delivery) {}
+        fn deliver_ordered(&self, _: &str, _: &Arc<str>, _: Entry) -> Ordered {
+            Ordered::Behind
+        }
+        fn history_position(&self, _: &str) -> Option<Position> {
+            None
+        }
+        fn reload_history(&self, _: &str, _: Position, _: Vec<Entry>) {}
     }
 
     fn broker() -> Arc<RedisBroker> {
@@ -469,6 +508,7 @@ mod tests {
             username: "Bob".into(),
             user_id: "bob".into(),
             body: "hi".into(),
+            position: None,
         };
         let channel = broker.keys.channel("lobby");
         broker.on_envelope(&rooms, &channel, &encode("other", 3, 0, &hello));
@@ -478,6 +518,21 @@ mod tests {
             &rooms,
             "elsewhere:room:lobby",
             &encode("other", 5, 0, &hello),
+        );
+        let numbered = RemoteEvent::Message {
+            session: 7,
+            username: "Bob".into(),
+            user_id: "bob".into(),
+            body: "hi".into(),
+            position: Some(Position {
+                epoch: "e".into(),
+                offset: 9,
+            }),
+        };
+        assert_eq!(
+            broker.on_envelope(&rooms, &channel, &encode(&broker.node, 6, 0, &numbered)),
+            Some("lobby".to_owned()),
+            "a numbered message, ours too, goes to the room's order; behind it, the room catches up"
         );
         let applied = rooms.applied.lock().unwrap();
         assert_eq!(

@@ -28,6 +28,7 @@
 //! slow Pub/Sub client because of a slow browser.
 
 mod driver;
+mod history;
 mod notices;
 mod presence;
 mod publisher;
@@ -63,7 +64,9 @@ use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::TaskTracker;
 
-use super::{BoxFuture, Broker, Keys, LocalControl, LocalRooms, Notice, RemoteEvent, RoomEvent};
+use super::{
+    BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
+};
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
 use users::Users;
@@ -197,16 +200,21 @@ impl RedisBroker {
         std::mem::take(&mut *self.dirty.lock().expect("the lock is never poisoned"))
     }
 
-    /// Queues an event for the publisher without waiting. A join, leave or sync that cannot be
-    /// queued leaves this node's presence wrong: its room is resynced at the next heartbeat.
-    fn queue(&self, room: &str, event: RemoteEvent) {
+    /// Queues an event for the publisher without waiting; false if the queue is full. A join,
+    /// leave or sync that cannot be queued leaves this node's presence wrong: its room is
+    /// resynced at the next heartbeat.
+    fn queue(&self, room: &str, event: RemoteEvent) -> bool {
         let outgoing = Outgoing::Room {
             room: room.to_owned(),
             event,
         };
-        if let Err(err) = self.outgoing.try_send(outgoing) {
-            self.metrics.broker_drop(BrokerDrop::Backlog);
-            self.abandon_one(err.into_inner());
+        match self.outgoing.try_send(outgoing) {
+            Ok(()) => true,
+            Err(err) => {
+                self.metrics.broker_drop(BrokerDrop::Backlog);
+                self.abandon_one(err.into_inner());
+                false
+            }
         }
     }
 
@@ -226,7 +234,10 @@ impl RedisBroker {
     fn abandon_one(&self, outgoing: Outgoing) {
         match outgoing {
             Outgoing::Room { room, event } => {
-                if !matches!(event, RemoteEvent::Message { .. }) {
+                if matches!(
+                    event,
+                    RemoteEvent::Join(_) | RemoteEvent::Leave { .. } | RemoteEvent::Sync(_)
+                ) {
                     self.mark_dirty(&room);
                 }
             }
@@ -308,15 +319,27 @@ impl Broker for RedisBroker {
         });
     }
 
-    fn publish(&self, room: &str, event: RoomEvent<'_>) {
+    fn publish(&self, room: &str, event: RoomEvent<'_>) -> bool {
         if !self.connected.load(Ordering::Relaxed) {
             self.metrics.broker_drop(BrokerDrop::Down);
-            if !matches!(event, RoomEvent::Message { .. }) {
+            if matches!(event, RoomEvent::Join { .. } | RoomEvent::Leave { .. }) {
                 self.mark_dirty(room);
             }
-            return;
+            return false;
         }
-        self.queue(room, event.to_remote());
+        self.queue(room, event.to_remote())
+    }
+
+    fn message_order(&self) -> MessageOrder {
+        if self.settings.history.enabled() && self.connected.load(Ordering::SeqCst) {
+            MessageOrder::Broker
+        } else {
+            MessageOrder::Unordered
+        }
+    }
+
+    fn last_seen<'a>(&'a self, room: &'a str, user: &'a str) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(self.read_seen(room, user))
     }
 
     fn room_closed(&self, room: &str) {

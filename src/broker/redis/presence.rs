@@ -138,7 +138,7 @@ impl RedisBroker {
         let rooms: HashSet<String> = rooms.into_iter().collect();
         for room in rooms {
             local.with_local_members(&room, &mut |members| {
-                self.queue(&room, RemoteEvent::Sync(members));
+                let _ = self.queue(&room, RemoteEvent::Sync(members));
             });
         }
     }

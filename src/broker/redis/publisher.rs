@@ -73,7 +73,8 @@ impl RedisBroker {
         }
     }
 
-    /// One pipeline for the batch: per event, its presence change, then its envelope.
+    /// One pipeline for the batch: per event, its presence change, then its envelope (a chat
+    /// message with history on, and a read position, through their scripts).
     fn pipeline(&self, seq: &mut u64, batch: &[Outgoing]) -> redis::Pipeline {
         let ttl = self.settings.key_ttl.as_secs();
         let sent_at = now_ms();
@@ -91,6 +92,21 @@ impl RedisBroker {
                 }
             };
             *seq += 1;
+            match event {
+                RemoteEvent::Message { .. } if self.settings.history.enabled() => {
+                    let open = envelope::encode_open(&self.node, *seq, sent_at, event);
+                    self.write_numbered(&mut pipe, room, open);
+                    continue;
+                }
+                RemoteEvent::Seen {
+                    user_id, offset, ..
+                } => {
+                    let payload = envelope::encode(&self.node, *seq, sent_at, event);
+                    self.write_seen(&mut pipe, room, user_id, *offset, payload);
+                    continue;
+                }
+                _ => {}
+            }
             let payload = envelope::encode(&self.node, *seq, sent_at, event);
             let channel = self.keys.channel(room);
             let members = self.keys.members(room);
@@ -130,7 +146,8 @@ impl RedisBroker {
                         .arg(Keys::member_field(&self.node, *session))
                         .ignore();
                 }
-                RemoteEvent::Message { .. } => {}
+                RemoteEvent::Message { .. } | RemoteEvent::Typing(_) | RemoteEvent::Seen { .. } => {
+                }
             }
             pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
         }

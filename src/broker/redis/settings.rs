@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::Client;
 
 use crate::config::{at_least, invalid, nonzero_usize, Config, ConfigError, Secret};
+use crate::history::HistorySettings;
 
 /// Where Redis is and how the broker treats it; `None` (one node on its own) when `REDIS_URL`
 /// is unset or empty.
@@ -23,6 +24,8 @@ pub(crate) struct RedisSettings {
     pub publish_queue: NonZeroUsize,
     /// How often a node adds its users' messages to the counts every node shares.
     pub rate_sync: Duration,
+    /// What rooms keep in Redis.
+    pub history: HistorySettings,
 }
 
 impl RedisSettings {
@@ -75,6 +78,7 @@ impl RedisSettings {
                 env.redis_rate_sync_ms,
                 50,
             )?),
+            history: HistorySettings::from_env(env)?,
         }))
     }
 

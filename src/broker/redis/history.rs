@@ -1,0 +1,304 @@
+//! Rooms' history in Redis: messages numbered, stored and published in one atomic script, and
+//! each node's copy of its rooms kept level with it.
+//!
+//! Per room (names in [`Keys`](crate::broker::Keys)): a hash `position:{room}` with the epoch
+//! and the last offset, a stream `history:{room}` of the last `HISTORY_SIZE` envelopes (entry
+//! ids `0-{offset}`), and a hash `seen:{room}` of each user's read position. A room's epoch is
+//! made (random, by whichever node first needs it) when its position hash is missing: when
+//! Redis lost its data, or the room was quiet for longer than the position is kept, its
+//! offsets start again under a new epoch, and clients holding the old one are told they
+//! cannot recover rather than being handed the wrong messages.
+//!
+//! A node's copy is refreshed from a *view* (the position and the entries after a given
+//! offset) when a room opens here, after every reconnect, when a message arrives with an
+//! offset further on than the next one (a Pub/Sub message was lost), and when a heartbeat
+//! finds Redis further on than the copy (the lost message was the room's last).
+
+use std::sync::{Arc, LazyLock};
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+
+use super::{RedisBroker, RedisFailure};
+use crate::broker::{Envelope, LocalRooms, RemoteEvent};
+use crate::history::{new_epoch, Entry, Position};
+
+/// Rooms per pipelined read.
+const READ_CHUNK: usize = 128;
+
+/// A room's position and read positions outlive its messages this many times over, so a
+/// client back after a quiet spell longer than `HISTORY_TTL_SECS` still learns it missed
+/// nothing.
+const POSITION_TTL_FACTOR: u64 = 7;
+
+/// Numbers a message, keeps it and publishes it, atomically: every node sees the same offsets,
+/// and a message is in the history before anyone can receive it.
+/// KEYS: position, stream, seen. ARGV: a fresh epoch, the stream's length, the stream's TTL,
+/// the position's TTL, the channel, the envelope without its closing brace.
+static NUMBER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local payload = ARGV[6] .. ',"offset":' .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. string.format('%d', offset), 'e', payload)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], payload)
+return offset
+"#,
+    )
+});
+
+/// A room's position (making its epoch if it has none) and up to `count` entries after
+/// `after` (all of them if the room's epoch is not `known`).
+/// KEYS: position, stream, seen. ARGV: a fresh epoch, the known epoch, after, count, the
+/// position's TTL.
+static VIEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
+local after = tonumber(ARGV[3])
+if epoch ~= ARGV[2] then after = 0 end
+local entries = {}
+if tonumber(ARGV[4]) > 0 and after < offset then
+  entries = redis.call('XRANGE', KEYS[2], '0-' .. string.format('%d', after + 1), '+', 'COUNT', ARGV[4])
+end
+return {epoch, offset, entries}
+"#,
+    )
+});
+
+/// Raises a user's read position (never lowers it) and, if it rose, tells the room.
+/// KEYS: seen. ARGV: user, offset, TTL, channel, envelope.
+static SEEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return 0
+"#,
+    )
+});
+
+/// What a view script returns: the epoch, the last offset, and `[id, [field, value]]` entries.
+type RawView = (String, u64, Vec<(String, Vec<(String, Vec<u8>)>)>);
+
+impl RedisBroker {
+    /// Loads the scripts a connection pipelines by hash (Redis forgets them when it restarts,
+    /// and every reconnect loads them again).
+    pub(super) async fn load_scripts(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), RedisFailure> {
+        if !self.settings.history.enabled() {
+            return Ok(());
+        }
+        for script in [&*NUMBER_SCRIPT, &*VIEW_SCRIPT, &*SEEN_SCRIPT] {
+            self.within(script.prepare_invoke().load_async(conn))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn history_ttl(&self) -> u64 {
+        self.settings.history.ttl.as_secs().max(1)
+    }
+
+    fn position_ttl(&self) -> u64 {
+        self.history_ttl() * POSITION_TTL_FACTOR
+    }
+
+    /// Adds to `pipe` the numbering of a message whose envelope is `open` (without its closing
+    /// brace).
+    pub(super) fn write_numbered(&self, pipe: &mut redis::Pipeline, room: &str, open: Vec<u8>) {
+        pipe.invoke_script(
+            NUMBER_SCRIPT
+                .key(self.keys.position(room))
+                .key(self.keys.history(room))
+                .key(self.keys.seen(room))
+                .arg(&*new_epoch())
+                .arg(self.settings.history.size)
+                .arg(self.history_ttl())
+                .arg(self.position_ttl())
+                .arg(self.keys.channel(room))
+                .arg(open),
+        )
+        .ignore();
+    }
+
+    /// Adds to `pipe` a rise of `user`'s read position, announced if it is one.
+    pub(super) fn write_seen(
+        &self,
+        pipe: &mut redis::Pipeline,
+        room: &str,
+        user: &str,
+        offset: u64,
+        envelope: Vec<u8>,
+    ) {
+        pipe.invoke_script(
+            SEEN_SCRIPT
+                .key(self.keys.seen(room))
+                .arg(user)
+                .arg(offset)
+                .arg(self.position_ttl())
+                .arg(self.keys.channel(room))
+                .arg(envelope),
+        )
+        .ignore();
+    }
+
+    /// `user`'s read position in `room`, if Redis answers in time.
+    pub(super) async fn read_seen(&self, room: &str, user: &str) -> Option<u64> {
+        if !self.settings.history.enabled() {
+            return None;
+        }
+        let mut link = self.connection.borrow().clone()?;
+        self.within(
+            redis::cmd("HGET")
+                .arg(self.keys.seen(room))
+                .arg(user)
+                .query_async::<Option<u64>>(&mut link.conn),
+        )
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Brings this node's copies of `rooms` level with Redis. With `cheap`, only positions
+    /// are read first, and views only for the rooms that moved on (the heartbeat's check for
+    /// a lost last message).
+    pub(super) async fn sync_history(
+        &self,
+        conn: &mut MultiplexedConnection,
+        local: &dyn LocalRooms,
+        rooms: &[String],
+        cheap: bool,
+    ) -> Result<(), RedisFailure> {
+        if !self.settings.history.enabled() {
+            return Ok(());
+        }
+        let behind: Vec<String> = if cheap {
+            self.rooms_behind(conn, local, rooms).await?
+        } else {
+            rooms.to_vec()
+        };
+        for chunk in behind.chunks(READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                let known = local.history_position(room);
+                let (epoch, after) = known
+                    .as_ref()
+                    .map_or(("", 0), |known| (&*known.epoch, known.offset));
+                pipe.invoke_script(
+                    VIEW_SCRIPT
+                        .key(self.keys.position(room))
+                        .key(self.keys.history(room))
+                        .key(self.keys.seen(room))
+                        .arg(&*new_epoch())
+                        .arg(epoch)
+                        .arg(after)
+                        .arg(self.settings.history.size)
+                        .arg(self.position_ttl()),
+                );
+            }
+            let views: Vec<RawView> = self.within(pipe.query_async(conn)).await?;
+            for (room, view) in chunk.iter().zip(views) {
+                let (position, entries) = self.parse_view(view);
+                local.reload_history(room, position, entries);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rooms whose position in Redis differs from this node's copy.
+    async fn rooms_behind(
+        &self,
+        conn: &mut MultiplexedConnection,
+        local: &dyn LocalRooms,
+        rooms: &[String],
+    ) -> Result<Vec<String>, RedisFailure> {
+        let mut behind = Vec::new();
+        for chunk in rooms.chunks(READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.position(room))
+                    .arg("epoch")
+                    .arg("offset");
+            }
+            let positions: Vec<(Option<String>, Option<u64>)> =
+                self.within(pipe.query_async(conn)).await?;
+            for (room, (epoch, offset)) in chunk.iter().zip(positions) {
+                let level = local.history_position(room).is_some_and(|known| {
+                    epoch.as_deref() == Some(&*known.epoch) && offset == Some(known.offset)
+                });
+                if !level {
+                    behind.push(room.clone());
+                }
+            }
+        }
+        Ok(behind)
+    }
+
+    /// A view's position and entries (ascending); entries that do not decode are left out,
+    /// which the copy then reports as lost.
+    fn parse_view(&self, (epoch, offset, raw): RawView) -> (Position, Vec<Entry>) {
+        let entries = raw
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                let (_, payload) = fields.into_iter().find(|(field, _)| field == "e")?;
+                let envelope = Envelope::decode(&payload).ok()?;
+                self.entry(envelope).map(|(_, entry)| entry)
+            })
+            .collect();
+        (
+            Position {
+                epoch: Arc::from(epoch),
+                offset,
+            },
+            entries,
+        )
+    }
+
+    /// A numbered message's entry, with the epoch it was numbered in; None for anything else.
+    pub(super) fn entry(&self, envelope: Envelope) -> Option<(Arc<str>, Entry)> {
+        let RemoteEvent::Message {
+            session,
+            username,
+            user_id,
+            body,
+            position: Some(position),
+        } = envelope.event
+        else {
+            return None;
+        };
+        Some((
+            position.epoch,
+            Entry {
+                offset: position.offset,
+                sent_at_ms: envelope.sent_at_ms,
+                username,
+                user_id,
+                body: body.into_boxed_str(),
+                from: (*envelope.node == *self.node).then_some(session),
+            },
+        ))
+    }
+}
