@@ -201,3 +201,35 @@ fn readme_opens_with_the_run_and_test_commands() {
         ".ci/run runs the README's test command"
     );
 }
+
+#[test]
+fn the_room_extension_examples_are_frames_the_code_reads_or_writes() {
+    use palisade::testing::ClientFrame;
+    let section = PROTOCOL
+        .split("## Rooms that remember")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Rooms that remember section");
+    let examples: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("    "))
+        .filter(|line| line.starts_with('{'))
+        .collect();
+    assert!(examples.len() >= 8, "{examples:?}");
+    let mut client_frames = 0;
+    for example in examples {
+        let frame: Value =
+            serde_json::from_str(example).unwrap_or_else(|err| panic!("{example}: {err}"));
+        let kind = frame["type"].as_str().expect("a type");
+        // Client examples are joins that carry the extensions: the decoder must take them
+        // (and re-encode them to the same value).
+        if kind == "join" && frame.get("totalUsers").is_none() {
+            let decoded =
+                ClientFrame::decode(example).unwrap_or_else(|err| panic!("{example}: {err}"));
+            let again: Value = serde_json::from_str(&decoded.encode()).unwrap();
+            assert_eq!(again, frame, "{example}");
+            client_frames += 1;
+        }
+    }
+    assert!(client_frames >= 3, "the join examples");
+}

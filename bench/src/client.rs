@@ -38,6 +38,9 @@ pub struct Dialer {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub origin: Option<String>,
+    /// Palisade: join with the room extensions (`"history":0`), as the SDK does, so frames
+    /// carry offsets.
+    pub room_extensions: bool,
     next_source: AtomicU32,
 }
 
@@ -47,6 +50,7 @@ impl Dialer {
             addr,
             protocol,
             origin,
+            room_extensions: false,
             next_source: AtomicU32::new(0),
         }
     }
@@ -90,7 +94,11 @@ impl Dialer {
             Protocol::Palisade => {
                 let mut ws = self.websocket("/").await?;
                 let auth = serde_json::json!({"type": "auth", "body": token}).to_string();
-                let join = serde_json::json!({"type": "join", "room": room}).to_string();
+                let mut join = serde_json::json!({"type": "join", "room": room});
+                if self.room_extensions {
+                    join["history"] = 0.into();
+                }
+                let join = join.to_string();
                 ws.send(Message::text(auth)).await?;
                 ws.send(Message::text(join)).await?;
                 loop {

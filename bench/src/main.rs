@@ -30,7 +30,7 @@ use crate::churn::ChurnConfig;
 use crate::fanout::FanoutConfig;
 use crate::progress::Progress;
 use crate::report::Run;
-use crate::target::{External, Target};
+use crate::target::{External, Launch, Target};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +44,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Capacity, fan-out (rooms of 10 and 100) and churn (HS256, ES256), with the ceiling.
+    /// Capacity, fan-out (rooms of 10 and 100), history and churn (HS256, ES256), with the
+    /// ceiling.
     All(Common),
     /// Idle joined sockets: RSS per socket, kernel socket memory, idle CPU.
     Capacity {
@@ -63,6 +64,13 @@ enum Command {
         /// Room sizes to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "10,100")]
         room_sizes: Vec<usize>,
+    },
+    /// Fan-out with history off, then on (clients with the room extensions), in one run.
+    History {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
     },
     /// Connect, auth, join, close, in a loop: sessions per second and time to joined.
     Churn {
@@ -135,6 +143,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::All(common)
         | Command::Capacity { common, .. }
         | Command::Fanout { common, .. }
+        | Command::History { common, .. }
         | Command::Churn { common, .. } => common.clone(),
         Command::CeilingServer { .. } => unreachable!("served above"),
     };
@@ -150,6 +159,8 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         capacity: Vec::new(),
         fanout_configs: Vec::new(),
         fanout: Vec::new(),
+        history_config: None,
+        history: Vec::new(),
         churn_config: None,
         churn: Vec::new(),
     };
@@ -167,6 +178,11 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         fanout(&common, &mut run, &progress, room_sizes).await?;
     } else if all {
         fanout(&common, &mut run, &progress, &[10, 100]).await?;
+    }
+    if let Command::History { room_size, .. } = &command {
+        history(&common, &mut run, &progress, *room_size).await?;
+    } else if all {
+        history(&common, &mut run, &progress, 10).await?;
     }
     if let Command::Churn {
         algorithms,
@@ -204,7 +220,9 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         }
     });
     run.write(&out)?;
-    if !quick {
+    // A full run into the default place is also kept by time; with --out, everything the run
+    // writes goes there.
+    if !quick && common.out.is_none() {
         // Every full run is also kept, by time.
         let stamp = run.started_utc.replace(':', "");
         std::fs::write(
@@ -228,7 +246,12 @@ async fn under_test(common: &Common, es256: bool) -> anyhow::Result<Target> {
         }),
         None => {
             let binary = target::gateway_binary(common.gateway.clone())?;
-            Target::palisade(&binary, es256, common.redis.as_deref()).await
+            let launch = Launch {
+                es256,
+                redis: common.redis.as_deref(),
+                ..Launch::default()
+            };
+            Target::palisade(&binary, &launch).await
         }
     }
 }
@@ -273,29 +296,7 @@ async fn fanout(
     room_sizes: &[usize],
 ) -> anyhow::Result<()> {
     for &room_size in room_sizes {
-        let config = FanoutConfig {
-            room_size,
-            rooms: if common.quick {
-                3
-            } else {
-                (1000 / room_size).max(1)
-            },
-            delivered_steps: if common.quick {
-                vec![1_000, 3_000]
-            } else {
-                // Finer where servers on a small machine saturate.
-                vec![
-                    2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000,
-                    90_000, 100_000, 120_000, 140_000, 160_000, 200_000, 240_000, 320_000, 480_000,
-                    640_000,
-                ]
-            },
-            warmup_secs: if common.quick { 0.2 } else { 1.0 },
-            window_secs: if common.quick { 0.5 } else { 3.0 },
-            body_bytes: 100,
-            p99_limit_ms: 50.0,
-            concurrency: 128,
-        };
+        let config = fanout_config(common, room_size);
         if !common.no_ceiling {
             let ceiling = Target::ceiling().await?;
             run.fanout
@@ -306,6 +307,69 @@ async fn fanout(
             .push(fanout::run(&target, &config, progress).await?);
         run.fanout_configs.push(config);
     }
+    Ok(())
+}
+
+/// The fan-out ladder for rooms of `room_size`.
+fn fanout_config(common: &Common, room_size: usize) -> FanoutConfig {
+    FanoutConfig {
+        room_size,
+        rooms: if common.quick {
+            3
+        } else {
+            (1000 / room_size).max(1)
+        },
+        delivered_steps: if common.quick {
+            vec![1_000, 3_000]
+        } else {
+            // Finer where servers on a small machine saturate.
+            vec![
+                2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000,
+                90_000, 100_000, 120_000, 140_000, 160_000, 200_000, 240_000, 320_000, 480_000,
+                640_000,
+            ]
+        },
+        warmup_secs: if common.quick { 0.2 } else { 1.0 },
+        window_secs: if common.quick { 0.5 } else { 3.0 },
+        body_bytes: 100,
+        p99_limit_ms: 50.0,
+        concurrency: 128,
+    }
+}
+
+/// The same fan-out ladder against Palisade with history off (`HISTORY_SIZE=0`: no offsets,
+/// nothing kept) and on (the default, clients joining with the room extensions so their
+/// frames carry offsets): what numbering and keeping every message costs.
+async fn history(
+    common: &Common,
+    run: &mut Run,
+    progress: &Progress,
+    room_size: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        common.url.is_none(),
+        "the history scenario starts its own gateways (no --url)"
+    );
+    let config = fanout_config(common, room_size);
+    let binary = target::gateway_binary(common.gateway.clone())?;
+    let off = Launch {
+        name: "palisade, history off",
+        redis: common.redis.as_deref(),
+        env: vec![("HISTORY_SIZE", "0")],
+        ..Launch::default()
+    };
+    let on = Launch {
+        name: "palisade, history on",
+        redis: common.redis.as_deref(),
+        room_extensions: true,
+        ..Launch::default()
+    };
+    for launch in [off, on] {
+        let target = Target::palisade(&binary, &launch).await?;
+        run.history
+            .push(fanout::run(&target, &config, progress).await?);
+    }
+    run.history_config = Some(config);
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub struct Run {
     pub capacity: Vec<CapacityResult>,
     pub fanout_configs: Vec<FanoutConfig>,
     pub fanout: Vec<FanoutResult>,
+    /// Fan-out with history off, then on.
+    pub history_config: Option<FanoutConfig>,
+    pub history: Vec<FanoutResult>,
     pub churn_config: Option<ChurnConfig>,
     pub churn: Vec<ChurnResult>,
 }
@@ -50,6 +53,10 @@ impl Run {
             let runs: Vec<&FanoutResult> =
                 self.fanout.iter().filter(|f| f.room_size == size).collect();
             fanout_chart(&dir.join(format!("fanout-{size}.svg")), size, &runs)?;
+        }
+        if let Some(config) = &self.history_config {
+            let runs: Vec<&FanoutResult> = self.history.iter().collect();
+            fanout_chart(&dir.join("history.svg"), config.room_size, &runs)?;
         }
         Ok(())
     }
@@ -163,6 +170,9 @@ impl Run {
             }
             let _ = writeln!(out);
         }
+        if let Some(config) = &self.history_config {
+            self.history_summary(&mut out, config);
+        }
         if !self.churn.is_empty() {
             let _ = writeln!(
                 out,
@@ -199,6 +209,58 @@ impl Run {
         out
     }
 
+    /// History off against on: the highest step of each, and CPU per delivery at equal load.
+    fn history_summary(&self, out: &mut String, config: &FanoutConfig) {
+        let _ = writeln!(
+            out,
+            "### History: fan-out in rooms of {}, history off versus on
+",
+            config.room_size
+        );
+        let _ = writeln!(
+            out,
+            "| server | delivered/s | p50 | p99 | p99.9 | server CPU per delivery |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for f in &self.history {
+            match &f.best {
+                Some(b) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} µs |",
+                        f.target,
+                        b.delivered_per_sec,
+                        b.p50_ms,
+                        b.p99_ms,
+                        b.p999_ms,
+                        b.server_cpu_us_per_delivery
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | — (no step within the limit) | | | | |",
+                        f.target
+                    );
+                }
+            }
+        }
+        if let [off, on] = &self.history[..] {
+            if let (Some(off_best), Some(on_best)) = (&off.best, &on.best) {
+                let _ = writeln!(
+                    out,
+                    "
+With history on, the highest step is {:.2} × history off's.",
+                    on_best.delivered_per_sec / off_best.delivered_per_sec.max(1.0)
+                );
+            }
+            if let Some((median, steps)) = cpu_ratio(on, off, config.p99_limit_ms) {
+                let _ = writeln!(out, "At equal load (the {steps} steps both ran within {} ms), server CPU per delivery with history on is {median:.2} × off's (median).", config.p99_limit_ms);
+            }
+        }
+        let _ = writeln!(out);
+    }
+
     /// The median, over steps aimed at the same rate and within the limit for both servers, of
     /// Palisade's CPU per delivery over the ceiling's; and how many steps that was.
     fn cpu_ratio(&self, room_size: usize) -> Option<(f64, usize)> {
@@ -213,32 +275,38 @@ impl Run {
             .iter()
             .find(|c| c.room_size == room_size)?
             .p99_limit_ms;
-        let mut ratios: Vec<f64> = palisade
-            .steps
-            .iter()
-            .filter_map(|p| {
-                let c = ceiling
-                    .steps
-                    .iter()
-                    .find(|c| c.aimed_deliveries_per_sec == p.aimed_deliveries_per_sec)?;
-                // Steps that passed (as the climb judges them) and whose CPU was measured.
-                let within = |s: &crate::fanout::FanoutStep| {
-                    s.passed(limit) && s.server_cpu_us_per_delivery > 0.0
-                };
-                (within(p) && within(c))
-                    .then(|| p.server_cpu_us_per_delivery / c.server_cpu_us_per_delivery)
-            })
-            .collect();
-        if ratios.is_empty() {
-            return None;
-        }
-        ratios.sort_by(f64::total_cmp);
-        Some((ratios[ratios.len() / 2], ratios.len()))
+        cpu_ratio(palisade, ceiling, limit)
     }
 
     fn find_capacity(&self, name: &str) -> Option<&CapacityResult> {
         self.capacity.iter().find(|c| c.target == name)
     }
+}
+
+/// The median, over steps aimed at the same rate and within `limit` for both runs, of `run`'s
+/// CPU per delivery over `base`'s; and how many steps that was.
+fn cpu_ratio(run: &FanoutResult, base: &FanoutResult, limit: f64) -> Option<(f64, usize)> {
+    let mut ratios: Vec<f64> = run
+        .steps
+        .iter()
+        .filter_map(|r| {
+            let b = base
+                .steps
+                .iter()
+                .find(|b| b.aimed_deliveries_per_sec == r.aimed_deliveries_per_sec)?;
+            // Steps that passed (as the climb judges them) and whose CPU was measured.
+            let within = |s: &crate::fanout::FanoutStep| {
+                s.passed(limit) && s.server_cpu_us_per_delivery > 0.0
+            };
+            (within(r) && within(b))
+                .then(|| r.server_cpu_us_per_delivery / b.server_cpu_us_per_delivery)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some((ratios[ratios.len() / 2], ratios.len()))
 }
 
 fn verdict(met: bool) -> &'static str {

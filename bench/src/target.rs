@@ -46,14 +46,39 @@ const QUIET: &[(&str, &str)] = &[
     ("DRAIN_DELAY_SECS", "0"),
 ];
 
+/// How the bench starts a Palisade.
+#[derive(Clone, Debug)]
+pub struct Launch<'a> {
+    /// The name the results carry.
+    pub name: &'static str,
+    /// Sign with ES256 (a public key file) rather than HS256.
+    pub es256: bool,
+    /// Join this Redis (`REDIS_URL`).
+    pub redis: Option<&'a str>,
+    /// Settings besides the lifted limits.
+    pub env: Vec<(&'static str, &'static str)>,
+    /// Clients join with the room extensions.
+    pub room_extensions: bool,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            name: "palisade",
+            es256: false,
+            redis: None,
+            env: Vec::new(),
+            room_extensions: false,
+        }
+    }
+}
+
 impl Target {
-    /// Starts `binary` (a `palisade` release build) on a free loopback port, signing with
-    /// `HS256` or `ES256`, on its own or joined to the Redis at `redis`.
-    pub async fn palisade(
-        binary: &Path,
-        es256: bool,
-        redis: Option<&str>,
-    ) -> anyhow::Result<Target> {
+    /// Starts `binary` (a `palisade` release build) on a free loopback port as `launch` says.
+    pub async fn palisade(binary: &Path, launch: &Launch<'_>) -> anyhow::Result<Target> {
+        let Launch {
+            es256, ref redis, ..
+        } = *launch;
         let port = free_port()?;
         let secret = random_secret();
         let mut command = Command::new(binary);
@@ -64,7 +89,8 @@ impl Target {
             .env("BIND_ADDR", "127.0.0.1")
             .env("ALLOWED_ORIGINS", ORIGIN)
             .envs(palisade::testing::NO_LIMITS.iter().copied())
-            .envs(QUIET.iter().copied());
+            .envs(QUIET.iter().copied())
+            .envs(launch.env.iter().copied());
         if let Some(url) = redis {
             // A prefix of its own, so runs never meet each other's rooms, bans or counters.
             command
@@ -91,9 +117,11 @@ impl Target {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut dialer = Dialer::new(addr, Protocol::Palisade, Some(ORIGIN.into()));
+        dialer.room_extensions = launch.room_extensions;
         let target = Target {
-            name: "palisade",
-            dialer: Arc::new(Dialer::new(addr, Protocol::Palisade, Some(ORIGIN.into()))),
+            name: launch.name,
+            dialer: Arc::new(dialer),
             signer,
             pid: Some(child.id()),
             child: Some(child),

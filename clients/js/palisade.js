@@ -8,9 +8,15 @@
 //   await chat.connect(token, "lobby");
 //   chat.send("hello");
 //
+// Rooms that remember (docs/PROTOCOL.md#rooms-that-remember): pass `{ history: 20 }` to get
+// the last 20 messages on join, or `{ since: chat.position }` after a reconnect to get exactly
+// what was missed (the acknowledgement says `recovered`). `chat.position` follows the room's
+// epoch and the last offset seen; `members()`, `typing()` and `seen()` use the extensions.
+//
 // Events (CustomEvent, data in `detail`): "open", "join" {username, userId, totalUsers},
-// "leave" {username, userId, totalUsers}, "message" {body, username, userId},
-// "close" {code, reason, meaning, reconnect}.
+// "leave" {username, userId, totalUsers}, "message" {body, username, userId, offset?, history?,
+// ts?}, "members" {members, total, truncated}, "typing" {username, userId}, "seen" {username,
+// userId, offset}, "notice" {code, epoch?, offset?}, "close" {code, reason, meaning, reconnect}.
 
 /** Every close code the server sends (docs/PROTOCOL.md), and what a client should do. */
 export const CLOSE_CODES = {
@@ -42,13 +48,19 @@ export class PalisadeClient extends EventTarget {
     this.url = url;
     this.socket = null;
     this.room = null;
+    /** The room's epoch and the last offset seen, once known: `{ epoch, offset }`. */
+    this.position = null;
   }
 
   /**
-   * Opens the socket, authenticates and joins `room`. Resolves once the server acknowledges
-   * the join (its own `join` frame), rejects if the socket closes first.
+   * Opens the socket, authenticates and joins `room`. Resolves with the server's
+   * acknowledgement (its own `join` frame: with `history` or `since`, also the room's `epoch`
+   * and `offset`, the user's `seen`, and whether `since` was `recovered`); rejects if the socket
+   * closes first.
+   *
+   * @param {{ history?: number, since?: { epoch: string, offset: number } }} [options]
    */
-  connect(token, room) {
+  connect(token, room, options = {}) {
     return new Promise((resolve, reject) => {
       const socket = new WebSocket(this.url);
       this.socket = socket;
@@ -56,7 +68,7 @@ export class PalisadeClient extends EventTarget {
       socket.addEventListener("open", () => {
         // The first frame must be auth, within the server's AUTH_TIMEOUT_MS.
         socket.send(JSON.stringify({ type: "auth", body: token }));
-        socket.send(JSON.stringify({ type: "join", room }));
+        socket.send(JSON.stringify(this.#joinFrame(room, options)));
         this.room = room;
         this.#emit("open", {});
       });
@@ -64,6 +76,7 @@ export class PalisadeClient extends EventTarget {
         const frame = JSON.parse(event.data);
         if (frame.type === "join" && !joined) {
           joined = true;
+          this.#acknowledged(frame);
           resolve(frame);
         }
         this.#dispatchFrame(frame);
@@ -91,10 +104,31 @@ export class PalisadeClient extends EventTarget {
     this.room = null;
   }
 
-  /** Joins another room after `leave()`. */
-  join(room) {
-    this.#send({ type: "join", room });
+  /** Joins another room after `leave()` (options as for `connect`). */
+  join(room, options = {}) {
+    this.#send(this.#joinFrame(room, options));
     this.room = room;
+    this.position = null;
+  }
+
+  /** Asks who is in the room; resolves with the next "members" answer. */
+  members() {
+    const answer = new Promise((resolve) =>
+      this.addEventListener("members", (e) => resolve(e.detail), { once: true }),
+    );
+    this.#send({ type: "members" });
+    return answer;
+  }
+
+  /** Tells the room this user is typing (the server relays at most one per couple of seconds). */
+  typing() {
+    this.#send({ type: "typing" });
+  }
+
+  /** Tells the room this user has read up to `offset` (default: the last message seen). */
+  seen(offset = this.position?.offset) {
+    if (offset === undefined) throw new Error("no offset seen yet");
+    this.#send({ type: "seen", offset });
   }
 
   /** Extends the session with a fresh token for the same user (before the old one expires). */
@@ -105,6 +139,17 @@ export class PalisadeClient extends EventTarget {
   /** Closes the socket normally. */
   close() {
     this.socket?.close(1000, "bye");
+  }
+
+  #joinFrame(room, { history, since } = {}) {
+    const frame = { type: "join", room };
+    if (history !== undefined) frame.history = history;
+    if (since) frame.since = { epoch: since.epoch, offset: since.offset };
+    return frame;
+  }
+
+  #acknowledged(ack) {
+    if (typeof ack.epoch === "string") this.position = { epoch: ack.epoch, offset: ack.offset };
   }
 
   #send(frame) {
@@ -121,12 +166,24 @@ export class PalisadeClient extends EventTarget {
         this.#emit("leave", frame);
         break;
       case "message":
+        if (typeof frame.offset === "number" && this.position) {
+          this.position = { epoch: this.position.epoch, offset: frame.offset };
+        }
         this.#emit("message", frame);
         break;
+      case "members":
+      case "typing":
+      case "seen":
+        this.#emit(frame.type, frame);
+        break;
       case "notice":
-        // {"type":"notice","body":"delivery_interrupted"|"delivery_restored"}: other nodes
-        // are out of reach (messages may be missed), or back.
-        this.#emit("notice", { code: frame.body });
+        // "delivery_interrupted"/"delivery_restored": other nodes are out of reach (messages
+        // may be missed), or back. "history_gap"/"history_reset" {epoch, offset}: messages
+        // were lost for good, or the room's history was; this is where the room now stands.
+        if (typeof frame.epoch === "string") {
+          this.position = { epoch: frame.epoch, offset: frame.offset };
+        }
+        this.#emit("notice", { code: frame.body, epoch: frame.epoch, offset: frame.offset });
         break;
       default:
         // Frame types this client does not know are ignored, as the protocol allows.

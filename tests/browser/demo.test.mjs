@@ -3,47 +3,9 @@
 // Screenshots go to target/browser/. Run by .ci/browser (PALISADE_BIN names the binary).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
-import { createServer } from "node:net";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const BINARY = process.env.PALISADE_BIN ?? join(ROOT, "target", "debug", "palisade");
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const SHOTS = join(ROOT, "target", "browser");
-
-function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** Starts `palisade demo` and resolves once it prints its URL. */
-async function startDemo() {
-  const port = await freePort();
-  const child = spawn(BINARY, ["demo"], {
-    env: { PATH: process.env.PATH, PORT: String(port), LOG_LEVEL: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("demo did not start")), 15000);
-    child.stdout.on("data", (chunk) => {
-      if (chunk.toString().includes("Palisade demo on")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`demo exited with ${code}`)));
-  });
-  child.stdout.resume(); // keep draining, so the gateway never writes into a full pipe
-  return { child, url: `http://127.0.0.1:${port}/` };
-}
+import { join } from "node:path";
+import { SHOTS, launch, startDemo } from "./harness.mjs";
 
 async function joinAs(page, url, name) {
   await page.goto(url);
@@ -63,10 +25,7 @@ const logOf = (page) => page.locator("#log");
 test("two pages chat, see joins and leaves, and a rate-limited page sees why", async () => {
   mkdirSync(SHOTS, { recursive: true });
   const demo = await startDemo();
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const ada = await browser.newPage({ viewport: { width: 760, height: 640 } });
     const brian = await browser.newPage({ viewport: { width: 760, height: 640 } });

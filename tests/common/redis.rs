@@ -73,6 +73,22 @@ impl RedisServer {
         }
     }
 
+    /// Runs one command on the server (to play a part Palisade's nodes would, or break one).
+    pub(crate) async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis answers");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn)
+            .await
+            .expect("the command succeeds")
+    }
+
     async fn ping(&self) -> bool {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
