@@ -294,3 +294,67 @@ async fn members_typing_and_read_positions_cross_nodes() {
     let (_, ack) = join(&a, "bob", "lobby", json!({"history": 0})).await;
     assert_eq!(ack["seen"], 2, "{ack}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_history_vanished_or_rolled_back_resets_and_keeps_delivering() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis).await;
+    let mut sender = a.joined("sender", "lobby").await;
+    let (mut ext, ack) = join(&a, "ext", "lobby", json!({"history": 0})).await;
+    let (mut plain, _) = join(&a, "plain", "lobby", json!({})).await;
+    let _ = ext.recv_json().await; // plain's join
+    let first_epoch = ack["epoch"].as_str().unwrap().to_owned();
+    // A room without messages keeps its position only as long as a node has members there.
+    let ttl: i64 = redis.command(&["TTL", "palisade:position:lobby"]).await;
+    assert!(
+        (1..=3).contains(&ttl),
+        "a fresh position lives REDIS_KEY_TTL_SECS: {ttl}"
+    );
+    for body in ["one", "two", "three"] {
+        say(&mut sender, body).await;
+    }
+    assert_eq!(offsets(&messages(&mut ext, 3).await), [1, 2, 3]);
+    let _ = messages(&mut plain, 3).await;
+    let ttl: i64 = redis.command(&["TTL", "palisade:position:lobby"]).await;
+    assert!(
+        ttl > 3,
+        "after a message, seven times HISTORY_TTL_SECS: {ttl}"
+    );
+
+    // Redis rolls back to offset 1 in the same epoch (a failover that lost writes): the next
+    // message is numbered 2 again, under another body.
+    let _: () = redis
+        .command(&["HSET", "palisade:position:lobby", "offset", "1"])
+        .await;
+    say(&mut sender, "after the rollback").await;
+    let reset = ext
+        .wait_for("notice", Some("history_reset"), Duration::from_secs(5))
+        .await;
+    assert_ne!(reset["epoch"], first_epoch.as_str());
+    let next = messages(&mut ext, 1).await;
+    assert_eq!(
+        next[0]["body"], "after the rollback",
+        "not swallowed as a duplicate"
+    );
+    assert_eq!(
+        messages(&mut plain, 1).await[0]["body"],
+        "after the rollback"
+    );
+
+    // The room's keys vanish while members are connected (a flush, an eviction): the next
+    // message starts a new epoch, announced, and is delivered.
+    let _: i64 = redis
+        .command(&["DEL", "palisade:position:lobby", "palisade:history:lobby"])
+        .await;
+    say(&mut sender, "in a new epoch").await;
+    let reset = ext
+        .wait_for("notice", Some("history_reset"), Duration::from_secs(5))
+        .await;
+    assert_eq!(reset["offset"], 0);
+    let next = messages(&mut ext, 1).await;
+    assert_eq!(
+        (next[0]["body"].as_str(), next[0]["offset"].as_u64()),
+        (Some("in a new epoch"), Some(1))
+    );
+    assert_eq!(messages(&mut plain, 1).await[0]["body"], "in a new epoch");
+}

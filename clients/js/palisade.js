@@ -128,7 +128,8 @@ export class PalisadeClient extends EventTarget {
   /** Tells the room this user has read up to `offset` (default: the last message seen). */
   seen(offset = this.position?.offset) {
     if (offset === undefined) throw new Error("no offset seen yet");
-    this.#send({ type: "seen", offset });
+    // With the epoch, a position sent just before a history reset is ignored, not an error.
+    this.#send({ type: "seen", offset, epoch: this.position?.epoch });
   }
 
   /** Extends the session with a fresh token for the same user (before the old one expires). */

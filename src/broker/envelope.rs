@@ -7,7 +7,7 @@
 //! {"v":1,"node":"3f9c…","seq":20,"ts":…,"event":"sync","members":[{"session":7,"username":"Bob","userId":"bob"}]}
 //! {"v":1,"node":"3f9c…","seq":21,"ts":…,"event":"message",…,"body":"hi","offset":42,"epoch":"9b1d…"}
 //! {"v":1,"node":"3f9c…","seq":22,"ts":…,"event":"typing","session":7,"username":"Bob","userId":"bob"}
-//! {"v":1,"node":"3f9c…","seq":23,"ts":…,"event":"seen","username":"Bob","userId":"bob","offset":41}
+//! {"v":1,"node":"3f9c…","seq":23,"ts":…,"event":"seen","username":"Bob","userId":"bob","offset":41,"epoch":"9b1d…"}
 //! ```
 //!
 //! With history on, a message's `offset` and `epoch` are added by Redis itself, in the script
@@ -16,8 +16,8 @@
 //! bytes are kept in the room's stream, so a message read back from history decodes like one
 //! received live.
 //!
-//! `node` is the publishing node's id (a node ignores its own envelopes: its members were
-//! served locally), `seq` grows by one per envelope a node publishes (a receiver drops any
+//! `node` is the publishing node's id (a node ignores its own envelopes, as its members were
+//! served locally, except numbered messages, which every node delivers as they come back), `seq` grows by one per envelope a node publishes (a receiver drops any
 //! `seq` it has already seen from that node in that room, so a client never sees a
 //! duplicate), and `ts` is the publisher's wall clock in milliseconds, for the cross-node delay
 //! metric. `sync` says "these are all of my members in this room", sent when a node rebuilds
@@ -66,10 +66,11 @@ pub(crate) enum RemoteEvent {
     Sync(Vec<RemoteMember>),
     /// A member is typing.
     Typing(RemoteMember),
-    /// A user's read position rose.
+    /// A user's read position rose (within `epoch`).
     Seen {
         username: Arc<str>,
         user_id: Arc<str>,
+        epoch: Arc<str>,
         offset: u64,
     },
 }
@@ -194,11 +195,13 @@ pub(super) fn encode(node: &str, seq: u64, sent_at_ms: u64, event: &RemoteEvent)
         RemoteEvent::Seen {
             username,
             user_id,
+            epoch,
             offset,
         } => {
             wire = Wire::new(node, seq, sent_at_ms, "seen");
             wire.username = Some(Cow::Borrowed(username));
             wire.user_id = Some(Cow::Borrowed(user_id));
+            wire.epoch = Some(Cow::Borrowed(epoch));
             wire.offset = Some(*offset);
         }
     }
@@ -286,6 +289,12 @@ impl Envelope {
                         .as_deref()
                         .ok_or(EnvelopeError::Incomplete("seen"))?,
                 ),
+                epoch: Arc::from(
+                    wire.epoch
+                        .as_deref()
+                        .filter(|epoch| !epoch.is_empty() && epoch.len() <= MAX_NODE_ID_BYTES)
+                        .ok_or(EnvelopeError::Incomplete("seen"))?,
+                ),
                 offset: wire.offset.ok_or(EnvelopeError::Incomplete("seen"))?,
             },
             "sync" => RemoteEvent::Sync(
@@ -360,6 +369,7 @@ mod tests {
             RemoteEvent::Seen {
                 username: "Bob".into(),
                 user_id: "bob".into(),
+                epoch: "e1".into(),
                 offset: 41,
             },
         ];

@@ -10,7 +10,7 @@
 //! | `{prefix}ban:{offender}` | string | the ban's end, Unix milliseconds; `offender` is `user:ID` or `ip:ADDRESS` | when the ban ends |
 //! | `{prefix}sessions:{user}` | hash | field `{node}` → the user's sessions on that node | `REDIS_KEY_TTL_SECS` after the last node with sessions of the user stopped refreshing it |
 //! | `{prefix}rate:{user}:{window}` | string | the user's chat messages in that 5-second window (Unix time / 5 s), on every node | 10 s |
-//! | `{prefix}position:{room}` | hash | `epoch` (made when missing) and `offset`, the room's last message | 7 × `HISTORY_TTL_SECS` after its last message |
+//! | `{prefix}position:{room}` | hash | `epoch` (made when missing) and `offset`, the room's last message | 7 × `HISTORY_TTL_SECS` after its last message; before the first, `REDIS_KEY_TTL_SECS` after the last node with members there stopped refreshing it |
 //! | `{prefix}history:{room}` | stream | the last `HISTORY_SIZE` message envelopes, entry id `0-{offset}`, field `e` | `HISTORY_TTL_SECS` after its last message |
 //! | `{prefix}seen:{room}` | hash | user id → the highest offset the user has seen | 7 × `HISTORY_TTL_SECS` after the last rise |
 //!

@@ -62,6 +62,7 @@ pub(crate) enum RoomEvent<'a> {
     Seen {
         username: &'a Arc<str>,
         user_id: &'a Arc<str>,
+        epoch: &'a Arc<str>,
         offset: u64,
     },
 }
@@ -104,10 +105,12 @@ impl RoomEvent<'_> {
             RoomEvent::Seen {
                 username,
                 user_id,
+                epoch,
                 offset,
             } => RemoteEvent::Seen {
                 username: Arc::clone(username),
                 user_id: Arc::clone(user_id),
+                epoch: Arc::clone(epoch),
                 offset,
             },
         }
@@ -186,6 +189,10 @@ pub(crate) trait LocalRooms: Send + Sync + 'static {
 
     /// Delivers a numbered chat message if it is the room's next one.
     fn deliver_ordered(&self, room: &str, epoch: &Arc<str>, entry: Entry) -> Ordered;
+
+    /// Delivers a chat message of this node's members to the others here, without an offset:
+    /// one the broker took for numbering but could not write.
+    fn deliver_here(&self, room: &str, from: SessionId, username: &str, user_id: &str, body: &str);
 
     /// Where this node's copy of the room's history stands, if it has one.
     fn history_position(&self, room: &str) -> Option<Position>;

@@ -72,7 +72,7 @@ impl RoomLog {
     }
 
     /// The held entry at `offset`.
-    fn get(&self, offset: u64) -> Option<&Arc<Entry>> {
+    pub(super) fn get(&self, offset: u64) -> Option<&Arc<Entry>> {
         let first = self.first()?;
         let index = offset.checked_sub(first)?;
         self.entries.get(usize::try_from(index).ok()?)

@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::config::{at_least, invalid, secs, Config, ConfigError};
 use crate::ids::SessionId;
 
-pub(crate) use store::{Discontinuity, Replay, Request, Seen, Store};
+pub(crate) use store::{Discontinuity, Recorded, Replay, Request, Seen, Store};
 
 /// The most messages a room may keep (`HISTORY_SIZE`).
 const MAX_HISTORY_SIZE: usize = 10_000;
@@ -102,6 +102,14 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Whether `other` is the same message (what a replay of it would carry).
+    fn same_message(&self, other: &Entry) -> bool {
+        self.offset == other.offset
+            && self.sent_at_ms == other.sent_at_ms
+            && self.user_id == other.user_id
+            && self.body == other.body
+    }
+
     /// What the entry counts against `HISTORY_MAX_BYTES`: its text and a fixed overhead for
     /// the entry itself, its place in the eviction queue and the allocator's rounding.
     fn charge(&self) -> usize {
@@ -109,8 +117,10 @@ impl Entry {
     }
 }
 
-/// Bytes an entry costs besides its text (measured: `Arc<Entry>`, the deque slot, the queue
-/// item; rounded up).
+/// Bytes an entry costs besides its text: the `Arc<Entry>`, its deque slot and its queue item,
+/// rounded up. Stale queue items (an entry trimmed or dropped before its item reached the
+/// front) are not charged; compaction keeps them fewer than the live ones plus 1024, so the
+/// memory held stays within a small fraction above `HISTORY_MAX_BYTES`.
 const ENTRY_OVERHEAD: usize = 160;
 
 /// A fresh epoch: random, so that no two lives of a room (or of a node) share one.

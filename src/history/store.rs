@@ -7,15 +7,35 @@
 //! front or the queue is compacted (when stale items outnumber live ones): its bytes are
 //! released at once, so the budget counts only what is held.
 //!
-//! One mutex guards it all. Callers hold their room's lock while they call in (so offsets and
-//! the order of frames agree), never the other way round, and every call is short: a replay
-//! copies at most `HISTORY_SIZE` pointers.
+//! One mutex guards it all. Callers that number or deliver messages hold their room's lock
+//! while they call in (so offsets and the order of frames agree); the store never calls out,
+//! so the order is always room, then store. Every call is short: a replay copies at most
+//! `HISTORY_SIZE` pointers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::log::RoomLog;
 use super::{new_epoch, Entry, HistorySettings, Position};
+
+/// The run of `entries` (ascending) that ends at `last` without a hole; whatever precedes a
+/// missing offset is left out.
+fn contiguous_run(entries: Vec<Entry>, last: u64) -> Vec<Entry> {
+    let mut run: Vec<Entry> = Vec::with_capacity(entries.len());
+    let mut expected = last;
+    for entry in entries.into_iter().rev() {
+        if entry.offset > expected {
+            continue; // Past the position: not counted yet.
+        }
+        if entry.offset != expected {
+            break;
+        }
+        expected -= 1;
+        run.push(entry);
+    }
+    run.reverse();
+    run
+}
 
 /// Stale items tolerated before a compaction, besides as many as there are live ones.
 const COMPACT_SLACK: usize = 1024;
@@ -61,16 +81,29 @@ pub(crate) enum Discontinuity {
     Gap(Position),
 }
 
+/// What became of a numbered message offered to a copy.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// The room's next message: kept.
+    Next,
+    /// Already held.
+    Duplicate,
+    /// The copy is behind it, on another epoch, missing, or holds something else under its
+    /// offset: it must be brought level from Redis.
+    Behind,
+}
+
 /// The outcome of a read position reported by a member.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Seen {
-    /// Higher than before: relay it.
-    Raised,
+    /// Higher than before, in this epoch: relay it.
+    Raised(Arc<str>),
     /// Not higher than what was recorded: nothing to do.
     Unchanged,
     /// Past the room's last message: a protocol violation.
     Ahead,
-    /// The room's position is not known here (history off, or Redis away): ignored.
+    /// The room's position is not known here (history off, or Redis away), or the reporter's
+    /// epoch is not the room's: ignored.
     Unknown,
 }
 
@@ -94,6 +127,8 @@ struct Inner {
     bytes: usize,
     /// Live items: entries and read positions held.
     live: usize,
+    /// Entries held.
+    entries: usize,
     next_generation: u64,
 }
 
@@ -116,6 +151,7 @@ impl Store {
                 queue: VecDeque::new(),
                 bytes: 0,
                 live: 0,
+                entries: 0,
                 next_generation: 1,
             }),
         }
@@ -127,6 +163,11 @@ impl Store {
 
     pub(crate) fn enabled(&self) -> bool {
         self.settings.enabled()
+    }
+
+    /// Whether this store numbers messages itself (one node) rather than copying Redis's.
+    pub(crate) fn is_authoritative(&self) -> bool {
+        self.authoritative
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -194,8 +235,8 @@ impl Store {
         self.lock().logs.get(room).map(RoomLog::position)
     }
 
-    /// Numbers and keeps a message (authoritative store): None if the room has no log (history
-    /// off, or no member ever joined it here).
+    /// Numbers and keeps a message (authoritative store), starting the room's log if it has
+    /// none (a message posted into a room nobody has joined yet).
     pub(crate) fn append(
         &self,
         room: &str,
@@ -206,6 +247,12 @@ impl Store {
     ) -> Option<Arc<Entry>> {
         debug_assert!(self.authoritative, "offsets come from Redis");
         let mut inner = self.lock();
+        if !inner.logs.contains_key(room) {
+            let generation = inner.generation();
+            inner
+                .logs
+                .insert(Arc::from(room), RoomLog::new(new_epoch(), generation, 0));
+        }
         let log = inner.logs.get(room)?;
         let entry = Arc::new(Entry {
             offset: log.last + 1,
@@ -219,22 +266,32 @@ impl Store {
         Some(entry)
     }
 
-    /// Keeps a message numbered elsewhere (a copy), if it is the next one in the room's
-    /// epoch: false otherwise (a duplicate, out of order, or another epoch).
-    pub(crate) fn record(&self, room: &str, epoch: &str, entry: Arc<Entry>) -> bool {
+    /// Keeps a message numbered elsewhere (a copy) if it is the room's next one, or says why
+    /// not.
+    pub(crate) fn record(&self, room: &str, epoch: &str, entry: Arc<Entry>) -> Recorded {
         let mut inner = self.lock();
-        match inner.logs.get(room) {
-            Some(log) if *log.epoch == *epoch && entry.offset == log.last + 1 => {
-                inner.push(room, entry, &self.settings);
-                true
-            }
-            _ => false,
+        let Some(log) = inner.logs.get(room) else {
+            return Recorded::Behind;
+        };
+        if *log.epoch != *epoch || entry.offset > log.last + 1 {
+            return Recorded::Behind;
         }
+        if entry.offset <= log.last {
+            // Already here, unless what is held under that offset is another message: Redis
+            // rolled back and numbered new messages again (a failover that lost writes).
+            return match log.get(entry.offset) {
+                Some(held) if !held.same_message(&entry) => Recorded::Behind,
+                _ => Recorded::Duplicate,
+            };
+        }
+        inner.push(room, entry, &self.settings);
+        Recorded::Next
     }
 
     /// Takes a fresh view of a room (a copy): its position in Redis and its newest entries
-    /// (ascending, a contiguous run ending at `position.offset`, possibly empty or shorter than
-    /// what was missed). Says what the members here must be told and given.
+    /// (ascending; only the contiguous run ending at `position.offset` is used, so an entry
+    /// that could not be read never leaves a hole). Says what the members here must be told and
+    /// given.
     pub(crate) fn reload(
         &self,
         room: &str,
@@ -244,18 +301,19 @@ impl Store {
     ) -> Reloaded {
         let mut inner = self.lock();
         let cutoff = self.cutoff_ms(now_ms);
-        let entries = entries
-            .into_iter()
-            .filter(|entry| entry.offset <= position.offset);
-        let (had, epoch_changed) = match inner.logs.get(room) {
-            None => (None, false),
-            Some(log) => (Some(log.last), *log.epoch != *position.epoch),
-        };
+        let run = contiguous_run(entries, position.offset);
+        let had = inner
+            .logs
+            .get(room)
+            .map(|log| (Arc::clone(&log.epoch), log.last));
         match had {
-            Some(last) if !epoch_changed && position.offset <= last => Reloaded::default(),
-            Some(last) if !epoch_changed => {
+            Some((epoch, last)) if epoch == position.epoch && position.offset == last => {
+                Reloaded::default()
+            }
+            Some((epoch, last)) if epoch == position.epoch && position.offset > last => {
                 // Behind: deliver what came after, telling of any part that is lost.
-                let missed: Vec<Arc<Entry>> = entries
+                let missed: Vec<Arc<Entry>> = run
+                    .into_iter()
                     .filter(|entry| entry.offset > last)
                     .map(Arc::new)
                     .collect();
@@ -267,50 +325,69 @@ impl Store {
                     })
                 });
                 if notice.is_some() {
-                    inner.restart(room, &position.epoch, resumes_at - 1, false);
+                    inner.restart(room, &position.epoch, resumes_at - 1, false, now_ms);
                 }
                 for entry in &missed {
                     inner.push(room, Arc::clone(entry), &self.settings);
                 }
                 Reloaded { notice, missed }
             }
-            _ => {
-                // New here, or the room's history was lost: a fresh log from the view.
-                let mut entries: Vec<Entry> =
-                    entries.skip_while(|e| e.sent_at_ms < cutoff).collect();
-                if entries.last().is_some_and(|e| e.offset != position.offset) {
-                    entries.clear(); // Not a run ending at the position: not usable.
-                }
-                let start = entries.first().map_or(position.offset, |e| e.offset - 1);
-                inner.restart(room, &position.epoch, start, true);
+            had => {
+                // New here (nothing to deliver: nobody here had a position), or the room's
+                // history was lost (another epoch, or the same one rolled back): the members
+                // are told where it now stands, then given what it holds since.
+                let run: Vec<Arc<Entry>> = run
+                    .into_iter()
+                    .skip_while(|entry| entry.sent_at_ms < cutoff)
+                    .map(Arc::new)
+                    .collect();
+                let start = run.first().map_or(position.offset, |e| e.offset - 1);
+                inner.restart(room, &position.epoch, start, true, now_ms);
                 if let Some(log) = inner.logs.get_mut(room) {
                     // A copy exists only for a room open here.
                     log.attended = true;
                 }
-                for entry in entries {
-                    inner.push(room, Arc::new(entry), &self.settings);
+                for entry in &run {
+                    inner.push(room, Arc::clone(entry), &self.settings);
+                }
+                if had.is_none() {
+                    return Reloaded::default();
                 }
                 Reloaded {
-                    notice: epoch_changed.then_some(Discontinuity::Reset(position)),
-                    missed: Vec::new(),
+                    notice: Some(Discontinuity::Reset(Position {
+                        epoch: position.epoch,
+                        offset: start,
+                    })),
+                    missed: run,
                 }
             }
         }
     }
 
-    /// Records that `user` has seen the room up to `offset`.
-    pub(crate) fn set_seen(&self, room: &str, user: &Arc<str>, offset: u64, now_ms: u64) -> Seen {
+    /// Records that `user` has seen the room up to `offset` (in `epoch`, if the reporter
+    /// said: a position from an earlier epoch is ignored, not judged against this one).
+    pub(crate) fn set_seen(
+        &self,
+        room: &str,
+        user: &Arc<str>,
+        offset: u64,
+        epoch: Option<&str>,
+        now_ms: u64,
+    ) -> Seen {
         let mut inner = self.lock();
         let Some(log) = inner.logs.get_mut(room) else {
             return Seen::Unknown;
         };
+        if epoch.is_some_and(|epoch| epoch != &*log.epoch) {
+            return Seen::Unknown;
+        }
         if offset > log.last {
             return Seen::Ahead;
         }
         if log.seen.get(user).is_some_and(|&seen| seen >= offset) {
             return Seen::Unchanged;
         }
-        let generation = log.generation;
+        let (generation, room_epoch) = (log.generation, Arc::clone(&log.epoch));
         let charge = SEEN_OVERHEAD + user.len();
         if log.seen.insert(Arc::clone(user), offset).is_some() {
             // The earlier position's item is stale from now on.
@@ -319,15 +396,16 @@ impl Store {
             inner.bytes -= charge;
             inner.live -= 1;
         }
+        let room = inner.key(room);
         inner.add_item(Item {
-            room: Arc::from(room),
+            room,
             generation,
             at_ms: now_ms,
             charge,
             what: What::Seen(Arc::clone(user), offset),
         });
         inner.enforce(self.settings.max_bytes);
-        Seen::Raised
+        Seen::Raised(room_epoch)
     }
 
     /// `user`'s last seen offset in the room, if known here.
@@ -342,13 +420,13 @@ impl Store {
         while inner.queue.front().is_some_and(|item| item.at_ms < cutoff) {
             inner.pop_front();
         }
+        inner.compact_if_stale();
     }
 
     /// Bytes charged and entries held, for the metrics.
     pub(crate) fn usage(&self) -> (usize, usize) {
         let inner = self.lock();
-        let entries = inner.logs.values().map(|log| log.entries.len()).sum();
-        (inner.bytes, entries)
+        (inner.bytes, inner.entries)
     }
 
     /// Rooms with a log here (tests).
@@ -366,7 +444,7 @@ impl Inner {
 
     /// Starts the room's log over at `last` (entries and, with `new_life`, read positions
     /// gone), keeping whether it is attended.
-    fn restart(&mut self, room: &str, epoch: &Arc<str>, last: u64, new_life: bool) {
+    fn restart(&mut self, room: &str, epoch: &Arc<str>, last: u64, new_life: bool, now_ms: u64) {
         let attended = self.logs.get(room).is_some_and(|log| log.attended);
         let seen = if new_life {
             None
@@ -379,7 +457,8 @@ impl Inner {
         let generation = self.generation();
         let mut log = RoomLog::new(Arc::clone(epoch), generation, last);
         log.attended = attended;
-        self.logs.insert(Arc::from(room), log);
+        let key: Arc<str> = Arc::from(room);
+        self.logs.insert(Arc::clone(&key), log);
         // Read positions of the same epoch stay true across a gap: re-added as items.
         for (user, offset) in seen.into_iter().flatten() {
             let charge = SEEN_OVERHEAD + user.len();
@@ -387,25 +466,37 @@ impl Inner {
                 log.seen.insert(Arc::clone(&user), offset);
             }
             self.add_item(Item {
-                room: Arc::from(room),
+                room: Arc::clone(&key),
                 generation,
-                at_ms: super::now_ms(),
+                at_ms: now_ms,
                 charge,
                 what: What::Seen(user, offset),
             });
         }
     }
 
+    /// The map's own key for `room` (shared by its queue items), or a new one.
+    fn key(&self, room: &str) -> Arc<str> {
+        self.logs
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(key, _)| Arc::clone(key))
+    }
+
     /// Appends the next entry to the room's log, trims the room to its size and the store to
-    /// its budget.
+    /// its budget. An entry that is not the next one is refused (a copy's runs are checked
+    /// before they get here; this keeps a log contiguous whatever happens).
     fn push(&mut self, room: &str, entry: Arc<Entry>, settings: &HistorySettings) {
+        let key = self.key(room);
         let Some(log) = self.logs.get_mut(room) else {
             return;
         };
-        debug_assert_eq!(entry.offset, log.last + 1);
+        if entry.offset != log.last + 1 {
+            debug_assert!(false, "entry {} after {}", entry.offset, log.last);
+            return;
+        }
         let charge = entry.charge();
         let item = Item {
-            room: Arc::from(room),
+            room: key,
             generation: log.generation,
             at_ms: entry.sent_at_ms,
             charge,
@@ -413,6 +504,7 @@ impl Inner {
         };
         log.last = entry.offset;
         log.entries.push_back(entry);
+        self.entries += 1;
         let trimmed = if log.entries.len() > settings.size {
             log.entries.pop_front()
         } else {
@@ -423,6 +515,7 @@ impl Inner {
             log.items -= 1;
             self.bytes -= old.charge();
             self.live -= 1;
+            self.entries -= 1;
         }
         self.add_item(item);
         self.enforce(settings.max_bytes);
@@ -436,9 +529,7 @@ impl Inner {
         self.bytes += item.charge;
         self.live += 1;
         self.queue.push_back(item);
-        if self.queue.len() > 2 * self.live + COMPACT_SLACK {
-            self.compact();
-        }
+        self.compact_if_stale();
     }
 
     /// Evicts the oldest items until the store is within its budget.
@@ -465,6 +556,7 @@ impl Inner {
                 // queue is the front of its log.
                 debug_assert_eq!(log.first(), Some(offset));
                 log.entries.pop_front();
+                self.entries -= 1;
             }
             What::Seen(user, _) => {
                 log.seen.remove(&user);
@@ -494,15 +586,21 @@ impl Inner {
         if let Some(log) = self.logs.remove(room) {
             self.bytes -= log.charged;
             self.live -= log.items;
+            self.entries -= log.entries.len();
+            self.compact_if_stale();
         }
     }
 
-    fn compact(&mut self) {
-        let queue = std::mem::take(&mut self.queue);
-        self.queue = queue
-            .into_iter()
-            .filter(|item| self.is_live(item))
-            .collect();
+    /// Rebuilds the queue without its stale items once they outnumber the live ones (and a
+    /// slack), so the queue stays within a small multiple of what is held.
+    fn compact_if_stale(&mut self) {
+        if self.queue.len() > 2 * self.live + COMPACT_SLACK {
+            let queue = std::mem::take(&mut self.queue);
+            self.queue = queue
+                .into_iter()
+                .filter(|item| self.is_live(item))
+                .collect();
+        }
     }
 }
 
@@ -661,15 +759,18 @@ mod tests {
     fn read_positions_only_rise_and_never_pass_the_last_message() {
         let store = Store::new(settings(10, 1 << 20), true);
         let ann: Arc<str> = Arc::from("ann");
-        assert_eq!(store.set_seen("r", &ann, 0, 0), Seen::Unknown);
+        let set = |offset, epoch| store.set_seen("r", &ann, offset, epoch, 0);
+        assert_eq!(set(0, None), Seen::Unknown);
         store.join("r", &Request::default(), 0);
         say(&store, "r", "x", 1);
         say(&store, "r", "x", 1);
-        assert_eq!(store.set_seen("r", &ann, 3, 0), Seen::Ahead);
-        assert_eq!(store.set_seen("r", &ann, 1, 0), Seen::Raised);
-        assert_eq!(store.set_seen("r", &ann, 1, 0), Seen::Unchanged);
-        assert_eq!(store.set_seen("r", &ann, 0, 0), Seen::Unchanged);
-        assert_eq!(store.set_seen("r", &ann, 2, 0), Seen::Raised);
+        let epoch = store.position("r").unwrap().epoch;
+        assert_eq!(set(3, None), Seen::Ahead);
+        assert_eq!(set(3, Some("an earlier epoch")), Seen::Unknown);
+        assert_eq!(set(1, None), Seen::Raised(Arc::clone(&epoch)));
+        assert_eq!(set(1, None), Seen::Unchanged);
+        assert_eq!(set(0, None), Seen::Unchanged);
+        assert_eq!(set(2, Some(&epoch)), Seen::Raised(Arc::clone(&epoch)));
         assert_eq!(store.seen("r", "ann"), Some(2));
         let inner = store.lock();
         assert_eq!(inner.live, 3, "two entries and one position");
@@ -698,13 +799,16 @@ mod tests {
         );
         let fresh = store.reload("r", at(3), vec![entry(2), entry(3)], 5);
         assert!(fresh.notice.is_none() && fresh.missed.is_empty());
-        assert!(store.record("r", "e1", Arc::new(entry(4))));
-        assert!(!store.record("r", "e1", Arc::new(entry(4))), "a duplicate");
-        assert!(!store.record("r", "e1", Arc::new(entry(6))), "out of order");
-        assert!(
-            !store.record("r", "e2", Arc::new(entry(5))),
-            "another epoch"
-        );
+        let record = |epoch, entry| store.record("r", epoch, Arc::new(entry));
+        assert_eq!(record("e1", entry(4)), Recorded::Next);
+        assert_eq!(record("e1", entry(4)), Recorded::Duplicate);
+        let other = Entry {
+            body: "another message under offset 4".into(),
+            ..entry(4)
+        };
+        assert_eq!(record("e1", other), Recorded::Behind, "rolled back");
+        assert_eq!(record("e1", entry(6)), Recorded::Behind, "out of order");
+        assert_eq!(record("e2", entry(5)), Recorded::Behind, "another epoch");
         let behind = store.reload("r", at(6), vec![entry(5), entry(6)], 5);
         assert_eq!(behind.notice, None);
         assert_eq!(offsets(&behind.missed), [5, 6]);
@@ -722,7 +826,35 @@ mod tests {
             vec![entry(1)],
             5,
         );
-        assert!(matches!(reset.notice, Some(Discontinuity::Reset(_))));
+        assert_eq!(
+            reset.notice,
+            Some(Discontinuity::Reset(Position {
+                epoch: Arc::from("e2"),
+                offset: 0
+            })),
+            "told where the room now stands"
+        );
+        assert_eq!(
+            offsets(&reset.missed),
+            [1],
+            "then given the new epoch's messages"
+        );
+        // Rolled back within one epoch (a failover lost acknowledged writes): a reset too.
+        let e2 = |offset| Position {
+            epoch: Arc::from("e2"),
+            offset,
+        };
+        store.reload("r", e2(3), vec![entry(2), entry(3)], 5);
+        let rolled = store.reload("r", e2(2), vec![entry(2)], 5);
+        assert!(matches!(rolled.notice, Some(Discontinuity::Reset(_))));
+        // An entry that could not be read leaves no hole: only the run after it is used.
+        let holed = store.reload("r", e2(9), vec![entry(5), entry(7), entry(8), entry(9)], 5);
+        assert_eq!(holed.notice, Some(Discontinuity::Gap(e2(6))));
+        assert_eq!(offsets(&holed.missed), [7, 8, 9]);
+        let replay = store.join("r", &since(&e2(6), 6), 5);
+        assert_eq!(replay.recovered, Some(true));
+        assert_eq!(offsets(&replay.entries), [7, 8, 9]);
+        assert_eq!(store.join("r", &since(&e2(5), 5), 5).recovered, Some(false));
         store.closed("r");
         assert_eq!(store.rooms(), 0, "a copy goes with the room's last member");
     }

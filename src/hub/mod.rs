@@ -128,7 +128,12 @@ impl Hub {
         member: Member,
         request: &Request,
     ) -> Result<Membership, RoomFull> {
-        if !self.rooms.contains_key(room) {
+        // A room new here is opened on the broker first; so is one whose copy of the history
+        // is not loaded yet (another joiner's open may still be on its way).
+        let needs_copy = self.history.enabled()
+            && !self.history.is_authoritative()
+            && self.history.position(room).is_none();
+        if !self.rooms.contains_key(room) || needs_copy {
             self.broker.open_room(room).await;
         }
         let seen_elsewhere = if member.extended && self.history.enabled() {
@@ -221,11 +226,23 @@ impl Hub {
             }
             return;
         }
+        let order = self.broker.message_order();
+        if order == MessageOrder::Broker {
+            // Numbered by Redis and delivered here when it comes back; the read lock keeps it
+            // ordered after the sender's own join.
+            let queued = self
+                .rooms
+                .get(&sender.room)
+                .map(|_| self.broker.publish(&sender.room, event));
+            if queued != Some(false) {
+                return;
+            }
+        }
         // The write lock: offsets are given and delivered in one order.
         let Some(entry) = self.rooms.get_mut(&sender.room) else {
             return;
         };
-        match self.broker.message_order() {
+        match order {
             MessageOrder::Here => {
                 let numbered = self.history.append(
                     &sender.room,
@@ -239,8 +256,6 @@ impl Hub {
                     return;
                 }
             }
-            // Delivered here when it comes back from the broker, numbered.
-            MessageOrder::Broker if self.broker.publish(&sender.room, event) => return,
             MessageOrder::Broker | MessageOrder::Unordered => {}
         }
         // Nobody can number it now: delivered here only, without an offset, and not kept.
@@ -270,15 +285,17 @@ impl Hub {
         self.metrics.leaves.inc();
         if last_local {
             self.metrics.rooms.dec();
-            // Re-checked under the lock: someone may have joined since we released it.
-            if self
-                .rooms
-                .remove_if(room, |_, room| room.members.is_empty())
-                .is_some()
-            {
-                self.history.closed(room);
-                self.broker.room_closed(room);
-            }
+            // Re-checked under the lock: someone may have joined since we released it. The room
+            // is closed under the lock too, so a join racing in finds either the old room with
+            // its history or no room at all, never a room whose history is being dropped.
+            self.rooms.remove_if(room, |_, entry| {
+                let empty = entry.members.is_empty();
+                if empty {
+                    self.history.closed(room);
+                    self.broker.room_closed(room);
+                }
+                empty
+            });
         }
         true
     }
@@ -303,19 +320,24 @@ impl Hub {
     }
 
     /// Records a member's read position and relays it, coalesced.
-    fn seen(&self, member: &Membership, offset: u64) -> Result<(), SeenAhead> {
+    fn seen(&self, member: &Membership, offset: u64, epoch: Option<&str>) -> Result<(), SeenAhead> {
+        let now = history::now_ms();
         match self
             .history
-            .set_seen(&member.room, &member.user_id, offset, history::now_ms())
+            .set_seen(&member.room, &member.user_id, offset, epoch, now)
         {
             Seen::Ahead => Err(SeenAhead),
             Seen::Unchanged | Seen::Unknown => Ok(()),
-            Seen::Raised => {
-                if self
-                    .signals
-                    .seen(&member.room, &member.user_id, &member.display_name, offset)
-                {
-                    self.relay_seen(&member.room, &member.display_name, &member.user_id, offset);
+            Seen::Raised(epoch) => {
+                let due = signals::DueSeen {
+                    room: Arc::from(member.room.as_str()),
+                    user_id: Arc::clone(&member.user_id),
+                    username: Arc::clone(&member.display_name),
+                    epoch,
+                    offset,
+                };
+                if let Some(now) = self.signals.seen(due) {
+                    self.relay_seen(&now);
                 }
                 Ok(())
             }
@@ -323,17 +345,18 @@ impl Hub {
     }
 
     /// Tells the room (here and elsewhere) how far a user has read.
-    fn relay_seen(&self, room: &str, username: &Arc<str>, user_id: &Arc<str>, offset: u64) {
-        if let Some(entry) = self.rooms.get(room) {
-            let frame = ServerFrame::seen(username, user_id, offset).encode();
+    fn relay_seen(&self, seen: &signals::DueSeen) {
+        if let Some(entry) = self.rooms.get(&*seen.room) {
+            let frame = ServerFrame::seen(&seen.username, &seen.user_id, seen.offset).encode();
             entry.signal(&frame, None, &self.metrics);
         }
         self.broker.publish(
-            room,
+            &seen.room,
             RoomEvent::Seen {
-                username,
-                user_id,
-                offset,
+                username: &seen.username,
+                user_id: &seen.user_id,
+                epoch: &seen.epoch,
+                offset: seen.offset,
             },
         );
     }
@@ -350,7 +373,7 @@ impl Hub {
     /// history goes, and the history gauges follow. Called by the gateway's timer.
     pub(crate) fn tick(&self) {
         for due in self.signals.due() {
-            self.relay_seen(&due.room, &due.username, &due.user_id, due.offset);
+            self.relay_seen(&due);
         }
         self.history.sweep(history::now_ms());
         let (bytes, entries) = self.history.usage();
@@ -421,9 +444,9 @@ impl Membership {
         self.hub.typing(self);
     }
 
-    /// Records that this user has seen the room up to `offset`.
-    pub(crate) fn seen(&self, offset: u64) -> Result<(), SeenAhead> {
-        self.hub.seen(self, offset)
+    /// Records that this user has seen the room up to `offset` (in `epoch`, if given).
+    pub(crate) fn seen(&self, offset: u64, epoch: Option<&str>) -> Result<(), SeenAhead> {
+        self.hub.seen(self, offset, epoch)
     }
 
     /// The room's members, as the frame that answers `{"type":"members"}`.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::room::{RemoteKey, Room};
 use super::{frames, Hub};
 use crate::broker::{Delivery, LocalRooms, Ordered, RemoteEvent, RemoteMember};
-use crate::history::{self, Discontinuity, Entry, Position};
+use crate::history::{self, Discontinuity, Entry, Position, Recorded};
+use crate::ids::SessionId;
 use crate::metrics::labels::Discontinuity as Kind;
 use crate::protocol::{notice, ServerFrame};
 
@@ -46,13 +47,14 @@ impl LocalRooms for Hub {
             RemoteEvent::Seen {
                 username,
                 user_id,
+                epoch,
                 offset,
             } => {
                 // Learned, so a join here can tell the user where it was; a position this
                 // node's copy has not reached yet is relayed all the same.
-                let _ = self
-                    .history
-                    .set_seen(room, &user_id, offset, history::now_ms());
+                let _ =
+                    self.history
+                        .set_seen(room, &user_id, offset, Some(&epoch), history::now_ms());
                 let frame = ServerFrame::seen(&username, &user_id, offset).encode();
                 entry.signal(&frame, None, &self.metrics);
             }
@@ -129,14 +131,27 @@ impl LocalRooms for Hub {
             return Ordered::Absent;
         };
         let entry = Arc::new(entry);
-        if self.history.record(room, epoch, Arc::clone(&entry)) {
-            members.deliver(&entry, entry.from, &self.metrics);
-            return Ordered::Delivered;
+        if self.history.position(room).is_none() {
+            // Members here joined without a copy (Redis was away, or it is still loading):
+            // they are given this message as it happens, and the copy is loaded for the next.
+            members.deliver_unnumbered(&entry, entry.from, &self.metrics);
+            return Ordered::Behind;
         }
-        match self.history.position(room) {
-            None => Ordered::Absent,
-            Some(at) if at.epoch == *epoch && entry.offset <= at.offset => Ordered::Duplicate,
-            Some(_) => Ordered::Behind,
+        match self.history.record(room, epoch, Arc::clone(&entry)) {
+            Recorded::Next => {
+                members.deliver(&entry, entry.from, &self.metrics);
+                Ordered::Delivered
+            }
+            Recorded::Duplicate => Ordered::Duplicate,
+            // Also a room here whose copy is not loaded yet: loading it delivers this message.
+            Recorded::Behind => Ordered::Behind,
+        }
+    }
+
+    fn deliver_here(&self, room: &str, from: SessionId, username: &str, user_id: &str, body: &str) {
+        if let Some(members) = self.rooms.get(room) {
+            let frame = ServerFrame::message(body, username, user_id).encode();
+            members.broadcast(&frame, Some(from), &self.metrics);
         }
     }
 

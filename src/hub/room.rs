@@ -91,6 +91,18 @@ impl Room {
         );
     }
 
+    /// Queues a message that has no offset here to every local member but its sender, as
+    /// GarinChat's frame.
+    pub(super) fn deliver_unnumbered(
+        &self,
+        entry: &Entry,
+        except: Option<SessionId>,
+        metrics: &Metrics,
+    ) {
+        let frame = ServerFrame::message(&entry.body, &entry.username, &entry.user_id).encode();
+        self.broadcast(&frame, except, metrics);
+    }
+
     /// Queues a frame of the room extensions (`typing`, `seen`, a history notice) to the
     /// members that have them, but `except_user`'s.
     pub(super) fn signal(&self, frame: &Bytes, except_user: Option<&str>, metrics: &Metrics) {

@@ -16,8 +16,8 @@ type Key = (Arc<str>, Arc<str>);
 
 struct SeenState {
     relayed_at: Instant,
-    /// The latest position reported since, with the name to relay it under.
-    pending: Option<(u64, Arc<str>)>,
+    /// The latest position reported since.
+    pending: Option<DueSeen>,
 }
 
 #[derive(Default)]
@@ -26,12 +26,13 @@ struct Inner {
     seen: HashMap<Key, SeenState>,
 }
 
-/// A held read position whose interval has ended.
+/// A read position to relay.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct DueSeen {
     pub room: Arc<str>,
     pub user_id: Arc<str>,
     pub username: Arc<str>,
+    pub epoch: Arc<str>,
     pub offset: u64,
 }
 
@@ -64,22 +65,15 @@ impl Signals {
         }
     }
 
-    /// Whether `user`'s read position `offset` in `room` is relayed now; if not, it is held
-    /// for [`due`](Self::due).
-    pub(super) fn seen(
-        &self,
-        room: &str,
-        user: &Arc<str>,
-        username: &Arc<str>,
-        offset: u64,
-    ) -> bool {
+    /// `seen` if it is to be relayed now; else it is held for [`due`](Self::due).
+    pub(super) fn seen(&self, seen: DueSeen) -> Option<DueSeen> {
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("never poisoned");
-        let key = (Arc::from(room), Arc::clone(user));
+        let key = (Arc::clone(&seen.room), Arc::clone(&seen.user_id));
         match inner.seen.get_mut(&key) {
             Some(state) if now.duration_since(state.relayed_at) < self.seen_interval => {
-                state.pending = Some((offset, Arc::clone(username)));
-                false
+                state.pending = Some(seen);
+                None
             }
             _ => {
                 inner.seen.insert(
@@ -89,7 +83,7 @@ impl Signals {
                         pending: None,
                     },
                 );
-                true
+                Some(seen)
             }
         }
     }
@@ -104,18 +98,13 @@ impl Signals {
             .typing
             .retain(|_, at| now.duration_since(*at) < typing_interval);
         let mut due = Vec::new();
-        inner.seen.retain(|(room, user_id), state| {
+        inner.seen.retain(|_, state| {
             if now.duration_since(state.relayed_at) < self.seen_interval {
                 return true;
             }
             match state.pending.take() {
-                Some((offset, username)) => {
-                    due.push(DueSeen {
-                        room: Arc::clone(room),
-                        user_id: Arc::clone(user_id),
-                        username,
-                        offset,
-                    });
+                Some(seen) => {
+                    due.push(seen);
                     state.relayed_at = now;
                     true
                 }
@@ -143,19 +132,29 @@ mod tests {
         assert!(signals.typing("r", &ann));
     }
 
+    fn at(offset: u64) -> DueSeen {
+        let ann: Arc<str> = Arc::from("ann");
+        DueSeen {
+            room: Arc::from("r"),
+            user_id: Arc::clone(&ann),
+            username: ann,
+            epoch: Arc::from("e"),
+            offset,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_last_read_position_of_an_interval_is_relayed_at_its_end() {
         let signals = Signals::new(Duration::from_secs(2), Duration::from_secs(1));
-        let ann: Arc<str> = Arc::from("ann");
-        assert!(signals.seen("r", &ann, &ann, 1), "the first goes at once");
-        assert!(!signals.seen("r", &ann, &ann, 2));
-        assert!(!signals.seen("r", &ann, &ann, 3));
+        assert!(signals.seen(at(1)).is_some(), "the first goes at once");
+        assert!(signals.seen(at(2)).is_none());
+        assert!(signals.seen(at(3)).is_none());
         assert!(signals.due().is_empty(), "the interval has not ended");
         tokio::time::advance(Duration::from_secs(1)).await;
         let due = signals.due();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].offset, 3, "only the latest");
-        assert!(!signals.seen("r", &ann, &ann, 4), "a relay just happened");
+        assert!(signals.seen(at(4)).is_none(), "a relay just happened");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(signals.due()[0].offset, 4);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -164,6 +163,6 @@ mod tests {
             signals.inner.lock().unwrap().seen.is_empty(),
             "quiet users are forgotten"
         );
-        assert!(signals.seen("r", &ann, &ann, 5));
+        assert!(signals.seen(at(5)).is_some());
     }
 }

@@ -287,9 +287,13 @@ async fn typing_and_seen_reach_only_members_with_the_extensions_coalesced() {
     );
     w.typing();
     w.typing();
-    assert_eq!(w.seen(3), Err(SeenAhead));
-    assert_eq!(w.seen(1), Ok(()));
-    assert_eq!(w.seen(2), Ok(()), "held: one relayed already this interval");
+    assert_eq!(w.seen(3, None), Err(SeenAhead));
+    assert_eq!(w.seen(1, None), Ok(()));
+    assert_eq!(
+        w.seen(2, None),
+        Ok(()),
+        "held: one relayed already this interval"
+    );
     assert_eq!(
         texts(&mut ext_rx),
         [

@@ -3,8 +3,8 @@
 //! Client frames are decoded by hand-written serde visitors so that keys match
 //! case-insensitively (as Go's `encoding/json` did for GarinChat clients), duplicate keys are
 //! refused (two parsers must never disagree about which `type` a frame has), GarinChat's fields
-//! must be strings, and the room extensions' (`history`, `since`, `offset`) have their own
-//! types.
+//! must be strings (and so must `epoch`), and the room extensions' `history`, `since` and
+//! `offset` have their own types.
 
 use std::fmt;
 
@@ -43,10 +43,13 @@ pub enum ClientFrame {
     Members,
     /// `{"type":"typing"}`: the member is typing.
     Typing,
-    /// `{"type":"seen","offset":N}`: the member has seen the room up to offset N.
+    /// `{"type":"seen","offset":N}`: the member has seen the room up to offset N (with
+    /// `"epoch"`, in that epoch: a position from an earlier one is ignored).
     Seen {
         /// The highest offset seen.
         offset: u64,
+        /// The epoch the offset belongs to.
+        epoch: Option<String>,
     },
 }
 
@@ -82,6 +85,7 @@ struct RawClientFrame {
     history: Option<u64>,
     since: Option<Since>,
     offset: Option<u64>,
+    epoch: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RawClientFrame {
@@ -107,6 +111,7 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
                 KeyName::Body => &mut frame.body,
                 KeyName::Username => &mut frame.username,
                 KeyName::Room => &mut frame.room,
+                KeyName::Epoch => &mut frame.epoch,
                 KeyName::History => {
                     fill(&mut frame.history, &mut map)?;
                     continue;
@@ -148,6 +153,7 @@ enum KeyName {
     Body,
     Username,
     Room,
+    Epoch,
     History,
     Since,
     Offset,
@@ -172,6 +178,8 @@ impl<'de> Deserialize<'de> for KeyName {
                     KeyName::Username
                 } else if is("room") {
                     KeyName::Room
+                } else if is("epoch") {
+                    KeyName::Epoch
                 } else if is("history") {
                     KeyName::History
                 } else if is("since") {
@@ -213,6 +221,7 @@ impl ClientFrame {
             Some("typing") => Ok(ClientFrame::Typing),
             Some("seen") => Ok(ClientFrame::Seen {
                 offset: raw.offset.ok_or(DecodeError::MissingField("offset"))?,
+                epoch: raw.epoch,
             }),
             Some(_) => Err(DecodeError::UnknownType),
         }
@@ -245,7 +254,12 @@ impl ClientFrame {
             ClientFrame::UserLeave => serde_json::json!({"type": "userleave"}),
             ClientFrame::Members => serde_json::json!({"type": "members"}),
             ClientFrame::Typing => serde_json::json!({"type": "typing"}),
-            ClientFrame::Seen { offset } => serde_json::json!({"type": "seen", "offset": offset}),
+            ClientFrame::Seen { offset, epoch } => match epoch {
+                Some(epoch) => {
+                    serde_json::json!({"type": "seen", "offset": offset, "epoch": epoch})
+                }
+                None => serde_json::json!({"type": "seen", "offset": offset}),
+            },
         };
         value.to_string()
     }
@@ -300,7 +314,10 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"seen","offset":3}"#),
-            Ok(ClientFrame::Seen { offset: 3 })
+            Ok(ClientFrame::Seen {
+                offset: 3,
+                epoch: None
+            })
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"typing"}"#),
@@ -407,7 +424,14 @@ mod tests {
             ClientFrame::UserLeave,
             ClientFrame::Members,
             ClientFrame::Typing,
-            ClientFrame::Seen { offset: 4 },
+            ClientFrame::Seen {
+                offset: 4,
+                epoch: None,
+            },
+            ClientFrame::Seen {
+                offset: 4,
+                epoch: Some("e1".into()),
+            },
         ] {
             assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame));
         }

@@ -265,7 +265,7 @@ impl Session {
             ClientFrame::UserLeave => self.on_leave(),
             ClientFrame::Members => self.on_members(),
             ClientFrame::Typing => self.on_typing(),
-            ClientFrame::Seen { offset } => self.on_seen(offset),
+            ClientFrame::Seen { offset, epoch } => self.on_seen(offset, epoch.as_deref()),
         }
     }
 
@@ -299,10 +299,10 @@ impl Session {
     }
 
     /// `seen`: the read position recorded and relayed (coalesced), under the control budget.
-    fn on_seen(&mut self, offset: u64) -> Result<(), CloseCode> {
+    fn on_seen(&mut self, offset: u64, epoch: Option<&str>) -> Result<(), CloseCode> {
         self.membership("seen")?;
         self.spend_control()?;
-        self.membership("seen")?.seen(offset).map_err(|_| {
+        self.membership("seen")?.seen(offset, epoch).map_err(|_| {
             debug!(
                 session = self.id,
                 offset, "seen past the room's last message"

@@ -419,6 +419,7 @@ impl RedisBroker {
                 .arg(self.keys.members(&room))
                 .arg(ttl)
                 .ignore();
+            self.keep_position(&mut pipe, &room);
         }
         let (previous,): (Option<String>,) = self.within(pipe.query_async(conn)).await?;
         Ok(previous.is_some())
@@ -488,6 +489,7 @@ mod tests {
             None
         }
         fn reload_history(&self, _: &str, _: Position, _: Vec<Entry>) {}
+        fn deliver_here(&self, _: &str, _: u64, _: &str, _: &str, _: &str) {}
     }
 
     fn broker() -> Arc<RedisBroker> {

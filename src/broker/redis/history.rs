@@ -2,7 +2,8 @@
 //! each node's copy of its rooms kept level with it.
 //!
 //! Per room (names in [`Keys`](crate::broker::Keys)): a hash `position:{room}` with the epoch
-//! and the last offset, a stream `history:{room}` of the last `HISTORY_SIZE` envelopes (entry
+//! and the last offset (kept seven times as long as the messages, so a client back after a
+//! quiet spell learns it missed nothing), a stream `history:{room}` of the last `HISTORY_SIZE` envelopes (entry
 //! ids `0-{offset}`), and a hash `seen:{room}` of each user's read position. A room's epoch is
 //! made (random, by whichever node first needs it) when its position hash is missing: when
 //! Redis lost its data, or the room was quiet for longer than the position is kept, its
@@ -32,21 +33,33 @@ const READ_CHUNK: usize = 128;
 const POSITION_TTL_FACTOR: u64 = 7;
 
 /// Numbers a message, keeps it and publishes it, atomically: every node sees the same offsets,
-/// and a message is in the history before anyone can receive it.
+/// and a message is in the history before anyone can receive it. A room without a position, or
+/// whose stream is ahead of its position (Redis rolled back: a failover lost writes), starts a
+/// new epoch rather than give an offset twice.
 /// KEYS: position, stream, seen. ARGV: a fresh epoch, the stream's length, the stream's TTL,
 /// the position's TTL, the channel, the envelope without its closing brace.
 static NUMBER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
+local function new_epoch()
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0)
+  return ARGV[1]
 end
+local function add(epoch, offset)
+  local payload = ARGV[6] .. ',"offset":' .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '"}'
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. string.format('%d', offset), 'e', payload)
+  if type(added) == 'table' and added.err then return nil end
+  return payload
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or new_epoch()
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local payload = ARGV[6] .. ',"offset":' .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. string.format('%d', offset), 'e', payload)
+local payload = add(epoch, offset)
+if not payload then
+  epoch = new_epoch()
+  offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+  payload = add(epoch, offset)
+end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], payload)
@@ -55,37 +68,45 @@ return offset
     )
 });
 
-/// A room's position (making its epoch if it has none) and up to `count` entries after
-/// `after` (all of them if the room's epoch is not `known`).
-/// KEYS: position, stream, seen. ARGV: a fresh epoch, the known epoch, after, count, the
+/// A room's position and up to `count` of its newest entries after `after` (all of them if
+/// the room's epoch is not `known`). A room without a position gets a new epoch, kept only
+/// `REDIS_KEY_TTL_SECS` unless a message follows (heartbeats extend it while a node has members
+/// there), so joining fresh room names leaves nothing behind for long. A position below
+/// `after` in the `known` epoch means Redis rolled back (a failover lost writes): the same
+/// offsets would name other messages, so the room gets a new epoch.
+/// KEYS: position, stream, seen. ARGV: a fresh epoch, the known epoch, after, count, the new
 /// position's TTL.
 static VIEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local after = tonumber(ARGV[3])
+if epoch == ARGV[2] and offset < after then epoch = false end
 if not epoch then
   epoch = ARGV[1]
+  offset = 0
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-local after = tonumber(ARGV[3])
 if epoch ~= ARGV[2] then after = 0 end
 local entries = {}
 if tonumber(ARGV[4]) > 0 and after < offset then
-  entries = redis.call('XRANGE', KEYS[2], '0-' .. string.format('%d', after + 1), '+', 'COUNT', ARGV[4])
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '0-' .. string.format('%d', after + 1), 'COUNT', ARGV[4])
 end
 return {epoch, offset, entries}
 "#,
     )
 });
 
-/// Raises a user's read position (never lowers it) and, if it rose, tells the room.
-/// KEYS: seen. ARGV: user, offset, TTL, channel, envelope.
+/// Raises a user's read position (never lowers it) within the room's current epoch and, if
+/// it rose, tells the room.
+/// KEYS: seen, position. ARGV: user, offset, TTL, channel, envelope, epoch.
 static SEEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[6] then return 0 end
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if tonumber(ARGV[2]) > current then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -149,19 +170,34 @@ impl RedisBroker {
         pipe: &mut redis::Pipeline,
         room: &str,
         user: &str,
+        epoch: &str,
         offset: u64,
         envelope: Vec<u8>,
     ) {
         pipe.invoke_script(
             SEEN_SCRIPT
                 .key(self.keys.seen(room))
+                .key(self.keys.position(room))
                 .arg(user)
                 .arg(offset)
                 .arg(self.position_ttl())
                 .arg(self.keys.channel(room))
-                .arg(envelope),
+                .arg(envelope)
+                .arg(epoch),
         )
         .ignore();
+    }
+
+    /// Adds to `pipe` what keeps a room's position alive while this node has members there
+    /// (never shortening the longer life a message gave it).
+    pub(super) fn keep_position(&self, pipe: &mut redis::Pipeline, room: &str) {
+        if self.settings.history.enabled() {
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.position(room))
+                .arg(self.settings.key_ttl.as_secs())
+                .arg("GT")
+                .ignore();
+        }
     }
 
     /// `user`'s read position in `room`, if Redis answers in time.
@@ -215,7 +251,7 @@ impl RedisBroker {
                         .arg(epoch)
                         .arg(after)
                         .arg(self.settings.history.size)
-                        .arg(self.position_ttl()),
+                        .arg(self.settings.key_ttl.as_secs()),
                 );
             }
             let views: Vec<RawView> = self.within(pipe.query_async(conn)).await?;
@@ -257,10 +293,11 @@ impl RedisBroker {
         Ok(behind)
     }
 
-    /// A view's position and entries (ascending); entries that do not decode are left out,
-    /// which the copy then reports as lost.
+    /// A view's position and entries (ascending; they come newest first). Entries that do not
+    /// decode are left out: the copy uses only the run after the last of them, and reports
+    /// what precedes it as lost.
     fn parse_view(&self, (epoch, offset, raw): RawView) -> (Position, Vec<Entry>) {
-        let entries = raw
+        let mut entries: Vec<Entry> = raw
             .into_iter()
             .filter_map(|(_, fields)| {
                 let (_, payload) = fields.into_iter().find(|(field, _)| field == "e")?;
@@ -268,6 +305,7 @@ impl RedisBroker {
                 self.entry(envelope).map(|(_, entry)| entry)
             })
             .collect();
+        entries.reverse();
         (
             Position {
                 epoch: Arc::from(epoch),

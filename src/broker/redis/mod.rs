@@ -54,7 +54,7 @@ enum RedisFailure {
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -67,6 +67,7 @@ use tokio_util::task::TaskTracker;
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
+use crate::history::now_ms;
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
 use users::Users;
@@ -129,6 +130,8 @@ pub(crate) struct RedisBroker {
     pending_control: Mutex<Vec<Notice>>,
     /// The per-user limits every node shares.
     users: Users,
+    /// The hub, once started: chat messages that could not be written are delivered there.
+    rooms: std::sync::OnceLock<Arc<dyn LocalRooms>>,
     /// The command connection the publisher writes on, `None` while disconnected.
     connection: watch::Sender<Option<Link>>,
     /// Counts connected periods; a failure is only believed for the period it happened in.
@@ -169,6 +172,7 @@ impl RedisBroker {
             dirty: Mutex::new(HashSet::new()),
             pending_control: Mutex::new(Vec::new()),
             users: Users::new(user_rate.0, user_rate.1),
+            rooms: std::sync::OnceLock::new(),
             connection: watch::Sender::new(None),
             generation: AtomicU64::new(0),
             failed_generation: AtomicU64::new(0),
@@ -290,6 +294,7 @@ impl Broker for RedisBroker {
             .expect("the lock is never poisoned")
             .take()
             .expect("started once");
+        let _ = self.rooms.set(Arc::clone(&rooms));
         let publisher = tasks.spawn(Arc::clone(&self).publisher(inboxes.outgoing));
         tasks.spawn(self.driver(rooms, control, inboxes.commands, publisher));
     }
@@ -376,10 +381,4 @@ impl Broker for RedisBroker {
             let _ = tokio::time::timeout(self.settings.timeout * 3, self.stopped.cancelled()).await;
         })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }

@@ -49,6 +49,8 @@ impl RedisBroker {
                 mut conn,
             }) = link
             else {
+                // Never written: this node's chat messages still reach its own members.
+                self.deliver_here(&batch);
                 self.abandon(batch.drain(..), BrokerDrop::Down);
                 if self.stop.is_cancelled() {
                     return;
@@ -99,10 +101,13 @@ impl RedisBroker {
                     continue;
                 }
                 RemoteEvent::Seen {
-                    user_id, offset, ..
+                    user_id,
+                    epoch,
+                    offset,
+                    ..
                 } => {
                     let payload = envelope::encode(&self.node, *seq, sent_at, event);
-                    self.write_seen(&mut pipe, room, user_id, *offset, payload);
+                    self.write_seen(&mut pipe, room, user_id, epoch, *offset, payload);
                     continue;
                 }
                 _ => {}
@@ -175,6 +180,30 @@ impl RedisBroker {
             .arg(self.keys.control())
             .arg(control::encode(&self.node, notice))
             .ignore();
+    }
+
+    /// Delivers the batch's chat messages on this node (without offsets): with history on they
+    /// were left for Redis to number and hand back, which will not happen now.
+    fn deliver_here(&self, batch: &[Outgoing]) {
+        let Some(rooms) = self.rooms.get().filter(|_| self.settings.history.enabled()) else {
+            return;
+        };
+        for outgoing in batch {
+            if let Outgoing::Room {
+                room,
+                event:
+                    RemoteEvent::Message {
+                        session,
+                        username,
+                        user_id,
+                        body,
+                        ..
+                    },
+            } = outgoing
+            {
+                rooms.deliver_here(room, *session, username, user_id, body);
+            }
+        }
     }
 
     /// Counts events that will not be written; rooms whose presence they changed are resynced,
