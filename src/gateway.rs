@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::api::{self, Api};
 use crate::broker::{LocalControl, LocalRooms};
 use crate::config::ConfigError;
 use crate::server::Pages;
@@ -50,10 +51,13 @@ pub struct Listeners {
     pub main: TcpListener,
     /// The admin listener (`METRICS_PORT`), unless disabled.
     pub admin: Option<TcpListener>,
+    /// The server API's listener (`API_PORT`); used only when the API is configured.
+    pub api: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds `BIND_ADDR:PORT`, and `METRICS_BIND_ADDR:METRICS_PORT` unless the port is 0.
+    /// Binds `BIND_ADDR:PORT`, `METRICS_BIND_ADDR:METRICS_PORT` unless the port is 0, and
+    /// `API_BIND_ADDR:API_PORT` when the server API is configured.
     pub async fn bind(settings: &Settings) -> Result<Listeners, StartError> {
         let listen = settings.listen;
         let bind = |addr| async move {
@@ -66,7 +70,11 @@ impl Listeners {
             None => None,
             Some(addr) => Some(bind(addr).await?),
         };
-        Ok(Listeners { main, admin })
+        let api = match &settings.api {
+            None => None,
+            Some(api) => Some(bind(api.addr).await?),
+        };
+        Ok(Listeners { main, admin, api })
     }
 }
 
@@ -74,6 +82,7 @@ impl Listeners {
 pub struct RunningGateway {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    api_addr: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     accept_loop: JoinHandle<()>,
 }
@@ -111,6 +120,22 @@ pub async fn start_with_pages(
             .tasks
             .spawn(admin::accept_loop(admin, Arc::clone(&gateway)));
     }
+    let api_addr = match (&settings.api, listeners.api) {
+        (Some(api_settings), Some(listener)) => {
+            let addr = bound_addr(&listener)?;
+            let api = Api::new(api_settings);
+            gateway.tasks.spawn(api::accept_loop(
+                listener,
+                Arc::clone(&gateway),
+                Arc::clone(&api),
+            ));
+            gateway
+                .tasks
+                .spawn(api_housekeeping(Arc::clone(&gateway), api));
+            Some(addr)
+        }
+        _ => None,
+    };
     gateway.tasks.spawn(housekeeping(Arc::clone(&gateway)));
     gateway.tasks.spawn(watch_memory(Arc::clone(&gateway)));
     gateway.tasks.spawn(tick_rooms(Arc::clone(&gateway)));
@@ -125,6 +150,7 @@ pub async fn start_with_pages(
     Ok(RunningGateway {
         local_addr,
         admin_addr,
+        api_addr,
         gateway,
         accept_loop,
     })
@@ -149,6 +175,10 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                 gateway.admission.housekeep();
                 gateway.user_messages.housekeep();
                 gateway.moderation.bans().housekeep();
+                gateway
+                    .verifier
+                    .revoked()
+                    .housekeep(crate::bans::unix_ms(std::time::SystemTime::now()));
                 gateway.verifier.reload_revocations();
                 if let Some(tls) = &gateway.tls {
                     tls.reload_if_changed();
@@ -159,6 +189,18 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                     .set(gateway.verifier.invalid_revocation_lines() as i64);
                 crate::memory::release_free_memory();
             }
+        }
+    }
+}
+
+/// Keeps the server API's house every `HOUSEKEEPING_INTERVAL_MS` until the gateway stops.
+async fn api_housekeeping(gateway: Arc<Gateway>, api: Arc<Api>) {
+    let mut tick = tokio::time::interval(gateway.lifecycle.housekeeping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gateway.stopping.cancelled() => return,
+            _ = tick.tick() => api.housekeep(),
         }
     }
 }
@@ -205,6 +247,11 @@ impl RunningGateway {
     /// Where `/metrics` is served, unless `METRICS_PORT` is 0.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the server API is served, when it is configured.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// The shared state, for tests.

@@ -33,6 +33,7 @@
 //! | state | `state` | the [`Gateway`]: what every connection stands on |
 //! | serving | `server` | the public listener: routes, admission, upgrade; pluggable [`Pages`] |
 //! | | `admin` | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | | `api` | the server API listener: publish, disconnect, bans, revocations, presence, history |
 //! | start-up | [`gateway`] | listeners, start, housekeeping, the drain |
 //! | | [`demo`], [`shutdown`] | the standalone demo's settings and pages; SIGTERM/SIGINT |
 //!
@@ -41,6 +42,7 @@
 
 mod admin;
 mod admission;
+mod api;
 mod auth;
 mod bans;
 mod broker;

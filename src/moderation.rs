@@ -1,24 +1,28 @@
-//! Bans and kicks, enforced on every node: a ban (from strikes, or from the server API) is
-//! recorded, every open session it concerns on this node is closed with 4009, and the other
-//! nodes are told through the broker so they do the same; a refresh checks bans too.
+//! Bans, kicks and revocations, enforced on every node: a ban (from strikes, or from the
+//! server API) is recorded, every open session it concerns on this node is closed with 4009,
+//! and the other nodes are told through the broker so they do the same; a refresh checks bans
+//! too. A revocation (server API) is recorded with the token verifier and closes the sessions
+//! of the token or user with 4016.
 //!
 //! What travels is a [`Notice`]; a node that receives one enforces it exactly as if it had
 //! decided it (without announcing it again).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing::warn;
 
+use crate::auth::revoked::{Revoked, RuntimeRevocations, TooManyRevocations};
 use crate::bans::{unix_ms, Bans, Offender, StrikeOutcome};
 use crate::broker::{Broker, LocalControl, Notice};
 use crate::metrics::labels::BanKind;
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
-use crate::sessions::Sessions;
+use crate::sessions::{Sessions, TokenId};
 
 pub(crate) struct Moderation {
     bans: Bans,
+    revoked: Arc<RuntimeRevocations>,
     sessions: Arc<Sessions>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
@@ -27,12 +31,14 @@ pub(crate) struct Moderation {
 impl Moderation {
     pub(crate) fn new(
         bans: Bans,
+        revoked: Arc<RuntimeRevocations>,
         sessions: Arc<Sessions>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
     ) -> Moderation {
         Moderation {
             bans,
+            revoked,
             sessions,
             broker,
             metrics,
@@ -63,12 +69,14 @@ impl Moderation {
         }
     }
 
-    /// Bans `offender` for `duration`, on every node, closing its open sessions.
-    pub(crate) fn ban(&self, offender: Offender, duration: Duration) {
+    /// Bans `offender` for `duration`, on every node, closing its open sessions; when the ban
+    /// ends (Unix milliseconds).
+    pub(crate) fn ban(&self, offender: Offender, duration: Duration) -> u64 {
         let until_ms = self.bans.ban(offender.clone(), duration);
         self.enforce(&offender, CloseCode::Banned);
         self.count_ban(&offender);
         self.broker.announce(Notice::Ban { offender, until_ms });
+        until_ms
     }
 
     /// Lifts a ban on every node; whether this node knew of it.
@@ -78,10 +86,35 @@ impl Moderation {
         known
     }
 
-    /// Closes every session of `user`, on every node, with `code`.
-    pub(crate) fn kick(&self, user: Arc<str>, code: CloseCode) {
-        self.sessions.close_user(&user, code);
+    /// Closes every session of `user`, on every node, with `code`; how many were on this
+    /// node.
+    pub(crate) fn kick(&self, user: Arc<str>, code: CloseCode) -> usize {
+        let closed = self.sessions.close_user(&user, code);
         self.broker.announce(Notice::Kick { user, code });
+        closed
+    }
+
+    /// Revokes a token id or a user until `until_ms` on every node, closing its sessions.
+    pub(crate) fn revoke(&self, revoked: Revoked, until_ms: u64) -> Result<(), TooManyRevocations> {
+        self.revoked
+            .revoke(revoked.clone(), until_ms, unix_ms(SystemTime::now()))?;
+        self.close_revoked(&revoked);
+        self.broker.announce(Notice::Revoke { revoked, until_ms });
+        Ok(())
+    }
+
+    /// The revocations in force.
+    pub(crate) fn revocations(&self) -> Vec<(Revoked, u64)> {
+        self.revoked.in_force(unix_ms(SystemTime::now()))
+    }
+
+    fn close_revoked(&self, revoked: &Revoked) {
+        match revoked {
+            Revoked::User(user) => self.sessions.close_user(user, CloseCode::TokenRevoked),
+            Revoked::TokenId(id) => self
+                .sessions
+                .close_token(&TokenId(Arc::clone(id)), CloseCode::TokenRevoked),
+        };
     }
 
     /// Closes the offender's open sessions on this node.
@@ -115,7 +148,19 @@ impl LocalControl for Moderation {
             Notice::Kick { user, code } => {
                 self.sessions.close_user(&user, code);
             }
+            Notice::Revoke { revoked, until_ms } => {
+                let now = unix_ms(SystemTime::now());
+                // Past the bound, a revocation from another node still closes what it names.
+                let _ = self.revoked.revoke(revoked.clone(), until_ms, now);
+                if until_ms > now {
+                    self.close_revoked(&revoked);
+                }
+            }
         }
+    }
+
+    fn revocations_in_force(&self) -> Vec<(Revoked, u64)> {
+        self.revocations()
     }
 
     fn local_sessions(&self) -> Vec<(Arc<str>, usize)> {
@@ -123,7 +168,7 @@ impl LocalControl for Moderation {
     }
 
     fn bans_in_force(&self) -> Vec<(Offender, u64)> {
-        let now = std::time::SystemTime::now();
+        let now = SystemTime::now();
         self.bans
             .in_force()
             .into_iter()

@@ -1,5 +1,6 @@
-//! The sessions open on this node, by user and by client address: the per-user cap
-//! (`MAX_SESSIONS_PER_USER`), and closing sessions from outside (a ban, a kick) with a code.
+//! The sessions open on this node, by user, by client address and by token id: the per-user
+//! cap (`MAX_SESSIONS_PER_USER`), and closing sessions from outside (a ban, a kick, a
+//! revocation) with a code.
 //!
 //! A session registers its address when it starts and its user once authenticated; both
 //! registrations are guards that remove it when dropped, so every exit path forgets it. A
@@ -72,6 +73,7 @@ impl<K: Eq + Hash + Clone> Index<K> {
 pub(crate) struct Sessions {
     by_user: Index<Arc<str>>,
     by_ip: Index<IpKey>,
+    by_token: Index<TokenId>,
     max_per_user: usize,
 }
 
@@ -84,6 +86,7 @@ impl Sessions {
         Arc::new(Sessions {
             by_user: Index::new(),
             by_ip: Index::new(),
+            by_token: Index::new(),
             max_per_user,
         })
     }
@@ -127,6 +130,31 @@ impl Sessions {
             key: Arc::clone(user),
             id,
         })
+    }
+
+    /// Registers the token id (`jti`) a session authenticated with; forgotten when the guard
+    /// drops (at the session's end, or when a refresh brings another token).
+    pub(crate) fn register_token(
+        self: &Arc<Self>,
+        token: TokenId,
+        id: SessionId,
+        outbox: &Outbox,
+    ) -> Registration<TokenId> {
+        let entry = Entry {
+            id,
+            outbox: outbox.clone(),
+        };
+        self.by_token.add(&token, entry, usize::MAX);
+        Registration {
+            sessions: Arc::clone(self),
+            key: token,
+            id,
+        }
+    }
+
+    /// Closes every session that authenticated with `token` on this node with `code`.
+    pub(crate) fn close_token(&self, token: &TokenId, code: CloseCode) -> usize {
+        self.by_token.close(token, code)
     }
 
     /// Closes every session of `user` on this node with `code`; how many there were.
@@ -177,6 +205,16 @@ impl RegistryKey for Arc<str> {
     }
 }
 
+/// A token id (`jti`), as sessions are found by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TokenId(pub Arc<str>);
+
+impl RegistryKey for TokenId {
+    fn index(sessions: &Sessions) -> &Index<Self> {
+        &sessions.by_token
+    }
+}
+
 impl RegistryKey for IpKey {
     fn index(sessions: &Sessions) -> &Index<Self> {
         &sessions.by_ip
@@ -210,6 +248,22 @@ mod tests {
         drop(first);
         assert_eq!(sessions.user_count(&alice), 1);
         assert!(sessions.register_user(&alice, 4, &outbox).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_closed_and_forgotten() {
+        let sessions = Sessions::new(1);
+        let (outbox, _rx) = Outbox::new(4, 1024);
+        let token = TokenId("t-1".into());
+        let registration = sessions.register_token(token.clone(), 1, &outbox);
+        assert_eq!(sessions.close_token(&token, CloseCode::TokenRevoked), 1);
+        assert_eq!(outbox.close_code(), Some(CloseCode::TokenRevoked));
+        drop(registration);
+        assert_eq!(sessions.close_token(&token, CloseCode::TokenRevoked), 0);
+        assert!(
+            sessions.by_token.sessions.is_empty(),
+            "no empty list is kept"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::admission;
+use crate::api::ApiSettings;
 use crate::auth::AuthSettings;
 use crate::bans;
 use crate::broker::RedisSettings;
@@ -40,6 +41,8 @@ pub struct Settings {
     pub(crate) memory: Watermark,
     pub(crate) tls: Option<TlsSettings>,
     pub(crate) redis: Option<RedisSettings>,
+    /// The server API, when a credential is configured.
+    pub(crate) api: Option<ApiSettings>,
 }
 
 /// Shows the environment they came from, secrets redacted (keys are not printable).
@@ -71,6 +74,7 @@ impl Settings {
             memory: Watermark::from_env(&env)?,
             tls: TlsSettings::from_env(&env)?,
             redis: RedisSettings::from_env(&env)?,
+            api: ApiSettings::from_env(&env)?,
             env,
         })
     }

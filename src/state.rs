@@ -75,15 +75,17 @@ impl Gateway {
             None => Arc::new(LocalBroker),
         };
         let sessions = Sessions::new(settings.admission.max_sessions_per_user.get() as usize);
+        let verifier = TokenVerifier::new(&settings.auth, &metrics)?;
         Ok(Arc::new(Gateway {
-            verifier: TokenVerifier::new(&settings.auth, &metrics)?,
             admission: Admission::new(&settings.admission),
             moderation: Arc::new(Moderation::new(
                 Bans::new(&settings.bans),
+                Arc::clone(verifier.revoked()),
                 Arc::clone(&sessions),
                 Arc::clone(&broker),
                 Arc::clone(&metrics),
             )),
+            verifier,
             sessions,
             quotas: SessionQuotas::new(&settings.quotas),
             user_messages: UserMessageLimiter::new(settings.quotas.user_messages),

@@ -39,6 +39,8 @@ export const CLOSE_CODES = {
   4012: { meaning: "room full", reconnect: false },
   4013: { meaning: "token expired", reconnect: true },
   4014: { meaning: "room not allowed", reconnect: false },
+  4015: { meaning: "disconnected by the server", reconnect: false },
+  4016: { meaning: "token revoked", reconnect: false },
 };
 
 export class PalisadeClient extends EventTarget {

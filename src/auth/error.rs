@@ -41,6 +41,8 @@ pub enum AuthError {
     BannedUser,
     /// The user already has `MAX_SESSIONS_PER_USER` sessions.
     TooManySessions,
+    /// A server API access token without `API_JWT_SCOPE`.
+    MissingScope,
 }
 
 impl std::error::Error for AuthError {}

@@ -22,6 +22,7 @@ use super::claims::{ClaimRules, Identity, IssuerScope};
 use super::error::AuthError;
 use super::jwks::{IssuerKeys, MAX_KID_BYTES};
 use super::revocation::Revocations;
+use super::revoked::RuntimeRevocations;
 use super::settings::{AuthSettings, KeySettings};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
@@ -51,6 +52,8 @@ pub struct TokenVerifier {
     algorithms: Vec<Algorithm>,
     rules: ClaimRules,
     revocations: Option<Revocations>,
+    /// Revoked at run time, on any node.
+    revoked: Arc<RuntimeRevocations>,
     max_token_bytes: usize,
 }
 
@@ -130,6 +133,7 @@ impl TokenVerifier {
             algorithms,
             rules,
             revocations,
+            revoked: Arc::new(RuntimeRevocations::new(settings.max_revocations)),
             max_token_bytes: settings.max_token_bytes,
         })
     }
@@ -157,6 +161,11 @@ impl TokenVerifier {
             .map_or(0, Revocations::invalid_lines)
     }
 
+    /// The revocations made at run time.
+    pub(crate) fn revoked(&self) -> &Arc<RuntimeRevocations> {
+        &self.revoked
+    }
+
     /// Re-reads the revocation list if its file changed.
     pub fn reload_revocations(&self) {
         if let Some(revocations) = &self.revocations {
@@ -166,6 +175,51 @@ impl TokenVerifier {
 
     /// The identity a token proves, or why it proves none.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let (claims, scope) = self.verified_claims(token, None).await?;
+        let identity = self.rules.identity(&claims, scope)?;
+        if let Some(revocations) = &self.revocations {
+            if revocations.is_revoked(identity.token_id.as_deref(), &identity.user_id, unix_now()) {
+                return Err(AuthError::Revoked);
+            }
+        }
+        if self.revoked.is_revoked(
+            identity.token_id.as_deref(),
+            &identity.user_id,
+            crate::bans::unix_ms(SystemTime::now()),
+        ) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(identity)
+    }
+
+    /// The claims of an access token for the server API: signed by a trusted key like a user's
+    /// token, but it must name one of `audience` (the API's, never the chat's) and carry
+    /// `scope` (in `scope`, `scp` or `roles`). The caller's name is its `sub` (or `azp`,
+    /// `client_id`).
+    pub(crate) async fn verify_access(
+        &self,
+        token: &str,
+        audience: &[String],
+        scope: &str,
+    ) -> Result<String, AuthError> {
+        let (claims, _) = self.verified_claims(token, Some(audience)).await?;
+        if !grants(&claims, scope) {
+            return Err(AuthError::MissingScope);
+        }
+        let caller = ["sub", "azp", "client_id"]
+            .iter()
+            .find_map(|claim| claims.get(*claim).and_then(Value::as_str))
+            .unwrap_or("unnamed");
+        Ok(caller.to_owned())
+    }
+
+    /// A token's claims once its size, header, key, signature and registered claims are
+    /// checked; with `audience`, that audience replaces the configured one.
+    async fn verified_claims(
+        &self,
+        token: &str,
+        audience: Option<&[String]>,
+    ) -> Result<(Map<String, Value>, &IssuerScope), AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLong);
         }
@@ -177,15 +231,27 @@ impl TokenVerifier {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let (claims, scope) = match &self.source {
+        let with_audience = |validation: &Validation| {
+            let mut validation = validation.clone();
+            if let Some(audience) = audience {
+                validation.validate_aud = true;
+                validation.set_audience(audience);
+                let mut required: Vec<String> =
+                    validation.required_spec_claims.iter().cloned().collect();
+                required.push("aud".into());
+                validation.set_required_spec_claims(&required);
+            }
+            validation
+        };
+        match &self.source {
             KeySource::Static {
                 key,
                 validation,
                 scope,
-            } => (
-                decode::<Map<String, Value>>(token, key, validation)?.claims,
+            } => Ok((
+                decode::<Map<String, Value>>(token, key, &with_audience(validation))?.claims,
                 scope,
-            ),
+            )),
             KeySource::Jwks(issuers) => {
                 let TrustedKeys {
                     keys,
@@ -204,22 +270,26 @@ impl TokenVerifier {
                 if !key.accepts(header.alg) {
                     return Err(AuthError::AlgorithmNotAllowed);
                 }
-                let mut validation = validation.clone();
+                let mut validation = with_audience(validation);
                 validation.algorithms = vec![header.alg];
-                (
+                Ok((
                     decode::<Map<String, Value>>(token, &key.key, &validation)?.claims,
                     scope,
-                )
-            }
-        };
-        let identity = self.rules.identity(&claims, scope)?;
-        if let Some(revocations) = &self.revocations {
-            if revocations.is_revoked(identity.token_id.as_deref(), &identity.user_id, unix_now()) {
-                return Err(AuthError::Revoked);
+                ))
             }
         }
-        Ok(identity)
     }
+}
+
+/// Whether the claims grant `scope`: listed in `scope` (space-separated, OAuth 2.0) or `scp`
+/// (a string or an array, as Okta and Azure AD write it), or in `roles`.
+fn grants(claims: &Map<String, Value>, scope: &str) -> bool {
+    let listed = |claim: &str| match claims.get(claim) {
+        Some(Value::String(text)) => text.split_whitespace().any(|entry| entry == scope),
+        Some(Value::Array(items)) => items.iter().any(|item| item.as_str() == Some(scope)),
+        _ => false,
+    };
+    listed("scope") || listed("scp") || listed("roles")
 }
 
 /// The issuer whose keys may verify `token`: the only one, or the one its `iss` names.

@@ -27,6 +27,8 @@ pub(crate) struct AuthSettings {
     /// Longer tokens are refused before any decoding.
     pub max_token_bytes: usize,
     pub revocation_file: Option<PathBuf>,
+    /// Revocations made at run time held at most.
+    pub max_revocations: usize,
 }
 
 /// Where verification keys come from.
@@ -100,6 +102,7 @@ impl AuthSettings {
             leeway_secs: env.jwt_leeway_secs,
             max_token_bytes: nonzero_usize("MAX_TOKEN_BYTES", env.max_token_bytes)?.get(),
             revocation_file: env.revocation_file.clone(),
+            max_revocations: nonzero_usize("API_MAX_REVOCATIONS", env.api_max_revocations)?.get(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! {"v":1,"node":"3f9c…","notice":"ban","offender":"user:alice","until":1763840000123}
 //! {"v":1,"node":"3f9c…","notice":"unban","offender":"ip:203.0.113.7"}
 //! {"v":1,"node":"3f9c…","notice":"kick","user":"alice","code":4009}
+//! {"v":1,"node":"3f9c…","notice":"revoke","revoked":"jti:5f2b…","until":1763840000123}
 //! ```
 //!
 //! A node skips its own notices (it enforced them when it decided them). Nothing on the
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Notice;
+use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
 use crate::protocol::CloseCode;
 
@@ -33,6 +35,8 @@ struct Wire {
     user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked: Option<String>,
 }
 
 /// Encodes a notice of this node's.
@@ -45,6 +49,7 @@ pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
         until: None,
         user: None,
         code: None,
+        revoked: None,
     };
     match notice {
         Notice::Ban { offender, until_ms } => {
@@ -60,6 +65,11 @@ pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
             wire.notice = "kick".into();
             wire.user = Some(user.to_string());
             wire.code = Some(code.code());
+        }
+        Notice::Revoke { revoked, until_ms } => {
+            wire.notice = "revoke".into();
+            wire.revoked = Some(revoked.to_string());
+            wire.until = Some(*until_ms);
         }
     }
     serde_json::to_vec(&wire).expect("a notice always serializes")
@@ -86,6 +96,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(String, Notice)> {
                 .into_iter()
                 .find(|code| Some(code.code()) == wire.code)?,
         },
+        "revoke" => Notice::Revoke {
+            revoked: Revoked::parse(wire.revoked.as_deref()?)?,
+            until_ms: wire.until?,
+        },
         _ => return None,
     };
     Some((wire.node, notice))
@@ -109,6 +123,10 @@ mod tests {
             Notice::Kick {
                 user: "bob".into(),
                 code: CloseCode::Banned,
+            },
+            Notice::Revoke {
+                revoked: Revoked::TokenId("t-1".into()),
+                until_ms: 7,
             },
         ] {
             assert_eq!(

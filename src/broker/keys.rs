@@ -12,11 +12,14 @@
 //! | `{prefix}rate:{user}:{window}` | string | the user's chat messages in that 5-second window (Unix time / 5 s), on every node | 10 s |
 //! | `{prefix}position:{room}` | hash | `epoch` (made when missing) and `offset`, the room's last message | 7 × `HISTORY_TTL_SECS` after its last message; before the first, `REDIS_KEY_TTL_SECS` after the last node with members there stopped refreshing it |
 //! | `{prefix}history:{room}` | stream | the last `HISTORY_SIZE` message envelopes, entry id `0-{offset}`, field `e` | `HISTORY_TTL_SECS` after its last message |
+//! | `{prefix}idempotency:{key}` | string | empty while a server API request with this `Idempotency-Key` is served, then its response | `API_IDEMPOTENCY_WINDOW_SECS` after the first request |
+//! | `{prefix}revoked:{kind}:{value}` | string | a revocation's end, Unix milliseconds; `kind` is `jti` or `sub` | when it ends |
 //! | `{prefix}seen:{room}` | hash | user id → the highest offset the user has seen | 7 × `HISTORY_TTL_SECS` after the last rise |
 //!
 //! Room names are validated before they get here (a small charset, bounded length), so they
 //! are used unescaped.
 
+use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
 
 /// Builds the names for one prefix.
@@ -45,6 +48,22 @@ impl Keys {
 
     pub(crate) fn members(&self, room: &str) -> String {
         format!("{}members:{room}", self.prefix)
+    }
+
+    /// A pattern that matches every room's presence hash.
+    pub(crate) fn members_pattern(&self) -> String {
+        format!("{}members:*", self.prefix)
+    }
+
+    /// The room a presence hash belongs to, if it is one of ours.
+    pub(crate) fn room_of_members<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.prefix.as_str())?
+            .strip_prefix("members:")
+    }
+
+    /// A server API idempotency key.
+    pub(crate) fn idempotency(&self, key: &str) -> String {
+        format!("{}idempotency:{key}", self.prefix)
     }
 
     /// A room's epoch and last offset.
@@ -78,6 +97,24 @@ impl Keys {
             key.strip_prefix(self.prefix.as_str())?
                 .strip_prefix("ban:")?,
         )
+    }
+
+    /// A revocation, kept until it ends: `{prefix}revoked:jti:ID` or `{prefix}revoked:sub:USER`.
+    pub(crate) fn revoked(&self, revoked: &Revoked) -> String {
+        format!("{}revoked:{revoked}", self.prefix)
+    }
+
+    /// The revocation a key names, if it is one of ours.
+    pub(crate) fn revoked_of(&self, key: &str) -> Option<Revoked> {
+        Revoked::parse(
+            key.strip_prefix(self.prefix.as_str())?
+                .strip_prefix("revoked:")?,
+        )
+    }
+
+    /// A pattern that matches every revocation key.
+    pub(crate) fn revoked_pattern(&self) -> String {
+        format!("{}revoked:*", self.prefix)
     }
 
     /// A user's sessions on every node.

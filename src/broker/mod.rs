@@ -12,6 +12,7 @@
 //! cannot keep up drops and counts, and the hub's local members are served either way.
 
 mod control;
+pub(crate) mod directory;
 mod envelope;
 mod keys;
 mod memory;
@@ -25,11 +26,13 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
+pub(crate) use directory::{Cluster, KeyClaim, RoomCount};
 pub(crate) use envelope::{Envelope, RemoteEvent, RemoteMember};
 pub(crate) use keys::Keys;
 pub(crate) use memory::LocalBroker;
 pub(crate) use redis::{RedisBroker, RedisSettings};
 
+use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
 use crate::history::{Entry, Position};
 use crate::ids::SessionId;
@@ -211,6 +214,8 @@ pub(crate) enum Notice {
     Unban { offender: Offender },
     /// Every session of `user` is closed with `code`.
     Kick { user: Arc<str>, code: CloseCode },
+    /// `revoked` is refused until `until_ms` (Unix milliseconds); its sessions close.
+    Revoke { revoked: Revoked, until_ms: u64 },
 }
 
 /// What a broker may ask of this node's enforcement of bans and kicks: implemented by the
@@ -222,6 +227,10 @@ pub(crate) trait LocalControl: Send + Sync + 'static {
     /// The bans this node knows of, with their ends (Unix milliseconds), to write back to a
     /// Redis that was away when some of them were decided.
     fn bans_in_force(&self) -> Vec<(Offender, u64)>;
+
+    /// The revocations this node knows of, with their ends (Unix milliseconds), to write
+    /// back like the bans.
+    fn revocations_in_force(&self) -> Vec<(Revoked, u64)>;
 
     /// The users with sessions on this node, with how many each has.
     fn local_sessions(&self) -> Vec<(Arc<str>, usize)>;
@@ -290,6 +299,53 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Whether `user` is over the message rate counted on every node.
     fn over_rate(&self, _user: &Arc<str>) -> bool {
         false
+    }
+
+    /// Rooms with members on any node, a page at a time from `cursor` (`None` first; an
+    /// unknown cursor gives an empty last page).
+    fn rooms_page<'a>(
+        &'a self,
+        _cursor: Option<&'a str>,
+        _limit: usize,
+    ) -> BoxFuture<'a, Cluster<directory::RoomsPage>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// The room's members on every node.
+    fn room_members<'a>(&'a self, _room: &'a str) -> BoxFuture<'a, Cluster<directory::Members>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// The room's position and at most `limit` messages after `after`.
+    fn history_page<'a>(
+        &'a self,
+        _room: &'a str,
+        _after: u64,
+        _limit: usize,
+    ) -> BoxFuture<'a, Cluster<Option<directory::HistoryPage>>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// The user's sessions on every node.
+    fn user_sessions<'a>(
+        &'a self,
+        _user: &'a str,
+    ) -> BoxFuture<'a, Cluster<directory::UserSessions>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Claims an idempotency key on every node for `window`.
+    fn claim_key<'a>(
+        &'a self,
+        _key: &'a str,
+        _window: Duration,
+    ) -> BoxFuture<'a, Cluster<KeyClaim>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Settles a claimed key with its response, or gives it up (`None`).
+    fn settle_key<'a>(&'a self, _key: &'a str, _response: Option<&'a str>) -> BoxFuture<'a> {
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -204,6 +204,45 @@ pub struct Config {
     /// `palisade=debug`.
     pub log_level: String,
 
+    /// `API_PORT`: the server API's listener; it runs only with a credential (`API_KEYS`,
+    /// `API_KEYS_FILE` or `API_JWT_SCOPE`); 0 disables it.
+    pub api_port: u16,
+    /// `API_BIND_ADDR`: the server API's address; loopback unless set.
+    #[serde(deserialize_with = "bind_addr")]
+    pub api_bind_addr: IpAddr,
+    /// `API_KEYS`: comma-separated API keys (at least 32 characters each), all accepted, for
+    /// rotation.
+    pub api_keys: Option<Secret>,
+    /// `API_KEYS_FILE`: a file of API keys, one per line (`#` starts a comment line), read at
+    /// start and re-read when it changes.
+    pub api_keys_file: Option<PathBuf>,
+    /// `API_JWT_SCOPE`: accept the identity provider's access tokens that carry this scope or
+    /// role (in `scope`, `scp` or `roles`); needs `API_JWT_AUDIENCE`.
+    pub api_jwt_scope: Option<String>,
+    /// `API_JWT_AUDIENCE`: comma-separated audiences an API access token must name.
+    pub api_jwt_audience: Option<CommaList>,
+    /// `API_RATE_PER_SEC`: server API requests a second per credential.
+    pub api_rate_per_sec: u32,
+    /// `API_BURST`: server API requests per credential allowed in a burst.
+    pub api_burst: u32,
+    /// `API_MAX_BODY_BYTES`: largest server API request body.
+    pub api_max_body_bytes: usize,
+    /// `API_MAX_CONNECTIONS`: open connections to the server API; more are closed at once.
+    pub api_max_connections: usize,
+    /// `API_MAX_PAGE`: most items one server API page may hold (the `limit` parameter's
+    /// ceiling).
+    pub api_max_page: usize,
+    /// `API_MAX_ROOMS_PER_PUBLISH`: rooms one multi-room publish may name.
+    pub api_max_rooms_per_publish: usize,
+    /// `API_MAX_BAN_SECS`: longest ban or revocation the server API may set.
+    pub api_max_ban_secs: u64,
+    /// `API_MAX_REVOCATIONS`: revocations made through the server API held at once.
+    pub api_max_revocations: usize,
+    /// `API_IDEMPOTENCY_WINDOW_SECS`: how long an `Idempotency-Key` is remembered.
+    pub api_idempotency_window_secs: u64,
+    /// `API_IDEMPOTENCY_MAX_KEYS`: idempotency keys one node remembers without Redis.
+    pub api_idempotency_max_keys: usize,
+
     /// `REDIS_URL`: share rooms with other nodes through Redis; unset or empty runs one node on
     /// its own.
     pub redis_url: Option<Secret>,
@@ -313,6 +352,23 @@ impl Default for Config {
             tls_key_file: None,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+
+            api_port: 8081,
+            api_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_keys: None,
+            api_keys_file: None,
+            api_jwt_scope: None,
+            api_jwt_audience: None,
+            api_rate_per_sec: 50,
+            api_burst: 100,
+            api_max_body_bytes: 64 * 1024,
+            api_max_connections: 64,
+            api_max_page: 1000,
+            api_max_rooms_per_publish: 100,
+            api_max_ban_secs: 365 * 24 * 60 * 60,
+            api_max_revocations: 100_000,
+            api_idempotency_window_secs: 24 * 60 * 60,
+            api_idempotency_max_keys: 100_000,
 
             redis_url: None,
             redis_prefix: "palisade:".into(),

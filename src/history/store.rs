@@ -235,6 +235,28 @@ impl Store {
         self.lock().logs.get(room).map(RoomLog::position)
     }
 
+    /// A page of the room's history for the server API: its position and at most `limit`
+    /// entries after `after`, oldest first; `None` if nothing of the room is held here.
+    pub(crate) fn page(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Option<(Position, Vec<Arc<Entry>>)> {
+        let inner = self.lock();
+        let log = inner.logs.get(room)?;
+        let cutoff = self.cutoff_ms(now_ms);
+        let entries = log
+            .entries
+            .iter()
+            .filter(|entry| entry.offset > after && entry.sent_at_ms >= cutoff)
+            .take(limit)
+            .cloned()
+            .collect();
+        Some((log.position(), entries))
+    }
+
     /// Numbers and keeps a message (authoritative store), starting the room's log if it has
     /// none (a message posted into a room nobody has joined yet).
     pub(crate) fn append(

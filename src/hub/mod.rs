@@ -18,6 +18,7 @@
 //! path of a session (clean close, error, kick, shutdown, even a panic) removes the member
 //! exactly once and tells the others.
 
+mod directory;
 mod frames;
 mod remote;
 mod room;
@@ -31,7 +32,7 @@ use dashmap::DashMap;
 use crate::broker::{Broker, Delivery, MessageOrder, RoomEvent};
 use crate::config::{millis, nonzero_usize, Config, ConfigError};
 use crate::history::{self, HistorySettings, Request, Seen, Store};
-use crate::ids::SessionId;
+use crate::ids::{SessionId, SYSTEM_SESSION};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
@@ -83,6 +84,27 @@ pub(crate) struct Hub {
     signals: Signals,
     metrics: Arc<Metrics>,
     broker: Arc<dyn Broker>,
+}
+
+/// Who a chat message is from: a member on this node, or the server API's sender (no session).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sender<'a> {
+    pub session: Option<SessionId>,
+    pub username: &'a Arc<str>,
+    pub user_id: &'a Arc<str>,
+}
+
+/// What became of a chat message handed to [`Hub::post`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Posted {
+    /// Numbered here (one node with history) and delivered.
+    Numbered { epoch: Arc<str>, offset: u64 },
+    /// Handed to Redis, which numbers it and delivers it on every node.
+    Queued,
+    /// Delivered without an offset (history off, or nobody can number it right now).
+    Unnumbered,
+    /// Reached nobody: the room has no members here and the other nodes are out of reach.
+    Undelivered,
 }
 
 /// A join refused because the room has `MAX_ROOM_MEMBERS` members (on all nodes).
@@ -209,58 +231,73 @@ impl Hub {
     }
 
     /// Sends a chat message to every member of the room except the sender, here and elsewhere,
-    /// numbered when history is on.
-    fn publish(&self, sender: &Membership, body: &str) {
+    /// numbered when history is on. The room need not have members on this node (a message
+    /// from the server API): it still reaches the other nodes, and history keeps it.
+    pub(crate) fn post(&self, room: &str, sender: Sender<'_>, body: &str) -> Posted {
+        let except = sender.session;
         let event = RoomEvent::Message {
-            session: sender.session_id,
-            username: &sender.display_name,
-            user_id: &sender.user_id,
+            session: sender.session.unwrap_or(SYSTEM_SESSION),
+            username: sender.username,
+            user_id: sender.user_id,
             body,
         };
+        let plain = || ServerFrame::message(body, sender.username, sender.user_id).encode();
         if !self.history.enabled() {
-            if let Some(entry) = self.rooms.get(&sender.room) {
-                let frame =
-                    ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
-                entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
-                self.broker.publish(&sender.room, event);
+            // The read lock keeps the message ordered after the room's joins and leaves here.
+            let local = self.rooms.get(room);
+            if let Some(entry) = &local {
+                entry.broadcast(&plain(), except, &self.metrics);
             }
-            return;
+            let sent = self.broker.publish(room, event);
+            return if local.is_some() || sent {
+                Posted::Unnumbered
+            } else {
+                Posted::Undelivered
+            };
         }
         let order = self.broker.message_order();
         if order == MessageOrder::Broker {
             // Numbered by Redis and delivered here when it comes back; the read lock keeps it
             // ordered after the sender's own join.
-            let queued = self
-                .rooms
-                .get(&sender.room)
-                .map(|_| self.broker.publish(&sender.room, event));
-            if queued != Some(false) {
-                return;
+            let local = self.rooms.get(room);
+            let queued = self.broker.publish(room, event);
+            let here = local.is_some();
+            drop(local);
+            if queued {
+                return Posted::Queued;
+            }
+            if !here {
+                return Posted::Undelivered;
             }
         }
         // The write lock: offsets are given and delivered in one order.
-        let Some(entry) = self.rooms.get_mut(&sender.room) else {
-            return;
-        };
-        match order {
-            MessageOrder::Here => {
-                let numbered = self.history.append(
-                    &sender.room,
-                    &sender.display_name,
-                    &sender.user_id,
-                    body,
-                    history::now_ms(),
-                );
-                if let Some(numbered) = numbered {
-                    entry.deliver(&numbered, Some(sender.session_id), &self.metrics);
-                    return;
+        let local = self.rooms.get_mut(room);
+        if order == MessageOrder::Here {
+            let numbered = self.history.append(
+                room,
+                sender.username,
+                sender.user_id,
+                body,
+                history::now_ms(),
+            );
+            if let (Some(numbered), Some(position)) = (numbered, self.history.position(room)) {
+                if let Some(entry) = &local {
+                    entry.deliver(&numbered, except, &self.metrics);
                 }
+                return Posted::Numbered {
+                    epoch: position.epoch,
+                    offset: numbered.offset,
+                };
             }
-            MessageOrder::Broker | MessageOrder::Unordered => {}
         }
         // Nobody can number it now: delivered here only, without an offset, and not kept.
-        let frame = ServerFrame::message(body, &sender.display_name, &sender.user_id).encode();
-        entry.broadcast(&frame, Some(sender.session_id), &self.metrics);
+        match local {
+            Some(entry) => {
+                entry.broadcast(&plain(), except, &self.metrics);
+                Posted::Unnumbered
+            }
+            None => Posted::Undelivered,
+        }
     }
 
     /// Removes a member and tells those who remain; false if it was not there.
@@ -436,7 +473,12 @@ pub(crate) struct Membership {
 impl Membership {
     /// Relays a chat message to every other member of the room, on every node.
     pub(crate) fn publish(&self, body: &str) {
-        self.hub.publish(self, body);
+        let sender = Sender {
+            session: Some(self.session_id),
+            username: &self.display_name,
+            user_id: &self.user_id,
+        };
+        self.hub.post(&self.room, sender, body);
     }
 
     /// Tells the room's other members (with the extensions) that this user is typing.

@@ -147,8 +147,8 @@ impl Room {
         }
     }
 
-    /// The members on every node, one per user (sorted by user id), at most `max` of them.
-    pub(super) fn listing(&self, max: usize) -> Bytes {
+    /// The members on every node, one per user: user id → display name, sorted by user id.
+    pub(super) fn users(&self) -> BTreeMap<&str, &str> {
         let mut users: BTreeMap<&str, &str> = BTreeMap::new();
         let local = self
             .members
@@ -161,6 +161,12 @@ impl Room {
         for (user_id, username) in local.chain(remote) {
             users.entry(user_id).or_insert(username);
         }
+        users
+    }
+
+    /// The members on every node, one per user (sorted by user id), at most `max` of them.
+    pub(super) fn listing(&self, max: usize) -> Bytes {
+        let users = self.users();
         let total = users.len();
         MembersFrame {
             kind: "members",

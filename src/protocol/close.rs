@@ -83,6 +83,10 @@ close_codes! {
     TokenExpired = 4013, "token expired", abuse: false;
     /// The token's `ROOMS_CLAIM` does not list the room.
     RoomNotAllowed = 4014, "room not allowed", abuse: false;
+    /// The product's backend disconnected the user through the server API.
+    Disconnected = 4015, "disconnected by the server", abuse: false;
+    /// The session's token, or every token of its user, was revoked through the server API.
+    TokenRevoked = 4016, "token revoked", abuse: false;
 }
 
 impl fmt::Display for CloseCode {

@@ -14,6 +14,7 @@ use crate::bans::Offender;
 use crate::broker::SessionClaim;
 use crate::metrics::labels::SessionState;
 use crate::protocol::CloseCode;
+use crate::sessions::TokenId;
 
 impl Session {
     /// The first `auth` authenticates; a later one refreshes the token (same user only).
@@ -60,6 +61,7 @@ impl Session {
         self._claim = Some(claim);
         debug!(session = self.id, user_id = %identity.user_id, "authenticated");
         self.set_token_expiry(&identity);
+        self.register_token(&identity);
         self.user = Some(registration);
         self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
         self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
@@ -86,6 +88,15 @@ impl Session {
         }
     }
 
+    /// Files the session under its token's id, if it has one (replacing the previous token's).
+    fn register_token(&mut self, identity: &Identity) {
+        self.token = identity.token_id.as_deref().map(|id| {
+            self.gateway
+                .sessions
+                .register_token(TokenId(Arc::from(id)), self.id, &self.outbox)
+        });
+    }
+
     /// The session ends when its token stops being good.
     fn set_token_expiry(&mut self, identity: &Identity) {
         self.timers
@@ -105,6 +116,7 @@ impl Session {
         self.check_ban(&fresh)?;
         debug!(session = self.id, user_id = %fresh.user_id, "token refreshed");
         self.set_token_expiry(&fresh);
+        self.register_token(&fresh);
         let current = self.state.identity_mut().expect("checked above");
         current.valid_until = fresh.valid_until;
         current.token_id = fresh.token_id;

@@ -45,7 +45,7 @@ use crate::metrics::labels::{DropReason, RateLimit, SessionState};
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{ClientFrame, CloseCode, Since};
-use crate::sessions::Registration;
+use crate::sessions::{Registration, TokenId};
 use crate::state::Gateway;
 use close::{End, Summary};
 use reader::{EventReceiver, Inbound};
@@ -108,6 +108,8 @@ struct Session {
     /// This session under its user (and the user's place under `MAX_SESSIONS_PER_USER`), once
     /// authenticated.
     user: Option<Registration<Arc<str>>>,
+    /// This session under its token's id, so a revocation of the token closes it.
+    token: Option<Registration<TokenId>>,
     /// The user's place under `MAX_SESSIONS_PER_USER` counted on every node.
     _claim: Option<SessionClaim>,
     timers: Timers,
@@ -160,6 +162,7 @@ pub(crate) async fn run<S>(
         state: State::AwaitAuth,
         deadline: Some(started + settings.deadlines.auth),
         user: None,
+        token: None,
         _claim: None,
         timers: Timers::new(&settings.keepalive, started),
     };

@@ -1,6 +1,7 @@
 //! Test support: a real gateway on 127.0.0.1:0, tokens, and a WebSocket client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub(crate) mod api;
 pub(crate) mod child;
 pub(crate) mod http;
 pub(crate) mod jwks;
@@ -98,6 +99,7 @@ impl TestServer {
         let listeners = palisade::Listeners {
             main: tokio::net::TcpListener::bind(addr).await.unwrap(),
             admin: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            api: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         };
         let running = palisade::start_with(&settings, listeners)
             .await

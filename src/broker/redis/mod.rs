@@ -27,6 +27,7 @@
 //! unbounded channel, and the hub only `try_send`s into member queues, so Redis never sees a
 //! slow Pub/Sub client because of a slow browser.
 
+mod directory;
 mod driver;
 mod history;
 mod notices;
@@ -64,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::TaskTracker;
 
+use super::directory::{Cluster, HistoryPage, KeyClaim, Members, RoomsPage, UserSessions};
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
@@ -373,6 +375,47 @@ impl Broker for RedisBroker {
 
     fn over_rate(&self, user: &Arc<str>) -> bool {
         self.users.over_rate(user)
+    }
+
+    fn rooms_page<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Cluster<RoomsPage>> {
+        Box::pin(async move {
+            match cursor.map_or(Ok(0), str::parse::<u64>) {
+                Ok(cursor) => self.scan_rooms(cursor, limit).await,
+                Err(_) => Cluster::Known((Vec::new(), None)),
+            }
+        })
+    }
+
+    fn room_members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Cluster<Members>> {
+        Box::pin(self.read_members(room))
+    }
+
+    fn history_page<'a>(
+        &'a self,
+        room: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Cluster<Option<HistoryPage>>> {
+        if !self.settings.history.enabled() {
+            return Box::pin(std::future::ready(Cluster::Known(None)));
+        }
+        Box::pin(self.read_history(room, after, limit))
+    }
+
+    fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Cluster<UserSessions>> {
+        Box::pin(self.read_sessions(user))
+    }
+
+    fn claim_key<'a>(&'a self, key: &'a str, window: Duration) -> BoxFuture<'a, Cluster<KeyClaim>> {
+        Box::pin(self.claim_idempotency(key, window))
+    }
+
+    fn settle_key<'a>(&'a self, key: &'a str, response: Option<&'a str>) -> BoxFuture<'a> {
+        Box::pin(self.settle_idempotency(key, response))
     }
 
     fn stop(&self) -> BoxFuture<'_> {

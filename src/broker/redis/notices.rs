@@ -1,6 +1,6 @@
-//! Bans, unbans and kicks between nodes: enforcing other nodes' notices, and catching up after
+//! Bans, unbans, kicks and revocations between nodes: enforcing other nodes' notices, and catching up after
 //! a (re)connect — writing what was decided here while Redis was away, then learning every
-//! ban Redis holds.
+//! ban and revocation Redis holds.
 
 use redis::aio::MultiplexedConnection;
 use tracing::debug;
@@ -9,7 +9,7 @@ use super::{RedisBroker, RedisFailure};
 use crate::broker::{control, LocalControl, Notice};
 use crate::metrics::labels::BrokerFailure;
 
-/// Ban keys read per SCAN round trip.
+/// Ban and revocation keys read per SCAN round trip.
 const SCAN_COUNT: usize = 1000;
 
 impl RedisBroker {
@@ -25,9 +25,9 @@ impl RedisBroker {
         }
     }
 
-    /// After a connect: the bans and unbans decided here while Redis was away are written
-    /// (and announced), every ban this node knows is written back unless Redis has it, and
-    /// every ban Redis holds is enforced here.
+    /// After a connect: the bans, unbans and revocations decided here while Redis was away
+    /// are written (and announced), every ban and revocation this node knows is written back
+    /// unless Redis has it, and every one Redis holds is enforced here.
     pub(super) async fn catch_up_notices(
         &self,
         conn: &mut MultiplexedConnection,
@@ -37,9 +37,17 @@ impl RedisBroker {
         for notice in self.take_pending() {
             self.write_notice(&mut pipe, &notice);
         }
-        for (offender, until_ms) in control.bans_in_force() {
+        let bans = control
+            .bans_in_force()
+            .into_iter()
+            .map(|(offender, until_ms)| (self.keys.ban(&offender), until_ms));
+        let revocations = control
+            .revocations_in_force()
+            .into_iter()
+            .map(|(revoked, until_ms)| (self.keys.revoked(&revoked), until_ms));
+        for (key, until_ms) in bans.chain(revocations) {
             pipe.cmd("SET")
-                .arg(self.keys.ban(&offender))
+                .arg(key)
                 .arg(until_ms)
                 .arg("PXAT")
                 .arg(until_ms)
@@ -49,6 +57,26 @@ impl RedisBroker {
         if !pipe.is_empty() {
             self.within(pipe.query_async::<()>(conn)).await?;
         }
+        for (key, until_ms) in self.scan_ends(conn, &self.keys.bans_pattern()).await? {
+            if let Some(offender) = self.keys.banned(&key) {
+                control.on_notice(Notice::Ban { offender, until_ms });
+            }
+        }
+        for (key, until_ms) in self.scan_ends(conn, &self.keys.revoked_pattern()).await? {
+            if let Some(revoked) = self.keys.revoked_of(&key) {
+                control.on_notice(Notice::Revoke { revoked, until_ms });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key matching `pattern` whose value is an end (Unix milliseconds), with it.
+    async fn scan_ends(
+        &self,
+        conn: &mut MultiplexedConnection,
+        pattern: &str,
+    ) -> Result<Vec<(String, u64)>, RedisFailure> {
+        let mut found = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
@@ -56,7 +84,7 @@ impl RedisBroker {
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
-                        .arg(self.keys.bans_pattern())
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(SCAN_COUNT)
                         .query_async(conn),
@@ -66,14 +94,14 @@ impl RedisBroker {
                 let ends: Vec<Option<u64>> = self
                     .within(redis::cmd("MGET").arg(&keys).query_async(conn))
                     .await?;
-                for (key, until_ms) in keys.iter().zip(ends) {
-                    if let (Some(offender), Some(until_ms)) = (self.keys.banned(key), until_ms) {
-                        control.on_notice(Notice::Ban { offender, until_ms });
+                for (key, until_ms) in keys.into_iter().zip(ends) {
+                    if let Some(until_ms) = until_ms {
+                        found.push((key, until_ms));
                     }
                 }
             }
             if next == 0 {
-                return Ok(());
+                return Ok(found);
             }
             cursor = next;
         }

@@ -87,12 +87,22 @@ impl RedisBroker {
 
     /// Other nodes' members in a presence hash; fields that do not parse are skipped.
     fn parse_presence(&self, fields: &[(String, Vec<u8>)]) -> Vec<(Arc<str>, RemoteMember)> {
+        self.parse_members(fields, false)
+    }
+
+    /// The members in a presence hash (this node's too with `own`); fields that do not parse
+    /// are skipped.
+    pub(super) fn parse_members(
+        &self,
+        fields: &[(String, Vec<u8>)],
+        own: bool,
+    ) -> Vec<(Arc<str>, RemoteMember)> {
         let mut members = Vec::with_capacity(fields.len());
         for (field, value) in fields {
             let Some((node, session)) = Keys::parse_member_field(field) else {
                 continue;
             };
-            if node == &*self.node {
+            if !own && node == &*self.node {
                 continue;
             }
             let Ok(who) = serde_json::from_slice::<PresenceValue<'_>>(value) else {

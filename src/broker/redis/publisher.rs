@@ -174,6 +174,14 @@ impl RedisBroker {
             Notice::Unban { offender } => {
                 pipe.cmd("DEL").arg(self.keys.ban(offender)).ignore();
             }
+            Notice::Revoke { revoked, until_ms } => {
+                pipe.cmd("SET")
+                    .arg(self.keys.revoked(revoked))
+                    .arg(until_ms)
+                    .arg("PXAT")
+                    .arg(until_ms)
+                    .ignore();
+            }
             Notice::Kick { .. } => {}
         }
         pipe.cmd("PUBLISH")

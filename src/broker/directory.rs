@@ -1,0 +1,50 @@
+//! What the server API asks of the whole cluster: rooms and their member counts, a room's
+//! members, a page of its history, a user's sessions, and idempotency keys.
+//!
+//! With Redis the broker answers from Redis, which every node writes to; a node on its own has
+//! no broker to ask ([`Cluster::Alone`]), and the API answers from the hub.
+
+use std::sync::Arc;
+
+use super::RemoteMember;
+use crate::history::{Entry, Position};
+
+/// An answer about every node.
+#[derive(Debug)]
+pub(crate) enum Cluster<T> {
+    /// This node is the whole cluster: ask it.
+    Alone,
+    Known(T),
+    /// The cluster's state is out of reach (Redis is away, or too slow).
+    Unreachable,
+}
+
+/// A room and its members (sockets) on every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RoomCount {
+    pub room: String,
+    pub members: usize,
+}
+
+/// A page of rooms, and where the next starts (`None` at the end).
+pub(crate) type RoomsPage = (Vec<RoomCount>, Option<String>);
+
+/// A room's position and a run of its messages, oldest first.
+pub(crate) type HistoryPage = (Position, Vec<Arc<Entry>>);
+
+/// A room's members on every node: `(node, member)`.
+pub(crate) type Members = Vec<(Arc<str>, RemoteMember)>;
+
+/// A user's sessions: `(node, sessions there)`.
+pub(crate) type UserSessions = Vec<(Arc<str>, usize)>;
+
+/// Who holds an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyClaim {
+    /// Nobody did: the caller now holds it and must settle or release it.
+    Claimed,
+    /// A request with this key is being served right now.
+    InFlight,
+    /// A request with this key was served; its response.
+    Done(String),
+}

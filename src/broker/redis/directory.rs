@@ -1,0 +1,224 @@
+//! The server API's questions about the whole cluster, answered from Redis (see
+//! [`super::super::directory`]). Every call has the `REDIS_TIMEOUT_MS` deadline and answers
+//! [`Cluster::Unreachable`] rather than wait for a Redis that is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::RedisBroker;
+use crate::broker::directory::{
+    Cluster, HistoryPage, KeyClaim, Members, RoomCount, RoomsPage, UserSessions,
+};
+use crate::broker::Envelope;
+use crate::history::Position;
+
+impl RedisBroker {
+    /// Runs `call` on the command connection, or says Redis is out of reach.
+    async fn ask<T, F, Fut>(&self, call: F) -> Cluster<T>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        let Some(link) = self.connection.borrow().clone() else {
+            return Cluster::Unreachable;
+        };
+        match self.within(call(link.conn)).await {
+            Ok(value) => Cluster::Known(value),
+            Err(_) => Cluster::Unreachable,
+        }
+    }
+
+    /// One SCAN step over the rooms' presence hashes, with each one's member count. A page
+    /// may hold fewer than `limit` rooms (even none) before the end: SCAN's contract.
+    pub(super) async fn scan_rooms(&self, cursor: u64, limit: usize) -> Cluster<RoomsPage> {
+        let pattern = self.keys.members_pattern();
+        let scanned = self
+            .ask(|mut conn| async move {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async::<(u64, Vec<String>)>(&mut conn)
+                    .await
+            })
+            .await;
+        let (next, keys) = match scanned {
+            Cluster::Known(scanned) => scanned,
+            Cluster::Alone => return Cluster::Alone,
+            Cluster::Unreachable => return Cluster::Unreachable,
+        };
+        let counts = self
+            .ask(|mut conn| {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HLEN").arg(key);
+                }
+                async move { pipe.query_async::<Vec<usize>>(&mut conn).await }
+            })
+            .await;
+        let Cluster::Known(counts) = counts else {
+            return Cluster::Unreachable;
+        };
+        let mut rooms: Vec<RoomCount> = keys
+            .iter()
+            .zip(counts)
+            .filter(|(_, members)| *members > 0)
+            .filter_map(|(key, members)| {
+                Some(RoomCount {
+                    room: self.keys.room_of_members(key)?.to_owned(),
+                    members,
+                })
+            })
+            .collect();
+        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        Cluster::Known((rooms, (next != 0).then(|| next.to_string())))
+    }
+
+    /// Every member of `room` on every node, this one included.
+    pub(super) async fn read_members(&self, room: &str) -> Cluster<Members> {
+        let key = self.keys.members(room);
+        let fields = self
+            .ask(|mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async::<Vec<(String, Vec<u8>)>>(&mut conn)
+                    .await
+            })
+            .await;
+        match fields {
+            Cluster::Known(fields) => Cluster::Known(self.parse_members(&fields, true)),
+            Cluster::Alone => Cluster::Alone,
+            Cluster::Unreachable => Cluster::Unreachable,
+        }
+    }
+
+    /// The room's position and at most `limit` messages after `after`, oldest first; `None`
+    /// when the room has no history in Redis.
+    pub(super) async fn read_history(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Cluster<Option<HistoryPage>> {
+        type Raw = (
+            (Option<String>, Option<u64>),
+            Vec<(String, Vec<(String, Vec<u8>)>)>,
+        );
+        let (position_key, history_key) = (self.keys.position(room), self.keys.history(room));
+        let raw = self
+            .ask(|mut conn| async move {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&position_key)
+                    .arg("epoch")
+                    .arg("offset")
+                    .cmd("XRANGE")
+                    .arg(&history_key)
+                    .arg(format!("0-{}", after.saturating_add(1)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async::<Raw>(&mut conn)
+                    .await
+            })
+            .await;
+        let ((epoch, offset), raw) = match raw {
+            Cluster::Known(raw) => raw,
+            Cluster::Alone => return Cluster::Alone,
+            Cluster::Unreachable => return Cluster::Unreachable,
+        };
+        let (Some(epoch), Some(offset)) = (epoch, offset) else {
+            return Cluster::Known(None);
+        };
+        let entries = raw
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                let (_, payload) = fields.into_iter().find(|(field, _)| field == "e")?;
+                let (entry_epoch, entry) = self.entry(Envelope::decode(&payload).ok()?)?;
+                (*entry_epoch == *epoch).then(|| Arc::new(entry))
+            })
+            .collect();
+        let position = Position {
+            epoch: Arc::from(epoch),
+            offset,
+        };
+        Cluster::Known(Some((position, entries)))
+    }
+
+    /// The user's sessions on every node.
+    pub(super) async fn read_sessions(&self, user: &str) -> Cluster<UserSessions> {
+        let key = self.keys.sessions(user);
+        let nodes = self
+            .ask(|mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async::<Vec<(String, usize)>>(&mut conn)
+                    .await
+            })
+            .await;
+        match nodes {
+            Cluster::Known(nodes) => Cluster::Known(
+                nodes
+                    .into_iter()
+                    .filter(|(_, sessions)| *sessions > 0)
+                    .map(|(node, sessions)| (Arc::from(node), sessions))
+                    .collect(),
+            ),
+            Cluster::Alone => Cluster::Alone,
+            Cluster::Unreachable => Cluster::Unreachable,
+        }
+    }
+
+    /// Claims an idempotency key for `window`, or says who holds it.
+    pub(super) async fn claim_idempotency(&self, key: &str, window: Duration) -> Cluster<KeyClaim> {
+        let name = self.keys.idempotency(key);
+        let window_ms = window.as_millis() as u64;
+        self.ask(|mut conn| async move {
+            // SET NX GET (Redis 7): the claim and, when it fails, what holds the key, at once.
+            let held: Option<String> = redis::cmd("SET")
+                .arg(&name)
+                .arg("")
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(window_ms)
+                .query_async(&mut conn)
+                .await?;
+            Ok(match held {
+                None => KeyClaim::Claimed,
+                Some(held) if held.is_empty() => KeyClaim::InFlight,
+                Some(response) => KeyClaim::Done(response),
+            })
+        })
+        .await
+    }
+
+    /// Records the response of a claimed key (keeping its expiry), or gives the key up
+    /// (`None`: the request failed and may be retried).
+    pub(super) async fn settle_idempotency(&self, key: &str, response: Option<&str>) {
+        let name = self.keys.idempotency(key);
+        let _ = self
+            .ask(|mut conn| async move {
+                match response {
+                    Some(response) => {
+                        redis::cmd("SET")
+                            .arg(&name)
+                            .arg(response)
+                            .arg("XX")
+                            .arg("KEEPTTL")
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                    None => {
+                        redis::cmd("DEL")
+                            .arg(&name)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                }
+            })
+            .await;
+    }
+}

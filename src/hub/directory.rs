@@ -1,0 +1,70 @@
+//! What this node knows of its rooms, for the server API: which rooms it has and how full they
+//! are, who is in one, and a page of one's history. With Redis the API asks Redis first (it
+//! knows every node's rooms); these answer for one node on its own.
+
+use std::sync::Arc;
+
+use super::Hub;
+use crate::broker::RoomCount;
+use crate::history::{self, Entry, Position};
+
+/// A user in a room: id and display name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub user_id: String,
+    pub username: String,
+}
+
+impl Hub {
+    /// Rooms with members, sorted by name, after `after` (exclusive): at most `limit`, and
+    /// the name to continue after if there may be more.
+    pub(crate) fn rooms_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<RoomCount>, Option<String>) {
+        let mut rooms: Vec<RoomCount> = self
+            .rooms
+            .iter()
+            .filter(|room| room.total() > 0)
+            .filter(|room| after.is_none_or(|after| room.key().as_str() > after))
+            .map(|room| RoomCount {
+                room: room.key().clone(),
+                members: room.total(),
+            })
+            .collect();
+        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        let more = rooms.len() > limit;
+        rooms.truncate(limit);
+        let next = more
+            .then(|| rooms.last().map(|last| last.room.clone()))
+            .flatten();
+        (rooms, next)
+    }
+
+    /// The room's members on every node, one per user, sorted by user id; `None` if it has
+    /// none.
+    pub(crate) fn listed(&self, room: &str) -> Option<Vec<Listed>> {
+        let entry = self.rooms.get(room)?;
+        let users: Vec<Listed> = entry
+            .users()
+            .into_iter()
+            .map(|(user_id, username)| Listed {
+                user_id: user_id.to_owned(),
+                username: username.to_owned(),
+            })
+            .collect();
+        (!users.is_empty()).then_some(users)
+    }
+
+    /// The room's position and at most `limit` messages after `after`, oldest first; `None`
+    /// if this node holds none of the room's history.
+    pub(crate) fn history_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Option<(Position, Vec<Arc<Entry>>)> {
+        self.history.page(room, after, limit, history::now_ms())
+    }
+}
