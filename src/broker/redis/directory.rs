@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::warn;
+
 use super::RedisBroker;
 use crate::broker::directory::{
     Cluster, HistoryPage, KeyClaim, Members, RoomCount, RoomsPage, UserSessions,
@@ -22,9 +24,16 @@ impl RedisBroker {
         let Some(link) = self.connection.borrow().clone() else {
             return Cluster::Unreachable;
         };
-        match self.within(call(link.conn)).await {
-            Ok(value) => Cluster::Known(value),
-            Err(_) => Cluster::Unreachable,
+        match tokio::time::timeout(self.settings.timeout, call(link.conn)).await {
+            Ok(Ok(value)) => Cluster::Known(value),
+            Ok(Err(err)) => {
+                warn!(%err, "a server API read from redis failed");
+                Cluster::Unreachable
+            }
+            Err(_) => {
+                warn!("a server API read from redis timed out");
+                Cluster::Unreachable
+            }
         }
     }
 
@@ -49,6 +58,10 @@ impl RedisBroker {
             Cluster::Alone => return Cluster::Alone,
             Cluster::Unreachable => return Cluster::Unreachable,
         };
+        if keys.is_empty() {
+            // SCAN may return nothing before its end; an empty pipeline is an error.
+            return Cluster::Known((Vec::new(), (next != 0).then(|| next.to_string())));
+        }
         let counts = self
             .ask(|mut conn| {
                 let mut pipe = redis::pipe();
