@@ -165,6 +165,17 @@ async fn one_message_to_several_rooms_and_an_idempotent_retry_delivers_once() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(next_message(&mut a).await["body"], "exactly once");
     a.expect_silence(Duration::from_millis(300)).await;
+    // The same key with another request is refused rather than answered with the first's.
+    let other = Some(json!({"body": "something else"}).to_string());
+    let reused = api
+        .send(Method::POST, "/rooms/room-a/messages", &key, other)
+        .await;
+    assert_problem(&reused, 422, "idempotency-key-reused");
+    let elsewhere = Some(json!({"body": "exactly once"}).to_string());
+    let reused = api
+        .send(Method::POST, "/rooms/room-b/messages", &key, elsewhere)
+        .await;
+    assert_problem(&reused, 422, "idempotency-key-reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! within `API_IDEMPOTENCY_WINDOW_SECS` gets the first one's response (marked
 //! `Idempotent-Replayed: true`) and delivers nothing again — on every node, since with Redis
 //! the key is claimed there (`SET NX`) before the message is posted. While the first request
-//! is being served, a retry gets 409. A request that failed gives its key up, so it can be
-//! retried.
+//! is being served, a retry gets 409; the key sent with another request (another path or
+//! body) gets 422. A request that failed gives its key up, so it can be retried.
 //!
 //! A node without Redis remembers its keys itself, at most `API_IDEMPOTENCY_MAX_KEYS`
 //! (past that, 429 until some expire).
@@ -35,9 +35,24 @@ pub(crate) fn key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_owned()))
 }
 
+/// A request's fingerprint: a digest of its method, path and body, so a key reused for
+/// another request is told apart from a retry.
+pub(crate) fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [method.as_bytes(), b" ", path.as_bytes(), b"\n", body] {
+        context.update(part);
+    }
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 struct Held {
-    /// The response, once the first request was answered.
-    response: Option<String>,
+    /// The request's fingerprint, then a space and the response once it was answered.
+    value: String,
     expires: Instant,
 }
 
@@ -57,27 +72,41 @@ impl Keys {
         }
     }
 
-    /// Claims `key` on every node (Redis) or on this one.
-    pub(crate) async fn claim(&self, broker: &dyn Broker, key: &str) -> Result<KeyClaim, Problem> {
-        match broker.claim_key(key, self.window).await {
+    /// Claims `key` for the request `fingerprint` names, on every node (Redis) or on this one.
+    pub(crate) async fn claim(
+        &self,
+        broker: &dyn Broker,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<KeyClaim, Problem> {
+        match broker.claim_key(key, fingerprint, self.window).await {
             Cluster::Known(claim) => Ok(claim),
             Cluster::Unreachable => Err(Problem::unavailable(
                 "idempotency keys are kept in Redis, which is out of reach",
             )),
-            Cluster::Alone => self.claim_here(key),
+            Cluster::Alone => self.claim_here(key, fingerprint),
         }
     }
 
-    /// Records the response of a claimed key, or gives it up (`None`).
-    pub(crate) async fn settle(&self, broker: &dyn Broker, key: &str, response: Option<&str>) {
+    /// Records the response of a claimed key, or gives it up (`None`: the request failed and
+    /// may be retried).
+    pub(crate) async fn settle(
+        &self,
+        broker: &dyn Broker,
+        key: &str,
+        fingerprint: &str,
+        response: Option<&str>,
+    ) {
+        let value = response.map(|response| format!("{fingerprint} {response}"));
+        // A key held here was claimed here (no Redis); any other, in Redis.
         if !self.held.contains_key(key) {
-            broker.settle_key(key, response).await;
+            broker.settle_key(key, value.as_deref()).await;
             return;
         }
-        match response {
-            Some(response) => {
+        match value {
+            Some(value) => {
                 if let Some(mut held) = self.held.get_mut(key) {
-                    held.response = Some(response.to_owned());
+                    held.value = value;
                 }
             }
             None => {
@@ -86,7 +115,7 @@ impl Keys {
         }
     }
 
-    fn claim_here(&self, key: &str) -> Result<KeyClaim, Problem> {
+    fn claim_here(&self, key: &str, fingerprint: &str) -> Result<KeyClaim, Problem> {
         let now = Instant::now();
         if self.held.len() >= self.max && !self.held.contains_key(key) {
             self.housekeep();
@@ -97,26 +126,21 @@ impl Keys {
                 ));
             }
         }
+        let fresh = || Held {
+            value: fingerprint.to_owned(),
+            expires: now + self.window,
+        };
         let mut claim = KeyClaim::Claimed;
         self.held
             .entry(key.to_owned())
             .and_modify(|held| {
                 if held.expires <= now {
-                    *held = Held {
-                        response: None,
-                        expires: now + self.window,
-                    };
+                    *held = fresh();
                 } else {
-                    claim = match &held.response {
-                        Some(response) => KeyClaim::Done(response.clone()),
-                        None => KeyClaim::InFlight,
-                    };
+                    claim = KeyClaim::of(&held.value, fingerprint);
                 }
             })
-            .or_insert_with(|| Held {
-                response: None,
-                expires: now + self.window,
-            });
+            .or_insert_with(fresh);
         Ok(claim)
     }
 
@@ -136,22 +160,28 @@ mod tests {
     async fn a_key_is_claimed_once_answered_again_and_forgotten_after_its_window() {
         let keys = Keys::new(Duration::from_secs(10), 2);
         let broker = LocalBroker;
-        assert_eq!(keys.claim(&broker, "k1").await.unwrap(), KeyClaim::Claimed);
-        assert_eq!(keys.claim(&broker, "k1").await.unwrap(), KeyClaim::InFlight);
-        keys.settle(&broker, "k1", Some("{}")).await;
+        let claim = |key: &'static str, fingerprint: &'static str| {
+            let keys = &keys;
+            async move { keys.claim(&LocalBroker, key, fingerprint).await }
+        };
+        assert_eq!(claim("k1", "f1").await.unwrap(), KeyClaim::Claimed);
+        assert_eq!(claim("k1", "f1").await.unwrap(), KeyClaim::InFlight);
+        keys.settle(&broker, "k1", "f1", Some("{}")).await;
         assert_eq!(
-            keys.claim(&broker, "k1").await.unwrap(),
+            claim("k1", "f1").await.unwrap(),
             KeyClaim::Done("{}".into())
         );
+        // The same key for another request is refused, not answered with the first's reply.
+        assert_eq!(claim("k1", "f2").await.unwrap(), KeyClaim::Reused);
         // A failed request gives its key up.
-        assert_eq!(keys.claim(&broker, "k2").await.unwrap(), KeyClaim::Claimed);
-        keys.settle(&broker, "k2", None).await;
-        assert_eq!(keys.claim(&broker, "k2").await.unwrap(), KeyClaim::Claimed);
+        assert_eq!(claim("k2", "f2").await.unwrap(), KeyClaim::Claimed);
+        keys.settle(&broker, "k2", "f2", None).await;
+        assert_eq!(claim("k2", "f2").await.unwrap(), KeyClaim::Claimed);
         // At API_IDEMPOTENCY_MAX_KEYS, a new key waits for one to expire.
-        assert!(keys.claim(&broker, "k3").await.is_err());
+        assert!(claim("k3", "f3").await.is_err());
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(keys.claim(&broker, "k3").await.unwrap(), KeyClaim::Claimed);
-        assert_eq!(keys.claim(&broker, "k1").await.unwrap(), KeyClaim::Claimed);
+        assert_eq!(claim("k3", "f3").await.unwrap(), KeyClaim::Claimed);
+        assert_eq!(claim("k1", "f2").await.unwrap(), KeyClaim::Claimed);
     }
 
     #[test]

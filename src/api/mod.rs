@@ -63,6 +63,7 @@ struct Call<'a> {
     gateway: &'a Gateway,
     api: &'a Api,
     headers: &'a HeaderMap,
+    path: &'a str,
     params: HashMap<String, String>,
     body: Bytes,
 }
@@ -154,6 +155,7 @@ async fn serve(gateway: &Gateway, api: &Api, request: Request<Incoming>) -> Resp
         gateway,
         api,
         headers: &parts.headers,
+        path: parts.uri.path(),
         params: request::query(parts.uri.query()),
         body,
     };

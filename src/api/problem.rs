@@ -113,6 +113,16 @@ impl Problem {
         )
     }
 
+    /// An idempotency key sent before with another request.
+    pub(crate) fn key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "This Idempotency-Key was used for another request",
+            "a key names one request: the same path and body".into(),
+        )
+    }
+
     pub(crate) fn too_large(max: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -131,14 +131,24 @@ impl Call<'_> {
             return Ok(replayed_or_fresh(publish()?, false));
         };
         let broker = self.gateway.hub.broker().as_ref();
-        match self.api.idempotency.claim(broker, &key).await? {
+        let fingerprint = idempotency::fingerprint("POST", self.path, &self.body);
+        match self
+            .api
+            .idempotency
+            .claim(broker, &key, &fingerprint)
+            .await?
+        {
             KeyClaim::Claimed => {}
             KeyClaim::InFlight => return Err(Problem::key_in_use()),
+            KeyClaim::Reused => return Err(Problem::key_reused()),
             KeyClaim::Done(response) => return Ok(replayed_or_fresh(response, true)),
         }
         let outcome = publish();
         let response = outcome.as_ref().ok().map(String::as_str);
-        self.api.idempotency.settle(broker, &key, response).await;
+        self.api
+            .idempotency
+            .settle(broker, &key, &fingerprint, response)
+            .await;
         Ok(replayed_or_fresh(outcome?, false))
     }
 

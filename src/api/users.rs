@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
-use super::request::reply;
+use super::request::{json, reply};
 use super::rooms::unavailable;
 use super::Call;
 use crate::auth::claims::MAX_SUBJECT_BYTES;
@@ -72,6 +72,11 @@ impl Call<'_> {
     /// 4015.
     pub(super) fn disconnect(&self, user: &str) -> Result<Response<Body>, Problem> {
         self.check_user(user)?;
+        // No options yet: an empty body or `{}`, nothing else.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Options {}
+        let _: Options = json(self.headers, &self.body)?;
         let closed = self
             .gateway
             .moderation

@@ -43,8 +43,26 @@ pub(crate) type UserSessions = Vec<(Arc<str>, usize)>;
 pub(crate) enum KeyClaim {
     /// Nobody did: the caller now holds it and must settle or release it.
     Claimed,
-    /// A request with this key is being served right now.
+    /// The same request with this key is being served right now.
     InFlight,
-    /// A request with this key was served; its response.
+    /// The same request with this key was served; its response.
     Done(String),
+    /// The key was used for another request (another path or body).
+    Reused,
+}
+
+impl KeyClaim {
+    /// What holding `held` (a key's value: the request's fingerprint, then a space and the
+    /// response once answered) means for a request with `fingerprint`.
+    pub(crate) fn of(held: &str, fingerprint: &str) -> KeyClaim {
+        let (held_fingerprint, response) = match held.split_once(' ') {
+            Some((held_fingerprint, response)) => (held_fingerprint, Some(response)),
+            None => (held, None),
+        };
+        match response {
+            _ if held_fingerprint != fingerprint => KeyClaim::Reused,
+            None => KeyClaim::InFlight,
+            Some(response) => KeyClaim::Done(response.to_owned()),
+        }
+    }
 }

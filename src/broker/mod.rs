@@ -334,17 +334,20 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Claims an idempotency key on every node for `window`.
+    /// Claims an idempotency key on every node for `window`, for the request `fingerprint`
+    /// names.
     fn claim_key<'a>(
         &'a self,
         _key: &'a str,
+        _fingerprint: &'a str,
         _window: Duration,
     ) -> BoxFuture<'a, Cluster<KeyClaim>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Settles a claimed key with its response, or gives it up (`None`).
-    fn settle_key<'a>(&'a self, _key: &'a str, _response: Option<&'a str>) -> BoxFuture<'a> {
+    /// Settles a claimed key with what it now holds (the request's fingerprint, a space, the
+    /// response), or gives it up (`None`).
+    fn settle_key<'a>(&'a self, _key: &'a str, _held: Option<&'a str>) -> BoxFuture<'a> {
         Box::pin(std::future::ready(()))
     }
 }

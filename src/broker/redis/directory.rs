@@ -185,40 +185,41 @@ impl RedisBroker {
     }
 
     /// Claims an idempotency key for `window`, or says who holds it.
-    pub(super) async fn claim_idempotency(&self, key: &str, window: Duration) -> Cluster<KeyClaim> {
+    pub(super) async fn claim_idempotency(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        window: Duration,
+    ) -> Cluster<KeyClaim> {
         let name = self.keys.idempotency(key);
         let window_ms = window.as_millis() as u64;
         self.ask(|mut conn| async move {
             // SET NX GET (Redis 7): the claim and, when it fails, what holds the key, at once.
             let held: Option<String> = redis::cmd("SET")
                 .arg(&name)
-                .arg("")
+                .arg(fingerprint)
                 .arg("NX")
                 .arg("GET")
                 .arg("PX")
                 .arg(window_ms)
                 .query_async(&mut conn)
                 .await?;
-            Ok(match held {
-                None => KeyClaim::Claimed,
-                Some(held) if held.is_empty() => KeyClaim::InFlight,
-                Some(response) => KeyClaim::Done(response),
-            })
+            Ok(held.map_or(KeyClaim::Claimed, |held| KeyClaim::of(&held, fingerprint)))
         })
         .await
     }
 
-    /// Records the response of a claimed key (keeping its expiry), or gives the key up
+    /// Records what a claimed key holds now (keeping its expiry), or gives the key up
     /// (`None`: the request failed and may be retried).
-    pub(super) async fn settle_idempotency(&self, key: &str, response: Option<&str>) {
+    pub(super) async fn settle_idempotency(&self, key: &str, held: Option<&str>) {
         let name = self.keys.idempotency(key);
         let _ = self
             .ask(|mut conn| async move {
-                match response {
-                    Some(response) => {
+                match held {
+                    Some(held) => {
                         redis::cmd("SET")
                             .arg(&name)
-                            .arg(response)
+                            .arg(held)
                             .arg("XX")
                             .arg("KEEPTTL")
                             .query_async::<()>(&mut conn)

@@ -410,12 +410,17 @@ impl Broker for RedisBroker {
         Box::pin(self.read_sessions(user))
     }
 
-    fn claim_key<'a>(&'a self, key: &'a str, window: Duration) -> BoxFuture<'a, Cluster<KeyClaim>> {
-        Box::pin(self.claim_idempotency(key, window))
+    fn claim_key<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Cluster<KeyClaim>> {
+        Box::pin(self.claim_idempotency(key, fingerprint, window))
     }
 
-    fn settle_key<'a>(&'a self, key: &'a str, response: Option<&'a str>) -> BoxFuture<'a> {
-        Box::pin(self.settle_idempotency(key, response))
+    fn settle_key<'a>(&'a self, key: &'a str, held: Option<&'a str>) -> BoxFuture<'a> {
+        Box::pin(self.settle_idempotency(key, held))
     }
 
     fn stop(&self) -> BoxFuture<'_> {
