@@ -29,7 +29,8 @@ ENV BIND_ADDR=0.0.0.0 \
     METRICS_PORT=9090 \
     LOG_FORMAT=json
 USER 65532:65532
-EXPOSE 8080 9090
+# 8081: the server API (API_PORT), served only when API_KEYS or another credential is set.
+EXPOSE 8080 8081 9090
 # `palisade healthcheck` GETs /healthz on PORT: the image has no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/palisade", "healthcheck"]
