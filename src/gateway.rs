@@ -20,7 +20,7 @@ use crate::config::ConfigError;
 use crate::server::Pages;
 use crate::settings::Settings;
 use crate::state::Gateway;
-use crate::{admin, server};
+use crate::{admin, server, webhooks};
 
 /// Why a gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,10 @@ pub async fn start_with_pages(
         }
         _ => None,
     };
+    let observed = gateway.observed.lock().expect("never poisoned").take();
+    if let (Some(webhooks), Some(observed)) = (&settings.webhooks, observed) {
+        webhooks::start(&gateway, webhooks, observed);
+    }
     gateway.tasks.spawn(housekeeping(Arc::clone(&gateway)));
     gateway.tasks.spawn(watch_memory(Arc::clone(&gateway)));
     gateway.tasks.spawn(tick_rooms(Arc::clone(&gateway)));

@@ -19,6 +19,7 @@
 //! | | `ids`, `names`, `client_ip` | session ids; username and room rules; the client address behind trusted proxies |
 //! | | `metrics` | Prometheus metrics, label values from closed enums |
 //! | | `memory` | returning freed heap pages to the system after load |
+//! | | `observer` | what the hub and the sessions report for the webhooks (presence changes, messages) |
 //! | | `http` | the accept loop and connection serving every listener shares; plain responses |
 //! | policies | `auth` | JWT verification (static keys or identity providers' JWKS), claims, revocation, errors, minting |
 //! | | `admission` | connection caps (global, per IP, per user) and the per-IP connect rate |
@@ -34,6 +35,7 @@
 //! | serving | `server` | the public listener: routes, admission, upgrade; pluggable [`Pages`] |
 //! | | `admin` | the admin listener: `/metrics`, `/healthz`, `/readyz` |
 //! | | `api` | the server API listener: publish, disconnect, bans, revocations, presence, history |
+//! | | `webhooks` | signed events to the backend: presence decided cluster-wide, messages |
 //! | start-up | [`gateway`] | listeners, start, housekeeping, the drain |
 //! | | [`demo`], [`shutdown`] | the standalone demo's settings and pages; SIGTERM/SIGINT |
 //!
@@ -59,6 +61,7 @@ mod memory;
 mod metrics;
 mod moderation;
 mod names;
+mod observer;
 mod outbox;
 mod protocol;
 mod server;
@@ -71,6 +74,7 @@ mod state;
 pub mod testing;
 mod tls;
 mod upgrade;
+mod webhooks;
 
 pub use auth::mint;
 pub use config::{Config, ConfigError};

@@ -14,6 +14,7 @@ use dashmap::DashMap;
 
 use crate::client_ip::IpKey;
 use crate::ids::SessionId;
+use crate::observer::{Observed, Observer};
 use crate::outbox::Outbox;
 use crate::protocol::CloseCode;
 
@@ -36,22 +37,33 @@ impl<K: Eq + Hash + Clone> Index<K> {
         }
     }
 
-    /// Adds a session under `key`, unless `key` already has `max`.
-    fn add(&self, key: &K, entry: Entry, max: usize) -> bool {
+    /// Adds a session under `key`, unless `key` already has `max`; `first` is called (under
+    /// the lock) when it is the key's first session.
+    fn add(&self, key: &K, entry: Entry, max: usize, first: impl FnOnce()) -> bool {
         let mut list = self.sessions.entry(key.clone()).or_default();
         if list.len() >= max {
             return false;
+        }
+        if list.is_empty() {
+            first();
         }
         list.push(entry);
         true
     }
 
-    fn remove(&self, key: &K, id: SessionId) {
+    /// Removes a session; `last` is called (under the lock) when it was the key's last.
+    fn remove(&self, key: &K, id: SessionId, last: impl FnOnce()) {
         if let Some(mut list) = self.sessions.get_mut(key) {
             list.retain(|entry| entry.id != id);
         }
         // Under the shard lock: a concurrent add either sees the entry or makes a new one.
-        self.sessions.remove_if(key, |_, list| list.is_empty());
+        self.sessions.remove_if(key, |_, list| {
+            let empty = list.is_empty();
+            if empty {
+                last();
+            }
+            empty
+        });
     }
 
     fn close(&self, key: &K, code: CloseCode) -> usize {
@@ -71,6 +83,8 @@ impl<K: Eq + Hash + Clone> Index<K> {
 
 /// Every session open on this node.
 pub(crate) struct Sessions {
+    /// Told of each user's first and last session here (for the webhooks).
+    observer: Observer,
     by_user: Index<Arc<str>>,
     by_ip: Index<IpKey>,
     by_token: Index<TokenId>,
@@ -82,8 +96,9 @@ pub(crate) struct Sessions {
 pub(crate) struct TooManySessions;
 
 impl Sessions {
-    pub(crate) fn new(max_per_user: usize) -> Arc<Sessions> {
+    pub(crate) fn new(max_per_user: usize, observer: Observer) -> Arc<Sessions> {
         Arc::new(Sessions {
+            observer,
             by_user: Index::new(),
             by_ip: Index::new(),
             by_token: Index::new(),
@@ -102,7 +117,7 @@ impl Sessions {
             id,
             outbox: outbox.clone(),
         };
-        self.by_ip.add(&ip, entry, usize::MAX);
+        self.by_ip.add(&ip, entry, usize::MAX, || {});
         Registration {
             sessions: Arc::clone(self),
             key: ip,
@@ -122,7 +137,13 @@ impl Sessions {
             id,
             outbox: outbox.clone(),
         };
-        if !self.by_user.add(user, entry, self.max_per_user) {
+        let first_here = || {
+            self.observer.observe(Observed::User {
+                user: Arc::clone(user),
+                here: true,
+            })
+        };
+        if !self.by_user.add(user, entry, self.max_per_user, first_here) {
             return Err(TooManySessions);
         }
         Ok(Registration {
@@ -144,7 +165,7 @@ impl Sessions {
             id,
             outbox: outbox.clone(),
         };
-        self.by_token.add(&token, entry, usize::MAX);
+        self.by_token.add(&token, entry, usize::MAX, || {});
         Registration {
             sessions: Arc::clone(self),
             key: token,
@@ -197,11 +218,21 @@ pub(crate) struct Registration<K: RegistryKey> {
 /// The keys sessions are found by.
 pub(crate) trait RegistryKey: Eq + Hash + Clone {
     fn index(sessions: &Sessions) -> &Index<Self>;
+
+    /// The key's last session here ended.
+    fn last_gone(&self, _sessions: &Sessions) {}
 }
 
 impl RegistryKey for Arc<str> {
     fn index(sessions: &Sessions) -> &Index<Self> {
         &sessions.by_user
+    }
+
+    fn last_gone(&self, sessions: &Sessions) {
+        sessions.observer.observe(Observed::User {
+            user: Arc::clone(self),
+            here: false,
+        });
     }
 }
 
@@ -223,7 +254,9 @@ impl RegistryKey for IpKey {
 
 impl<K: RegistryKey> Drop for Registration<K> {
     fn drop(&mut self) {
-        K::index(&self.sessions).remove(&self.key, self.id);
+        let sessions = &self.sessions;
+        let key = &self.key;
+        K::index(sessions).remove(key, self.id, || key.last_gone(sessions));
     }
 }
 
@@ -233,7 +266,7 @@ mod tests {
 
     #[test]
     fn users_are_capped_closed_and_forgotten() {
-        let sessions = Sessions::new(2);
+        let sessions = Sessions::new(2, Observer::off());
         let (outbox, _rx) = Outbox::new(4, 1024);
         let alice: Arc<str> = "alice".into();
         let first = sessions.register_user(&alice, 1, &outbox).unwrap();
@@ -251,8 +284,30 @@ mod tests {
     }
 
     #[test]
+    fn a_users_first_and_last_session_here_are_observed() {
+        let (observer, mut observed) = Observer::new(false);
+        let sessions = Sessions::new(2, observer);
+        let (outbox, _rx) = Outbox::new(4, 1024);
+        let alice: Arc<str> = "alice".into();
+        let first = sessions.register_user(&alice, 1, &outbox).unwrap();
+        let second = sessions.register_user(&alice, 2, &outbox).unwrap();
+        drop(first);
+        drop(second);
+        let change = |here| Observed::User {
+            user: Arc::clone(&alice),
+            here,
+        };
+        assert_eq!(observed.try_recv(), Ok(change(true)));
+        assert_eq!(observed.try_recv(), Ok(change(false)));
+        assert!(
+            observed.try_recv().is_err(),
+            "nothing for the second session"
+        );
+    }
+
+    #[test]
     fn tokens_are_closed_and_forgotten() {
-        let sessions = Sessions::new(1);
+        let sessions = Sessions::new(1, Observer::off());
         let (outbox, _rx) = Outbox::new(4, 1024);
         let token = TokenId("t-1".into());
         let registration = sessions.register_token(token.clone(), 1, &outbox);
@@ -268,7 +323,7 @@ mod tests {
 
     #[test]
     fn addresses_are_closed_and_forgotten() {
-        let sessions = Sessions::new(1);
+        let sessions = Sessions::new(1, Observer::off());
         let (outbox, _rx) = Outbox::new(4, 1024);
         let ip = IpKey::of([10, 0, 0, 1].into());
         let registration = sessions.register_ip(ip, 1, &outbox);

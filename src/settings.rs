@@ -22,6 +22,7 @@ use crate::memory::Watermark;
 use crate::session::settings::Settings as SessionSettings;
 use crate::tls::TlsSettings;
 use crate::upgrade::UpgradePolicy;
+use crate::webhooks::WebhookSettings;
 
 /// A validated configuration.
 pub struct Settings {
@@ -43,6 +44,8 @@ pub struct Settings {
     pub(crate) redis: Option<RedisSettings>,
     /// The server API, when a credential is configured.
     pub(crate) api: Option<ApiSettings>,
+    /// The webhooks, with `WEBHOOK_URL`.
+    pub(crate) webhooks: Option<WebhookSettings>,
 }
 
 /// Shows the environment they came from, secrets redacted (keys are not printable).
@@ -75,6 +78,7 @@ impl Settings {
             tls: TlsSettings::from_env(&env)?,
             redis: RedisSettings::from_env(&env)?,
             api: ApiSettings::from_env(&env)?,
+            webhooks: WebhookSettings::from_env(&env)?,
             env,
         })
     }

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +26,7 @@ use crate::limits::{SessionQuotas, UserMessageLimiter};
 use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::moderation::Moderation;
+use crate::observer::{Observed, Observer};
 use crate::session::settings::Settings as SessionSettings;
 use crate::sessions::Sessions;
 use crate::settings::{Lifecycle, Settings};
@@ -59,6 +61,8 @@ pub struct Gateway {
     /// Every other task (HTTP connections, admin, housekeeping, key refresh, the broker).
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: Arc<Metrics>,
+    /// What the hub and the sessions observe, until the webhooks take it at start.
+    pub(crate) observed: std::sync::Mutex<Option<UnboundedReceiver<Observed>>>,
     /// Set when the drain starts: `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
     next_session_id: AtomicU64,
@@ -74,7 +78,17 @@ impl Gateway {
             }
             None => Arc::new(LocalBroker),
         };
-        let sessions = Sessions::new(settings.admission.max_sessions_per_user.get() as usize);
+        let (observer, observed) = match &settings.webhooks {
+            Some(webhooks) => {
+                let (observer, observed) = Observer::new(webhooks.wants_messages());
+                (observer, Some(observed))
+            }
+            None => (Observer::off(), None),
+        };
+        let sessions = Sessions::new(
+            settings.admission.max_sessions_per_user.get() as usize,
+            observer.clone(),
+        );
         let verifier = TokenVerifier::new(&settings.auth, &metrics)?;
         Ok(Arc::new(Gateway {
             admission: Admission::new(&settings.admission),
@@ -89,7 +103,13 @@ impl Gateway {
             sessions,
             quotas: SessionQuotas::new(&settings.quotas),
             user_messages: UserMessageLimiter::new(settings.quotas.user_messages),
-            hub: Hub::new(&settings.rooms, Arc::clone(&metrics), Arc::clone(&broker)),
+            hub: Hub::new(
+                &settings.rooms,
+                Arc::clone(&metrics),
+                Arc::clone(&broker),
+                observer,
+            ),
+            observed: std::sync::Mutex::new(observed),
             metrics,
             draining: AtomicBool::new(false),
             session: settings.session,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw::{http, status};
-use common::redis::{broker_settings, node, node_with, RedisServer};
+use common::redis::{broker_settings, child_node, node, node_with, RedisServer};
 use common::{token, Client, PacedSender, Pacing, TestServer};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -418,16 +418,6 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
         }
     };
     assert_eq!(close, 4007);
-}
-
-/// Starts a gateway child process on the test's Redis and waits until it is ready.
-async fn child_node(redis: &RedisServer, extra: &[(&str, &str)]) -> common::child::Gateway {
-    let settings = broker_settings(redis);
-    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    pairs.extend_from_slice(extra);
-    let node = common::child::Gateway::start(&pairs).await;
-    node.wait_ready().await;
-    node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,10 @@
 //! | `{prefix}history:{room}` | stream | the last `HISTORY_SIZE` message envelopes, entry id `0-{offset}`, field `e` | `HISTORY_TTL_SECS` after its last message |
 //! | `{prefix}idempotency:{key}` | string | empty while a server API request with this `Idempotency-Key` is served, then its response | `API_IDEMPOTENCY_WINDOW_SECS` after the first request |
 //! | `{prefix}revoked:{kind}:{value}` | string | a revocation's end, Unix milliseconds; `kind` is `jti` or `sub` | when it ends |
+//! | `{prefix}held:{item}` | hash | field `{node}` → `1` while the node has the item (`user:ID`: a session of the user; `room:NAME`: a member of the room) | with the item (deleted when no live node has it) |
+//! | `{prefix}on:{item}` | string | `1` while the cluster has reported the item online or occupied (its webhook event was sent) | when it is reported offline or empty |
+//! | `{prefix}node-held:{node}` | set | the items a node has, so that another node can report them when the node dies | when the node dies (read and deleted by the node that reports them) |
+//! | `{prefix}nodes` | set | the nodes that report presence | a dead node is removed by the node that reports its items |
 //! | `{prefix}seen:{room}` | hash | user id → the highest offset the user has seen | 7 × `HISTORY_TTL_SECS` after the last rise |
 //!
 //! Room names are validated before they get here (a small charset, bounded length), so they
@@ -64,6 +68,17 @@ impl Keys {
     /// A server API idempotency key.
     pub(crate) fn idempotency(&self, key: &str) -> String {
         format!("{}idempotency:{key}", self.prefix)
+    }
+
+    /// The nodes that report presence.
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// What every key name starts with: the presence scripts build `held:{item}`,
+    /// `on:{item}` and `node-held:{node}` from it (see the table above).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// A room's epoch and last offset.

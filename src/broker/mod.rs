@@ -15,6 +15,7 @@ mod control;
 pub(crate) mod directory;
 mod envelope;
 mod keys;
+pub(crate) mod ledger;
 mod memory;
 mod redis;
 
@@ -343,6 +344,34 @@ pub(crate) trait Broker: Send + Sync + 'static {
         _window: Duration,
     ) -> BoxFuture<'a, Cluster<KeyClaim>> {
         Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Records changes of this node's presence in order (see [`ledger`]); per change, whether
+    /// this node reports its item flipped.
+    fn record_presence<'a>(
+        &'a self,
+        _changes: &'a [ledger::PresenceChange],
+    ) -> BoxFuture<'a, Cluster<Vec<bool>>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Rewrites this node's presence as exactly `here`.
+    fn sync_presence<'a>(
+        &'a self,
+        _here: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Cluster<ledger::Synced>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Takes over the presence of nodes that died: the items this node reports off.
+    fn sweep_presence(&self) -> BoxFuture<'_, Cluster<Vec<String>>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Counts connected periods: a change means the shared state may have been lost or
+    /// changed meanwhile.
+    fn generation(&self) -> u64 {
+        0
     }
 
     /// Settles a claimed key with what it now holds (the request's fingerprint, a space, the

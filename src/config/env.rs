@@ -243,6 +243,29 @@ pub struct Config {
     /// `API_IDEMPOTENCY_MAX_KEYS`: idempotency keys one node remembers without Redis.
     pub api_idempotency_max_keys: usize,
 
+    /// `WEBHOOK_URL`: POST signed events (users online and offline, rooms occupied and empty,
+    /// messages) here; unset sends none.
+    pub webhook_url: Option<String>,
+    /// `WEBHOOK_SECRET`: the HMAC-SHA256 key of `Palisade-Signature` (at least 32 characters).
+    pub webhook_secret: Option<Secret>,
+    /// `WEBHOOK_EVENTS`: comma-separated event types to send.
+    pub webhook_events: String,
+    /// `WEBHOOK_OFFLINE_GRACE_SECS`: how long a user's last session must stay gone before
+    /// `user.offline` (a reconnect within it cancels both events).
+    pub webhook_offline_grace_secs: u64,
+    /// `WEBHOOK_QUEUE`: events waiting to be sent; more are dropped and counted.
+    pub webhook_queue: usize,
+    /// `WEBHOOK_BATCH_MAX`: events per POST at most.
+    pub webhook_batch_max: usize,
+    /// `WEBHOOK_BATCH_WAIT_MS`: how long a POST waits for more events to batch.
+    pub webhook_batch_wait_ms: u64,
+    /// `WEBHOOK_TIMEOUT_MS`: longest a POST may take.
+    pub webhook_timeout_ms: u64,
+    /// `WEBHOOK_MAX_ATTEMPTS`: tries per batch before its events are dropped and counted.
+    pub webhook_max_attempts: usize,
+    /// `WEBHOOK_RETRY_MAX_SECS`: longest wait between tries (doubling from 250 ms).
+    pub webhook_retry_max_secs: u64,
+
     /// `REDIS_URL`: share rooms with other nodes through Redis; unset or empty runs one node on
     /// its own.
     pub redis_url: Option<Secret>,
@@ -369,6 +392,17 @@ impl Default for Config {
             api_max_revocations: 100_000,
             api_idempotency_window_secs: 24 * 60 * 60,
             api_idempotency_max_keys: 100_000,
+
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_events: "user.online,user.offline,room.occupied,room.empty".into(),
+            webhook_offline_grace_secs: 3,
+            webhook_queue: 10_000,
+            webhook_batch_max: 100,
+            webhook_batch_wait_ms: 50,
+            webhook_timeout_ms: 5000,
+            webhook_max_attempts: 8,
+            webhook_retry_max_secs: 30,
 
             redis_url: None,
             redis_prefix: "palisade:".into(),

@@ -34,6 +34,7 @@ use crate::config::{millis, nonzero_usize, Config, ConfigError};
 use crate::history::{self, HistorySettings, Request, Seen, Store};
 use crate::ids::{SessionId, SYSTEM_SESSION};
 use crate::metrics::Metrics;
+use crate::observer::{self, Observed, Observer};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
 use room::Room;
@@ -84,6 +85,8 @@ pub(crate) struct Hub {
     signals: Signals,
     metrics: Arc<Metrics>,
     broker: Arc<dyn Broker>,
+    /// Told of each room's first and last member here, and of messages posted here.
+    observer: Observer,
 }
 
 /// Who a chat message is from: a member on this node, or the server API's sender (no session).
@@ -120,6 +123,7 @@ impl Hub {
         settings: &RoomSettings,
         metrics: Arc<Metrics>,
         broker: Arc<dyn Broker>,
+        observer: Observer,
     ) -> Arc<Hub> {
         // One node numbers its rooms' messages itself; with Redis, its store is a copy.
         let authoritative = broker.message_order() == MessageOrder::Here;
@@ -130,6 +134,7 @@ impl Hub {
             signals: Signals::new(settings.typing_interval, settings.seen_interval),
             metrics,
             broker,
+            observer,
         })
     }
 
@@ -190,6 +195,10 @@ impl Hub {
         }
         if entry.members.is_empty() {
             self.metrics.rooms.inc();
+            self.observer.observe(Observed::Room {
+                room: Arc::from(room),
+                here: true,
+            });
         }
         self.metrics.joins.inc();
         let total = entry.total() + 1;
@@ -234,6 +243,27 @@ impl Hub {
     /// numbered when history is on. The room need not have members on this node (a message
     /// from the server API): it still reaches the other nodes, and history keeps it.
     pub(crate) fn post(&self, room: &str, sender: Sender<'_>, body: &str) -> Posted {
+        let posted = self.deliver_post(room, sender, body);
+        if self.observer.wants_messages() && posted != Posted::Undelivered {
+            let position = match &posted {
+                Posted::Numbered { epoch, offset } => Some((Arc::clone(epoch), *offset)),
+                _ => None,
+            };
+            self.observer
+                .observe(Observed::Message(Arc::new(observer::Posted {
+                    room: Arc::from(room),
+                    username: Arc::clone(sender.username),
+                    user_id: Arc::clone(sender.user_id),
+                    body: body.into(),
+                    sent_at_ms: history::now_ms(),
+                    position,
+                })));
+        }
+        posted
+    }
+
+    /// [`post`](Self::post)'s delivery.
+    fn deliver_post(&self, room: &str, sender: Sender<'_>, body: &str) -> Posted {
         let except = sender.session;
         let event = RoomEvent::Message {
             session: sender.session.unwrap_or(SYSTEM_SESSION),
@@ -330,6 +360,10 @@ impl Hub {
                 if empty {
                     self.history.closed(room);
                     self.broker.room_closed(room);
+                    self.observer.observe(Observed::Room {
+                        room: Arc::from(room),
+                        here: false,
+                    });
                 }
                 empty
             });

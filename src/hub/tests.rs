@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::broker::LocalBroker;
+use crate::observer::Observer;
 use crate::outbox::OutboxReceiver;
 
 fn member_with(id: SessionId, frames: usize, extended: bool) -> (Member, OutboxReceiver) {
@@ -36,6 +37,7 @@ fn hub(max_members: usize) -> Arc<Hub> {
         &settings(max_members),
         Arc::default(),
         Arc::new(LocalBroker),
+        Observer::off(),
     )
 }
 
@@ -250,7 +252,12 @@ fn history_is_held_to_half_the_joiners_queue_and_a_recovery_that_does_not_fit_sa
 fn members_are_listed_once_per_user_up_to_the_cap() {
     let mut settings = settings(10);
     settings.max_listed = 2;
-    let hub = Hub::new(&settings, Arc::default(), Arc::new(LocalBroker));
+    let hub = Hub::new(
+        &settings,
+        Arc::default(),
+        Arc::new(LocalBroker),
+        Observer::off(),
+    );
     let mut guards = Vec::new();
     for id in [3, 1, 2] {
         guards.push(join(&hub, "r", member_with(id, 64, false).0).unwrap());

@@ -123,6 +123,26 @@ label_enums! {
         Backlog,
     }
 
+    /// What became of a webhook event.
+    WebhookOutcome("outcome") {
+        /// Accepted by the receiver (a 2xx).
+        Sent,
+        /// Dropped: the queue (`WEBHOOK_QUEUE`) was full.
+        QueueFull,
+        /// Dropped: its batch failed `WEBHOOK_MAX_ATTEMPTS` times.
+        GaveUp,
+    }
+
+    /// How a webhook POST went.
+    WebhookPost("result") {
+        /// A 2xx.
+        Ok,
+        /// Another status.
+        Refused,
+        /// No answer: connect error, timeout.
+        Failed,
+    }
+
     /// Who closed a session: `none` when the connection dropped without a close frame.
     Initiator("initiator") {
         Server,

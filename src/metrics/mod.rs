@@ -19,7 +19,7 @@ use crate::auth::error::AuthError;
 use crate::protocol::close::CloseCode;
 use labels::{
     BanKind, BrokerDrop, BrokerFailure, CloseLabel, Discontinuity, DropReason, FetchResult,
-    Initiator, Label, LabelValue, Outcome, RateLimit, SessionState,
+    Initiator, Label, LabelValue, Outcome, RateLimit, SessionState, WebhookOutcome, WebhookPost,
 };
 
 /// A counter per value of a label enum.
@@ -58,6 +58,11 @@ pub struct Metrics {
     pub history_bytes: Gauge,
     pub history_entries: Gauge,
     pub history_discontinuities: Counters<Discontinuity>,
+    pub webhook_events: Counters<WebhookOutcome>,
+    pub webhook_posts: Counters<WebhookPost>,
+    pub webhook_retries: Counter,
+    pub webhook_post_seconds: Histogram,
+    pub webhook_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -242,6 +247,29 @@ impl Metrics {
                 "history_discontinuities",
                 "Rooms whose members could not simply be given the next message (gap_filled, gap_lost, reset)",
             ),
+            webhook_events: r.family(
+                "webhook_events",
+                "Webhook events by outcome (sent, queue_full, gave_up)",
+            ),
+            webhook_posts: r.family(
+                "webhook_posts",
+                "Webhook POSTs by result (ok, refused: not a 2xx, failed: no answer)",
+            ),
+            webhook_retries: r.metric(
+                "webhook_retries",
+                "Webhook batches tried again after a failure",
+                Counter::default(),
+            ),
+            webhook_post_seconds: r.seconds(
+                "webhook_post",
+                "Time from a webhook POST to its answer (or failure)",
+                0.000_5,
+            ),
+            webhook_queued: r.metric(
+                "webhook_queued",
+                "Webhook events waiting to be sent",
+                Gauge::default(),
+            ),
             registry: r.0,
         }
     }
@@ -316,6 +344,16 @@ impl Metrics {
 
     pub fn broker_drop(&self, reason: BrokerDrop) {
         self.broker_dropped.get_or_create(&Label(reason)).inc();
+    }
+
+    pub fn webhook_event(&self, outcome: WebhookOutcome, count: u64) {
+        self.webhook_events
+            .get_or_create(&Label(outcome))
+            .inc_by(count);
+    }
+
+    pub fn webhook_post(&self, result: WebhookPost) {
+        self.webhook_posts.get_or_create(&Label(result)).inc();
     }
 
     pub fn observe_fanout(&self, delay: Duration) {

@@ -6,6 +6,7 @@ pub(crate) mod child;
 pub(crate) mod http;
 pub(crate) mod jwks;
 pub(crate) mod raw;
+pub(crate) mod receiver;
 pub(crate) mod redis;
 pub(crate) mod tls;
 
@@ -69,6 +70,19 @@ pub(crate) async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`wait_until`], for a check that has to wait itself (an HTTP request, say).
+pub(crate) async fn wait_until_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -127,6 +127,20 @@ pub(crate) async fn node_with(redis: &RedisServer, extra: &[(&str, &str)]) -> su
     node
 }
 
+/// Starts a gateway child process on the test's Redis (one a test can SIGKILL) and waits
+/// until it is ready.
+pub(crate) async fn child_node(
+    redis: &RedisServer,
+    extra: &[(&str, &str)],
+) -> super::child::Gateway {
+    let settings = broker_settings(redis);
+    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.extend_from_slice(extra);
+    let node = super::child::Gateway::start(&pairs).await;
+    node.wait_ready().await;
+    node
+}
+
 pub(crate) async fn node(redis: &RedisServer) -> super::TestServer {
     node_with(redis, &[]).await
 }

@@ -16,7 +16,7 @@ use crate::history::Position;
 
 impl RedisBroker {
     /// Runs `call` on the command connection, or says Redis is out of reach.
-    async fn ask<T, F, Fut>(&self, call: F) -> Cluster<T>
+    pub(super) async fn ask<T, F, Fut>(&self, call: F) -> Cluster<T>
     where
         F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,

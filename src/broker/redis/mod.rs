@@ -30,6 +30,7 @@
 mod directory;
 mod driver;
 mod history;
+mod ledger;
 mod notices;
 mod presence;
 mod publisher;
@@ -66,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::directory::{Cluster, HistoryPage, KeyClaim, Members, RoomsPage, UserSessions};
+use super::ledger::{PresenceChange, Synced};
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
@@ -421,6 +423,25 @@ impl Broker for RedisBroker {
 
     fn settle_key<'a>(&'a self, key: &'a str, held: Option<&'a str>) -> BoxFuture<'a> {
         Box::pin(self.settle_idempotency(key, held))
+    }
+
+    fn record_presence<'a>(
+        &'a self,
+        changes: &'a [PresenceChange],
+    ) -> BoxFuture<'a, Cluster<Vec<bool>>> {
+        Box::pin(self.record(changes))
+    }
+
+    fn sync_presence<'a>(&'a self, here: &'a [Arc<str>]) -> BoxFuture<'a, Cluster<Synced>> {
+        Box::pin(self.sync_held(here))
+    }
+
+    fn sweep_presence(&self) -> BoxFuture<'_, Cluster<Vec<String>>> {
+        Box::pin(self.sweep_held())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn stop(&self) -> BoxFuture<'_> {

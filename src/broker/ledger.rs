@@ -1,0 +1,25 @@
+//! Presence as the webhooks count it: which users and rooms each node has, so that a user's
+//! first session anywhere (and last), and a room's first member anywhere (and last), are each
+//! reported once for the whole cluster. Items are `user:ID` and `room:NAME`.
+
+use std::sync::Arc;
+
+/// A change of this node's presence, or a question about an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PresenceChange {
+    /// This node has the item now: flipped if the cluster had not reported it on.
+    Here(Arc<str>),
+    /// This node no longer has the item.
+    Gone(Arc<str>),
+    /// Whether the item is gone from every live node: flipped if this call reports it off.
+    Settle(Arc<str>),
+}
+
+/// What a full rewrite of this node's items reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// Items now on that were not.
+    pub on: Vec<String>,
+    /// Items this node had, no longer has, and no live node has.
+    pub off: Vec<String>,
+}

@@ -1,0 +1,128 @@
+//! Webhooks across nodes sharing a real Redis: each fact is reported once for the whole
+//! cluster. A user moving between nodes is never reported offline; a user reconnecting within
+//! the grace on another node is not either; a node that is SIGKILLed has its users and rooms
+//! reported offline and empty once, by another node, after its key expires.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::redis::{child_node, node_with, RedisServer};
+use common::{token, Client, TestServer, ORIGIN};
+use serde_json::{json, Value};
+
+fn kinds_for(events: &[Value], key: &str, value: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|event| event["data"][key] == value)
+        .map(|event| event["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn hooked_node(redis: &RedisServer, receiver: &Receiver) -> TestServer {
+    let hooks = receiver.settings("0");
+    let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1"));
+    node_with(redis, &settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_moving_between_nodes_is_online_once_and_offline_once() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let a = hooked_node(&redis, &receiver).await;
+    let b = hooked_node(&redis, &receiver).await;
+
+    let on_a = a.joined("alice", "lobby").await;
+    receiver
+        .wait_until("online", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice") == ["user.online"]
+        })
+        .await;
+    // To B while still on A, then off A: a move, no event.
+    let on_b = b.joined("alice", "lobby").await;
+    on_a.close().await;
+    // Off B, and back on A within the grace: a reconnect on another node, no event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    on_b.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = a.joined("alice", "lobby").await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let events = receiver.accepted();
+    assert_eq!(kinds_for(&events, "userId", "alice"), ["user.online"]);
+    // Rooms have no grace: the room was empty between the two reconnects.
+    assert_eq!(
+        kinds_for(&events, "room", "lobby"),
+        ["room.occupied", "room.empty", "room.occupied"]
+    );
+
+    // Gone everywhere: offline once, empty once, whichever node reports them.
+    back.close().await;
+    receiver
+        .wait_until("offline", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice").len() == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = receiver.accepted();
+    assert_eq!(
+        kinds_for(&events, "userId", "alice"),
+        ["user.online", "user.offline"]
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "lobby"),
+        ["room.occupied", "room.empty", "room.occupied", "room.empty"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let a = hooked_node(&redis, &receiver).await;
+    let _b = hooked_node(&redis, &receiver).await;
+    let hooks = receiver.settings("0");
+    let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1"));
+    let mut doomed = child_node(&redis, &settings).await;
+
+    let mut carol = Client::connect(&format!("ws://{}/", doomed.addr), Some(ORIGIN)).await;
+    carol.auth(&token("carol")).await;
+    carol
+        .send_json(json!({"type": "join", "room": "attic"}))
+        .await;
+    assert_eq!(carol.recv_json().await["type"], "join");
+    let _dave = a.joined("dave", "hall").await;
+    receiver
+        .wait_until("carol and dave online", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "carol") == ["user.online"]
+                && kinds_for(events, "userId", "dave") == ["user.online"]
+        })
+        .await;
+
+    doomed.child.kill().unwrap(); // SIGKILL: no goodbye, its key expires (REDIS_KEY_TTL_SECS 3)
+    let _ = doomed.child.wait();
+    receiver
+        .wait_until(
+            "carol offline, attic empty",
+            Duration::from_secs(10),
+            |events| {
+                kinds_for(events, "userId", "carol").len() == 2
+                    && kinds_for(events, "room", "attic").len() == 2
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let events = receiver.accepted();
+    assert_eq!(
+        kinds_for(&events, "userId", "carol"),
+        ["user.online", "user.offline"],
+        "once, though two nodes saw the node die"
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "attic"),
+        ["room.occupied", "room.empty"]
+    );
+    assert_eq!(kinds_for(&events, "userId", "dave"), ["user.online"]);
+}
