@@ -244,3 +244,42 @@ async fn past_the_queue_and_the_attempts_events_are_dropped_and_counted() {
     last.send_json(json!({"type": "members"})).await;
     assert_eq!(last.recv_json().await["type"], "members");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_node_and_python_recipes_verify_a_real_delivery() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, &[]).await;
+    let _alice = server.joined("alice", "lobby").await;
+    receiver.wait_until_posted(1, Duration::from_secs(5)).await;
+    let post = receiver.posts()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, &post.body).unwrap();
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, post.body.replace("alice", "mallo")).unwrap();
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks");
+    for (program, script) in [("node", "verify.mjs"), ("python3", "verify.py")] {
+        let run = |file: &std::path::Path, secret: &str| {
+            std::process::Command::new(program)
+                .arg(format!("{docs}/{script}"))
+                .arg(&post.signature)
+                .arg(file)
+                .arg(secret)
+                .status()
+                .unwrap_or_else(|err| panic!("{program} must be installed: {err}"))
+                .success()
+        };
+        assert!(
+            run(&body, common::receiver::WEBHOOK_SECRET),
+            "{script} verifies"
+        );
+        assert!(
+            !run(&tampered, common::receiver::WEBHOOK_SECRET),
+            "{script} refuses a changed body"
+        );
+        assert!(
+            !run(&body, "another-secret-0123456789abcdef0123"),
+            "{script} refuses another secret"
+        );
+    }
+}
