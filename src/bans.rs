@@ -16,11 +16,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 
 use crate::client_ip::IpKey;
+use crate::clock;
 use crate::config::{nonzero_u32, nonzero_usize, secs, Config, ConfigError};
 use crate::limits::Throttle;
 
@@ -152,18 +153,19 @@ impl Bans {
     /// Bans `offender` for `duration` from now (longer bans already in force are kept).
     /// Returns when it ends, as a Unix time in milliseconds, for the other nodes.
     pub(crate) fn ban(&self, offender: Offender, duration: Duration) -> u64 {
-        let until = Instant::now() + duration;
-        self.banned_until
+        let now = Instant::now();
+        let until = *self
+            .banned_until
             .entry(offender)
-            .and_modify(|current| *current = (*current).max(until))
-            .or_insert(until);
-        unix_ms(SystemTime::now() + duration)
+            .and_modify(|current| *current = (*current).max(now + duration))
+            .or_insert(now + duration);
+        clock::unix_ms_at(SystemTime::now() + (until - now))
     }
 
     /// Records a ban decided elsewhere, ending at `until_ms` (Unix milliseconds); one that has
     /// already ended is ignored.
     pub(crate) fn ban_until(&self, offender: Offender, until_ms: u64) {
-        let left = until_ms.saturating_sub(unix_ms(SystemTime::now()));
+        let left = until_ms.saturating_sub(clock::unix_ms());
         if left > 0 {
             self.ban(offender, Duration::from_millis(left));
         }
@@ -209,12 +211,6 @@ impl Bans {
     pub(crate) fn tracked(&self) -> (usize, usize) {
         (self.strikes.len(), self.banned_until.len())
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -305,10 +301,10 @@ mod tests {
         assert_eq!(Offender::parse("user:"), None);
         assert_eq!(Offender::parse("host:x"), None);
         let bans = bans(&[]);
-        let in_a_minute = unix_ms(SystemTime::now()) + 60_000;
+        let in_a_minute = clock::unix_ms() + 60_000;
         bans.ban_until(ip(9), in_a_minute);
         assert!(bans.remaining(&ip(9)).unwrap() > Duration::from_secs(55));
-        bans.ban_until(ip(10), unix_ms(SystemTime::now()) - 1);
+        bans.ban_until(ip(10), clock::unix_ms() - 1);
         assert_eq!(bans.remaining(&ip(10)), None, "an ended ban is ignored");
     }
 }

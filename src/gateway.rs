@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, Api};
 use crate::broker::{LocalControl, LocalRooms};
+use crate::clock;
 use crate::config::ConfigError;
 use crate::server::Pages;
 use crate::settings::Settings;
@@ -182,7 +183,7 @@ async fn housekeeping(gateway: Arc<Gateway>) {
                 gateway
                     .verifier
                     .revoked()
-                    .housekeep(crate::bans::unix_ms(std::time::SystemTime::now()));
+                    .housekeep(clock::unix_ms());
                 gateway.verifier.reload_revocations();
                 if let Some(tls) = &gateway.tls {
                     tls.reload_if_changed();

@@ -34,6 +34,11 @@ pub(crate) type Body = Full<Bytes>;
 /// pauses the loop, so it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// A connection to the server API lives at most this many header timeouts: long
+/// enough that keep-alive pools rarely reopen connections, short enough that a client that
+/// never reads its answers gives its slot back.
+const REQUEST_LISTENER_LIFETIMES: u32 = 12;
+
 /// How long a plain HTTP connection may take to finish its response at shutdown.
 const HTTP_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
@@ -59,8 +64,24 @@ impl HeadLimits {
         })
     }
 
-    /// How a listener serves its connections under these limits; made once per listener.
+    /// How the public listener serves its connections under these limits (made once): a
+    /// connection that has not upgraded by the deadline is dropped.
     pub(crate) fn serving(&self) -> Serving {
+        self.serving_with(false)
+    }
+
+    /// How the server API's listener serves its connections: each
+    /// request head within the header timeout (an idle keep-alive connection closes then), a
+    /// connection for at most [`REQUEST_LISTENER_LIFETIMES`] header timeouts, and at that
+    /// deadline the response in flight is finished (with `Connection: close`) before the
+    /// connection closes, so a keep-alive client never sees a request cut off.
+    pub(crate) fn serving_requests(&self) -> Serving {
+        let mut serving = self.serving_with(true);
+        serving.lifetime = self.header_read_timeout * REQUEST_LISTENER_LIFETIMES;
+        serving
+    }
+
+    fn serving_with(&self, finish_at_deadline: bool) -> Serving {
         let mut builder = http1::Builder::new();
         // hyper applies no header read timeout without a timer: a slow-header client would
         // hold its socket for ever.
@@ -73,6 +94,7 @@ impl HeadLimits {
         Serving {
             builder,
             lifetime: self.header_read_timeout,
+            finish_at_deadline,
         }
     }
 }
@@ -82,6 +104,8 @@ impl HeadLimits {
 pub(crate) struct Serving {
     builder: http1::Builder,
     lifetime: Duration,
+    /// At the deadline, finish the response in flight (up to a second) rather than drop it.
+    finish_at_deadline: bool,
 }
 
 /// Accepts connections until `stopping` is cancelled, handing each to `accepted`. Never exits
@@ -152,6 +176,10 @@ impl Serving {
             }
             _ = tokio::time::sleep_until(deadline) => {
                 debug!(peer = %peer.ip(), "http connection timed out");
+                if self.finish_at_deadline {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HTTP_SHUTDOWN_WAIT, connection).await;
+                }
             }
             _ = stopping.cancelled() => {
                 connection.as_mut().graceful_shutdown();

@@ -16,6 +16,7 @@
 //! |---|---|---|
 //! | foundation | `config` | the environment (envy), parsed once into one flat [`Config`]; [`ConfigError`] names the variable |
 //! | | `protocol` | client and server JSON frames, the close-code table |
+//! | | `clock` | wall-clock time in Unix milliseconds, hex |
 //! | | `ids`, `names`, `client_ip` | session ids; username and room rules; the client address behind trusted proxies |
 //! | | `metrics` | Prometheus metrics, label values from closed enums |
 //! | | `memory` | returning freed heap pages to the system after load |
@@ -49,6 +50,7 @@ mod auth;
 mod bans;
 mod broker;
 mod client_ip;
+mod clock;
 pub mod config;
 pub mod demo;
 pub mod gateway;

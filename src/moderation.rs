@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 use tracing::warn;
 
 use crate::auth::revoked::{Revoked, RuntimeRevocations, TooManyRevocations};
-use crate::bans::{unix_ms, Bans, Offender, StrikeOutcome};
+use crate::bans::{Bans, Offender, StrikeOutcome};
 use crate::broker::{Broker, LocalControl, Notice};
+use crate::clock;
 use crate::metrics::labels::BanKind;
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
@@ -97,7 +98,7 @@ impl Moderation {
     /// Revokes a token id or a user until `until_ms` on every node, closing its sessions.
     pub(crate) fn revoke(&self, revoked: Revoked, until_ms: u64) -> Result<(), TooManyRevocations> {
         self.revoked
-            .revoke(revoked.clone(), until_ms, unix_ms(SystemTime::now()))?;
+            .revoke(revoked.clone(), until_ms, clock::unix_ms())?;
         self.close_revoked(&revoked);
         self.broker.announce(Notice::Revoke { revoked, until_ms });
         Ok(())
@@ -105,7 +106,7 @@ impl Moderation {
 
     /// The revocations in force.
     pub(crate) fn revocations(&self) -> Vec<(Revoked, u64)> {
-        self.revoked.in_force(unix_ms(SystemTime::now()))
+        self.revoked.in_force(clock::unix_ms())
     }
 
     fn close_revoked(&self, revoked: &Revoked) {
@@ -149,10 +150,8 @@ impl LocalControl for Moderation {
                 self.sessions.close_user(&user, code);
             }
             Notice::Revoke { revoked, until_ms } => {
-                let now = unix_ms(SystemTime::now());
-                // Past the bound, a revocation from another node still closes what it names.
-                let _ = self.revoked.revoke(revoked.clone(), until_ms, now);
-                if until_ms > now {
+                self.revoked.learn(revoked.clone(), until_ms);
+                if until_ms > clock::unix_ms() {
                     self.close_revoked(&revoked);
                 }
             }
@@ -172,7 +171,7 @@ impl LocalControl for Moderation {
         self.bans
             .in_force()
             .into_iter()
-            .map(|(offender, left)| (offender, unix_ms(now + left)))
+            .map(|(offender, left)| (offender, clock::unix_ms_at(now + left)))
             .collect()
     }
 }

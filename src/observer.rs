@@ -12,15 +12,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-/// A change seen on this node.
+/// A presence change seen on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Observed {
     /// The user's sessions on this node went from none to one (`here`), or from one to none.
     User { user: Arc<str>, here: bool },
     /// The room's members on this node went from none to one (`here`), or from one to none.
     Room { room: Arc<str>, here: bool },
-    /// A chat message was posted here (by a member or the server API).
-    Message(Arc<Posted>),
 }
 
 /// A chat message posted on this node.
@@ -39,8 +37,15 @@ pub(crate) struct Posted {
 /// Where changes are reported; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Observer {
-    sender: Option<mpsc::UnboundedSender<Observed>>,
-    messages: bool,
+    presence: Option<mpsc::UnboundedSender<Observed>>,
+    messages: Option<mpsc::Sender<Arc<Posted>>>,
+}
+
+/// The receiving ends of an [`Observer`].
+pub(crate) struct Observations {
+    pub presence: mpsc::UnboundedReceiver<Observed>,
+    /// Chat messages, when wanted.
+    pub messages: Option<mpsc::Receiver<Arc<Posted>>>,
 }
 
 impl Observer {
@@ -49,27 +54,46 @@ impl Observer {
         Observer::default()
     }
 
-    /// An observer and the receiving end of what it reports; chat messages only if
-    /// `messages`.
-    pub(crate) fn new(messages: bool) -> (Observer, mpsc::UnboundedReceiver<Observed>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    /// An observer and the receiving ends of what it reports. Presence changes are few per
+    /// session and drained by one task as they come; chat messages, when `messages` gives
+    /// their queue's capacity, are bounded like the webhook queue they feed.
+    pub(crate) fn new(messages: Option<usize>) -> (Observer, Observations) {
+        let (presence, presence_rx) = mpsc::unbounded_channel();
+        let (messages, messages_rx) = match messages {
+            Some(capacity) => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                (Some(sender), Some(receiver))
+            }
+            None => (None, None),
+        };
         let observer = Observer {
-            sender: Some(sender),
+            presence: Some(presence),
             messages,
         };
-        (observer, receiver)
+        let observations = Observations {
+            presence: presence_rx,
+            messages: messages_rx,
+        };
+        (observer, observations)
     }
 
-    /// Reports a change; never waits. (Presence changes are few per session; the channel is
-    /// drained by one task that batches them.)
+    /// Reports a presence change; never waits.
     pub(crate) fn observe(&self, observed: Observed) {
-        if let Some(sender) = &self.sender {
+        if let Some(sender) = &self.presence {
             let _ = sender.send(observed);
         }
     }
 
     /// Whether chat messages are wanted (so the hub builds them only then).
     pub(crate) fn wants_messages(&self) -> bool {
-        self.sender.is_some() && self.messages
+        self.messages.is_some()
+    }
+
+    /// Reports a chat message; false if its queue is full (it is dropped).
+    pub(crate) fn posted(&self, posted: Posted) -> bool {
+        match &self.messages {
+            Some(sender) => sender.try_send(Arc::new(posted)).is_ok(),
+            None => true,
+        }
     }
 }

@@ -285,7 +285,8 @@ mod tests {
 
     #[test]
     fn a_users_first_and_last_session_here_are_observed() {
-        let (observer, mut observed) = Observer::new(false);
+        let (observer, observations) = Observer::new(None);
+        let mut observed = observations.presence;
         let sessions = Sessions::new(2, observer);
         let (outbox, _rx) = Outbox::new(4, 1024);
         let alice: Arc<str> = "alice".into();

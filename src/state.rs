@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +25,7 @@ use crate::limits::{SessionQuotas, UserMessageLimiter};
 use crate::memory::MemoryGuard;
 use crate::metrics::Metrics;
 use crate::moderation::Moderation;
-use crate::observer::{Observed, Observer};
+use crate::observer::{Observations, Observer};
 use crate::session::settings::Settings as SessionSettings;
 use crate::sessions::Sessions;
 use crate::settings::{Lifecycle, Settings};
@@ -62,7 +61,7 @@ pub struct Gateway {
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: Arc<Metrics>,
     /// What the hub and the sessions observe, until the webhooks take it at start.
-    pub(crate) observed: std::sync::Mutex<Option<UnboundedReceiver<Observed>>>,
+    pub(crate) observed: std::sync::Mutex<Option<Observations>>,
     /// Set when the drain starts: `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
     next_session_id: AtomicU64,
@@ -80,7 +79,8 @@ impl Gateway {
         };
         let (observer, observed) = match &settings.webhooks {
             Some(webhooks) => {
-                let (observer, observed) = Observer::new(webhooks.wants_messages());
+                let messages = webhooks.wants_messages().then_some(webhooks.queue);
+                let (observer, observed) = Observer::new(messages);
                 (observer, Some(observed))
             }
             None => (Observer::off(), None),

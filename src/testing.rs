@@ -40,6 +40,9 @@ pub const NO_LIMITS: &[(&str, &str)] = &[
     ("TYPING_BURST", "1000000"),
     ("BAN_STRIKES", "1000000"),
     ("MAX_TRACKED_CLIENTS", "1000000"),
+    ("API_RATE_PER_SEC", "1000000"),
+    ("API_BURST", "1000000"),
+    ("API_MAX_CONNECTIONS", "1024"),
 ];
 
 /// A view of a gateway's insides, for assertions.

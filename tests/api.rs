@@ -593,3 +593,24 @@ async fn keys_rotate_through_the_key_file_and_no_credential_means_no_api() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_whose_requests_keep_being_refused_is_held_back() {
+    let server = server_with(&[("API_RATE_PER_SEC", "1"), ("API_BURST", "3")]).await;
+    let api = ApiClient::of(&server);
+    let guess = api.with_credential(Some("guess-0123456789abcdef-0123456789abcdef"));
+    for _ in 0..3 {
+        assert_problem(&guess.get("/bans").await, 401, "unauthorized");
+    }
+    // Past API_BURST refusals, the address is held back, whatever it sends.
+    let held = guess.get("/bans").await;
+    assert_problem(&held, 429, "rate-limited");
+    assert!(held.header("retry-after").is_some());
+    assert_eq!(
+        api.get("/bans").await.status,
+        429,
+        "even with the right key, for a while"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(api.get("/bans").await.status, 200);
+}

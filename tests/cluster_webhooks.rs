@@ -126,3 +126,40 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     );
     assert_eq!(kinds_for(&events, "userId", "dave"), ["user.online"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_departure_on_another_node_restarts_the_grace() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let a = hooked_node(&redis, &receiver).await; // grace 1 s
+    let b = hooked_node(&redis, &receiver).await;
+    let on_a = a.joined("alice", "lobby").await;
+    receiver
+        .wait_until("online", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice") == ["user.online"]
+        })
+        .await;
+    on_a.close().await; // A's grace ends in 1 s...
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let on_b = b.joined("alice", "lobby").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    on_b.close().await; // ...but this departure's grace ends 0.8 s later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        kinds_for(&receiver.accepted(), "userId", "alice"),
+        ["user.online"],
+        "not offline while the last departure's grace runs"
+    );
+    receiver
+        .wait_until(
+            "offline after the last grace",
+            Duration::from_secs(5),
+            |events| kinds_for(events, "userId", "alice").len() == 2,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        kinds_for(&receiver.accepted(), "userId", "alice"),
+        ["user.online", "user.offline"]
+    );
+}

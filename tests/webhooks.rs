@@ -283,3 +283,26 @@ async fn the_documented_node_and_python_recipes_verify_a_real_delivery() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_counts_from_the_last_departure() {
+    let receiver = Receiver::start().await;
+    let server = server_for(&receiver, &[("WEBHOOK_OFFLINE_GRACE_SECS", "1")]).await;
+    let first = server.joined("alice", "lobby").await;
+    receiver.wait_until_posted(1, Duration::from_secs(5)).await;
+    first.close().await; // this grace would end in 1 s...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = server.joined("alice", "lobby").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    again.close().await; // ...this one 0.6 s later
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        kinds_for(&receiver.accepted(), "userId", "alice"),
+        ["user.online"]
+    );
+    receiver
+        .wait_until("offline", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice").len() == 2
+        })
+        .await;
+}

@@ -10,6 +10,7 @@
 //! target/release/palisade-bench all --quick    # the smoke test CI runs
 //! ```
 
+mod api;
 mod capacity;
 mod ceiling;
 mod churn;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::ApiConfig;
 use crate::capacity::CapacityConfig;
 use crate::churn::ChurnConfig;
 use crate::fanout::FanoutConfig;
@@ -70,6 +72,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
         #[arg(long, default_value_t = 10)]
+        room_size: usize,
+    },
+    /// Publishes through the server API into one room: publishes per second and the delay
+    /// from the API call to delivery.
+    Api {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
         room_size: usize,
     },
     /// Connect, auth, join, close, in a loop: sessions per second and time to joined.
@@ -144,6 +154,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         | Command::Capacity { common, .. }
         | Command::Fanout { common, .. }
         | Command::History { common, .. }
+        | Command::Api { common, .. }
         | Command::Churn { common, .. } => common.clone(),
         Command::CeilingServer { .. } => unreachable!("served above"),
     };
@@ -163,6 +174,8 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         history: Vec::new(),
         churn_config: None,
         churn: Vec::new(),
+        api_config: None,
+        api: Vec::new(),
     };
     let progress = Progress::new();
     let all = matches!(command, Command::All(_));
@@ -183,6 +196,11 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         history(&common, &mut run, &progress, *room_size).await?;
     } else if all {
         history(&common, &mut run, &progress, 10).await?;
+    }
+    if let Command::Api { room_size, .. } = &command {
+        api(&common, &mut run, &progress, *room_size).await?;
+    } else if all {
+        api(&common, &mut run, &progress, 100).await?;
     }
     if let Command::Churn {
         algorithms,
@@ -370,6 +388,42 @@ async fn history(
             .push(fanout::run(&target, &config, progress).await?);
     }
     run.history_config = Some(config);
+    Ok(())
+}
+
+/// Publishes through the server API of a Palisade the bench starts, into one room.
+async fn api(
+    common: &Common,
+    run: &mut Run,
+    progress: &Progress,
+    room_size: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        common.url.is_none(),
+        "the api scenario starts its own gateway (no --url)"
+    );
+    let config = ApiConfig {
+        room_size,
+        publish_steps: if common.quick {
+            vec![50, 100]
+        } else {
+            vec![250, 500, 1000, 2000, 3000, 4000, 5000, 6000, 8000]
+        },
+        connections: 64,
+        warmup_secs: if common.quick { 0.3 } else { 1.0 },
+        window_secs: if common.quick { 0.5 } else { 3.0 },
+        body_bytes: 100,
+        p99_limit_ms: 50.0,
+    };
+    let binary = target::gateway_binary(common.gateway.clone())?;
+    let launch = Launch {
+        redis: common.redis.as_deref(),
+        api: true,
+        ..Launch::default()
+    };
+    let target = Target::palisade(&binary, &launch).await?;
+    run.api.push(api::run(&target, &config, progress).await?);
+    run.api_config = Some(config);
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::api::{ApiConfig, ApiResult};
 use crate::capacity::{CapacityConfig, CapacityResult};
 use crate::churn::{ChurnConfig, ChurnResult};
 use crate::fanout::{FanoutConfig, FanoutResult};
@@ -28,6 +29,9 @@ pub struct Run {
     pub history: Vec<FanoutResult>,
     pub churn_config: Option<ChurnConfig>,
     pub churn: Vec<ChurnResult>,
+    /// Publishes through the server API into one room.
+    pub api_config: Option<ApiConfig>,
+    pub api: Vec<ApiResult>,
 }
 
 /// The targets of the benchmark issue, checked in the summary.
@@ -173,6 +177,9 @@ impl Run {
         if let Some(config) = &self.history_config {
             self.history_summary(&mut out, config);
         }
+        if let Some(config) = &self.api_config {
+            self.api_summary(&mut out, config);
+        }
         if !self.churn.is_empty() {
             let _ = writeln!(
                 out,
@@ -207,6 +214,45 @@ impl Run {
             }
         }
         out
+    }
+
+    /// The server API: every step, and the highest within the limit.
+    fn api_summary(&self, out: &mut String, config: &ApiConfig) {
+        let _ = writeln!(
+            out,
+            "### Server API: publishes into a room of {}, {}-byte bodies, p99 from the API call to delivery\n",
+            config.room_size, config.body_bytes
+        );
+        let _ = writeln!(
+            out,
+            "| server | aimed/s | published/s | delivered/s | p50 | p99 | failed | server CPU |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for result in &self.api {
+            for s in &result.steps {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} % |",
+                    result.target,
+                    s.aimed_publishes_per_sec,
+                    s.published_per_sec,
+                    s.delivered_per_sec,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.failed,
+                    s.server_cpu_percent
+                );
+            }
+            match &result.best {
+                Some(best) => {
+                    let _ = writeln!(out, "\nHighest step within p99 ≤ {} ms: **{:.0} publishes/s** ({:.0} deliveries/s), p99 {:.2} ms from the API call to delivery.\n",
+                        config.p99_limit_ms, best.published_per_sec, best.delivered_per_sec, best.p99_ms);
+                }
+                None => {
+                    let _ = writeln!(out, "\nNo step within p99 ≤ {} ms.\n", config.p99_limit_ms);
+                }
+            }
+        }
     }
 
     /// History off against on: the highest step of each, and CPU per delivery at equal load.

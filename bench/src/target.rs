@@ -25,6 +25,8 @@ pub struct Target {
     pub signer: Signer,
     /// The process to measure, when known.
     pub pid: Option<u32>,
+    /// The server API (`http://…/api/v1`) and its key, when started with it.
+    pub api: Option<(String, String)>,
     child: Option<Child>,
     key_file: Option<PathBuf>,
 }
@@ -59,6 +61,8 @@ pub struct Launch<'a> {
     pub env: Vec<(&'static str, &'static str)>,
     /// Clients join with the room extensions.
     pub room_extensions: bool,
+    /// Start the server API (on a free port, with a random key).
+    pub api: bool,
 }
 
 impl Default for Launch<'_> {
@@ -69,6 +73,7 @@ impl Default for Launch<'_> {
             redis: None,
             env: Vec::new(),
             room_extensions: false,
+            api: false,
         }
     }
 }
@@ -97,6 +102,16 @@ impl Target {
                 .env("REDIS_URL", url)
                 .env("REDIS_PREFIX", format!("bench{}:", std::process::id()));
         }
+        let api = if launch.api {
+            let api_port = free_port()?;
+            let key = random_secret();
+            command
+                .env("API_PORT", api_port.to_string())
+                .env("API_KEYS", &key);
+            Some((format!("http://127.0.0.1:{api_port}/api/v1"), key))
+        } else {
+            None
+        };
         let mut key_file = None;
         let signer = if es256 {
             let path =
@@ -124,6 +139,7 @@ impl Target {
             dialer: Arc::new(dialer),
             signer,
             pid: Some(child.id()),
+            api,
             child: Some(child),
             key_file,
         };
@@ -145,6 +161,7 @@ impl Target {
             dialer: Arc::new(Dialer::new(addr, Protocol::Bare, None)),
             signer: Signer::Hs256(String::new()),
             pid: Some(child.id()),
+            api: None,
             child: Some(child),
             key_file: None,
         };
@@ -164,6 +181,7 @@ impl Target {
             )),
             signer: Signer::Hs256(external.secret.clone()),
             pid: external.pid,
+            api: None,
             child: None,
             key_file: None,
         })

@@ -11,8 +11,9 @@ use super::problem::Problem;
 use super::request::{json, reply};
 use super::Call;
 use crate::auth::revoked::Revoked;
-use crate::bans::{unix_ms, Offender};
+use crate::bans::Offender;
 use crate::client_ip::IpKey;
+use crate::clock;
 use crate::http::Body;
 
 /// A ban to make: a user or an address, for a while.
@@ -93,7 +94,7 @@ impl Call<'_> {
             .into_iter()
             .map(|(offender, left)| BanJson {
                 offender: offender.to_string(),
-                until_ms: unix_ms(now + left),
+                until_ms: clock::unix_ms_at(now + left),
             })
             .collect();
         bans.sort_unstable_by(|a, b| a.offender.cmp(&b.offender));
@@ -129,8 +130,7 @@ impl Call<'_> {
         let revocation: NewRevocation = json(self.headers, &self.body)?;
         let revoked = match (revocation.token_id, revocation.user) {
             (Some(id), None) => {
-                self.check_user(&id)
-                    .map_err(|_| Problem::invalid("tokenId: 1 to 512 bytes"))?;
+                super::users::check_user_id("tokenId", &id)?;
                 Revoked::TokenId(Arc::from(id))
             }
             (None, Some(user)) => {
@@ -140,7 +140,7 @@ impl Call<'_> {
             _ => return Err(Problem::invalid("exactly one of tokenId and user")),
         };
         let duration = self.duration(revocation.duration_secs)?;
-        let until_ms = unix_ms(SystemTime::now() + duration);
+        let until_ms = clock::unix_ms_at(SystemTime::now() + duration);
         self.gateway
             .moderation
             .revoke(revoked.clone(), until_ms)

@@ -2,25 +2,33 @@
 //! (never the URL, which ends up in logs), either an API key or the identity provider's
 //! access token carrying `API_JWT_SCOPE`; and each credential's rate.
 //!
+//! An address whose requests keep being refused (more than `API_BURST` refusals, refilled at
+//! `API_RATE_PER_SEC`) gets 429 without its credential being looked at until it slows down,
+//! so guessing keys or sending forged tokens costs the gateway nothing.
+//!
 //! Keys are held as SHA-256 digests and compared in constant time, every key every time, so
 //! neither the comparison nor its early exit says how much of a guess was right. A caller is
 //! named in logs by its key's fingerprint (the digest's first 8 hex digits) or its token's
 //! subject, never by the secret.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, SHA256};
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::DefaultKeyedRateLimiter;
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::HeaderMap;
+use std::time::Instant;
 use tracing::warn;
 
 use super::settings::{parse_key_file, AccessTokens, ApiSettings};
 use crate::auth::TokenVerifier;
+use crate::clock;
 
 /// A key, as it is kept.
 #[derive(Clone)]
@@ -33,7 +41,7 @@ impl Key {
     fn new(secret: &str) -> Key {
         let digest = sha256(secret);
         Key {
-            fingerprint: format!("key:{}", hex(&digest[..4])),
+            fingerprint: format!("key:{}", clock::hex(&digest[..4])),
             digest,
         }
     }
@@ -44,10 +52,6 @@ fn sha256(text: &str) -> [u8; 32] {
         .as_ref()
         .try_into()
         .expect("SHA-256 is 32 bytes")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Why a request was not let in.
@@ -61,6 +65,8 @@ pub(crate) enum Refusal {
     NoScope,
     /// Over the credential's rate; retry after this long (429).
     OverRate(Duration),
+    /// This address's requests were refused too often; retry after this long (429).
+    HeldBack(Duration),
 }
 
 /// The credentials the API takes.
@@ -71,6 +77,10 @@ pub(crate) struct Credentials {
     file: Option<KeyFile>,
     access_tokens: Option<AccessTokens>,
     rate: DefaultKeyedRateLimiter<String>,
+    /// Refused requests per client address.
+    refusals: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses over their refusals, until when.
+    held_back: DashMap<IpAddr, Instant>,
 }
 
 struct KeyFile {
@@ -96,6 +106,8 @@ impl Credentials {
             file,
             access_tokens: settings.access_tokens.clone(),
             rate: DefaultKeyedRateLimiter::keyed(settings.rate),
+            refusals: DefaultKeyedRateLimiter::keyed(settings.rate),
+            held_back: DashMap::new(),
         }
     }
 
@@ -104,12 +116,30 @@ impl Credentials {
         &self,
         headers: &HeaderMap,
         verifier: &TokenVerifier,
+        peer: IpAddr,
     ) -> Result<String, Refusal> {
-        let bearer = headers
-            .get(AUTHORIZATION)
-            .and_then(bearer)
-            .ok_or(Refusal::Missing)?;
-        let caller = self.identify(bearer, verifier).await?;
+        let now = Instant::now();
+        if let Some(until) = self.held_back.get(&peer).map(|until| *until) {
+            if now < until {
+                return Err(Refusal::HeldBack(until - now));
+            }
+            self.held_back.remove(&peer);
+        }
+        let identified = match headers.get(AUTHORIZATION).and_then(bearer) {
+            Some(bearer) => self.identify(bearer, verifier).await,
+            None => Err(Refusal::Missing),
+        };
+        let caller = match identified {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                if let Err(not_until) = self.refusals.check_key(&peer) {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    self.held_back.insert(peer, now + wait);
+                    return Err(Refusal::HeldBack(wait));
+                }
+                return Err(refusal);
+            }
+        };
         match self.rate.check_key(&caller) {
             Ok(()) => Ok(caller),
             Err(not_until) => Err(Refusal::OverRate(
@@ -159,6 +189,10 @@ impl Credentials {
         }
         self.rate.retain_recent();
         self.rate.shrink_to_fit();
+        self.refusals.retain_recent();
+        self.refusals.shrink_to_fit();
+        let now = Instant::now();
+        self.held_back.retain(|_, until| *until > now);
     }
 }
 

@@ -16,9 +16,15 @@ use tokio::time::Instant;
 
 use super::problem::Problem;
 use crate::broker::{Broker, Cluster, KeyClaim};
+use crate::clock;
 
 /// The longest key accepted.
 pub(crate) const MAX_KEY_CHARS: usize = 255;
+
+/// How long a key is held for a request still being served: a request cut off before it was
+/// answered (its node crashed, its connection dropped) frees its key then, rather than leave
+/// retries refused for the whole window.
+const IN_FLIGHT_LEASE: Duration = Duration::from_secs(30);
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
 pub(crate) fn key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -42,12 +48,7 @@ pub(crate) fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     for part in [method.as_bytes(), b" ", path.as_bytes(), b"\n", body] {
         context.update(part);
     }
-    context
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    clock::hex(context.finish().as_ref())
 }
 
 struct Held {
@@ -79,7 +80,7 @@ impl Keys {
         key: &str,
         fingerprint: &str,
     ) -> Result<KeyClaim, Problem> {
-        match broker.claim_key(key, fingerprint, self.window).await {
+        match broker.claim_key(key, fingerprint, IN_FLIGHT_LEASE).await {
             Cluster::Known(claim) => Ok(claim),
             Cluster::Unreachable => Err(Problem::unavailable(
                 "idempotency keys are kept in Redis, which is out of reach",
@@ -100,13 +101,14 @@ impl Keys {
         let value = response.map(|response| format!("{fingerprint} {response}"));
         // A key held here was claimed here (no Redis); any other, in Redis.
         if !self.held.contains_key(key) {
-            broker.settle_key(key, value.as_deref()).await;
+            broker.settle_key(key, value.as_deref(), self.window).await;
             return;
         }
         match value {
             Some(value) => {
                 if let Some(mut held) = self.held.get_mut(key) {
                     held.value = value;
+                    held.expires = Instant::now() + self.window;
                 }
             }
             None => {
@@ -128,7 +130,7 @@ impl Keys {
         }
         let fresh = || Held {
             value: fingerprint.to_owned(),
-            expires: now + self.window,
+            expires: now + IN_FLIGHT_LEASE,
         };
         let mut claim = KeyClaim::Claimed;
         self.held
@@ -166,6 +168,9 @@ mod tests {
         };
         assert_eq!(claim("k1", "f1").await.unwrap(), KeyClaim::Claimed);
         assert_eq!(claim("k1", "f1").await.unwrap(), KeyClaim::InFlight);
+        // A request never answered frees its key after the lease.
+        tokio::time::advance(IN_FLIGHT_LEASE).await;
+        assert_eq!(claim("k1", "f1").await.unwrap(), KeyClaim::Claimed);
         keys.settle(&broker, "k1", "f1", Some("{}")).await;
         assert_eq!(
             claim("k1", "f1").await.unwrap(),
@@ -178,6 +183,7 @@ mod tests {
         keys.settle(&broker, "k2", "f2", None).await;
         assert_eq!(claim("k2", "f2").await.unwrap(), KeyClaim::Claimed);
         // At API_IDEMPOTENCY_MAX_KEYS, a new key waits for one to expire.
+        keys.settle(&broker, "k2", "f2", Some("{}")).await;
         assert!(claim("k3", "f3").await.is_err());
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(claim("k3", "f3").await.unwrap(), KeyClaim::Claimed);

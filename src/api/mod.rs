@@ -17,8 +17,9 @@
 //! Every request needs a bearer credential ([`credentials`]), is held to its credential's rate,
 //! and is logged (caller, action, target, status; never a body or a credential). Every
 //! refusal is an RFC 9457 problem ([`problem`]). The listener shares the other listeners'
-//! header limits and timeout (a connection lives at most `HEADER_READ_TIMEOUT_MS`) and holds
-//! at most `API_MAX_CONNECTIONS`.
+//! header limits and timeout (a request head, and an idle keep-alive connection, within
+//! `HEADER_READ_TIMEOUT_MS`; a connection closed after 12 times that, once the response in
+//! flight is sent) and holds at most `API_MAX_CONNECTIONS`.
 
 mod bans;
 mod credentials;
@@ -31,6 +32,7 @@ mod users;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -90,7 +92,7 @@ impl Api {
 
 /// Accepts API connections until the gateway stops.
 pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, api: Arc<Api>) {
-    let serving = Arc::new(gateway.head.serving());
+    let serving = Arc::new(gateway.head.serving_requests());
     http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
         // Past API_MAX_CONNECTIONS a connection is closed at once, as on the admin listener.
         let Ok(permit) = Arc::clone(&api.connections).try_acquire_owned() else {
@@ -104,7 +106,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, ap
             let service = service_fn(move |request| {
                 let gateway = Arc::clone(&service_gateway);
                 let api = Arc::clone(&service_api);
-                async move { Ok::<_, Infallible>(serve(&gateway, &api, request).await) }
+                async move { Ok::<_, Infallible>(serve(&gateway, &api, peer, request).await) }
             });
             let deadline = serving.deadline();
             serving
@@ -117,11 +119,16 @@ pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, ap
 }
 
 /// Answers one request: its credential, its route, and a log line.
-async fn serve(gateway: &Gateway, api: &Api, request: Request<Incoming>) -> Response<Body> {
+async fn serve(
+    gateway: &Gateway,
+    api: &Api,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let caller = match api
         .credentials
-        .admit(&parts.headers, &gateway.verifier)
+        .admit(&parts.headers, &gateway.verifier, peer.ip())
         .await
     {
         Ok(caller) => caller,
@@ -135,8 +142,17 @@ async fn serve(gateway: &Gateway, api: &Api, request: Request<Incoming>) -> Resp
                 Refusal::OverRate(wait) => {
                     Problem::too_many("over this credential's rate (API_RATE_PER_SEC)", wait)
                 }
+                Refusal::HeldBack(wait) => Problem::too_many(
+                    "too many refused requests from this address (API_BURST, API_RATE_PER_SEC)",
+                    wait,
+                ),
             };
-            info!(status = problem.status().as_u16(), refusal = ?refusal, "api call refused");
+            info!(
+                peer = %peer.ip(),
+                status = problem.status().as_u16(),
+                refusal = ?refusal,
+                "api call refused"
+            );
             return problem.into_response();
         }
     };

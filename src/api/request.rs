@@ -94,12 +94,13 @@ pub(crate) fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Res
     serde_json::from_slice(body).map_err(|err| Problem::bad_json(json_error(&err)))
 }
 
-/// What was wrong with a body, without quoting it (bodies are never logged or echoed).
+/// What was wrong with a body, for its sender: serde names the field and the type it expected
+/// (and may quote the value sent, which only goes back to whoever sent it: problems are never
+/// logged).
 fn json_error(err: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match err.classify() {
         Category::Data => {
-            // serde's message names the field and the expected type, not the value.
             let message = err.to_string();
             let message = message.split(" at line").next().unwrap_or("");
             format!("a field is wrong: {message}")

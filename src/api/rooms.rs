@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::idempotency;
 use super::problem::Problem;
 use super::request::{json, limit, offset, replayed, reply};
+use super::users::check_user_id;
 use super::Call;
-use crate::auth::claims::MAX_SUBJECT_BYTES;
 use crate::broker::{Cluster, KeyClaim, RoomCount};
 use crate::http::Body;
 use crate::hub::{Posted, Sender};
@@ -86,14 +86,7 @@ impl Call<'_> {
         validate_username(&username, self.gateway.session.names.username_max_chars)
             .map_err(|err| Problem::invalid(format!("username: {err}")))?;
         let user_id = user_id.unwrap_or_else(|| SYSTEM_ID.to_owned());
-        if user_id.is_empty()
-            || user_id.len() > MAX_SUBJECT_BYTES
-            || user_id.chars().any(char::is_control)
-        {
-            return Err(Problem::invalid(format!(
-                "userId: 1 to {MAX_SUBJECT_BYTES} bytes without control characters"
-            )));
-        }
+        check_user_id("userId", &user_id)?;
         Ok(Checked {
             body,
             username: Arc::from(username),

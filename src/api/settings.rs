@@ -16,7 +16,14 @@ pub(crate) const MIN_KEY_CHARS: usize = 32;
 /// The smallest `API_MAX_BODY_BYTES`: room for a message and its sender.
 const MIN_BODY_BYTES: usize = 1024;
 
-#[derive(Clone, Debug)]
+/// The longest `API_MAX_BAN_SECS`: ten years (a longer ban is a deletion, not a ban).
+const MAX_BAN_SECS: u64 = 10 * 365 * 24 * 60 * 60;
+
+/// The longest `API_IDEMPOTENCY_WINDOW_SECS`: a week.
+const MAX_IDEMPOTENCY_WINDOW_SECS: u64 = 7 * 24 * 60 * 60;
+
+/// No `Debug`: it holds the keys.
+#[derive(Clone)]
 pub(crate) struct ApiSettings {
     pub addr: SocketAddr,
     /// Keys from `API_KEYS`.
@@ -94,6 +101,18 @@ impl ApiSettings {
                 scope: scope.trim().to_owned(),
             }),
         };
+        if env.api_max_ban_secs > MAX_BAN_SECS {
+            return Err(invalid(
+                "API_MAX_BAN_SECS",
+                format!("at most {MAX_BAN_SECS}"),
+            ));
+        }
+        if env.api_idempotency_window_secs > MAX_IDEMPOTENCY_WINDOW_SECS {
+            return Err(invalid(
+                "API_IDEMPOTENCY_WINDOW_SECS",
+                format!("at most {MAX_IDEMPOTENCY_WINDOW_SECS}"),
+            ));
+        }
         let settings = ApiSettings {
             addr: SocketAddr::new(env.api_bind_addr, env.api_port),
             keys,
@@ -181,8 +200,15 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(at.keys.len(), 2);
         assert_eq!((at.max_body_bytes, at.max_page), (1024, 1));
+        let longest = ApiSettings::from_env(&env(&[
+            ("API_KEYS", KEY),
+            ("API_MAX_BAN_SECS", "315360000"),
+            ("API_IDEMPOTENCY_WINDOW_SECS", "604800"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(longest.max_ban.as_secs(), MAX_BAN_SECS);
         for (var, value) in [
             ("API_KEYS", &KEY[1..]),
             ("API_MAX_BODY_BYTES", "1023"),
@@ -194,6 +220,8 @@ mod tests {
             ("API_IDEMPOTENCY_MAX_KEYS", "0"),
             ("API_RATE_PER_SEC", "0"),
             ("API_BURST", "0"),
+            ("API_MAX_BAN_SECS", "315360001"),
+            ("API_IDEMPOTENCY_WINDOW_SECS", "604801"),
         ] {
             let mut pairs = vec![(var, value)];
             if var != "API_KEYS" {

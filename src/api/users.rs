@@ -14,16 +14,26 @@ use crate::broker::Cluster;
 use crate::http::Body;
 use crate::protocol::CloseCode;
 
+/// The longest user id: an issuer's `user_id_prefix` and a subject of `MAX_SUBJECT_BYTES`.
+const MAX_USER_ID_BYTES: usize = 2 * MAX_SUBJECT_BYTES;
+
+/// A user id (named `field` in the problem): 1 to 512 bytes without control characters.
+pub(super) fn check_user_id(field: &str, id: &str) -> Result<(), Problem> {
+    if id.is_empty() || id.len() > MAX_USER_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(Problem::invalid(format!(
+            "{field}: 1 to {MAX_USER_ID_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// How a node on its own names itself in a user's sessions.
 const THIS_NODE: &str = "local";
 
 impl Call<'_> {
-    /// A user id from the path: what a verified token could carry.
+    /// A user id: what a verified token could carry (an issuer's prefix and its subject).
     pub(super) fn check_user(&self, user: &str) -> Result<(), Problem> {
-        if user.is_empty() || user.len() > 2 * MAX_SUBJECT_BYTES {
-            return Err(Problem::invalid("user: 1 to 512 bytes"));
-        }
-        Ok(())
+        check_user_id("user", user)
     }
 
     /// `GET /users/{user}`: whether the user is online, and their sessions on each node.

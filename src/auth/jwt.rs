@@ -24,6 +24,7 @@ use super::jwks::{IssuerKeys, MAX_KID_BYTES};
 use super::revocation::Revocations;
 use super::revoked::RuntimeRevocations;
 use super::settings::{AuthSettings, KeySettings};
+use crate::clock;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 
@@ -177,19 +178,21 @@ impl TokenVerifier {
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let (claims, scope) = self.verified_claims(token, None).await?;
         let identity = self.rules.identity(&claims, scope)?;
-        if let Some(revocations) = &self.revocations {
-            if revocations.is_revoked(identity.token_id.as_deref(), &identity.user_id, unix_now()) {
-                return Err(AuthError::Revoked);
-            }
-        }
-        if self.revoked.is_revoked(
-            identity.token_id.as_deref(),
-            &identity.user_id,
-            crate::bans::unix_ms(SystemTime::now()),
-        ) {
+        self.check_revoked(identity.token_id.as_deref(), &identity.user_id)?;
+        Ok(identity)
+    }
+
+    /// Refuses a token whose id or subject is revoked (by `REVOCATION_FILE` or at run time).
+    fn check_revoked(&self, token_id: Option<&str>, subject: &str) -> Result<(), AuthError> {
+        let in_file = self
+            .revocations
+            .as_ref()
+            .is_some_and(|file| file.is_revoked(token_id, subject, unix_now()));
+        let at_run_time = self.revoked.is_revoked(token_id, subject, clock::unix_ms());
+        if in_file || at_run_time {
             return Err(AuthError::Revoked);
         }
-        Ok(identity)
+        Ok(())
     }
 
     /// The claims of an access token for the server API: signed by a trusted key like a user's
@@ -210,6 +213,8 @@ impl TokenVerifier {
             .iter()
             .find_map(|claim| claims.get(*claim).and_then(Value::as_str))
             .unwrap_or("unnamed");
+        let token_id = claims.get("jti").and_then(Value::as_str);
+        self.check_revoked(token_id, caller)?;
         Ok(caller.to_owned())
     }
 

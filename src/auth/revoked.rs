@@ -70,9 +70,15 @@ impl RuntimeRevocations {
                 return Err(TooManyRevocations);
             }
         }
+        self.learn(revoked, until_ms);
+        Ok(())
+    }
+
+    /// Records a revocation decided on another node, whatever the bound: that node held it
+    /// to its own, and every node must refuse what any node revoked.
+    pub(crate) fn learn(&self, revoked: Revoked, until_ms: u64) {
         let mut end = self.until.entry(revoked).or_insert(until_ms);
         *end = (*end).max(until_ms);
-        Ok(())
     }
 
     /// Whether a token with this id, of this user, is revoked at `now_ms`.

@@ -19,6 +19,17 @@ pub(crate) enum Cluster<T> {
     Unreachable,
 }
 
+impl<T> Cluster<T> {
+    /// The answer with what is known turned into something else.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Cluster<U> {
+        match self {
+            Cluster::Alone => Cluster::Alone,
+            Cluster::Known(value) => Cluster::Known(f(value)),
+            Cluster::Unreachable => Cluster::Unreachable,
+        }
+    }
+}
+
 /// A room and its members (sockets) on every node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RoomCount {

@@ -15,6 +15,18 @@ pub(crate) enum PresenceChange {
     Settle(Arc<str>),
 }
 
+/// What became of a recorded change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Nothing to report: the item did not flip (or a departure, which never does).
+    Kept,
+    /// The item flipped (on for `Here`, off for `Settle`): this node reports it.
+    Flipped,
+    /// A settle too early: a departure's grace (on this node or another) still runs for this
+    /// long; settle again then.
+    Wait(std::time::Duration),
+}
+
 /// What a full rewrite of this node's items reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Synced {

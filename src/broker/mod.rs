@@ -335,23 +335,25 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Claims an idempotency key on every node for `window`, for the request `fingerprint`
-    /// names.
+    /// Claims an idempotency key on every node for the request `fingerprint` names, for
+    /// `lease` (a request that never settles frees its key then).
     fn claim_key<'a>(
         &'a self,
         _key: &'a str,
         _fingerprint: &'a str,
-        _window: Duration,
+        _lease: Duration,
     ) -> BoxFuture<'a, Cluster<KeyClaim>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Records changes of this node's presence in order (see [`ledger`]); per change, whether
-    /// this node reports its item flipped.
+    /// Records changes of this node's presence in order (see [`ledger`]), a departure
+    /// holding its item `grace` before any node may report it off; per change, what became
+    /// of it.
     fn record_presence<'a>(
         &'a self,
         _changes: &'a [ledger::PresenceChange],
-    ) -> BoxFuture<'a, Cluster<Vec<bool>>> {
+        _grace: Duration,
+    ) -> BoxFuture<'a, Cluster<Vec<ledger::Recorded>>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
@@ -368,15 +370,20 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Counts connected periods: a change means the shared state may have been lost or
-    /// changed meanwhile.
-    fn generation(&self) -> u64 {
+    /// Changes whenever this node's presence in the shared state may have been lost or
+    /// changed behind its back (a reconnect, its key expired).
+    fn presence_epoch(&self) -> u64 {
         0
     }
 
     /// Settles a claimed key with what it now holds (the request's fingerprint, a space, the
-    /// response), or gives it up (`None`).
-    fn settle_key<'a>(&'a self, _key: &'a str, _held: Option<&'a str>) -> BoxFuture<'a> {
+    /// response) for `window`, or gives it up (`None`).
+    fn settle_key<'a>(
+        &'a self,
+        _key: &'a str,
+        _held: Option<&'a str>,
+        _window: Duration,
+    ) -> BoxFuture<'a> {
         Box::pin(std::future::ready(()))
     }
 }

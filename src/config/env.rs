@@ -245,7 +245,7 @@ pub struct Config {
 
     /// `WEBHOOK_URL`: POST signed events (users online and offline, rooms occupied and empty,
     /// messages) here; unset sends none.
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<Secret>,
     /// `WEBHOOK_SECRET`: the HMAC-SHA256 key of `Palisade-Signature` (at least 32 characters).
     pub webhook_secret: Option<Secret>,
     /// `WEBHOOK_EVENTS`: comma-separated event types to send.

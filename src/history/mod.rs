@@ -128,13 +128,6 @@ pub(crate) fn new_epoch() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::Hub;
 use crate::broker::RoomCount;
-use crate::history::{self, Entry, Position};
+use crate::clock;
+use crate::history::{Entry, Position};
 
 /// A user in a room: id and display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,6 @@ impl Hub {
         after: u64,
         limit: usize,
     ) -> Option<(Position, Vec<Arc<Entry>>)> {
-        self.history.page(room, after, limit, history::now_ms())
+        self.history.page(room, after, limit, clock::unix_ms())
     }
 }

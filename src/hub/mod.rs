@@ -30,9 +30,11 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::broker::{Broker, Delivery, MessageOrder, RoomEvent};
+use crate::clock;
 use crate::config::{millis, nonzero_usize, Config, ConfigError};
-use crate::history::{self, HistorySettings, Request, Seen, Store};
+use crate::history::{HistorySettings, Request, Seen, Store};
 use crate::ids::{SessionId, SYSTEM_SESSION};
+use crate::metrics::labels::WebhookOutcome;
 use crate::metrics::Metrics;
 use crate::observer::{self, Observed, Observer};
 use crate::outbox::{Outbound, Outbox};
@@ -214,7 +216,7 @@ impl Hub {
                 user_id: &member.user_id,
             },
         );
-        let replay = self.history.join(room, request, history::now_ms());
+        let replay = self.history.join(room, request, clock::unix_ms());
         let seen = seen_elsewhere.max(self.history.seen(room, &member.user_id));
         let welcome = frames::welcome(&member, total, &frame, replay, request, seen);
         let membership = Membership {
@@ -249,15 +251,17 @@ impl Hub {
                 Posted::Numbered { epoch, offset } => Some((Arc::clone(epoch), *offset)),
                 _ => None,
             };
-            self.observer
-                .observe(Observed::Message(Arc::new(observer::Posted {
-                    room: Arc::from(room),
-                    username: Arc::clone(sender.username),
-                    user_id: Arc::clone(sender.user_id),
-                    body: body.into(),
-                    sent_at_ms: history::now_ms(),
-                    position,
-                })));
+            let queued = self.observer.posted(observer::Posted {
+                room: Arc::from(room),
+                username: Arc::clone(sender.username),
+                user_id: Arc::clone(sender.user_id),
+                body: body.into(),
+                sent_at_ms: clock::unix_ms(),
+                position,
+            });
+            if !queued {
+                self.metrics.webhook_event(WebhookOutcome::QueueFull, 1);
+            }
         }
         posted
     }
@@ -308,7 +312,7 @@ impl Hub {
                 sender.username,
                 sender.user_id,
                 body,
-                history::now_ms(),
+                clock::unix_ms(),
             );
             if let (Some(numbered), Some(position)) = (numbered, self.history.position(room)) {
                 if let Some(entry) = &local {
@@ -392,7 +396,7 @@ impl Hub {
 
     /// Records a member's read position and relays it, coalesced.
     fn seen(&self, member: &Membership, offset: u64, epoch: Option<&str>) -> Result<(), SeenAhead> {
-        let now = history::now_ms();
+        let now = clock::unix_ms();
         match self
             .history
             .set_seen(&member.room, &member.user_id, offset, epoch, now)
@@ -446,7 +450,7 @@ impl Hub {
         for due in self.signals.due() {
             self.relay_seen(&due);
         }
-        self.history.sweep(history::now_ms());
+        self.history.sweep(clock::unix_ms());
         let (bytes, entries) = self.history.usage();
         self.metrics.history_bytes.set(bytes as i64);
         self.metrics.history_entries.set(entries as i64);

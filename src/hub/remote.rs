@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::room::{RemoteKey, Room};
 use super::{frames, Hub};
 use crate::broker::{Delivery, LocalRooms, Ordered, RemoteEvent, RemoteMember};
-use crate::history::{self, Discontinuity, Entry, Position, Recorded};
+use crate::clock;
+use crate::history::{Discontinuity, Entry, Position, Recorded};
 use crate::ids::SessionId;
 use crate::metrics::labels::Discontinuity as Kind;
 use crate::protocol::{notice, ServerFrame};
@@ -54,7 +55,7 @@ impl LocalRooms for Hub {
                 // node's copy has not reached yet is relayed all the same.
                 let _ =
                     self.history
-                        .set_seen(room, &user_id, offset, Some(&epoch), history::now_ms());
+                        .set_seen(room, &user_id, offset, Some(&epoch), clock::unix_ms());
                 let frame = ServerFrame::seen(&username, &user_id, offset).encode();
                 entry.signal(&frame, None, &self.metrics);
             }
@@ -166,7 +167,7 @@ impl LocalRooms for Hub {
         };
         let reloaded = self
             .history
-            .reload(room, position, entries, history::now_ms());
+            .reload(room, position, entries, clock::unix_ms());
         match &reloaded.notice {
             Some(what) => {
                 self.metrics.discontinuity(match what {

@@ -90,6 +90,9 @@ impl Session {
 
     /// Files the session under its token's id, if it has one (replacing the previous token's).
     fn register_token(&mut self, identity: &Identity) {
+        // The previous registration goes first: a refresh with the same token id would
+        // otherwise be forgotten with it (both entries share this session's id).
+        self.token = None;
         self.token = identity.token_id.as_deref().map(|id| {
             self.gateway
                 .sessions

@@ -17,9 +17,18 @@ use super::event::{batch_body, signature, Event};
 use super::settings::WebhookSettings;
 use crate::metrics::labels::{WebhookOutcome, WebhookPost};
 use crate::metrics::Metrics;
+use crate::observer::Posted;
 
 /// The first wait before a retry; doubled per failure up to `WEBHOOK_RETRY_MAX_SECS`.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// The next chat message, if messages are reported (never, otherwise).
+async fn next_message(messages: &mut Option<mpsc::Receiver<Arc<Posted>>>) -> Option<Arc<Posted>> {
+    match messages {
+        Some(messages) => messages.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Where events are queued for sending.
 #[derive(Clone)]
@@ -69,33 +78,40 @@ impl Sender {
     }
 
     /// Sends batches until the gateway stops; what is queued then gets one try.
-    pub(crate) async fn run(self, mut queue: mpsc::Receiver<Event>, stopping: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        mut queue: mpsc::Receiver<Event>,
+        mut messages: Option<mpsc::Receiver<Arc<Posted>>>,
+        stopping: CancellationToken,
+    ) {
         let max = self.settings.batch_max;
         let mut batch = Vec::with_capacity(max);
         loop {
-            let received = tokio::select! {
-                received = queue.recv_many(&mut batch, max) => received,
+            tokio::select! {
+                received = queue.recv_many(&mut batch, max) => if received == 0 { return },
+                Some(posted) = next_message(&mut messages) => batch.push(self.message(&posted)),
                 _ = stopping.cancelled() => break,
-            };
-            if received == 0 {
-                return;
             }
             // Wait a little for more, so that a burst goes out as one POST.
             let full_by = Instant::now() + self.settings.batch_wait;
             while batch.len() < max {
                 let room = max - batch.len();
-                let more = tokio::select! {
-                    more = queue.recv_many(&mut batch, room) => more,
-                    _ = tokio::time::sleep_until(full_by) => 0,
-                };
-                if more == 0 {
-                    break;
+                tokio::select! {
+                    more = queue.recv_many(&mut batch, room) => if more == 0 { break },
+                    Some(posted) = next_message(&mut messages) => batch.push(self.message(&posted)),
+                    _ = tokio::time::sleep_until(full_by) => break,
                 }
             }
             self.send(&mut batch, self.settings.max_attempts, &stopping)
                 .await;
         }
-        while let Ok(event) = queue.try_recv() {
+        let mut rest: Vec<Event> = std::iter::from_fn(|| queue.try_recv().ok()).collect();
+        if let Some(messages) = &mut messages {
+            while let Ok(posted) = messages.try_recv() {
+                rest.push(self.message(&posted));
+            }
+        }
+        for event in rest {
             batch.push(event);
             if batch.len() == max {
                 self.send(&mut batch, 1, &stopping).await;
@@ -104,6 +120,12 @@ impl Sender {
         if !batch.is_empty() {
             self.send(&mut batch, 1, &stopping).await;
         }
+    }
+
+    /// A chat message's event, counted as queued like the others.
+    fn message(&self, posted: &Posted) -> Event {
+        self.metrics.webhook_queued.inc();
+        Event::message(posted)
     }
 
     /// Sends a batch with at most `attempts` tries, and empties it.
@@ -165,8 +187,8 @@ impl Sender {
                 }
                 Err(err) => {
                     self.metrics.webhook_post(WebhookPost::Failed);
-                    // The error names the URL's host, not its query (no secrets there).
-                    debug!(%err, attempt, "webhook batch not delivered");
+                    // Without the URL: it may carry credentials.
+                    debug!(err = %err.without_url(), attempt, "webhook batch not delivered");
                 }
             }
         }

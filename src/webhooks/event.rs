@@ -5,7 +5,7 @@
 //! Content-Type: application/json
 //! Palisade-Signature: t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd
 //!
-//! {"events":[{"id":"evt_3f9c0c2d9b1e4a77","type":"user.online","createdMs":1767225600123,"data":{"userId":"alice"}}]}
+//! {"events":[{"id":"evt_3f9c0c2d9b1e4a77d2a8e61f0b5c9e13","type":"user.online","createdMs":1767225600123,"data":{"userId":"alice"}}]}
 //! ```
 //!
 //! `v1` is HMAC-SHA256 over `{t}.{body}` with `WEBHOOK_SECRET`, in lowercase hex, as Stripe
@@ -19,6 +19,7 @@ use aws_lc_rs::hmac;
 use serde::Serialize;
 
 use super::settings::Kind;
+use crate::clock;
 use crate::observer::Posted;
 
 /// One event.
@@ -66,7 +67,7 @@ impl Event {
         Event {
             id: format!("evt_{:032x}", rand::random::<u128>()),
             kind: kind.into(),
-            created_ms: crate::history::now_ms(),
+            created_ms: clock::unix_ms(),
             data,
         }
     }
@@ -105,12 +106,7 @@ pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     context.update(b".");
     context.update(body);
     let tag = context.sign();
-    let hex: String = tag
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("t={timestamp},v1={hex}")
+    format!("t={timestamp},v1={}", clock::hex(tag.as_ref()))
 }
 
 #[cfg(test)]

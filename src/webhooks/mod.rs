@@ -13,26 +13,20 @@ mod tracker;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
 pub(crate) use settings::WebhookSettings;
 
-use crate::observer::Observed;
+use crate::observer::Observations;
 use crate::state::Gateway;
 
 /// Starts the tracker and the sender on the gateway's tasks.
-pub(crate) fn start(
-    gateway: &Arc<Gateway>,
-    settings: &WebhookSettings,
-    observed: UnboundedReceiver<Observed>,
-) {
+pub(crate) fn start(gateway: &Arc<Gateway>, settings: &WebhookSettings, observed: Observations) {
     let (queue, events) = delivery::Queue::new(settings.queue, Arc::clone(&gateway.metrics));
     let tracker = tracker::Tracker::new(settings.clone(), Arc::clone(gateway.hub.broker()), queue);
     let sender = delivery::Sender::new(settings.clone(), Arc::clone(&gateway.metrics));
     gateway
         .tasks
-        .spawn(tracker.run(observed, gateway.stopping.clone()));
+        .spawn(tracker.run(observed.presence, gateway.stopping.clone()));
     gateway
         .tasks
-        .spawn(sender.run(events, gateway.stopping.clone()));
+        .spawn(sender.run(events, observed.messages, gateway.stopping.clone()));
 }

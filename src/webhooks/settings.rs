@@ -30,7 +30,8 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the secret (and the URL may hold credentials).
+#[derive(Clone)]
 pub(crate) struct WebhookSettings {
     /// Where events are POSTed.
     pub url: reqwest::Url,
@@ -56,7 +57,12 @@ pub(crate) struct WebhookSettings {
 impl WebhookSettings {
     /// The webhooks' settings, or `None` without `WEBHOOK_URL`.
     pub(crate) fn from_env(env: &Config) -> Result<Option<WebhookSettings>, ConfigError> {
-        let Some(url) = env.webhook_url.as_deref().filter(|url| !url.is_empty()) else {
+        let Some(url) = env
+            .webhook_url
+            .as_ref()
+            .map(|url| url.expose())
+            .filter(|url| !url.is_empty())
+        else {
             return Ok(None);
         };
         let url = reqwest::Url::parse(url)

@@ -13,7 +13,7 @@
 //! `WEBHOOK_QUEUE` of them; past that they are dropped and this node's presence is rewritten
 //! whole when Redis is back, as it is after every reconnect).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::delivery::Queue;
 use super::event::{Data, Event};
 use super::settings::{Kind, WebhookSettings};
-use crate::broker::ledger::PresenceChange;
+use crate::broker::ledger::{PresenceChange, Recorded};
 use crate::broker::{Broker, Cluster};
 use crate::observer::Observed;
 
@@ -46,14 +46,19 @@ pub(crate) struct Tracker {
     here: HashSet<Arc<str>>,
     /// Items reported on (only kept on one node, where this is the ledger).
     on: HashSet<Arc<str>>,
+    /// Items this node let go of whose settling is not recorded yet, with when their latest
+    /// departure's grace ends.
+    unsettled: HashMap<Arc<str>, Instant>,
     /// Changes not yet recorded, in order.
     pending: VecDeque<PresenceChange>,
-    /// Users whose last session here ended, to settle once their grace is over.
-    graces: VecDeque<(Instant, Arc<str>)>,
-    /// This node's presence must be rewritten whole (changes were dropped, or Redis came back).
+    /// When to settle an item: at the end of a departure's grace (the latest departure's
+    /// counts, see `unsettled`), or later when another node's grace holds it.
+    due: VecDeque<(Instant, Arc<str>)>,
+    /// This node's presence must be rewritten whole (changes were dropped, or the broker
+    /// reconnected or found this node's key expired).
     resync: bool,
-    /// The broker's connected period when this node's presence was last written.
-    generation: u64,
+    /// The broker's presence epoch when this node's presence was last written.
+    epoch: u64,
     retry_at: Option<Instant>,
 }
 
@@ -64,17 +69,18 @@ fn item(kind: &str, name: &str) -> Arc<str> {
 
 impl Tracker {
     pub(crate) fn new(settings: WebhookSettings, broker: Arc<dyn Broker>, queue: Queue) -> Self {
-        let generation = broker.generation();
+        let epoch = broker.presence_epoch();
         Tracker {
             settings,
             broker,
             queue,
             here: HashSet::new(),
             on: HashSet::new(),
+            unsettled: HashMap::new(),
             pending: VecDeque::new(),
-            graces: VecDeque::new(),
+            due: VecDeque::new(),
             resync: false,
-            generation,
+            epoch,
             retry_at: None,
         }
     }
@@ -88,8 +94,8 @@ impl Tracker {
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let grace_due = self.graces.front().map(|(due, _)| *due);
-            let wake = [grace_due, self.retry_at].into_iter().flatten().min();
+            let next_due = self.due.iter().map(|(due, _)| *due).min();
+            let wake = [next_due, self.retry_at].into_iter().flatten().min();
             tokio::select! {
                 _ = stopping.cancelled() => return,
                 next = observed.recv() => match next {
@@ -102,17 +108,13 @@ impl Tracker {
             while let Ok(next) = observed.try_recv() {
                 self.observe(next);
             }
-            self.settle_due_graces();
+            self.settle_due();
             self.flush().await;
         }
     }
 
     fn observe(&mut self, observed: Observed) {
-        let (item, here, grace) = match observed {
-            Observed::Message(posted) => {
-                self.queue.push(Event::message(&posted));
-                return;
-            }
+        let (item, here, graced) = match observed {
             Observed::User { user, here } => (item("user", &user), here, true),
             Observed::Room { room, here } => (item("room", &room), here, false),
         };
@@ -123,11 +125,17 @@ impl Tracker {
             self.here.remove(&item);
             self.pending
                 .push_back(PresenceChange::Gone(Arc::clone(&item)));
-            if grace && !self.settings.offline_grace.is_zero() {
-                let due = Instant::now() + self.settings.offline_grace;
-                self.graces.push_back((due, item));
+            let grace = if graced {
+                self.settings.offline_grace
             } else {
+                Duration::ZERO
+            };
+            let due = Instant::now() + grace;
+            self.unsettled.insert(Arc::clone(&item), due);
+            if grace.is_zero() {
                 self.pending.push_back(PresenceChange::Settle(item));
+            } else {
+                self.due.push_back((due, item));
             }
         }
         if self.pending.len() > self.settings.queue {
@@ -142,15 +150,16 @@ impl Tracker {
         }
     }
 
-    /// Users whose grace is over are settled (those back here meanwhile are not off).
-    fn settle_due_graces(&mut self) {
+    /// Items whose settling is due are settled, unless back here, or left again since (the
+    /// latest departure's grace counts).
+    fn settle_due(&mut self) {
         let now = Instant::now();
-        while let Some((due, _)) = self.graces.front() {
-            if *due > now {
-                break;
-            }
-            let (_, item) = self.graces.pop_front().expect("just looked");
-            if !self.here.contains(&item) {
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.due.drain(..).partition(|(due, _)| *due <= now);
+        self.due = waiting.into();
+        for (due, item) in ready {
+            let latest = self.unsettled.get(&item).copied();
+            if !self.here.contains(&item) && latest.is_some_and(|latest| latest <= due) {
                 self.pending.push_back(PresenceChange::Settle(item));
             }
         }
@@ -162,8 +171,8 @@ impl Tracker {
             return;
         }
         self.retry_at = None;
-        let generation = self.broker.generation();
-        if generation != self.generation {
+        let epoch = self.broker.presence_epoch();
+        if epoch != self.epoch {
             self.resync = true;
         }
         if self.resync {
@@ -181,10 +190,18 @@ impl Tracker {
                     for item in &synced.off {
                         self.report(item, false);
                     }
-                    // The rewrite covered every change so far.
+                    // The rewrite covers every change so far but the settling of what this
+                    // node let go of: that is asked again.
                     self.pending.clear();
+                    let now = Instant::now();
+                    for (item, due) in &self.unsettled {
+                        if *due <= now && !self.here.contains(item) {
+                            self.pending
+                                .push_back(PresenceChange::Settle(Arc::clone(item)));
+                        }
+                    }
                     self.resync = false;
-                    self.generation = generation;
+                    self.epoch = epoch;
                 }
                 Cluster::Alone => self.resync = false,
                 Cluster::Unreachable => {
@@ -196,8 +213,9 @@ impl Tracker {
         while !self.pending.is_empty() {
             let count = self.pending.len().min(BATCH);
             let changes: Vec<PresenceChange> = self.pending.iter().take(count).cloned().collect();
-            let flipped = match self.broker.record_presence(&changes).await {
-                Cluster::Known(flipped) => flipped,
+            let grace = self.settings.offline_grace;
+            let recorded = match self.broker.record_presence(&changes, grace).await {
+                Cluster::Known(recorded) => recorded,
                 Cluster::Alone => changes
                     .iter()
                     .map(|change| self.record_here(change))
@@ -208,22 +226,36 @@ impl Tracker {
                 }
             };
             self.pending.drain(..count);
-            for (change, flipped) in changes.iter().zip(flipped) {
-                match change {
-                    PresenceChange::Here(item) if flipped => self.report(item, true),
-                    PresenceChange::Settle(item) if flipped => self.report(item, false),
+            for (change, recorded) in changes.into_iter().zip(recorded) {
+                match (change, recorded) {
+                    (PresenceChange::Here(item), Recorded::Flipped) => self.report(&item, true),
+                    (PresenceChange::Settle(item), Recorded::Wait(left)) => {
+                        // Another departure's grace (maybe on another node) still runs.
+                        self.due.push_back((Instant::now() + left, item));
+                    }
+                    (PresenceChange::Settle(item), recorded) => {
+                        self.unsettled.remove(&item);
+                        if recorded == Recorded::Flipped {
+                            self.report(&item, false);
+                        }
+                    }
                     _ => {}
                 }
             }
         }
     }
 
-    /// One node's own ledger: whether a change flips its item.
-    fn record_here(&mut self, change: &PresenceChange) -> bool {
-        match change {
+    /// One node's own ledger: what a change does to its item.
+    fn record_here(&mut self, change: &PresenceChange) -> Recorded {
+        let flipped = match change {
             PresenceChange::Here(item) => self.on.insert(Arc::clone(item)),
             PresenceChange::Gone(_) => false,
             PresenceChange::Settle(item) => !self.here.contains(item) && self.on.remove(item),
+        };
+        if flipped {
+            Recorded::Flipped
+        } else {
+            Recorded::Kept
         }
     }
 

@@ -2,9 +2,10 @@
 //! [`super::super::directory`]). Every call has the `REDIS_TIMEOUT_MS` deadline and answers
 //! [`Cluster::Unreachable`] rather than wait for a Redis that is away.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use redis::Script;
 use tracing::warn;
 
 use super::RedisBroker;
@@ -13,6 +14,24 @@ use crate::broker::directory::{
 };
 use crate::broker::Envelope;
 use crate::history::Position;
+
+/// A user's sessions on the nodes that are alive (a crashed node's count stays in the hash
+/// until a claim prunes it). KEYS[1]: the sessions hash; ARGV[1]: the node key prefix.
+static LIVE_SESSIONS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local live = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if redis.call('EXISTS', ARGV[1] .. fields[i]) == 1 then
+    table.insert(live, fields[i])
+    table.insert(live, fields[i + 1])
+  end
+end
+return live
+",
+    )
+});
 
 impl RedisBroker {
     /// Runs `call` on the command connection, or says Redis is out of reach.
@@ -100,11 +119,7 @@ impl RedisBroker {
                     .await
             })
             .await;
-        match fields {
-            Cluster::Known(fields) => Cluster::Known(self.parse_members(&fields, true)),
-            Cluster::Alone => Cluster::Alone,
-            Cluster::Unreachable => Cluster::Unreachable,
-        }
+        fields.map(|fields| self.parse_members(&fields, true))
     }
 
     /// The room's position and at most `limit` messages after `after`, oldest first; `None`
@@ -162,37 +177,32 @@ impl RedisBroker {
 
     /// The user's sessions on every node.
     pub(super) async fn read_sessions(&self, user: &str) -> Cluster<UserSessions> {
-        let key = self.keys.sessions(user);
-        let nodes = self
-            .ask(|mut conn| async move {
-                redis::cmd("HGETALL")
-                    .arg(&key)
-                    .query_async::<Vec<(String, usize)>>(&mut conn)
-                    .await
+        let mut live = LIVE_SESSIONS.prepare_invoke();
+        live.key(self.keys.sessions(user)).arg(self.keys.node(""));
+        let nodes =
+            self.ask(|mut conn| async move {
+                live.invoke_async::<Vec<(String, usize)>>(&mut conn).await
             })
             .await;
-        match nodes {
-            Cluster::Known(nodes) => Cluster::Known(
-                nodes
-                    .into_iter()
-                    .filter(|(_, sessions)| *sessions > 0)
-                    .map(|(node, sessions)| (Arc::from(node), sessions))
-                    .collect(),
-            ),
-            Cluster::Alone => Cluster::Alone,
-            Cluster::Unreachable => Cluster::Unreachable,
-        }
+        nodes.map(|nodes| {
+            nodes
+                .into_iter()
+                .filter(|(_, sessions)| *sessions > 0)
+                .map(|(node, sessions)| (Arc::from(node), sessions))
+                .collect()
+        })
     }
 
-    /// Claims an idempotency key for `window`, or says who holds it.
+    /// Claims an idempotency key for `lease` (until its request is answered), or says who
+    /// holds it.
     pub(super) async fn claim_idempotency(
         &self,
         key: &str,
         fingerprint: &str,
-        window: Duration,
+        lease: Duration,
     ) -> Cluster<KeyClaim> {
         let name = self.keys.idempotency(key);
-        let window_ms = window.as_millis() as u64;
+        let lease_ms = lease.as_millis() as u64;
         self.ask(|mut conn| async move {
             // SET NX GET (Redis 7): the claim and, when it fails, what holds the key, at once.
             let held: Option<String> = redis::cmd("SET")
@@ -201,7 +211,7 @@ impl RedisBroker {
                 .arg("NX")
                 .arg("GET")
                 .arg("PX")
-                .arg(window_ms)
+                .arg(lease_ms)
                 .query_async(&mut conn)
                 .await?;
             Ok(held.map_or(KeyClaim::Claimed, |held| KeyClaim::of(&held, fingerprint)))
@@ -209,9 +219,10 @@ impl RedisBroker {
         .await
     }
 
-    /// Records what a claimed key holds now (keeping its expiry), or gives the key up
-    /// (`None`: the request failed and may be retried).
-    pub(super) async fn settle_idempotency(&self, key: &str, held: Option<&str>) {
+    /// Records what a claimed key holds now, for `window`, or gives the key up (`None`: the
+    /// request failed and may be retried).
+    pub(super) async fn settle_idempotency(&self, key: &str, held: Option<&str>, window: Duration) {
+        let window_ms = window.as_millis() as u64;
         let name = self.keys.idempotency(key);
         let _ = self
             .ask(|mut conn| async move {
@@ -221,7 +232,8 @@ impl RedisBroker {
                             .arg(&name)
                             .arg(held)
                             .arg("XX")
-                            .arg("KEEPTTL")
+                            .arg("PX")
+                            .arg(window_ms)
                             .query_async::<()>(&mut conn)
                             .await
                     }

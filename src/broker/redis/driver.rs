@@ -124,6 +124,7 @@ impl RedisBroker {
             return lost(BrokerFailure::Connect)(err);
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.presence_epoch.fetch_add(1, Ordering::SeqCst);
         self.connection.send_replace(Some(Link {
             generation,
             conn: link.conn.clone(),
@@ -371,6 +372,8 @@ impl RedisBroker {
         if !self.refresh_node_key(&mut link.conn, local).await? {
             warn!(node = %self.node, "this node's key had expired; resyncing its presence");
             self.resync(local, local.room_names());
+            // Another node may have taken this node for dead and reported its users offline.
+            self.presence_epoch.fetch_add(1, Ordering::SeqCst);
         }
         self.resync(local, self.take_dirty());
         let known: Vec<Arc<str>> = local.remote_nodes().into_iter().collect();

@@ -9,39 +9,46 @@
 //! The scripts build key names from the prefix and the items (so Redis Cluster, which needs
 //! every key declared, is not supported by them).
 
-use std::sync::Arc;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use redis::Script;
 
 use super::RedisBroker;
 use crate::broker::directory::Cluster;
-use crate::broker::ledger::{PresenceChange, Synced};
+use crate::broker::ledger::{PresenceChange, Recorded, Synced};
 
-/// `settle(item)`: drops the fields of dead nodes from the item's holders; if no live node
-/// holds it, deletes its `on` flag and says whether this call did (so it reports it off).
+/// `settle(item, grace)`: 2 + the milliseconds left while a departure's grace runs (with
+/// `grace`), else drops the fields of dead nodes from the item's holders and, if no live node
+/// holds it, deletes its `on` flag: 1 if this call did (so it reports it off), else 0.
 /// ARGV[1] is always the prefix, ARGV[2] the node key prefix.
 const SETTLE: &str = r"
-local function settle(item)
+local function settle(item, grace)
+  if grace then
+    local left = redis.call('PTTL', ARGV[1] .. 'grace:' .. item)
+    if left > 0 then return 2 + left end
+  end
   local held = ARGV[1] .. 'held:' .. item
   for _, node in ipairs(redis.call('HKEYS', held)) do
-    if redis.call('EXISTS', ARGV[2] .. node) == 1 then return false end
+    if redis.call('EXISTS', ARGV[2] .. node) == 1 then return 0 end
     redis.call('HDEL', held, node)
   end
-  return redis.call('DEL', ARGV[1] .. 'on:' .. item) == 1
+  return redis.call('DEL', ARGV[1] .. 'on:' .. item)
 end
 ";
 
-/// Applies changes in order. ARGV: prefix, node key prefix, this node, then per change its
-/// kind (`here`, `gone`, `settle`) and item. Returns 1 per change that flipped the item (on
-/// for `here`, off for `settle`), else 0.
+/// Applies changes in order. ARGV: prefix, node key prefix, this node, the grace of a user's
+/// departure (ms), then per change its kind (`here`, `gone`, `settle`) and item. Returns per
+/// change: 1 if it flipped the item (on for `here`, off for `settle`), 2 + ms while a grace
+/// holds a `settle` back, else 0.
 static RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SETTLE}
-local node = ARGV[3]
+local node, grace = ARGV[3], tonumber(ARGV[4])
 local mine = ARGV[1] .. 'node-held:' .. node
-local flipped = {{}}
-for i = 4, #ARGV, 2 do
+redis.call('SADD', ARGV[1] .. 'nodes', node)
+local results = {{}}
+for i = 5, #ARGV, 2 do
   local kind, item = ARGV[i], ARGV[i + 1]
   local result = 0
   if kind == 'here' then
@@ -51,12 +58,15 @@ for i = 4, #ARGV, 2 do
   elseif kind == 'gone' then
     redis.call('HDEL', ARGV[1] .. 'held:' .. item, node)
     redis.call('SREM', mine, item)
-  elseif settle(item) then
-    result = 1
+    if grace > 0 and string.sub(item, 1, 5) == 'user:' then
+      redis.call('SET', ARGV[1] .. 'grace:' .. item, 1, 'PX', grace)
+    end
+  else
+    result = settle(item, true)
   end
-  table.insert(flipped, result)
+  table.insert(results, result)
 end
-return flipped
+return results
 "
     ))
 });
@@ -76,7 +86,7 @@ for _, item in ipairs(redis.call('SMEMBERS', mine)) do
   if not now[item] then
     redis.call('SREM', mine, item)
     redis.call('HDEL', ARGV[1] .. 'held:' .. item, node)
-    if settle(item) then table.insert(off, item) end
+    if settle(item, false) == 1 then table.insert(off, item) end
   end
 end
 for i = 4, #ARGV do
@@ -91,8 +101,9 @@ return {{on, off}}
     ))
 });
 
-/// Takes a dead node's items and settles each. ARGV: prefix, node key prefix, the dead node.
-/// Returns the items it reports off.
+/// Takes a dead node's items and settles each (a departure's grace is not waited for: the node
+/// that would have settled it is gone). ARGV: prefix, node key prefix, the dead node. Returns
+/// the items it reports off.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SETTLE}
@@ -104,7 +115,7 @@ redis.call('SREM', ARGV[1] .. 'nodes', dead)
 local off = {{}}
 for _, item in ipairs(items) do
   redis.call('HDEL', ARGV[1] .. 'held:' .. item, dead)
-  if settle(item) then table.insert(off, item) end
+  if settle(item, false) == 1 then table.insert(off, item) end
 end
 return off
 "
@@ -121,12 +132,17 @@ impl RedisBroker {
         invocation
     }
 
-    /// Records `changes` in order; per change, whether this node reports its item flipped.
-    pub(super) async fn record(&self, changes: &[PresenceChange]) -> Cluster<Vec<bool>> {
+    /// Records `changes` in order, a user's departure holding off its settling for `grace`.
+    pub(super) async fn record(
+        &self,
+        changes: &[PresenceChange],
+        grace: Duration,
+    ) -> Cluster<Vec<Recorded>> {
         if changes.is_empty() {
             return Cluster::Known(Vec::new());
         }
         let mut invocation = self.ledger_script(&RECORD);
+        invocation.arg(grace.as_millis() as u64);
         for change in changes {
             let (kind, item) = match change {
                 PresenceChange::Here(item) => ("here", item),
@@ -135,13 +151,18 @@ impl RedisBroker {
             };
             invocation.arg(kind).arg(&**item);
         }
-        match self.run_ledger::<Vec<i64>>(invocation).await {
-            Cluster::Known(flipped) => {
-                Cluster::Known(flipped.into_iter().map(|flip| flip == 1).collect())
-            }
-            Cluster::Alone => Cluster::Alone,
-            Cluster::Unreachable => Cluster::Unreachable,
-        }
+        self.run_ledger::<Vec<u64>>(invocation)
+            .await
+            .map(|results| {
+                results
+                    .into_iter()
+                    .map(|result| match result {
+                        0 => Recorded::Kept,
+                        1 => Recorded::Flipped,
+                        wait => Recorded::Wait(Duration::from_millis(wait - 2)),
+                    })
+                    .collect()
+            })
     }
 
     /// Makes this node's items in Redis exactly `here`.
@@ -150,14 +171,9 @@ impl RedisBroker {
         for item in here {
             invocation.arg(&**item);
         }
-        match self
-            .run_ledger::<(Vec<String>, Vec<String>)>(invocation)
+        self.run_ledger::<(Vec<String>, Vec<String>)>(invocation)
             .await
-        {
-            Cluster::Known((on, off)) => Cluster::Known(Synced { on, off }),
-            Cluster::Alone => Cluster::Alone,
-            Cluster::Unreachable => Cluster::Unreachable,
-        }
+            .map(|(on, off)| Synced { on, off })
     }
 
     /// Reports the items of nodes that died: the ones this node took over and found off.

@@ -67,13 +67,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::directory::{Cluster, HistoryPage, KeyClaim, Members, RoomsPage, UserSessions};
-use super::ledger::{PresenceChange, Synced};
+use super::ledger::{PresenceChange, Recorded, Synced};
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
-use crate::history::now_ms;
+use crate::clock;
 use crate::metrics::labels::BrokerDrop;
 use crate::metrics::Metrics;
+use clock::unix_ms as now_ms;
 use users::Users;
 
 /// The shortest wait before a reconnect; doubled per failure up to `REDIS_RECONNECT_MAX_MS`.
@@ -140,6 +141,9 @@ pub(crate) struct RedisBroker {
     connection: watch::Sender<Option<Link>>,
     /// Counts connected periods; a failure is only believed for the period it happened in.
     generation: AtomicU64,
+    /// Raised at every connect and whenever this node's key had expired: the webhooks then
+    /// rewrite this node's presence whole.
+    presence_epoch: AtomicU64,
     /// The period in which a write last failed.
     failed_generation: AtomicU64,
     /// Raised with `failed_generation`: the driver reconnects and resyncs.
@@ -179,6 +183,7 @@ impl RedisBroker {
             rooms: std::sync::OnceLock::new(),
             connection: watch::Sender::new(None),
             generation: AtomicU64::new(0),
+            presence_epoch: AtomicU64::new(0),
             failed_generation: AtomicU64::new(0),
             publish_failed: Notify::new(),
             stop: CancellationToken::new(),
@@ -416,20 +421,26 @@ impl Broker for RedisBroker {
         &'a self,
         key: &'a str,
         fingerprint: &'a str,
-        window: Duration,
+        lease: Duration,
     ) -> BoxFuture<'a, Cluster<KeyClaim>> {
-        Box::pin(self.claim_idempotency(key, fingerprint, window))
+        Box::pin(self.claim_idempotency(key, fingerprint, lease))
     }
 
-    fn settle_key<'a>(&'a self, key: &'a str, held: Option<&'a str>) -> BoxFuture<'a> {
-        Box::pin(self.settle_idempotency(key, held))
+    fn settle_key<'a>(
+        &'a self,
+        key: &'a str,
+        held: Option<&'a str>,
+        window: Duration,
+    ) -> BoxFuture<'a> {
+        Box::pin(self.settle_idempotency(key, held, window))
     }
 
     fn record_presence<'a>(
         &'a self,
         changes: &'a [PresenceChange],
-    ) -> BoxFuture<'a, Cluster<Vec<bool>>> {
-        Box::pin(self.record(changes))
+        grace: Duration,
+    ) -> BoxFuture<'a, Cluster<Vec<Recorded>>> {
+        Box::pin(self.record(changes, grace))
     }
 
     fn sync_presence<'a>(&'a self, here: &'a [Arc<str>]) -> BoxFuture<'a, Cluster<Synced>> {
@@ -440,8 +451,8 @@ impl Broker for RedisBroker {
         Box::pin(self.sweep_held())
     }
 
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    fn presence_epoch(&self) -> u64 {
+        self.presence_epoch.load(Ordering::SeqCst)
     }
 
     fn stop(&self) -> BoxFuture<'_> {

@@ -27,6 +27,15 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
 ";
 
+/// Writes an end (a ban's, a revocation's) unless the key holds a later one, expiring with
+/// it: every node keeps the later of two ends, and so does Redis for nodes that start later.
+/// KEYS[1]: the key; ARGV[1]: the end, Unix milliseconds.
+const KEEP_LATER_SCRIPT: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[1]) end
+return 0
+";
+
 impl RedisBroker {
     /// Writes queued events in batches, one pipeline per batch, in queue order. A batch that
     /// fails is abandoned whole: its messages are counted as dropped, its rooms' presence is
@@ -162,25 +171,23 @@ impl RedisBroker {
     /// Writes a ban (kept in Redis until it ends, so nodes that start or reconnect later learn
     /// it), an unban, or a kick, and tells the other nodes.
     pub(super) fn write_notice(&self, pipe: &mut redis::Pipeline, notice: &Notice) {
+        let keep_later = |pipe: &mut redis::Pipeline, key: String, until_ms: u64| {
+            pipe.cmd("EVAL")
+                .arg(KEEP_LATER_SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(until_ms)
+                .ignore();
+        };
         match notice {
             Notice::Ban { offender, until_ms } => {
-                pipe.cmd("SET")
-                    .arg(self.keys.ban(offender))
-                    .arg(until_ms)
-                    .arg("PXAT")
-                    .arg(until_ms)
-                    .ignore();
+                keep_later(pipe, self.keys.ban(offender), *until_ms)
             }
             Notice::Unban { offender } => {
                 pipe.cmd("DEL").arg(self.keys.ban(offender)).ignore();
             }
             Notice::Revoke { revoked, until_ms } => {
-                pipe.cmd("SET")
-                    .arg(self.keys.revoked(revoked))
-                    .arg(until_ms)
-                    .arg("PXAT")
-                    .arg(until_ms)
-                    .ignore();
+                keep_later(pipe, self.keys.revoked(revoked), *until_ms);
             }
             Notice::Kick { .. } => {}
         }
