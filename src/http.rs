@@ -6,9 +6,11 @@
 //! exit), for the header read timeout and limits, for how long a connection may stay before it
 //! upgrades, and for shutdown (finish the response in flight, then close).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,13 +18,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
-use hyper::service::HttpService;
-use hyper::{Response, StatusCode};
+use hyper::service::{service_fn, HttpService};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::{at_least, millis, nonzero_usize, Config, ConfigError};
@@ -129,6 +133,41 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Accepts connections of plain requests (the admin and API listeners) until `stopping`: at
+/// most `connections` at once, more closed at once (so idle ones never use up the descriptors
+/// the public port needs), each served on `tasks` with `handle` answering its requests.
+pub(crate) async fn serve_capped<H, F>(
+    listener: TcpListener,
+    serving: Serving,
+    connections: Arc<Semaphore>,
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+    handle: H,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let serving = Arc::new(serving);
+    accept_loop(listener, stopping.clone(), |stream, peer| {
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            return;
+        };
+        let (serving, stopping, handle) = (Arc::clone(&serving), stopping.clone(), handle.clone());
+        tasks.spawn(async move {
+            let service = service_fn(move |request| {
+                let answer = handle(peer, request);
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
+            let deadline = serving.deadline();
+            serving
+                .serve(stream, peer, deadline, service, &stopping)
+                .await;
+            drop(permit);
+        });
+    })
+    .await;
 }
 
 /// Errors that concern one connection only; the next accept may well succeed.

@@ -28,8 +28,11 @@
 //! | | `limits` | message and control rate limits (governor) |
 //! | | `outbox` | a socket's bounded outbound queue and slow-consumer eviction |
 //! | | `upgrade` | who may upgrade: the handshake checks fastwebsockets leaves open (method, Origin, version, key) |
+//! | | `sessions` | the sessions open on this node by user, address and token id; closing them from outside |
+//! | | `history` | rooms' numbered messages and read positions, in memory under one budget |
 //! | rooms | `broker` | carrying rooms between nodes (in-process, or Redis Pub/Sub and presence); knows the hub only as `LocalRooms` |
 //! | | `hub` | rooms, membership that leaves on drop, non-blocking fan-out, every room frame |
+//! | | `moderation` | bans, kicks and revocations enforced on every node |
 //! | session | `session` | one socket's state machine, with its reader, writer, timers and close |
 //! | settings | `settings` | every subsystem's typed settings, validated once: [`Settings`] is the only way in |
 //! | state | `state` | the [`Gateway`]: what every connection stands on |

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::admission;
-use crate::api::ApiSettings;
+use crate::api::settings::ApiSettings;
 use crate::auth::AuthSettings;
 use crate::bans;
 use crate::broker::RedisSettings;
@@ -22,7 +22,7 @@ use crate::memory::Watermark;
 use crate::session::settings::Settings as SessionSettings;
 use crate::tls::TlsSettings;
 use crate::upgrade::UpgradePolicy;
-use crate::webhooks::WebhookSettings;
+use crate::webhooks::settings::WebhookSettings;
 
 /// A validated configuration.
 pub struct Settings {

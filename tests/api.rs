@@ -15,17 +15,6 @@ async fn server_with(extra: &[(&str, &str)]) -> TestServer {
     TestServer::with(&settings).await
 }
 
-/// Joins `room` as `sub` with the room extensions (offsets), consuming the acknowledgement.
-async fn join_extended(server: &TestServer, sub: &str, room: &str) -> Client {
-    let mut client = server.connect().await;
-    client.auth(&token(sub)).await;
-    client
-        .send_json(json!({"type": "join", "room": room, "history": 0}))
-        .await;
-    assert_eq!(client.recv_json().await["type"], "join");
-    client
-}
-
 /// The next chat message a client gets, skipping other frames.
 async fn next_message(client: &mut Client) -> Value {
     client
@@ -57,7 +46,7 @@ async fn a_published_message_reaches_every_member_numbered_and_kept() {
     let server = server_with(&[]).await;
     let api = ApiClient::of(&server);
     let mut plain = server.joined("plain", "lobby").await;
-    let mut extended = join_extended(&server, "ext", "lobby").await;
+    let mut extended = server.joined_extended("ext", "lobby").await;
 
     let answer = api
         .post(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::api::{ApiClient, API_SETTINGS};
 use common::redis::{node_with, RedisServer};
-use common::{merged, now, outcome, sign, token, Client, Outcome, TestServer, SECRET};
+use common::{merged, now, outcome, sign, token, Outcome, TestServer, SECRET};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -17,24 +17,13 @@ async fn api_node(redis: &RedisServer) -> TestServer {
     node_with(redis, &API_SETTINGS).await
 }
 
-/// Joins `room` with the room extensions, consuming the acknowledgement.
-async fn join_extended(server: &TestServer, sub: &str, room: &str) -> Client {
-    let mut client = server.connect().await;
-    client.auth(&token(sub)).await;
-    client
-        .send_json(json!({"type": "join", "room": room, "history": 0}))
-        .await;
-    assert_eq!(client.recv_json().await["type"], "join");
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_idempotency_key_sent_to_two_nodes_delivers_once() {
     let redis = RedisServer::start().await;
     let a = api_node(&redis).await;
     let b = api_node(&redis).await;
-    let mut on_a = join_extended(&a, "alice", "lobby").await;
-    let mut on_b = join_extended(&b, "bob", "lobby").await;
+    let mut on_a = a.joined_extended("alice", "lobby").await;
+    let mut on_b = b.joined_extended("bob", "lobby").await;
     let probe = a.probe();
     common::wait_until("bob seen on A", || probe.total_count("lobby") == 2).await;
     let _ = on_a.wait_for("join", None, Duration::from_secs(5)).await;
@@ -129,7 +118,7 @@ async fn presence_rooms_members_and_history_cover_every_node() {
     let a = api_node(&redis).await;
     let b = api_node(&redis).await;
     let api = ApiClient::of(&a);
-    let mut alice = join_extended(&b, "alice", "lobby").await;
+    let mut alice = b.joined_extended("alice", "lobby").await;
     let _alice_again = b.joined("alice", "kitchen").await;
     let _bob = a.joined("bob", "hall").await;
 

@@ -7,24 +7,24 @@ mod common;
 
 use std::time::Duration;
 
-use common::receiver::Receiver;
+use common::receiver::{kinds_for, Receiver};
 use common::redis::{child_node, node_with, RedisServer};
 use common::{token, Client, TestServer, ORIGIN};
-use serde_json::{json, Value};
+use serde_json::json;
 
-fn kinds_for(events: &[Value], key: &str, value: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|event| event["data"][key] == value)
-        .map(|event| event["type"].as_str().unwrap().to_owned())
-        .collect()
+/// Webhooks to `receiver`, sent at once, with a grace of 1 s.
+fn hooks(receiver: &Receiver) -> Vec<(&'static str, String)> {
+    let mut hooks = receiver.settings("0");
+    hooks.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1".into()));
+    hooks
+}
+
+fn pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 async fn hooked_node(redis: &RedisServer, receiver: &Receiver) -> TestServer {
-    let hooks = receiver.settings("0");
-    let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    settings.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1"));
-    node_with(redis, &settings).await
+    node_with(redis, &pairs(&hooks(receiver))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,10 +82,7 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     let receiver = Receiver::start().await;
     let a = hooked_node(&redis, &receiver).await;
     let _b = hooked_node(&redis, &receiver).await;
-    let hooks = receiver.settings("0");
-    let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    settings.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1"));
-    let mut doomed = child_node(&redis, &settings).await;
+    let mut doomed = child_node(&redis, &pairs(&hooks(&receiver))).await;
 
     let mut carol = Client::connect(&format!("ws://{}/", doomed.addr), Some(ORIGIN)).await;
     carol.auth(&token("carol")).await;

@@ -8,23 +8,15 @@ use std::time::Duration;
 
 use common::api::{ApiClient, API_SETTINGS};
 use common::http::{get, sample};
-use common::receiver::{verify, Receiver};
+use common::receiver::{kinds_for, verify, Receiver};
 use common::TestServer;
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn server_for(receiver: &Receiver, extra: &[(&str, &str)]) -> TestServer {
     let hooks = receiver.settings("0");
     let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
     settings.extend_from_slice(extra);
     TestServer::with(&settings).await
-}
-
-fn kinds_for(events: &[Value], key: &str, value: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|event| event["data"][key] == value)
-        .map(|event| event["type"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

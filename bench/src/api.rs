@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{sent_at_nanos, unix_nanos};
+use crate::client::unix_nanos;
+use crate::fanout::{new_histogram, Reader};
 use crate::progress::Progress;
 use crate::target::Target;
 
@@ -71,10 +70,9 @@ pub async fn run(
         .api
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the API scenario needs a gateway started with its API"))?;
-    let delays = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    ));
+    let delays = Arc::new(Mutex::new(new_histogram()));
     let delivered = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let room = format!("api{}", config.room_size);
     let mut tasks = Vec::new();
@@ -82,25 +80,16 @@ pub async fn run(
         progress.set(format!("api: joining {index}"));
         let token = target.signer.token(&format!("api{index}"));
         let ws = target.dialer.joined(&token, &room).await?;
-        let (_sink, mut stream) = ws.split();
-        let (delays, delivered, stopped) =
-            (Arc::clone(&delays), Arc::clone(&delivered), stop.clone());
+        let (sink, stream) = ws.split();
+        let reader = Reader {
+            delays: Arc::clone(&delays),
+            delivered: Arc::clone(&delivered),
+            closed: Arc::clone(&closed),
+        };
+        let stopped = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let _sink = _sink; // kept open: dropping it would close the socket
-            loop {
-                let frame = tokio::select! {
-                    _ = stopped.cancelled() => break,
-                    frame = stream.next() => frame,
-                };
-                let Some(Ok(frame)) = frame else { break };
-                if let Message::Text(text) = frame {
-                    if let Some(sent) = sent_at_nanos(&text) {
-                        let micros = (unix_nanos().saturating_sub(sent) / 1000) as u64;
-                        let _ = delays.lock().expect("never poisoned").record(micros.max(1));
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            let _sink = sink; // kept open: dropping it would close the socket
+            reader.read(stream, stopped).await;
         }));
     }
     let published = Arc::new(AtomicU64::new(0));

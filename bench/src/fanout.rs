@@ -66,11 +66,6 @@ pub struct FanoutResult {
     pub best: Option<FanoutStep>,
 }
 
-/// Delays in microseconds, up to a minute.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
 pub async fn run(
     target: &Target,
     config: &FanoutConfig,
@@ -102,32 +97,13 @@ pub async fn run(
     let mut senders = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
         let ws = socket.await??;
-        let (sink, mut stream) = ws.split();
-        let (delays, delivered, closed, stopped) = (
-            Arc::clone(&delays),
-            Arc::clone(&delivered),
-            Arc::clone(&closed),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let frame = tokio::select! {
-                    _ = stopped.cancelled() => break,
-                    frame = stream.next() => frame,
-                };
-                let Some(Ok(frame)) = frame else {
-                    closed.fetch_add(1, Ordering::Relaxed);
-                    break;
-                };
-                if let Message::Text(text) = frame {
-                    if let Some(sent) = sent_at_nanos(&text) {
-                        let micros = (unix_nanos().saturating_sub(sent) / 1000) as u64;
-                        let _ = delays.lock().expect("never poisoned").record(micros.max(1));
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
+        let (sink, stream) = ws.split();
+        let reader = Reader {
+            delays: Arc::clone(&delays),
+            delivered: Arc::clone(&delivered),
+            closed: Arc::clone(&closed),
+        };
+        tasks.push(tokio::spawn(reader.read(stream, stop.clone())));
         if index % config.room_size == 0 {
             senders.push(sink);
         }
@@ -211,6 +187,51 @@ pub async fn run(
         steps,
         best,
     })
+}
+
+/// What a member's reader counts: the delay of every stamped message, how many arrived, and
+/// sockets the server closed.
+#[derive(Clone)]
+pub struct Reader {
+    pub delays: Arc<Mutex<Histogram<u64>>>,
+    pub delivered: Arc<AtomicU64>,
+    pub closed: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// Reads a member's socket until stopped or closed.
+    pub async fn read(
+        self,
+        mut stream: futures_util::stream::SplitStream<crate::client::Ws>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => break,
+                frame = stream.next() => frame,
+            };
+            let Some(Ok(frame)) = frame else {
+                self.closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            };
+            if let Message::Text(text) = frame {
+                if let Some(sent) = sent_at_nanos(&text) {
+                    let micros = (unix_nanos().saturating_sub(sent) / 1000) as u64;
+                    let _ = self
+                        .delays
+                        .lock()
+                        .expect("never poisoned")
+                        .record(micros.max(1));
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Delays in microseconds, up to a minute.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 /// Sends timestamped messages at the current total rate (messages per second), spread over

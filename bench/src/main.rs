@@ -407,7 +407,9 @@ async fn api(
         publish_steps: if common.quick {
             vec![50, 100]
         } else {
-            vec![250, 500, 1000, 2000, 4000, 6000, 8000, 10_000, 12_000, 16_000]
+            vec![
+                250, 500, 1000, 2000, 4000, 6000, 8000, 10_000, 12_000, 16_000,
+            ]
         },
         connections: 64,
         warmup_secs: if common.quick { 0.3 } else { 1.0 },

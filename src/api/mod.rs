@@ -31,13 +31,11 @@ pub(crate) mod settings;
 mod users;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -92,30 +90,14 @@ impl Api {
 
 /// Accepts API connections until the gateway stops.
 pub(crate) async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, api: Arc<Api>) {
-    let serving = Arc::new(gateway.head.serving_requests());
-    http::accept_loop(listener, gateway.stopping.clone(), |stream, peer| {
-        // Past API_MAX_CONNECTIONS a connection is closed at once, as on the admin listener.
-        let Ok(permit) = Arc::clone(&api.connections).try_acquire_owned() else {
-            return;
-        };
-        let service_gateway = Arc::clone(&gateway);
-        let service_api = Arc::clone(&api);
-        let stopping = gateway.stopping.clone();
-        let serving = Arc::clone(&serving);
-        gateway.tasks.spawn(async move {
-            let service = service_fn(move |request| {
-                let gateway = Arc::clone(&service_gateway);
-                let api = Arc::clone(&service_api);
-                async move { Ok::<_, Infallible>(serve(&gateway, &api, peer, request).await) }
-            });
-            let deadline = serving.deadline();
-            serving
-                .serve(stream, peer, deadline, service, &stopping)
-                .await;
-            drop(permit);
-        });
-    })
-    .await;
+    let connections = Arc::clone(&api.connections);
+    let (stopping, tasks) = (gateway.stopping.clone(), gateway.tasks.clone());
+    let serving = gateway.head.serving_requests();
+    let handle = move |peer, request| {
+        let (gateway, api) = (Arc::clone(&gateway), Arc::clone(&api));
+        async move { serve(&gateway, &api, peer, request).await }
+    };
+    http::serve_capped(listener, serving, connections, stopping, tasks, handle).await;
 }
 
 /// Answers one request: its credential, its route, and a log line.

@@ -8,7 +8,7 @@
 
 mod delivery;
 mod event;
-mod settings;
+pub(crate) mod settings;
 mod tracker;
 
 use std::sync::Arc;

@@ -148,6 +148,17 @@ impl TestServer {
         client
     }
 
+    /// Like [`joined`](Self::joined), with the room extensions (offsets, typing, seen).
+    pub(crate) async fn joined_extended(&self, sub: &str, room: &str) -> Client {
+        let mut client = self.connect().await;
+        client.auth(&token(sub)).await;
+        client
+            .send_json(json!({"type": "join", "room": room, "history": 0}))
+            .await;
+        assert_eq!(client.recv_json().await["type"], "join");
+        client
+    }
+
     /// Waits until `/readyz` would say ready (keys loaded, broker connected).
     pub(crate) async fn wait_ready(&self) {
         let probe = self.probe();

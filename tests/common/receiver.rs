@@ -199,6 +199,15 @@ impl Drop for Receiver {
     }
 }
 
+/// The types of the events whose `data[key]` is `value`, in order.
+pub(crate) fn kinds_for(events: &[Value], key: &str, value: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|event| event["data"][key] == value)
+        .map(|event| event["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Whether `signature` (`t=…,v1=…`) signs `body` with the test secret.
 pub(crate) fn verify(signature: &str, body: &str) -> bool {
     let mut timestamp = None;
