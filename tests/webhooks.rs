@@ -298,3 +298,60 @@ async fn the_grace_counts_from_the_last_departure() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_times_out_without_slowing_rooms_or_the_api() {
+    let receiver = Receiver::start().await;
+    receiver.slow_down(Duration::from_secs(3));
+    let hooks = receiver.settings("0");
+    let mut settings: Vec<(&str, &str)> = hooks.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend_from_slice(&API_SETTINGS);
+    settings.extend_from_slice(&[
+        ("WEBHOOK_TIMEOUT_MS", "200"),
+        ("WEBHOOK_EVENTS", "user.online,message.published"),
+    ]);
+    let server = TestServer::with(&settings).await;
+    let mut alice = server.joined("alice", "lobby").await;
+    let mut bob = server.joined("bob", "lobby").await;
+    let api = ApiClient::of(&server);
+    for n in 0..10 {
+        let started = tokio::time::Instant::now();
+        alice
+            .send_json(json!({"type": "message", "body": format!("m{n}")}))
+            .await;
+        assert_eq!(
+            bob.wait_for("message", None, Duration::from_secs(1)).await["body"],
+            format!("m{n}")
+        );
+        let posted = api
+            .post("/rooms/lobby/messages", json!({"body": format!("api{n}")}))
+            .await;
+        assert_eq!(posted.status, 202);
+        let _ = bob.wait_for("message", None, Duration::from_secs(1)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a message and a publish took {:?}",
+            started.elapsed()
+        );
+        let _ = alice
+            .wait_for("message", None, Duration::from_secs(1))
+            .await;
+    }
+    let admin = server.running.admin_addr().unwrap();
+    common::wait_until_async("a POST timed out", || async {
+        let metrics = get(admin, "/metrics").await.1;
+        sample(&metrics, "palisade_webhook_posts_total{result=\"failed\"}") >= 1.0
+    })
+    .await;
+    // Answering quickly again, it gets what waited.
+    receiver.slow_down(Duration::ZERO);
+    receiver
+        .wait_until("everything delivered", Duration::from_secs(10), |events| {
+            events
+                .iter()
+                .filter(|event| event["type"] == "message.published")
+                .count()
+                == 20
+        })
+        .await;
+}

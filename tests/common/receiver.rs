@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub(crate) struct Receiver {
     pub addr: SocketAddr,
     posts: Arc<Mutex<Vec<Post>>>,
     status: Arc<AtomicU16>,
+    /// How long it takes to answer, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -52,7 +54,12 @@ impl Receiver {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
-        let (task_posts, task_status) = (Arc::clone(&posts), Arc::clone(&status));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (task_posts, task_status, task_delay) = (
+            Arc::clone(&posts),
+            Arc::clone(&status),
+            Arc::clone(&delay_ms),
+        );
         let task = tokio::spawn(async move {
             // Connections live in the set, so stopping the receiver closes them too (the
             // gateway's client keeps connections alive).
@@ -61,11 +68,17 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (posts, status) = (Arc::clone(&task_posts), Arc::clone(&task_status));
+                let (posts, status, delay) = (
+                    Arc::clone(&task_posts),
+                    Arc::clone(&task_status),
+                    Arc::clone(&task_delay),
+                );
                 connections.spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let (posts, status) = (Arc::clone(&posts), Arc::clone(&status));
+                        let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
                         async move {
+                            tokio::time::sleep(delay).await;
                             let signature = request
                                 .headers()
                                 .get("palisade-signature")
@@ -94,6 +107,7 @@ impl Receiver {
             addr,
             posts,
             status,
+            delay_ms,
             task: Some(task),
         }
     }
@@ -114,6 +128,12 @@ impl Receiver {
     /// Answers every POST with `status` from now on.
     pub(crate) fn answer(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Takes `delay` to answer every POST from now on (a slow receiver).
+    pub(crate) fn slow_down(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Every POST so far.
@@ -188,8 +208,10 @@ impl Receiver {
         let status = self.status.load(Ordering::SeqCst);
         let mut again = Self::start_on(self.addr, posts).await;
         again.answer(status);
+        again.slow_down(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
         self.task = again.task.take();
         self.status = Arc::clone(&again.status);
+        self.delay_ms = Arc::clone(&again.delay_ms);
     }
 }
 
