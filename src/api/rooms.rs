@@ -14,7 +14,7 @@ use super::users::check_user_id;
 use super::Call;
 use crate::broker::{Cluster, KeyClaim, RoomCount};
 use crate::http::Body;
-use crate::hub::{Posted, Sender};
+use crate::hub::{page_after, Posted, Sender};
 use crate::names::{validate_room, validate_username};
 
 /// Items in a page when `limit` is not given.
@@ -254,17 +254,10 @@ impl Call<'_> {
             next: Option<String>,
         }
         let total = users.len();
-        let mut members: Vec<MemberJson> = users
+        let listed = users
             .into_iter()
-            .filter(|(user_id, _)| after.is_none_or(|after| user_id.as_str() > after))
-            .take(limit + 1)
-            .map(|(user_id, username)| MemberJson { user_id, username })
-            .collect();
-        let more = members.len() > limit;
-        members.truncate(limit);
-        let next = more
-            .then(|| members.last().map(|last| last.user_id.clone()))
-            .flatten();
+            .map(|(user_id, username)| MemberJson { user_id, username });
+        let (members, next) = page_after(listed, after, limit, |member| &member.user_id);
         let page = Page {
             room: room.to_owned(),
             total,

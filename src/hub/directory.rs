@@ -16,6 +16,27 @@ pub(crate) struct Listed {
     pub username: String,
 }
 
+/// A page of `sorted` items: at most `limit` of those whose key comes after `after`, and the
+/// key to continue after when there are more.
+pub(crate) fn page_after<T>(
+    sorted: impl IntoIterator<Item = T>,
+    after: Option<&str>,
+    limit: usize,
+    key: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
+    let mut page: Vec<T> = sorted
+        .into_iter()
+        .filter(|item| after.is_none_or(|after| key(item) > after))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| page.last().map(|last| key(last).to_owned()))
+        .flatten();
+    (page, next)
+}
+
 impl Hub {
     /// Rooms with members, sorted by name, after `after` (exclusive): at most `limit`, and
     /// the name to continue after if there may be more.
@@ -28,19 +49,13 @@ impl Hub {
             .rooms
             .iter()
             .filter(|room| room.total() > 0)
-            .filter(|room| after.is_none_or(|after| room.key().as_str() > after))
             .map(|room| RoomCount {
                 room: room.key().clone(),
                 members: room.total(),
             })
             .collect();
         rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
-        let more = rooms.len() > limit;
-        rooms.truncate(limit);
-        let next = more
-            .then(|| rooms.last().map(|last| last.room.clone()))
-            .flatten();
-        (rooms, next)
+        page_after(rooms, after, limit, |room| &room.room)
     }
 
     /// The room's members on every node, one per user, sorted by user id; `None` if it has
@@ -67,5 +82,28 @@ impl Hub {
         limit: usize,
     ) -> Option<(Position, Vec<Arc<Entry>>)> {
         self.history.page(room, after, limit, clock::unix_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_after;
+
+    fn page(after: Option<&str>) -> (Vec<String>, Option<String>) {
+        let names = ["aa", "bb", "cc", "dd", "ee"].map(String::from);
+        page_after(names, after, 2, String::as_str)
+    }
+
+    #[test]
+    fn pages_continue_after_their_last_key_and_end_without_one() {
+        let next = |key: &str| Some(key.to_owned());
+        assert_eq!(page(None), (vec!["aa".into(), "bb".into()], next("bb")));
+        assert_eq!(
+            page(Some("bb")),
+            (vec!["cc".into(), "dd".into()], next("dd"))
+        );
+        assert_eq!(page(Some("dd")), (vec!["ee".into()], None));
+        assert_eq!(page(Some("cc")), (vec!["dd".into(), "ee".into()], None));
+        assert_eq!(page(Some("zz")), (vec![], None));
     }
 }

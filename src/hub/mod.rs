@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::observer::{self, Observed, Observer};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::ServerFrame;
+pub(crate) use directory::page_after;
 use room::Room;
 use signals::Signals;
 
