@@ -13,7 +13,8 @@
 //! `WEBHOOK_QUEUE` of them; past that they are dropped and this node's presence is rewritten
 //! whole when Redis is back, as it is after every reconnect).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,9 @@ pub(crate) struct Tracker {
     unsettled: HashMap<Arc<str>, Instant>,
     /// Changes not yet recorded, in order.
     pending: VecDeque<PresenceChange>,
-    /// When to settle an item: at the end of a departure's grace (the latest departure's
-    /// counts, see `unsettled`), or later when another node's grace holds it.
-    due: VecDeque<(Instant, Arc<str>)>,
+    /// When to settle an item, soonest first: at the end of a departure's grace (the latest
+    /// departure's counts, see `unsettled`), or later when another node's grace holds it.
+    due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// This node's presence must be rewritten whole (changes were dropped, or the broker
     /// reconnected or found this node's key expired).
     resync: bool,
@@ -78,7 +79,7 @@ impl Tracker {
             on: HashSet::new(),
             unsettled: HashMap::new(),
             pending: VecDeque::new(),
-            due: VecDeque::new(),
+            due: BinaryHeap::new(),
             resync: false,
             epoch,
             retry_at: None,
@@ -94,7 +95,7 @@ impl Tracker {
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_due = self.due.iter().map(|(due, _)| *due).min();
+            let next_due = self.due.peek().map(|Reverse((due, _))| *due);
             let wake = [next_due, self.retry_at].into_iter().flatten().min();
             tokio::select! {
                 _ = stopping.cancelled() => return,
@@ -119,6 +120,8 @@ impl Tracker {
             Observed::Room { room, here } => (item("room", &room), here, false),
         };
         if here {
+            // Back within the grace: nothing of the departure is left to settle.
+            self.unsettled.remove(&item);
             self.here.insert(Arc::clone(&item));
             self.pending.push_back(PresenceChange::Here(item));
         } else {
@@ -135,7 +138,7 @@ impl Tracker {
             if grace.is_zero() {
                 self.pending.push_back(PresenceChange::Settle(item));
             } else {
-                self.due.push_back((due, item));
+                self.due.push(Reverse((due, item)));
             }
         }
         if self.pending.len() > self.settings.queue {
@@ -154,10 +157,8 @@ impl Tracker {
     /// latest departure's grace counts).
     fn settle_due(&mut self) {
         let now = Instant::now();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.due.drain(..).partition(|(due, _)| *due <= now);
-        self.due = waiting.into();
-        for (due, item) in ready {
+        while self.due.peek().is_some_and(|Reverse((due, _))| *due <= now) {
+            let Reverse((due, item)) = self.due.pop().expect("just looked");
             let latest = self.unsettled.get(&item).copied();
             if !self.here.contains(&item) && latest.is_some_and(|latest| latest <= due) {
                 self.pending.push_back(PresenceChange::Settle(item));
@@ -231,7 +232,7 @@ impl Tracker {
                     (PresenceChange::Here(item), Recorded::Flipped) => self.report(&item, true),
                     (PresenceChange::Settle(item), Recorded::Wait(left)) => {
                         // Another departure's grace (maybe on another node) still runs.
-                        self.due.push_back((Instant::now() + left, item));
+                        self.due.push(Reverse((Instant::now() + left, item)));
                     }
                     (PresenceChange::Settle(item), recorded) => {
                         self.unsettled.remove(&item);
