@@ -603,3 +603,29 @@ async fn an_address_whose_requests_keep_being_refused_is_held_back() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(api.get("/bans").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_null_is_refused_like_any_wrong_type() {
+    let server = server_with(&[]).await;
+    let api = ApiClient::of(&server);
+    for (path, body) in [
+        (
+            "/rooms/lobby/messages",
+            json!({"body": "x", "username": null}),
+        ),
+        (
+            "/messages",
+            json!({"rooms": ["lobby"], "body": "x", "userId": null}),
+        ),
+        (
+            "/bans",
+            json!({"user": null, "ip": "10.0.0.1", "durationSecs": 60}),
+        ),
+        (
+            "/revocations",
+            json!({"tokenId": null, "user": "alice", "durationSecs": 60}),
+        ),
+    ] {
+        assert_problem(&api.post(path, body).await, 400, "invalid-json");
+    }
+}

@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
-use super::request::{json, reply};
+use super::request::{json, present, reply};
 use super::Call;
 use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
@@ -20,7 +20,9 @@ use crate::http::Body;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NewBan {
+    #[serde(default, deserialize_with = "present")]
     user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     ip: Option<String>,
     duration_secs: u64,
 }
@@ -29,7 +31,9 @@ struct NewBan {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NewRevocation {
+    #[serde(default, deserialize_with = "present")]
     token_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     user: Option<String>,
     duration_secs: u64,
 }

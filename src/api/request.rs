@@ -94,6 +94,17 @@ pub(crate) fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Res
     serde_json::from_slice(body).map_err(|err| Problem::bad_json(json_error(&err)))
 }
 
+/// For an optional body field: absent is `None`, but an explicit `null` is refused like any
+/// value of the wrong type (`#[serde(default, deserialize_with = "present")]`), as the
+/// OpenAPI document says.
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// What was wrong with a body, for its sender: serde names the field and the type it expected
 /// (and may quote the value sent, which only goes back to whoever sent it: problems are never
 /// logged).

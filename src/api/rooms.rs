@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::idempotency;
 use super::problem::Problem;
-use super::request::{json, limit, offset, replayed, reply};
+use super::request::{json, limit, offset, present, replayed, reply};
 use super::users::check_user_id;
 use super::Call;
 use crate::broker::{Cluster, KeyClaim, RoomCount};
@@ -29,7 +29,9 @@ const SYSTEM_ID: &str = "system";
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Message {
     body: String,
+    #[serde(default, deserialize_with = "present")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     user_id: Option<String>,
 }
 
@@ -39,7 +41,9 @@ struct Message {
 struct Broadcast {
     rooms: Vec<String>,
     body: String,
+    #[serde(default, deserialize_with = "present")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     user_id: Option<String>,
 }
 
