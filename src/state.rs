@@ -132,11 +132,12 @@ impl Gateway {
     }
 
     /// Whether this node should get new clients: not draining, every identity provider's
-    /// keys loaded, and the broker (when there is one) connected.
+    /// keys loaded, and the broker (when there is one) connected with the bans in force
+    /// learned.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst)
             && !self.stopping.is_cancelled()
             && self.verifier.keys_loaded()
-            && self.hub.broker().is_connected()
+            && self.hub.broker().is_ready()
     }
 }

@@ -280,6 +280,13 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Whether events reach the other nodes right now (always true for one node).
     fn is_connected(&self) -> bool;
 
+    /// Whether this node may take clients as far as the broker goes: connected, and the bans
+    /// and revocations in force learned since it connected (a node that has just started must
+    /// not admit a user every other node refuses).
+    fn is_ready(&self) -> bool {
+        self.is_connected()
+    }
+
     /// Stops after the sessions are gone: the last events are flushed and this node's
     /// presence is withdrawn, so other nodes need not wait for it to expire.
     fn stop(&self) -> BoxFuture<'_>;

@@ -130,7 +130,9 @@ impl RedisBroker {
             conn: link.conn.clone(),
         }));
         // Connected before the resync is queued: an event after this point is queued behind
-        // the resync of its room, one before it is superseded by that resync.
+        // the resync of its room, one before it is superseded by that resync. Ready only once
+        // the bans in force are learned, below.
+        self.caught_up.store(false, Ordering::SeqCst);
         self.set_connected(true);
         let mut rooms: HashSet<String> = local.room_names().into_iter().collect();
         rooms.extend(self.take_dirty());
@@ -138,6 +140,7 @@ impl RedisBroker {
         if let Err(err) = self.catch_up_notices(&mut link.conn, control).await {
             return lost(BrokerFailure::Connect)(err);
         }
+        self.caught_up.store(true, Ordering::SeqCst);
         if let Err(err) = self.sync_sessions(&mut link.conn, control, true).await {
             return lost(BrokerFailure::Connect)(err);
         }

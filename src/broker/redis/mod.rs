@@ -126,6 +126,8 @@ pub(crate) struct RedisBroker {
     settings: RedisSettings,
     metrics: Arc<Metrics>,
     connected: AtomicBool,
+    /// Set once the bans and revocations in Redis were learned in this connected period.
+    caught_up: AtomicBool,
     commands: mpsc::UnboundedSender<Command>,
     outgoing: mpsc::Sender<Outgoing>,
     inboxes: Mutex<Option<Inboxes>>,
@@ -171,6 +173,7 @@ impl RedisBroker {
             settings: settings.clone(),
             metrics,
             connected: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
             commands,
             outgoing,
             inboxes: Mutex::new(Some(Inboxes {
@@ -364,6 +367,10 @@ impl Broker for RedisBroker {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.is_connected() && self.caught_up.load(Ordering::SeqCst)
     }
 
     fn claim_session<'a>(&'a self, user: &'a Arc<str>, max: usize) -> BoxFuture<'a, bool> {
