@@ -480,3 +480,21 @@ async fn direct_messages_cross_nodes_and_know_who_is_online_anywhere() {
         error("z", None, "recipient_offline")
     );
 }
+
+#[tokio::test]
+async fn refused_requests_spend_the_control_budget() {
+    let server = TestServer::with(&[("CONTROL_RATE_PER_SEC", "1"), ("CONTROL_BURST", "2")]).await;
+    let mut alice = v2(&server, "alice").await;
+    for id in ["e1", "e2"] {
+        let refused = ask(
+            &mut alice,
+            json!({"type": "message", "id": id, "room": "nowhere", "body": "x"}),
+        )
+        .await;
+        assert_eq!(refused, error(id, Some("nowhere"), "not_joined"));
+    }
+    alice
+        .send_json(json!({"type": "message", "room": "nowhere", "body": "x"}))
+        .await;
+    assert_eq!(alice.expect_close().await.0, 4006, "past CONTROL_BURST");
+}
