@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod child;
+pub(crate) mod frames;
 pub(crate) mod http;
 pub(crate) mod jwks;
 pub(crate) mod raw;
@@ -13,6 +14,7 @@ pub(crate) mod tls;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use frames::{LoggedSocket, Protocol};
 use futures_util::{SinkExt, StreamExt};
 use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
@@ -134,6 +136,12 @@ impl TestServer {
         Client::connect(&self.url(), Some(ORIGIN)).await
     }
 
+    /// Connects offering `palisade.v2`: a v2 client once the server selects it (see
+    /// [`Client::protocol`]; this does not assert the selection).
+    pub(crate) async fn connect_v2(&self) -> Client {
+        Client::connect_with_protocols(&self.url(), Some(ORIGIN), &[frames::V2_SUBPROTOCOL]).await
+    }
+
     /// Connects, authenticates as `sub` (display name = `sub` capitalised) and joins `room`,
     /// consuming the client's own join acknowledgement.
     pub(crate) async fn joined(&self, sub: &str, room: &str) -> Client {
@@ -218,7 +226,7 @@ pub(crate) async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &st
     let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
-    let mut client = Client { ws };
+    let mut client = Client::v1(ws);
     client.auth(&token(sub)).await;
     client
         .send_json(json!({"type": "join", "room": room}))
@@ -273,10 +281,36 @@ pub(crate) fn now() -> u64 {
 }
 
 pub(crate) struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The socket; it logs the text frames it receives (see [`frames`]).
+    pub ws: LoggedSocket,
 }
 
 impl Client {
+    /// A client on a socket whose upgrade selected no subprotocol.
+    fn v1(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws: LoggedSocket::new(ws, Protocol::V1),
+        }
+    }
+
+    /// The protocol version the server selected at the upgrade.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.ws.protocol()
+    }
+
+    /// Connects offering the subprotocols `protocols` (`Sec-WebSocket-Protocol`); the client
+    /// speaks v2 if the server selects `palisade.v2`, v1 otherwise.
+    pub(crate) async fn connect_with_protocols(
+        url: &str,
+        origin: Option<&str>,
+        protocols: &[&str],
+    ) -> Client {
+        let (ws, selected) = frames::connect_offering(url, origin, protocols).await;
+        Client {
+            ws: LoggedSocket::new(ws, Protocol::selected(selected.as_deref())),
+        }
+    }
+
     pub(crate) async fn connect(url: &str, origin: Option<&str>) -> Client {
         let mut request = url.into_client_request().unwrap();
         if let Some(origin) = origin {
@@ -290,7 +324,13 @@ impl Client {
             .await
             .expect("websocket connects");
         assert_eq!(response.status(), 101);
-        Client { ws }
+        let selected = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|value| value.to_str().ok());
+        Client {
+            ws: LoggedSocket::new(ws, Protocol::selected(selected)),
+        }
     }
 
     /// Connects over TLS with `tls` as the client configuration.
@@ -307,7 +347,7 @@ impl Client {
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await?;
-        Ok(Client { ws })
+        Ok(Client::v1(ws))
     }
 
     pub(crate) async fn send_json(&mut self, value: Value) {
