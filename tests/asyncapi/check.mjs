@@ -6,8 +6,9 @@
 //    fails the check (warnings are printed).
 // 2. Builds one JSON Schema validator (ajv) per protocol version (channel `v1`/`v2`),
 //    direction (operation action `send`: server frames, `receive`: client frames) and frame
-//    `type` (the payload's `properties.type.const`), and checks every message example against
-//    its own payload.
+//    `type` (the payload's `properties.type.const`), checks every message example against
+//    its own payload, and checks that the close and error codes (`x-close-codes`,
+//    `x-error-codes`, schemas `CloseCode`, `ErrorCode`) agree with PROTOCOL.md's tables.
 // 3. Reads every `*.jsonl` file in FRAME_DIR, one
 //    `{"from":"server"|"client","protocol":"v1"|"v2","frame":<object>}` per line (the Rust
 //    integration tests log what the server sent, the SDK tests what the SDK sent), and
@@ -142,8 +143,48 @@ for (const protocol of ['v1', 'v2']) {
     }
   }
 }
+
+// The close and error codes are written twice, as tables in PROTOCOL.md (for people) and here
+// (for machines): the codes, close reasons and v1 close codes must agree.
+const protocolMd = readFileSync(resolve(dirname(specPath), 'PROTOCOL.md'), 'utf8');
+function tableRows(heading) {
+  const section = protocolMd.split(`\n${heading}\n`)[1];
+  if (section === undefined) {
+    console.error(`FAIL: PROTOCOL.md has no "${heading}" section`);
+    documentProblems++;
+    return [];
+  }
+  const lines = section.split('\n');
+  const start = lines.findIndex((line) => line.startsWith('|'));
+  const rows = [];
+  for (const line of lines.slice(start + 2)) { // past the header and its |---| line
+    if (!line.startsWith('|')) break;
+    rows.push(line.replace(/^\||\|$/g, '').split(' | ').map((cell) => cell.trim().replace(/^`|`$/g, '')));
+  }
+  return rows;
+}
+function agree(what, documented, described) {
+  const a = JSON.stringify(documented);
+  const b = JSON.stringify(described);
+  if (a !== b) {
+    console.error(`FAIL: ${what} differ:\n  PROTOCOL.md:   ${a}\n  asyncapi.yaml: ${b}`);
+    documentProblems++;
+  }
+}
+const root = document.json();
+const schemas = root.components?.schemas ?? {};
+const closeRows = tableRows('## Close codes').map(([code, reason]) => [Number(code), reason]);
+agree('the close codes and reasons', closeRows,
+  (root['x-close-codes'] ?? []).map(({ code, reason }) => [code, reason]));
+agree('the close codes', closeRows.map(([code]) => code), schemas.CloseCode?.enum);
+const errorRows = tableRows('## Error codes')
+  .map(([code, , close]) => [code, close === '—' ? null : Number(close)]);
+agree('the error codes and their v1 close codes', errorRows,
+  (root['x-error-codes'] ?? []).map(({ code, v1Close }) => [code, v1Close]));
+agree('the error codes', errorRows.map(([code]) => code), schemas.ErrorCode?.enum);
+
 if (documentProblems > 0) {
-  console.error(`FAIL: ${documentProblems} problem(s) in the document's frame schemas`);
+  console.error(`FAIL: ${documentProblems} problem(s) in the document`);
   process.exit(1);
 }
 console.log(`ok: ${validators.size} frame schemas, ${examples} examples match them`);
