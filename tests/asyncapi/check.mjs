@@ -83,6 +83,7 @@ function withoutExtensions(value) {
 const ajv = new Ajv({ strict: true, strictRequired: false, allErrors: true });
 const directions = { send: 'server', receive: 'client' };
 const validators = new Map(); // "v1 server join" -> validate function
+const schemasByKey = new Map(); // "v1 server join" -> its payload schema
 let documentProblems = 0;
 let examples = 0;
 
@@ -124,6 +125,7 @@ for (const operation of document.operations().all()) {
       continue;
     }
     validators.set(key, validate);
+    schemasByKey.set(key, schema);
     // The examples are the document's own claims about the wire: each must match its schema.
     for (const example of message.examples().all()) {
       examples++;
@@ -220,6 +222,34 @@ function explain(errors) {
     .join('\n');
 }
 
+// The server's fields come in a fixed order (PROTOCOL.md: GarinChat's `type`, `body`,
+// `username`, `totalUsers`, then `userId`, then the extensions; in v2 `room` right after `type`
+// and `id`), which GarinChat clients that compare bytes rely on. A closed schema lists its
+// properties in that order; a frame (and any closed object inside it) must follow it.
+function outOfOrder(value, schema) {
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const disorder = outOfOrder(item, schema?.items);
+      if (disorder) return disorder;
+    }
+    return null;
+  }
+  if (value === null || typeof value !== 'object' || !schema?.properties) return null;
+  const order = Object.keys(schema.properties);
+  let last = -1;
+  for (const key of Object.keys(value)) {
+    const at = order.indexOf(key);
+    if (at === -1) continue; // an undocumented field: the schema reports it
+    if (at < last) return `"${key}" after "${order[last]}" (the document's order: ${order.join(', ')})`;
+    last = at;
+  }
+  for (const [key, inner] of Object.entries(value)) {
+    const disorder = outOfOrder(inner, schema.properties[key]);
+    if (disorder) return disorder;
+  }
+  return null;
+}
+
 let files;
 try {
   if (!statSync(frameDir).isDirectory()) throw new Error('not a directory');
@@ -270,6 +300,9 @@ for (const file of files) {
       fail(where, `a ${protocol} ${from} frame of a type the document does not describe`, frame);
     } else if (!validate(frame)) {
       fail(where, `a ${key} frame that does not match its schema`, frame, validate.errors);
+    } else if (from === 'server') {
+      const disorder = outOfOrder(frame, schemasByKey.get(key));
+      if (disorder) fail(where, `a ${key} frame with its fields out of order: ${disorder}`, frame);
     }
   });
 }

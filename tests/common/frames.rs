@@ -130,16 +130,25 @@ fn log_file() -> Option<&'static File> {
     .as_ref()
 }
 
-/// Appends one received text frame to the log. A frame that is not JSON is logged as a string,
-/// so the check reports it rather than this hook hiding it.
+/// Appends one received text frame to the log. The frame goes in as the server's own text, so
+/// that the check sees its fields in the server's order (a `serde_json::Value` would sort
+/// them); a frame that is not JSON is logged as a string, so the check reports it rather than
+/// this hook hiding it.
 fn log_received(protocol: Protocol, text: &str) {
     let Some(mut file) = log_file() else {
         return;
     };
-    let frame = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()));
-    let mut line = json!({"from": "server", "protocol": protocol.as_str(), "frame": frame})
-        .to_string()
-        .into_bytes();
+    let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+    let mut line = if is_json && !text.contains(['\n', '\r']) {
+        format!(
+            r#"{{"from":"server","protocol":"{}","frame":{text}}}"#,
+            protocol.as_str()
+        )
+    } else {
+        let frame = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()));
+        json!({"from": "server", "protocol": protocol.as_str(), "frame": frame}).to_string()
+    }
+    .into_bytes();
     line.push(b'\n');
     // One write of the whole line to a file opened for appending: the tests of one process
     // log from many threads, and their lines must not interleave.
