@@ -285,6 +285,14 @@ for (const file of files) {
     }
     total++;
     const { from, protocol, frame } = entry ?? {};
+    if (protocol === 'unknown') {
+      // tests/common logs this for a socket its Client constructors did not open: which
+      // version's schemas apply cannot be known, and a frame left unchecked must not pass.
+      counts.set('unknown protocol', (counts.get('unknown protocol') ?? 0) + 1);
+      fail(where, 'a frame on a socket of unknown protocol (a test built its own Client { ws }: ' +
+        'open it with Client::connect_with_protocols or TestServer::connect_v2 instead)', frame);
+      return;
+    }
     if (!['server', 'client'].includes(from) || !['v1', 'v2'].includes(protocol)) {
       fail(where, 'not {"from":"server"|"client","protocol":"v1"|"v2","frame":…}', entry);
       return;

@@ -2,22 +2,25 @@
 //! against docs/asyncapi.yaml.
 //!
 //! With `PALISADE_FRAME_LOG` naming a directory, every text frame a test [`Client`] receives
-//! from the server is appended to `<dir>/<test binary>-<pid>.jsonl` as one line
-//! `{"from":"server","protocol":"v1"|"v2","frame":…}`. The hook is on the socket itself
-//! ([`LoggedSocket`]), so frames a test reads straight from `client.ws` are logged too. What
-//! the test client sends is not logged: many tests send hostile frames on purpose.
+//! from the server through its receive methods is appended to
+//! `<dir>/<test binary>-<pid>.jsonl` as one line `{"from":"server","protocol":"v1"|"v2",
+//! "frame":…}`. What the test client sends is not logged: many tests send hostile frames on
+//! purpose. (A test that reads `client.ws` directly bypasses the log.)
+//!
+//! The protocol of a socket is recorded when one of [`Client`]'s constructors opens it, in a
+//! table beside the socket rather than in `Client`, so that a test may still build a
+//! `Client { ws }` of its own; the frames of such a socket are logged with the protocol
+//! `"unknown"`, which the check refuses: it cannot tell which schemas apply.
 //!
 //! [`Client`]: super::Client
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::ops::{Deref, DerefMut};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::OnceLock;
-use std::task::{Context, Poll};
+use std::sync::{Mutex, OnceLock};
 
-use futures_util::Stream;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,7 +28,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::RECV_TIMEOUT;
@@ -63,45 +66,65 @@ impl Protocol {
     }
 }
 
-/// A [`Socket`] that logs every text frame it yields (see the module docs). It derefs to the
-/// socket, so tests keep using it as one (`client.ws.send(…)`, `client.ws.get_ref()`).
-pub(crate) struct LoggedSocket {
-    socket: Socket,
-    protocol: Protocol,
+/// The subprotocol the server selected (the 101 answer's `Sec-WebSocket-Protocol`, if any)
+/// for every open socket a [`Client`](super::Client) constructor opened, by the socket's local
+/// address (unique among open sockets; removed when the client is dropped, so a reused port
+/// is never mistaken for an earlier socket).
+fn selections() -> &'static Mutex<HashMap<SocketAddr, Option<String>>> {
+    static SELECTIONS: OnceLock<Mutex<HashMap<SocketAddr, Option<String>>>> = OnceLock::new();
+    SELECTIONS.get_or_init(Default::default)
 }
 
-impl LoggedSocket {
-    pub(crate) fn new(socket: Socket, protocol: Protocol) -> LoggedSocket {
-        LoggedSocket { socket, protocol }
-    }
-
-    pub(crate) fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-}
-
-impl Deref for LoggedSocket {
-    type Target = Socket;
-    fn deref(&self) -> &Socket {
-        &self.socket
+fn local_addr(socket: &Socket) -> Option<SocketAddr> {
+    match socket.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.local_addr().ok(),
+        _ => None,
     }
 }
 
-impl DerefMut for LoggedSocket {
-    fn deref_mut(&mut self) -> &mut Socket {
-        &mut self.socket
+/// Records the subprotocol the server selected for `socket` (`None`: none).
+pub(crate) fn register(socket: &Socket, selected: Option<&str>) {
+    let addr = local_addr(socket).expect("a connected socket has a local address");
+    selections()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(addr, selected.map(str::to_owned));
+}
+
+/// Forgets `socket` (its client is being dropped).
+pub(crate) fn forget(socket: &Socket) {
+    if let Some(addr) = local_addr(socket) {
+        selections()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&addr);
     }
 }
 
-impl Stream for LoggedSocket {
-    type Item = Result<Message, Error>;
+/// The subprotocol the server selected for `socket` (`Some(None)`: none); `None` for a socket
+/// no constructor of `Client` opened.
+pub(crate) fn selected_for(socket: &Socket) -> Option<Option<String>> {
+    let addr = local_addr(socket)?;
+    selections()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&addr)
+        .cloned()
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let next = Pin::new(&mut self.socket).poll_next(cx);
-        if let Poll::Ready(Some(Ok(Message::Text(text)))) = &next {
-            log_received(self.protocol, text.as_str());
+/// The protocol of `socket`; `None` for a socket no constructor of `Client` opened.
+pub(crate) fn protocol_of(socket: &Socket) -> Option<Protocol> {
+    selected_for(socket).map(|selected| Protocol::selected(selected.as_deref()))
+}
+
+/// Logs `message` if it is a text frame (see the module docs).
+pub(crate) fn received(socket: &Socket, message: &Message) {
+    if let Message::Text(text) = message {
+        if log_file().is_some() {
+            let protocol = protocol_of(socket).map_or("unknown", Protocol::as_str);
+            log_received(protocol, text.as_str());
         }
-        next
     }
 }
 
@@ -134,19 +157,16 @@ fn log_file() -> Option<&'static File> {
 /// that the check sees its fields in the server's order (a `serde_json::Value` would sort
 /// them); a frame that is not JSON is logged as a string, so the check reports it rather than
 /// this hook hiding it.
-fn log_received(protocol: Protocol, text: &str) {
+fn log_received(protocol: &str, text: &str) {
     let Some(mut file) = log_file() else {
         return;
     };
     let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
     let mut line = if is_json && !text.contains(['\n', '\r']) {
-        format!(
-            r#"{{"from":"server","protocol":"{}","frame":{text}}}"#,
-            protocol.as_str()
-        )
+        format!(r#"{{"from":"server","protocol":"{protocol}","frame":{text}}}"#)
     } else {
         let frame = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()));
-        json!({"from": "server", "protocol": protocol.as_str(), "frame": frame}).to_string()
+        json!({"from": "server", "protocol": protocol, "frame": frame}).to_string()
     }
     .into_bytes();
     line.push(b'\n');

@@ -14,7 +14,7 @@ pub(crate) mod tls;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use frames::{LoggedSocket, Protocol};
+use frames::Protocol;
 use futures_util::{SinkExt, StreamExt};
 use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
@@ -226,7 +226,7 @@ pub(crate) async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &st
     let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
-    let mut client = Client::v1(ws);
+    let mut client = Client::opened(ws, None);
     client.auth(&token(sub)).await;
     client
         .send_json(json!({"type": "join", "room": room}))
@@ -281,21 +281,35 @@ pub(crate) fn now() -> u64 {
 }
 
 pub(crate) struct Client {
-    /// The socket; it logs the text frames it receives (see [`frames`]).
-    pub ws: LoggedSocket,
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        frames::forget(&self.ws);
+    }
 }
 
 impl Client {
-    /// A client on a socket whose upgrade selected no subprotocol.
-    fn v1(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
-        Client {
-            ws: LoggedSocket::new(ws, Protocol::V1),
-        }
+    /// A client on a socket just opened, whose 101 answer selected `subprotocol`; its protocol
+    /// is recorded for [`protocol`](Self::protocol) and the frame log.
+    fn opened(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, subprotocol: Option<&str>) -> Client {
+        frames::register(&ws, subprotocol);
+        Client { ws }
     }
 
-    /// The protocol version the server selected at the upgrade.
+    /// The protocol version the server selected at the upgrade. Panics for a socket that no
+    /// constructor here opened (a test's own `Client { ws }`).
     pub(crate) fn protocol(&self) -> Protocol {
-        self.ws.protocol()
+        frames::protocol_of(&self.ws)
+            .expect("a client opened by Client::connect* or TestServer::connect*")
+    }
+
+    /// The subprotocol the server's 101 answer selected (`Sec-WebSocket-Protocol`), if any.
+    /// Panics like [`protocol`](Self::protocol).
+    pub(crate) fn subprotocol(&self) -> Option<String> {
+        frames::selected_for(&self.ws)
+            .expect("a client opened by Client::connect* or TestServer::connect*")
     }
 
     /// Connects offering the subprotocols `protocols` (`Sec-WebSocket-Protocol`); the client
@@ -306,9 +320,7 @@ impl Client {
         protocols: &[&str],
     ) -> Client {
         let (ws, selected) = frames::connect_offering(url, origin, protocols).await;
-        Client {
-            ws: LoggedSocket::new(ws, Protocol::selected(selected.as_deref())),
-        }
+        Client::opened(ws, selected.as_deref())
     }
 
     pub(crate) async fn connect(url: &str, origin: Option<&str>) -> Client {
@@ -328,9 +340,7 @@ impl Client {
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|value| value.to_str().ok());
-        Client {
-            ws: LoggedSocket::new(ws, Protocol::selected(selected)),
-        }
+        Client::opened(ws, selected)
     }
 
     /// Connects over TLS with `tls` as the client configuration.
@@ -347,7 +357,7 @@ impl Client {
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await?;
-        Ok(Client::v1(ws))
+        Ok(Client::opened(ws, None))
     }
 
     pub(crate) async fn send_json(&mut self, value: Value) {
@@ -370,7 +380,10 @@ impl Client {
                 .expect("a frame within the receive timeout");
             match next {
                 Some(Ok(Message::Ping(_))) => continue,
-                Some(Ok(message)) => return Some(message),
+                Some(Ok(message)) => {
+                    frames::received(&self.ws, &message);
+                    return Some(message);
+                }
                 Some(Err(_)) | None => return None,
             }
         }
@@ -383,6 +396,9 @@ impl Client {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("no frame within {wait:?}"));
+            if let Some(Ok(message)) = &next {
+                frames::received(&self.ws, message);
+            }
             match next {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -443,6 +459,7 @@ impl Client {
     /// Asserts nothing arrives within `wait`.
     pub(crate) async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
+            frames::received(&self.ws, &message);
             panic!("expected silence, got {message:?}");
         }
     }
@@ -453,6 +470,9 @@ impl Client {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pings = 0;
         while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Some(Ok(message)) = &next {
+                frames::received(&self.ws, message);
+            }
             match next {
                 Some(Ok(Message::Ping(_))) => pings += 1,
                 other => panic!("expected only pings, got {other:?}"),
