@@ -510,3 +510,63 @@ async fn delivery_notices_name_each_room_of_a_v2_socket() {
     rooms.sort();
     assert_eq!(rooms, ["room-a", "room-b"]);
 }
+
+#[tokio::test]
+async fn history_and_recovery_work_per_room() {
+    let server = TestServer::start().await;
+    let mut bob = v2(&server, "bob").await;
+    join(&mut bob, "room-a").await;
+    join(&mut bob, "room-b").await;
+    for (room, body) in [("room-a", "a1"), ("room-b", "b1"), ("room-a", "a2")] {
+        ask(
+            &mut bob,
+            json!({"type": "message", "id": body, "room": room, "body": body}),
+        )
+        .await;
+    }
+    let mut alice = v2(&server, "alice").await;
+    let ack = ask(
+        &mut alice,
+        json!({"type": "join", "id": "ja", "room": "room-a", "history": 10}),
+    )
+    .await;
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(ack["offset"], 2);
+    for (offset, body) in [(1, "a1"), (2, "a2")] {
+        let past = alice.recv_json().await;
+        assert_eq!(
+            (
+                &past["room"],
+                &past["body"],
+                &past["offset"],
+                &past["history"]
+            ),
+            (&json!("room-a"), &json!(body), &json!(offset), &json!(true)),
+            "{past}"
+        );
+    }
+    // A rejoin from offset 1 of room-a gets exactly what followed, and says it recovered.
+    ask(
+        &mut alice,
+        json!({"type": "userleave", "id": "l", "room": "room-a"}),
+    )
+    .await;
+    let ack = ask(
+        &mut alice,
+        json!({"type": "join", "id": "jb", "room": "room-a", "since": {"epoch": epoch, "offset": 1}}),
+    )
+    .await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let missed = alice.recv_json().await;
+    assert_eq!(
+        (&missed["room"], &missed["body"]),
+        (&json!("room-a"), &json!("a2"))
+    );
+    // Another epoch does not recover.
+    let ack = ask(
+        &mut alice,
+        json!({"type": "join", "id": "jc", "room": "room-b", "since": {"epoch": "other", "offset": 0}}),
+    )
+    .await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+}
