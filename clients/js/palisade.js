@@ -379,11 +379,11 @@ export class PalisadeClient extends EventTarget {
 
   // ---- connecting ------------------------------------------------------------------------
 
-  async #open() {
+  /** Opens a socket, with a fresh token (or `token`, when asking again without v2). */
+  async #open(token = undefined) {
     this.#setState(this.#attempt === 0 ? "connecting" : "reconnecting");
-    let token;
     try {
-      token = await this.#options.token();
+      token ??= await this.#options.token();
     } catch (error) {
       emit(this, "error", { error });
       return this.#retry(1006, "token provider failed");
@@ -404,7 +404,7 @@ export class PalisadeClient extends EventTarget {
         // reconnect offers v2 again, in case the server was upgraded meanwhile.
         this.#offerV1Next = true;
         this.#socket = null;
-        return this.#open();
+        return this.#open(token);
       }
       return this.#onClose(socket, code, reason);
     };
@@ -500,7 +500,10 @@ export class PalisadeClient extends EventTarget {
     const info = closeCodeInfo(code);
     const hasRooms = this.rooms.size > 0;
     const reconnect = this.#wanted && (info.reconnect === "rooms" ? hasRooms : info.reconnect);
-    this.#failPending(new PalisadeError("disconnected", `socket closed (${code})`));
+    // Requests in flight fail: for now when a reconnect follows, for good (with the code) if not.
+    this.#failPending(reconnect
+      ? new PalisadeError("disconnected", `socket closed (${code})`)
+      : closedError(code, reason, info.meaning));
     emit(this, "close", { code, reason, meaning: info.meaning, reconnect });
     if (reconnect) return this.#retry(code, reason);
     return this.#closed({ code, reason, meaning: info.meaning });
@@ -509,7 +512,7 @@ export class PalisadeClient extends EventTarget {
   #closed(detail) {
     this.#wanted = false;
     for (const room of this.#rooms.values()) room.joined = false;
-    this.#ready?.reject(new PalisadeError(`close_${detail.code}`, `closed: ${detail.code} ${detail.reason || detail.meaning}`));
+    this.#ready?.reject(closedError(detail.code, detail.reason, detail.meaning));
     this.#ready = null;
     this.#setState("closed", detail);
   }
@@ -697,6 +700,13 @@ export class PalisadeClient extends EventTarget {
 function v1Frame(frame) {
   const { room, id, ...rest } = frame;
   return frame.type === "join" ? { ...rest, room } : rest;
+}
+
+/** The error of what failed because the socket closed for good: code `close_<code>`. */
+function closedError(code, reason, meaning) {
+  const error = new PalisadeError(`close_${code}`, `closed: ${code} ${reason || meaning}`);
+  error.closeCode = code;
+  return error;
 }
 
 /** `fn()` as a promise: resolved, or rejected with what it threw. */
