@@ -75,6 +75,8 @@ export interface ClientOptions {
 export interface JoinOptions {
   /** Past messages wanted on a fresh join (and on a rejoin that cannot recover). */
   history?: number;
+  /** A position kept from an earlier session (`room.position`): recover what came after it. */
+  since?: Position;
 }
 
 /** The acknowledgement of a join, as the room handle keeps it. */

@@ -152,9 +152,13 @@ export class Room extends EventTarget {
   /**
    * Joins the room; resolves with the acknowledgement once the server sent it. Past messages
    * follow it at once: listen on this handle (or on the client) before joining to see them.
+   * With `since` (a position kept from an earlier session) the join recovers from there: the
+   * acknowledgement's `recovered` says whether it could.
    */
-  join({ history } = {}) {
+  join({ history, since } = {}) {
     this.history = history;
+    // A position the app kept (across a page load, say): recover from it.
+    if (since) this.position = { epoch: since.epoch, offset: since.offset };
     return this.#client._join(this, false);
   }
 
