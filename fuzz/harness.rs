@@ -8,7 +8,9 @@ use std::time::Duration;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
-use palisade::testing::{ClientFrame, Inbound, MessageReader, ReadLimits, TokenVerifier};
+use palisade::testing::{
+    ClientRequest, Inbound, MessageReader, ReadLimits, TokenVerifier, Version,
+};
 use palisade::Settings;
 use palisade::{CloseCode, Gateway};
 
@@ -38,9 +40,9 @@ pub(crate) fn client_frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(frame) = ClientFrame::decode(text) {
-        let again = ClientFrame::decode(&frame.encode()).expect("an encoded frame decodes");
-        assert_eq!(again, frame);
+    if let Ok(request) = ClientRequest::decode(text) {
+        let again = ClientRequest::decode(&request.encode()).expect("an encoded frame decodes");
+        assert_eq!(again, request);
     }
 }
 
@@ -360,7 +362,9 @@ pub(crate) struct SessionStats {
 }
 
 fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
-    let (ws, session) = palisade::testing::connect_in_memory(gateway, [127, 0, 0, 1].into());
+    // GarinChat's protocol: one room per session, which `check_memberships` holds it to.
+    let (ws, session) =
+        palisade::testing::connect_in_memory(gateway, [127, 0, 0, 1].into(), Version::GarinChat);
     (
         Client {
             ws,

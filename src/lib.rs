@@ -84,7 +84,7 @@ mod webhooks;
 pub use auth::mint;
 pub use config::{Config, ConfigError};
 pub use gateway::{start, start_with, Listeners, RunningGateway, ShutdownReport, StartError};
-pub use protocol::CloseCode;
+pub use protocol::{CloseCode, ErrorCode, V2_SUBPROTOCOL};
 pub use server::Pages;
 pub use settings::{Logging, Settings};
 pub use state::Gateway;

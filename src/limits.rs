@@ -1,10 +1,12 @@
 //! Message rate limits (governor's GCRA): per socket, and per user across all their sockets.
 //!
-//! Two budgets per session: `message` frames (`MSG_RATE_PER_SEC`/`MSG_BURST`; with the
-//! defaults two messages back to back close the sender, as in GarinChat) and the frames that
+//! Budgets per session: `message` frames (`MSG_RATE_PER_SEC`/`MSG_BURST`; with the
+//! defaults two messages back to back close the sender, as in GarinChat), the frames that
 //! change membership, `join` and `userleave` (`CONTROL_RATE_PER_SEC`/`CONTROL_BURST`), which
-//! would otherwise let a client flood a room with join/leave broadcasts. A direct (unkeyed)
-//! limiter lives and dies with its session, so nothing here grows with the number of clients.
+//! would otherwise let a client flood a room with join/leave broadcasts, and, made at their
+//! first use, `typing` and protocol v2's `direct` frames (which spend the message budgets too).
+//! A direct (unkeyed) limiter lives and dies with its session, so nothing here grows with the
+//! number of clients.
 //!
 //! One budget per user (`USER_MSG_RATE_PER_SEC`/`USER_MSG_BURST`), shared by all of the user's
 //! sockets, so that opening more sockets does not buy more messages. Its keyed map is swept by
@@ -74,6 +76,8 @@ pub(crate) struct Quotas {
     pub typing: Quota,
     /// `message` frames per user, all sockets together.
     pub user_messages: Quota,
+    /// `direct` frames per socket (protocol v2), besides the message budgets they also spend.
+    pub direct: Quota,
 }
 
 impl Quotas {
@@ -104,6 +108,10 @@ impl Quotas {
                 ("USER_MSG_RATE_PER_SEC", env.user_msg_rate_per_sec),
                 ("USER_MSG_BURST", env.user_msg_burst),
             )?,
+            direct: quota(
+                ("DM_RATE_PER_SEC", env.dm_rate_per_sec),
+                ("DM_BURST", env.dm_burst),
+            )?,
         })
     }
 }
@@ -114,6 +122,7 @@ pub(crate) struct SessionQuotas {
     messages: Quota,
     control: Quota,
     typing: Quota,
+    direct: Quota,
     /// Made once: a new quanta clock calibrates itself (CPUID, slow under a hypervisor), which
     /// per session cost a quarter of the gateway's CPU at thousands of connects a second.
     clock: DefaultClock,
@@ -125,6 +134,7 @@ impl SessionQuotas {
             messages: quotas.messages,
             control: quotas.control,
             typing: quotas.typing,
+            direct: quotas.direct,
             clock: DefaultClock::default(),
         }
     }
@@ -136,6 +146,8 @@ pub(crate) struct SessionLimiters {
     control: DefaultDirectRateLimiter,
     /// Made at the first `typing` frame: most sockets never send one.
     typing: Option<Box<DefaultDirectRateLimiter>>,
+    /// Made at the first `direct` frame, for the same reason.
+    direct: Option<Box<DefaultDirectRateLimiter>>,
 }
 
 impl SessionLimiters {
@@ -144,20 +156,18 @@ impl SessionLimiters {
             messages: RateLimiter::direct_with_clock(quotas.messages, quotas.clock.clone()),
             control: RateLimiter::direct_with_clock(quotas.control, quotas.clock.clone()),
             typing: None,
+            direct: None,
         }
     }
 
     /// Spends one unit of the typing budget; false when over the limit.
     pub(crate) fn allow_typing(&mut self, quotas: &SessionQuotas) -> bool {
-        self.typing
-            .get_or_insert_with(|| {
-                Box::new(RateLimiter::direct_with_clock(
-                    quotas.typing,
-                    quotas.clock.clone(),
-                ))
-            })
-            .check()
-            .is_ok()
+        spend_lazily(&mut self.typing, quotas.typing, quotas)
+    }
+
+    /// Spends one unit of the direct-message budget; false when over the limit.
+    pub(crate) fn allow_direct(&mut self, quotas: &SessionQuotas) -> bool {
+        spend_lazily(&mut self.direct, quotas.direct, quotas)
     }
 
     /// Spends one unit of the message budget; false when over the limit.
@@ -169,6 +179,20 @@ impl SessionLimiters {
     pub(crate) fn allow_control(&self) -> bool {
         self.control.check().is_ok()
     }
+}
+
+/// Spends one unit of a limiter made at its first use (with `quota`).
+fn spend_lazily(
+    limiter: &mut Option<Box<DefaultDirectRateLimiter>>,
+    quota: Quota,
+    quotas: &SessionQuotas,
+) -> bool {
+    limiter
+        .get_or_insert_with(|| {
+            Box::new(RateLimiter::direct_with_clock(quota, quotas.clock.clone()))
+        })
+        .check()
+        .is_ok()
 }
 
 /// The message budget each user shares across their sockets.
@@ -217,6 +241,8 @@ mod tests {
             "TYPING_BURST",
             "USER_MSG_RATE_PER_SEC",
             "USER_MSG_BURST",
+            "DM_RATE_PER_SEC",
+            "DM_BURST",
         ] {
             assert_names(Quotas::from_env(&env(&[(var, "0")])), var);
         }

@@ -5,7 +5,8 @@
 //! of the token or user with 4016.
 //!
 //! What travels is a [`Notice`]; a node that receives one enforces it exactly as if it had
-//! decided it (without announcing it again).
+//! decided it (without announcing it again). Direct messages (protocol v2) ride the same
+//! channel, so the node that hears them here hands them to the recipient's sessions.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,9 +17,10 @@ use crate::auth::revoked::{Revoked, RuntimeRevocations, TooManyRevocations};
 use crate::bans::{Bans, Offender, StrikeOutcome};
 use crate::broker::{Broker, LocalControl, Notice};
 use crate::clock;
+use crate::ids::SYSTEM_SESSION;
 use crate::metrics::labels::BanKind;
 use crate::metrics::Metrics;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, ServerFrame};
 use crate::sessions::{Sessions, TokenId};
 
 pub(crate) struct Moderation {
@@ -148,6 +150,15 @@ impl LocalControl for Moderation {
             }
             Notice::Kick { user, code } => {
                 self.sessions.close_user(&user, code);
+            }
+            Notice::Direct {
+                to,
+                from,
+                username,
+                body,
+            } => {
+                let frame = ServerFrame::direct(&body, &username, &from).encode();
+                self.sessions.deliver_direct(&to, frame, SYSTEM_SESSION);
             }
             Notice::Revoke { revoked, until_ms } => {
                 self.revoked.learn(revoked.clone(), until_ms);

@@ -28,7 +28,7 @@ use crate::http::{self, plain, Body, ResponseFuture};
 use crate::metrics::labels::Outcome;
 use crate::session;
 use crate::state::Gateway;
-use crate::upgrade::check_upgrade;
+use crate::upgrade::{check_upgrade, offered_version, select_version};
 
 /// How long answering a connection refused at accept may take.
 const REFUSAL_ANSWER_TIME: Duration = Duration::from_secs(1);
@@ -251,7 +251,8 @@ impl Public {
             _connection: Arc::clone(&held.permit),
             ip: ip_slot,
         };
-        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        let version = offered_version(request.headers());
+        let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
             Ok(pair) => pair,
             Err(err) => {
                 debug!(peer = %peer.ip(), %err, "upgrade failed");
@@ -263,10 +264,11 @@ impl Public {
         let gateway_for_session = Arc::clone(gateway);
         gateway.session_tasks.spawn(async move {
             match upgrade.await {
-                Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted).await,
+                Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted, version).await,
                 Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
             }
         });
+        select_version(&mut response, version);
         // No Sec-WebSocket-Extensions in the response: permessage-deflate is never negotiated.
         response.map(|_| Body::default())
     }

@@ -1,6 +1,7 @@
 //! The sessions open on this node, by user, by client address and by token id: the per-user
-//! cap (`MAX_SESSIONS_PER_USER`), and closing sessions from outside (a ban, a kick, a
-//! revocation) with a code.
+//! caps (`MAX_SESSIONS_PER_USER`, and `MAX_ROOMS_PER_USER` over a user's v2 sockets), closing
+//! sessions from outside (a ban, a kick, a revocation) with a code, and direct messages to a
+//! user's v2 sessions.
 //!
 //! A session registers its address when it starts and its user once authenticated; both
 //! registrations are guards that remove it when dropped, so every exit path forgets it. A
@@ -10,12 +11,13 @@
 use std::hash::Hash;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::client_ip::IpKey;
 use crate::ids::SessionId;
 use crate::observer::{Observed, Observer};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::CloseCode;
 
 /// One registered session.
@@ -23,6 +25,8 @@ use crate::protocol::CloseCode;
 struct Entry {
     id: SessionId,
     outbox: Outbox,
+    /// It takes direct messages (it speaks protocol v2).
+    direct: bool,
 }
 
 /// Sessions by some key, each list only as long as the sessions it holds.
@@ -79,6 +83,18 @@ impl<K: Eq + Hash + Clone> Index<K> {
     fn count(&self, key: &K) -> usize {
         self.sessions.get(key).map_or(0, |list| list.len())
     }
+
+    /// Queues `frame` to every session under `key` that takes direct messages, but `except`;
+    /// how many took it.
+    fn deliver_direct(&self, key: &K, frame: &Arc<SharedPayload>, except: SessionId) -> usize {
+        let Some(list) = self.sessions.get(key) else {
+            return 0;
+        };
+        list.iter()
+            .filter(|entry| entry.direct && entry.id != except)
+            .filter(|entry| entry.outbox.deliver(Outbound::Text(Arc::clone(frame))))
+            .count()
+    }
 }
 
 /// Every session open on this node.
@@ -89,6 +105,8 @@ pub(crate) struct Sessions {
     by_ip: Index<IpKey>,
     by_token: Index<TokenId>,
     max_per_user: usize,
+    /// Rooms each user is in over its v2 sockets here.
+    rooms_by_user: DashMap<Arc<str>, usize>,
 }
 
 /// Why a user's session was not registered.
@@ -103,6 +121,7 @@ impl Sessions {
             by_ip: Index::new(),
             by_token: Index::new(),
             max_per_user,
+            rooms_by_user: DashMap::new(),
         })
     }
 
@@ -116,6 +135,7 @@ impl Sessions {
         let entry = Entry {
             id,
             outbox: outbox.clone(),
+            direct: false,
         };
         self.by_ip.add(&ip, entry, usize::MAX, || {});
         Registration {
@@ -126,16 +146,18 @@ impl Sessions {
     }
 
     /// Registers an authenticated session of `user`, unless the user already has
-    /// `MAX_SESSIONS_PER_USER` here.
+    /// `MAX_SESSIONS_PER_USER` here; `direct`: it takes direct messages.
     pub(crate) fn register_user(
         self: &Arc<Self>,
         user: &Arc<str>,
         id: SessionId,
         outbox: &Outbox,
+        direct: bool,
     ) -> Result<Registration<Arc<str>>, TooManySessions> {
         let entry = Entry {
             id,
             outbox: outbox.clone(),
+            direct,
         };
         let first_here = || {
             self.observer.observe(Observed::User {
@@ -164,6 +186,7 @@ impl Sessions {
         let entry = Entry {
             id,
             outbox: outbox.clone(),
+            direct: false,
         };
         self.by_token.add(&token, entry, usize::MAX, || {});
         Registration {
@@ -205,6 +228,45 @@ impl Sessions {
     /// Sessions of `user` on this node.
     pub(crate) fn user_count(&self, user: &Arc<str>) -> usize {
         self.by_user.count(user)
+    }
+
+    /// Queues a direct message (its encoded frame) to every v2 session of `user` on this
+    /// node but the sender's; how many got it.
+    pub(crate) fn deliver_direct(&self, user: &Arc<str>, frame: Bytes, except: SessionId) -> usize {
+        self.by_user
+            .deliver_direct(user, &SharedPayload::new(frame), except)
+    }
+
+    /// Claims a place for one more room of `user`'s under `max`: `None` when it is in that
+    /// many already. The place is given back when the slot drops.
+    pub(crate) fn claim_room(self: &Arc<Self>, user: &Arc<str>, max: usize) -> Option<RoomSlot> {
+        let mut rooms = self.rooms_by_user.entry(Arc::clone(user)).or_insert(0);
+        if *rooms >= max {
+            return None;
+        }
+        *rooms += 1;
+        Some(RoomSlot {
+            sessions: Arc::clone(self),
+            user: Arc::clone(user),
+        })
+    }
+}
+
+/// One of a user's places under `MAX_ROOMS_PER_USER`; dropping it gives the place back.
+pub(crate) struct RoomSlot {
+    sessions: Arc<Sessions>,
+    user: Arc<str>,
+}
+
+impl Drop for RoomSlot {
+    fn drop(&mut self) {
+        if let Some(mut rooms) = self.sessions.rooms_by_user.get_mut(&self.user) {
+            *rooms -= 1;
+        }
+        // Under the shard lock: a concurrent claim either sees the count or makes a new one.
+        self.sessions
+            .rooms_by_user
+            .remove_if(&self.user, |_, rooms| *rooms == 0);
     }
 }
 
@@ -269,10 +331,10 @@ mod tests {
         let sessions = Sessions::new(2, Observer::off());
         let (outbox, _rx) = Outbox::new(4, 1024);
         let alice: Arc<str> = "alice".into();
-        let first = sessions.register_user(&alice, 1, &outbox).unwrap();
-        let _second = sessions.register_user(&alice, 2, &outbox).unwrap();
+        let first = sessions.register_user(&alice, 1, &outbox, false).unwrap();
+        let _second = sessions.register_user(&alice, 2, &outbox, false).unwrap();
         assert_eq!(
-            sessions.register_user(&alice, 3, &outbox).err(),
+            sessions.register_user(&alice, 3, &outbox, false).err(),
             Some(TooManySessions)
         );
         assert_eq!(sessions.user_count(&alice), 2);
@@ -280,7 +342,7 @@ mod tests {
         assert_eq!(outbox.close_code(), Some(CloseCode::Banned));
         drop(first);
         assert_eq!(sessions.user_count(&alice), 1);
-        assert!(sessions.register_user(&alice, 4, &outbox).is_ok());
+        assert!(sessions.register_user(&alice, 4, &outbox, false).is_ok());
     }
 
     #[test]
@@ -290,8 +352,8 @@ mod tests {
         let sessions = Sessions::new(2, observer);
         let (outbox, _rx) = Outbox::new(4, 1024);
         let alice: Arc<str> = "alice".into();
-        let first = sessions.register_user(&alice, 1, &outbox).unwrap();
-        let second = sessions.register_user(&alice, 2, &outbox).unwrap();
+        let first = sessions.register_user(&alice, 1, &outbox, false).unwrap();
+        let second = sessions.register_user(&alice, 2, &outbox, false).unwrap();
         drop(first);
         drop(second);
         let change = |here| Observed::User {

@@ -17,7 +17,7 @@ use crate::RunningGateway;
 pub use crate::auth::jwt::unix_now;
 pub use crate::auth::TokenVerifier;
 pub use crate::outbox::{Outbound, Outbox, SharedPayload};
-pub use crate::protocol::{ClientFrame, Since};
+pub use crate::protocol::{ClientFrame, ClientRequest, Since, Version};
 pub use crate::session::reader::{self, Inbound, MessageReader, ReadLimits};
 pub use crate::session::writer::{self, CloseRequest};
 
@@ -38,6 +38,9 @@ pub const NO_LIMITS: &[(&str, &str)] = &[
     ("CONTROL_BURST", "1000000"),
     ("TYPING_RATE_PER_SEC", "1000000"),
     ("TYPING_BURST", "1000000"),
+    ("DM_RATE_PER_SEC", "1000000"),
+    ("DM_BURST", "1000000"),
+    ("MAX_ROOMS_PER_USER", "1000000"),
     ("BAN_STRIKES", "1000000"),
     ("MAX_TRACKED_CLIENTS", "1000000"),
     ("API_RATE_PER_SEC", "1000000"),
@@ -143,10 +146,12 @@ pub fn verifier(settings: &crate::Settings) -> TokenVerifier {
 }
 
 /// Starts a session on `gateway` over an in-memory socket, as if `ip` had connected and
-/// upgraded; returns the client's end (after the handshake) and the session's task.
+/// upgraded speaking `version`; returns the client's end (after the handshake) and the
+/// session's task.
 pub fn connect_in_memory(
     gateway: &Arc<Gateway>,
     ip: IpAddr,
+    version: Version,
 ) -> (WebSocket<DuplexStream>, JoinHandle<()>) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let admitted = crate::admission::Admitted {
@@ -167,6 +172,7 @@ pub fn connect_in_memory(
         server_ws,
         ip,
         admitted,
+        version,
     ));
     let mut client = WebSocket::after_handshake(client_io, Role::Client);
     client.set_auto_close(false);

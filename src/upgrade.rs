@@ -1,13 +1,17 @@
 //! The WebSocket handshake's checks that fastwebsockets leaves to us, and who may upgrade:
 //! method, Origin, version and the key's form, each refused with a plain HTTP status before
-//! any 101.
+//! any 101; and which protocol the socket will speak (the subprotocol).
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+use hyper::header::{
+    HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION,
+};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::config::{invalid, Config, ConfigError};
 use crate::http::{plain, Body};
+use crate::protocol::{self, V2_SUBPROTOCOL};
 
 /// Who may upgrade, and whose forwarding headers are believed.
 #[derive(Clone, Debug)]
@@ -113,6 +117,33 @@ pub(crate) fn check_upgrade(
     Ok(())
 }
 
+/// The protocol a client asked for: v2 when `palisade.v2` is among the subprotocols it offers
+/// (in any of its `Sec-WebSocket-Protocol` headers), else GarinChat's. Any other subprotocol
+/// is not ours and is ignored, as before v2.
+pub(crate) fn offered_version(headers: &HeaderMap) -> protocol::Version {
+    let offered = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim() == V2_SUBPROTOCOL);
+    if offered {
+        protocol::Version::V2
+    } else {
+        protocol::Version::GarinChat
+    }
+}
+
+/// Says in a 101 which subprotocol was selected (none for GarinChat's: its clients offer none).
+pub(crate) fn select_version<B>(response: &mut Response<B>, version: protocol::Version) {
+    if version == protocol::Version::V2 {
+        response.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(V2_SUBPROTOCOL),
+        );
+    }
+}
+
 /// RFC 6455 4.1: the key is 16 random bytes, base64-encoded: 24 characters ending in `==`.
 fn is_valid_key(key: &HeaderValue) -> bool {
     let key = key.as_bytes();
@@ -127,6 +158,25 @@ fn is_valid_key(key: &HeaderValue) -> bool {
 mod tests {
     use super::*;
     use crate::config::tests::{assert_names, env};
+
+    #[test]
+    fn v2_is_chosen_only_when_offered_by_its_exact_name() {
+        let offer = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            offered_version(&headers)
+        };
+        assert_eq!(offer(&[]), protocol::Version::GarinChat);
+        assert_eq!(offer(&["chat, palisade.v3"]), protocol::Version::GarinChat);
+        assert_eq!(offer(&["Palisade.V2"]), protocol::Version::GarinChat);
+        assert_eq!(offer(&["chat , palisade.v2"]), protocol::Version::V2);
+        assert_eq!(offer(&["chat", "palisade.v2"]), protocol::Version::V2);
+    }
 
     #[test]
     fn origins_are_required_and_compared_whole() {

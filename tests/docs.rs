@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use palisade::CloseCode;
 use palisade::Settings;
+use palisade::{CloseCode, ErrorCode};
 use serde_json::Value;
 
 const README: &str = include_str!("../README.md");
@@ -108,6 +108,24 @@ fn protocol_close_code_table_matches_the_code() {
     let code: Vec<_> = CloseCode::ALL
         .iter()
         .map(|c| (c.code(), c.reason().to_owned()))
+        .collect();
+    assert_eq!(rows, code);
+}
+
+#[test]
+fn protocol_error_code_table_matches_the_code() {
+    let rows: Vec<(String, String)> = table_rows(PROTOCOL, "## Error codes", "`")
+        .into_iter()
+        .map(|row| (row[0].to_owned(), row[2].to_owned()))
+        .collect();
+    let code: Vec<(String, String)> = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            let close = code
+                .garinchat_close()
+                .map_or("—".to_owned(), |close| close.code().to_string());
+            (code.as_str().to_owned(), close)
+        })
         .collect();
     assert_eq!(rows, code);
 }

@@ -1,11 +1,12 @@
-//! What travels between nodes besides rooms: bans, unbans and kicks, one JSON object per
-//! Pub/Sub message on the `{prefix}control` channel.
+//! What travels between nodes besides rooms: bans, unbans, kicks, revocations and direct
+//! messages, one JSON object per Pub/Sub message on the `{prefix}control` channel.
 //!
 //! ```text
 //! {"v":1,"node":"3f9c…","notice":"ban","offender":"user:alice","until":1763840000123}
 //! {"v":1,"node":"3f9c…","notice":"unban","offender":"ip:203.0.113.7"}
 //! {"v":1,"node":"3f9c…","notice":"kick","user":"alice","code":4009}
 //! {"v":1,"node":"3f9c…","notice":"revoke","revoked":"jti:5f2b…","until":1763840000123}
+//! {"v":1,"node":"3f9c…","notice":"direct","user":"bob","from":"alice","name":"Alice","body":"hi"}
 //! ```
 //!
 //! A node skips its own notices (it enforced them when it decided them). Nothing on the
@@ -37,6 +38,12 @@ struct Wire {
     code: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revoked: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
 }
 
 /// Encodes a notice of this node's.
@@ -50,6 +57,9 @@ pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
         user: None,
         code: None,
         revoked: None,
+        from: None,
+        name: None,
+        body: None,
     };
     match notice {
         Notice::Ban { offender, until_ms } => {
@@ -70,6 +80,18 @@ pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
             wire.notice = "revoke".into();
             wire.revoked = Some(revoked.to_string());
             wire.until = Some(*until_ms);
+        }
+        Notice::Direct {
+            to,
+            from,
+            username,
+            body,
+        } => {
+            wire.notice = "direct".into();
+            wire.user = Some(to.to_string());
+            wire.from = Some(from.to_string());
+            wire.name = Some(username.to_string());
+            wire.body = Some(body.to_string());
         }
     }
     serde_json::to_vec(&wire).expect("a notice always serializes")
@@ -100,6 +122,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(String, Notice)> {
             revoked: Revoked::parse(wire.revoked.as_deref()?)?,
             until_ms: wire.until?,
         },
+        "direct" => Notice::Direct {
+            to: Arc::from(wire.user.as_deref().filter(|user| !user.is_empty())?),
+            from: Arc::from(wire.from.as_deref().filter(|user| !user.is_empty())?),
+            username: Arc::from(wire.name.as_deref()?),
+            body: Arc::from(wire.body.as_deref()?),
+        },
         _ => return None,
     };
     Some((wire.node, notice))
@@ -128,6 +156,12 @@ mod tests {
                 revoked: Revoked::TokenId("t-1".into()),
                 until_ms: 7,
             },
+            Notice::Direct {
+                to: "bob".into(),
+                from: "alice".into(),
+                username: "Alice".into(),
+                body: "<hi>".into(),
+            },
         ] {
             assert_eq!(
                 decode(&encode("n1", &notice)),
@@ -139,6 +173,7 @@ mod tests {
             br#"{"v":1,"node":"n","notice":"ban","offender":"host:x","until":1}"#,
             br#"{"v":1,"node":"n","notice":"kick","user":"a","code":1234}"#,
             br#"{"v":2,"node":"n","notice":"unban","offender":"user:a"}"#,
+            br#"{"v":1,"node":"n","notice":"direct","user":"","from":"a","name":"A","body":"x"}"#,
         ] {
             assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
         }

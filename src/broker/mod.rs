@@ -206,7 +206,8 @@ pub(crate) trait LocalRooms: Send + Sync + 'static {
     fn reload_history(&self, room: &str, position: Position, entries: Vec<Entry>);
 }
 
-/// A decision every node must enforce: a ban, its end, or a kick.
+/// A decision every node must enforce (a ban, its end, a kick, a revocation), or a direct
+/// message every node must hand to the recipient's sessions there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Notice {
     /// `offender` is banned until `until_ms` (Unix milliseconds).
@@ -217,6 +218,14 @@ pub(crate) enum Notice {
     Kick { user: Arc<str>, code: CloseCode },
     /// `revoked` is refused until `until_ms` (Unix milliseconds); its sessions close.
     Revoke { revoked: Revoked, until_ms: u64 },
+    /// A direct message for every v2 session of `to` (protocol v2), from the user `from`
+    /// named `username`. Like a kick, it matters only now: never kept for later.
+    Direct {
+        to: Arc<str>,
+        from: Arc<str>,
+        username: Arc<str>,
+        body: Arc<str>,
+    },
 }
 
 /// What a broker may ask of this node's enforcement of bans and kicks: implemented by the

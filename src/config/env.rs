@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    bind_addr, trusted_issuers, trusted_proxies, AlgorithmList, CommaList, LogFormat, Secret,
-    TrustedIssuer, TrustedProxies,
+    bind_addr, trusted_issuers, trusted_proxies, AlgorithmList, CommaList, DirectMessages,
+    LogFormat, Secret, TrustedIssuer, TrustedProxies,
 };
 
 /// Every setting, with its default when the variable is unset or empty.
@@ -134,6 +134,17 @@ pub struct Config {
     /// `SEEN_INTERVAL_MS`: a user's read position is relayed to a room at most once per this
     /// interval (the latest one, at its end).
     pub seen_interval_ms: u64,
+
+    /// `MAX_ROOMS_PER_SOCKET`: rooms one protocol v2 socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// `MAX_ROOMS_PER_USER`: rooms one user may be in over its v2 sockets on one node.
+    pub max_rooms_per_user: usize,
+    /// `DIRECT_MESSAGES`: `off`, `shared-room` or `all` (protocol v2).
+    pub direct_messages: DirectMessages,
+    /// `DM_RATE_PER_SEC`: sustained direct messages per second per socket.
+    pub dm_rate_per_sec: u32,
+    /// `DM_BURST`: direct messages allowed back to back.
+    pub dm_burst: u32,
 
     /// `HEADER_READ_TIMEOUT_MS`: time for the HTTP request head to arrive.
     pub header_read_timeout_ms: u64,
@@ -343,6 +354,12 @@ impl Default for Config {
             typing_burst: 10,
             typing_interval_ms: 2000,
             seen_interval_ms: 1000,
+
+            max_rooms_per_socket: 16,
+            max_rooms_per_user: 64,
+            direct_messages: DirectMessages::Off,
+            dm_rate_per_sec: 1,
+            dm_burst: 3,
 
             header_read_timeout_ms: 5000,
             max_header_bytes: 8192,

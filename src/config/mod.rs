@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use env::Config;
-pub use values::{AlgorithmList, CommaList, LogFormat, Secret, TrustedIssuer, TrustedProxies};
+pub use values::{
+    AlgorithmList, CommaList, DirectMessages, LogFormat, Secret, TrustedIssuer, TrustedProxies,
+};
 
 /// Why settings were refused; every variant names its variable (or file).
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,10 @@ pub(crate) mod tests {
             "TRUSTED_PROXIES",
         );
         assert_names(Config::from_pairs([("LOG_FORMAT", "xml")]), "LOG_FORMAT");
+        assert_names(
+            Config::from_pairs([("DIRECT_MESSAGES", "friends")]),
+            "DIRECT_MESSAGES",
+        );
         assert_names(
             Config::from_pairs([("JWT_ALGORITHMS", "none")]),
             "JWT_ALGORITHMS",

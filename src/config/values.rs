@@ -134,6 +134,32 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
+/// `DIRECT_MESSAGES`: who may send a direct message (protocol v2) to whom.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectMessages {
+    /// Nobody: every `direct` frame is refused.
+    #[default]
+    Off,
+    /// Only users who share a room with the sender.
+    SharedRoom,
+    /// Anyone, to any user with a session on some node.
+    All,
+}
+
+impl<'de> Deserialize<'de> for DirectMessages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.trim() {
+            "off" => Ok(DirectMessages::Off),
+            "shared-room" => Ok(DirectMessages::SharedRoom),
+            "all" => Ok(DirectMessages::All),
+            other => Err(serde::de::Error::custom(format!(
+                "DIRECT_MESSAGES must be off, shared-room or all, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// One identity provider whose tokens are accepted, with where its keys are.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -38,7 +38,7 @@ use crate::metrics::labels::WebhookOutcome;
 use crate::metrics::Metrics;
 use crate::observer::{self, Observed, Observer};
 use crate::outbox::{Outbound, Outbox};
-use crate::protocol::ServerFrame;
+use crate::protocol::{Dialect, ServerFrame};
 pub(crate) use directory::page_after;
 use room::Room;
 use signals::Signals;
@@ -76,8 +76,8 @@ pub(crate) struct Member {
     pub user_id: Arc<str>,
     pub display_name: Arc<str>,
     pub outbox: Outbox,
-    /// Joined with the room extensions (offsets, typing, seen, history notices).
-    pub extended: bool,
+    /// How its frames look: GarinChat's, with the room extensions, or protocol v2's.
+    pub dialect: Dialect,
 }
 
 /// All rooms of this node.
@@ -157,6 +157,7 @@ impl Hub {
         room: &str,
         member: Member,
         request: &Request,
+        id: Option<&str>,
     ) -> Result<Membership, RoomFull> {
         // A room new here is opened on the broker first; so is one whose copy of the history
         // is not loaded yet (another joiner's open may still be on its way).
@@ -166,29 +167,30 @@ impl Hub {
         if !self.rooms.contains_key(room) || needs_copy {
             self.broker.open_room(room).await;
         }
-        let seen_elsewhere = if member.extended && self.history.enabled() {
+        let seen_elsewhere = if member.dialect.is_extended() && self.history.enabled() {
             self.broker.last_seen(room, &member.user_id).await
         } else {
             None
         };
-        self.join(room, member, request, seen_elsewhere)
+        self.join(room, member, request, seen_elsewhere, id)
     }
 
     /// Adds `member` to `room` and tells everyone in it; the joiner's copy of its `join` frame is
-    /// its acknowledgement (GarinChat's only one), followed by the history it asked for. Returns
-    /// the guard that removes the member when dropped.
+    /// its acknowledgement (GarinChat's only one; in v2 it answers the request `id`), followed
+    /// by the history it asked for. Returns the guard that removes the member when dropped.
     pub(crate) fn join(
         self: &Arc<Self>,
         room: &str,
         member: Member,
         request: &Request,
         seen_elsewhere: Option<u64>,
+        id: Option<&str>,
     ) -> Result<Membership, RoomFull> {
         let session_id = member.session_id;
         let mut created = false;
         let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
             created = true;
-            Room::new()
+            Room::new(room)
         });
         if entry.total() >= self.settings.max_members {
             return Err(RoomFull);
@@ -205,10 +207,13 @@ impl Hub {
         }
         self.metrics.joins.inc();
         let total = entry.total() + 1;
-        let frame = ServerFrame::join(&member.display_name, &member.user_id, total).encode();
+        let frame = ServerFrame::join(&member.display_name, &member.user_id, total);
         // Joined while other nodes are out of reach: say so, as those already in rooms were.
-        let notice =
-            (!self.broker.is_connected()).then(|| remote::notice_frame(Delivery::Interrupted));
+        let notice = (!self.broker.is_connected()).then(|| {
+            remote::notice_frame(Delivery::Interrupted)
+                .shaped(member.dialect, room)
+                .encode()
+        });
         self.broker.publish(
             room,
             RoomEvent::Join {
@@ -219,13 +224,19 @@ impl Hub {
         );
         let replay = self.history.join(room, request, clock::unix_ms());
         let seen = seen_elsewhere.max(self.history.seen(room, &member.user_id));
-        let welcome = frames::welcome(&member, total, &frame, replay, request, seen);
+        let joiner = frames::Joiner {
+            member: &member,
+            room,
+            id,
+        };
+        let welcome = frames::welcome(&joiner, total, replay, request, seen);
         let membership = Membership {
             hub: Arc::clone(self),
             room: room.to_owned(),
             session_id,
             display_name: Arc::clone(&member.display_name),
             user_id: Arc::clone(&member.user_id),
+            dialect: member.dialect,
         };
         let joiner = member.outbox.clone();
         entry.broadcast(&frame, Some(session_id), &self.metrics);
@@ -276,7 +287,7 @@ impl Hub {
             user_id: sender.user_id,
             body,
         };
-        let plain = || ServerFrame::message(body, sender.username, sender.user_id).encode();
+        let plain = || ServerFrame::message(body, sender.username, sender.user_id);
         if !self.history.enabled() {
             // The read lock keeps the message ordered after the room's joins and leaves here.
             let local = self.rooms.get(room);
@@ -349,8 +360,7 @@ impl Hub {
                 session: session_id,
             },
         );
-        let frame =
-            ServerFrame::user_leave(&member.display_name, &member.user_id, entry.total()).encode();
+        let frame = ServerFrame::user_leave(&member.display_name, &member.user_id, entry.total());
         entry.broadcast(&frame, None, &self.metrics);
         let last_local = entry.members.is_empty();
         drop(entry);
@@ -382,7 +392,7 @@ impl Hub {
             return;
         }
         if let Some(entry) = self.rooms.get(&member.room) {
-            let frame = ServerFrame::typing(&member.display_name, &member.user_id).encode();
+            let frame = ServerFrame::typing(&member.display_name, &member.user_id);
             entry.signal(&frame, Some(&member.user_id), &self.metrics);
             self.broker.publish(
                 &member.room,
@@ -423,7 +433,7 @@ impl Hub {
     /// Tells the room (here and elsewhere) how far a user has read.
     fn relay_seen(&self, seen: &signals::DueSeen) {
         if let Some(entry) = self.rooms.get(&*seen.room) {
-            let frame = ServerFrame::seen(&seen.username, &seen.user_id, seen.offset).encode();
+            let frame = ServerFrame::seen(&seen.username, &seen.user_id, seen.offset);
             entry.signal(&frame, None, &self.metrics);
         }
         self.broker.publish(
@@ -437,12 +447,24 @@ impl Hub {
         );
     }
 
-    /// The room's members on every node, one per user, as a `members` frame.
-    fn members(&self, room: &str) -> bytes::Bytes {
+    /// The room's members on every node, one per user, as a `members` frame answering `id`.
+    fn members(&self, room: &str, dialect: Dialect, id: Option<&str>) -> bytes::Bytes {
+        let max = self.settings.max_listed;
         match self.rooms.get(room) {
-            Some(entry) => entry.listing(self.settings.max_listed),
-            None => room::Room::new().listing(self.settings.max_listed),
+            Some(entry) => entry.listing(max, dialect, id),
+            None => Room::new(room).listing(max, dialect, id),
         }
+    }
+
+    /// Whether `user` is a member of `room` on any node, as this node knows the room.
+    pub(crate) fn has_user(&self, room: &str, user: &str) -> bool {
+        self.rooms.get(room).is_some_and(|entry| {
+            entry
+                .members
+                .values()
+                .any(|member| &*member.user_id == user)
+                || entry.remote.values().any(|member| &*member.user_id == user)
+        })
     }
 
     /// Work on a clock: coalesced read positions whose interval passed are relayed, expired
@@ -507,9 +529,15 @@ pub(crate) struct Membership {
     session_id: SessionId,
     display_name: Arc<str>,
     user_id: Arc<str>,
+    dialect: Dialect,
 }
 
 impl Membership {
+    /// The room.
+    pub(crate) fn room(&self) -> &str {
+        &self.room
+    }
+
     /// Relays a chat message to every other member of the room, on every node.
     pub(crate) fn publish(&self, body: &str) {
         let sender = Sender {
@@ -530,9 +558,9 @@ impl Membership {
         self.hub.seen(self, offset, epoch)
     }
 
-    /// The room's members, as the frame that answers `{"type":"members"}`.
-    pub(crate) fn members(&self) -> bytes::Bytes {
-        self.hub.members(&self.room)
+    /// The room's members, as the frame that answers `{"type":"members"}` (request `id`).
+    pub(crate) fn members(&self, id: Option<&str>) -> bytes::Bytes {
+        self.hub.members(&self.room, self.dialect, id)
     }
 }
 

@@ -38,11 +38,11 @@ impl LocalRooms for Hub {
                 body,
                 ..
             } => {
-                let frame = ServerFrame::message(&body, &username, &user_id).encode();
+                let frame = ServerFrame::message(&body, &username, &user_id);
                 entry.broadcast(&frame, None, &self.metrics);
             }
             RemoteEvent::Typing(member) => {
-                let frame = ServerFrame::typing(&member.username, &member.user_id).encode();
+                let frame = ServerFrame::typing(&member.username, &member.user_id);
                 entry.signal(&frame, Some(&member.user_id), &self.metrics);
             }
             RemoteEvent::Seen {
@@ -56,7 +56,7 @@ impl LocalRooms for Hub {
                 let _ =
                     self.history
                         .set_seen(room, &user_id, offset, Some(&epoch), clock::unix_ms());
-                let frame = ServerFrame::seen(&username, &user_id, offset).encode();
+                let frame = ServerFrame::seen(&username, &user_id, offset);
                 entry.signal(&frame, None, &self.metrics);
             }
             RemoteEvent::Sync(members) => {
@@ -70,7 +70,10 @@ impl LocalRooms for Hub {
     }
 
     fn replace_remote(&self, room: &str, members: Vec<(Arc<str>, RemoteMember)>) {
-        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(Room::new);
+        let mut entry = self
+            .rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| Room::new(room));
         entry.replace_remote(None, members, &self.metrics);
     }
 
@@ -151,7 +154,7 @@ impl LocalRooms for Hub {
 
     fn deliver_here(&self, room: &str, from: SessionId, username: &str, user_id: &str, body: &str) {
         if let Some(members) = self.rooms.get(room) {
-            let frame = ServerFrame::message(body, username, user_id).encode();
+            let frame = ServerFrame::message(body, username, user_id);
             members.broadcast(&frame, Some(from), &self.metrics);
         }
     }
@@ -193,10 +196,9 @@ impl LocalRooms for Hub {
 }
 
 /// The notice that tells members cross-node delivery stopped or is back.
-pub(super) fn notice_frame(delivery: Delivery) -> bytes::Bytes {
+pub(super) fn notice_frame(delivery: Delivery) -> ServerFrame<'static> {
     ServerFrame::notice(match delivery {
         Delivery::Interrupted => notice::DELIVERY_INTERRUPTED,
         Delivery::Restored => notice::DELIVERY_RESTORED,
     })
-    .encode()
 }

@@ -14,15 +14,17 @@ use crate::ids::SessionId;
 use crate::metrics::labels::DropReason;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, SharedPayload};
-use crate::protocol::{Listed, MembersFrame, ServerFrame};
+use crate::protocol::{Dialect, Listed, MembersFrame, ServerFrame};
 
 /// A member on another node: the node's id and its session id.
 pub(super) type RemoteKey = (Arc<str>, SessionId);
 
 pub(super) struct Room {
+    name: Arc<str>,
     pub(super) members: HashMap<SessionId, Member>,
-    /// Local members with the room extensions.
-    extended: usize,
+    /// Local members by dialect (see [`Dialect::index`]): a frame is encoded once for each
+    /// dialect some member speaks, and never for one nobody does.
+    dialects: [usize; 3],
     pub(super) remote: HashMap<RemoteKey, RemoteMember>,
     /// The last envelope sequence number seen from each node, to drop duplicates.
     pub(super) last_seq: HashMap<Arc<str>, u64>,
@@ -30,10 +32,11 @@ pub(super) struct Room {
 }
 
 impl Room {
-    pub(super) fn new() -> Room {
+    pub(super) fn new(name: &str) -> Room {
         Room {
+            name: Arc::from(name),
             members: HashMap::new(),
-            extended: 0,
+            dialects: [0; 3],
             remote: HashMap::new(),
             last_seq: HashMap::new(),
             created: Instant::now(),
@@ -58,21 +61,26 @@ impl Room {
     }
 
     pub(super) fn add(&mut self, member: Member) {
-        self.extended += usize::from(member.extended);
+        self.dialects[member.dialect.index()] += 1;
         self.members.insert(member.session_id, member);
     }
 
     pub(super) fn remove(&mut self, session: SessionId) -> Option<Member> {
         let member = self.members.remove(&session)?;
-        self.extended -= usize::from(member.extended);
+        self.dialects[member.dialect.index()] -= 1;
         Some(member)
     }
 
-    /// Queues `frame` to every local member but `except`, never waiting.
-    pub(super) fn broadcast(&self, frame: &Bytes, except: Option<SessionId>, metrics: &Metrics) {
+    /// Queues `frame` to every local member but `except`, never waiting, as each one's dialect
+    /// has it.
+    pub(super) fn broadcast(
+        &self,
+        frame: &ServerFrame<'_>,
+        except: Option<SessionId>,
+        metrics: &Metrics,
+    ) {
         self.fan_out(
-            Some(frame),
-            Some(frame),
+            |dialect| Some(frame.clone().shaped(dialect, &self.name).encode()),
             |member| Some(member.session_id) != except,
             metrics,
         );
@@ -81,57 +89,61 @@ impl Room {
     /// Queues a numbered message to every local member but its sender: with its offset to
     /// members with the room extensions, as GarinChat's frame to the others.
     pub(super) fn deliver(&self, entry: &Entry, except: Option<SessionId>, metrics: &Metrics) {
-        let plain = (self.members.len() > self.extended).then(|| frames::live(entry, false));
-        let extended = (self.extended > 0).then(|| frames::live(entry, true));
-        self.fan_out(
-            plain.as_ref(),
-            extended.as_ref(),
-            |member| Some(member.session_id) != except,
-            metrics,
-        );
+        self.broadcast(&frames::live(entry), except, metrics);
     }
 
-    /// Queues a message that has no offset here to every local member but its sender, as
-    /// GarinChat's frame.
+    /// Queues a message that has no offset here to every local member but its sender.
     pub(super) fn deliver_unnumbered(
         &self,
         entry: &Entry,
         except: Option<SessionId>,
         metrics: &Metrics,
     ) {
-        let frame = ServerFrame::message(&entry.body, &entry.username, &entry.user_id).encode();
+        let frame = ServerFrame::message(&entry.body, &entry.username, &entry.user_id);
         self.broadcast(&frame, except, metrics);
     }
 
     /// Queues a frame of the room extensions (`typing`, `seen`, a history notice) to the
     /// members that have them, but `except_user`'s.
-    pub(super) fn signal(&self, frame: &Bytes, except_user: Option<&str>, metrics: &Metrics) {
-        if self.extended == 0 {
+    pub(super) fn signal(
+        &self,
+        frame: &ServerFrame<'_>,
+        except_user: Option<&str>,
+        metrics: &Metrics,
+    ) {
+        if self.dialects[Dialect::GarinChat.index()] == self.members.len() {
             return;
         }
         self.fan_out(
-            None,
-            Some(frame),
+            |dialect| {
+                dialect
+                    .is_extended()
+                    .then(|| frame.clone().shaped(dialect, &self.name).encode())
+            },
             |member| except_user.is_none_or(|user| *member.user_id != *user),
             metrics,
         );
     }
 
-    /// Queues `plain` to members without the room extensions and `extended` to those with
-    /// them (either may be left out), to each member `to` accepts.
+    /// Queues to each member `to` accepts the frame `encode` gives for its dialect (none: that
+    /// dialect is left out), encoding it once per dialect present.
     fn fan_out(
         &self,
-        plain: Option<&Bytes>,
-        extended: Option<&Bytes>,
+        encode: impl Fn(Dialect) -> Option<Bytes>,
         to: impl Fn(&Member) -> bool,
         metrics: &Metrics,
     ) {
-        let plain = plain.map(|frame| SharedPayload::new(frame.clone()));
-        let extended = extended.map(|frame| SharedPayload::new(frame.clone()));
+        let frames: [Option<Arc<SharedPayload>>; 3] = Dialect::ALL.map(|dialect| {
+            (self.dialects[dialect.index()] > 0)
+                .then(|| encode(dialect))
+                .flatten()
+                .map(SharedPayload::new)
+        });
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
-            let frame = if member.extended { &extended } else { &plain };
-            let Some(frame) = frame else { continue };
+            let Some(frame) = &frames[member.dialect.index()] else {
+                continue;
+            };
             if !to(member) {
                 continue;
             }
@@ -164,12 +176,15 @@ impl Room {
         users
     }
 
-    /// The members on every node, one per user (sorted by user id), at most `max` of them.
-    pub(super) fn listing(&self, max: usize) -> Bytes {
+    /// The members on every node, one per user (sorted by user id), at most `max` of them, as
+    /// the answer to the request `id` from a socket speaking `dialect`.
+    pub(super) fn listing(&self, max: usize, dialect: Dialect, id: Option<&str>) -> Bytes {
         let users = self.users();
         let total = users.len();
         MembersFrame {
             kind: "members",
+            id,
+            room: (dialect == Dialect::V2).then_some(&*self.name),
             members: users
                 .into_iter()
                 .take(max)
@@ -186,15 +201,14 @@ impl Room {
         if self.remote.contains_key(&key) {
             return;
         }
-        let frame = ServerFrame::join(&member.username, &member.user_id, self.total() + 1).encode();
-        self.remote.insert(key, member);
+        let total = self.total() + 1;
+        let frame = ServerFrame::join(&member.username, &member.user_id, total);
         self.broadcast(&frame, None, metrics);
     }
 
     pub(super) fn remove_remote(&mut self, key: &RemoteKey, metrics: &Metrics) {
         if let Some(member) = self.remote.remove(key) {
-            let frame =
-                ServerFrame::user_leave(&member.username, &member.user_id, self.total()).encode();
+            let frame = ServerFrame::user_leave(&member.username, &member.user_id, self.total());
             self.broadcast(&frame, None, metrics);
         }
     }

@@ -5,7 +5,7 @@ use crate::broker::LocalBroker;
 use crate::observer::Observer;
 use crate::outbox::OutboxReceiver;
 
-fn member_with(id: SessionId, frames: usize, extended: bool) -> (Member, OutboxReceiver) {
+fn member_with(id: SessionId, frames: usize, dialect: Dialect) -> (Member, OutboxReceiver) {
     let (outbox, rx) = Outbox::new(frames, 1 << 20);
     let name: Arc<str> = Arc::from(format!("user{id}"));
     (
@@ -14,14 +14,14 @@ fn member_with(id: SessionId, frames: usize, extended: bool) -> (Member, OutboxR
             user_id: name.clone(),
             display_name: name,
             outbox,
-            extended,
+            dialect,
         },
         rx,
     )
 }
 
 fn member(id: SessionId) -> (Member, OutboxReceiver) {
-    member_with(id, 4, false)
+    member_with(id, 4, Dialect::GarinChat)
 }
 
 fn settings(max_members: usize) -> RoomSettings {
@@ -42,7 +42,7 @@ fn hub(max_members: usize) -> Arc<Hub> {
 }
 
 fn join(hub: &Arc<Hub>, room: &str, member: Member) -> Result<Membership, RoomFull> {
-    hub.join(room, member, &Request::default(), None)
+    hub.join(room, member, &Request::default(), None, None)
 }
 
 #[test]
@@ -140,9 +140,9 @@ fn texts(rx: &mut OutboxReceiver) -> Vec<String> {
 #[test]
 fn members_with_the_extensions_get_offsets_and_the_others_garinchat_bytes() {
     let hub = hub(10);
-    let (plain, mut plain_rx) = member_with(1, 64, false);
-    let (ext, mut ext_rx) = member_with(2, 64, true);
-    let (sender, _sender_rx) = member_with(3, 64, false);
+    let (plain, mut plain_rx) = member_with(1, 64, Dialect::GarinChat);
+    let (ext, mut ext_rx) = member_with(2, 64, Dialect::Extended);
+    let (sender, _sender_rx) = member_with(3, 64, Dialect::GarinChat);
     let _p = join(&hub, "r", plain).unwrap();
     let _e = hub
         .join(
@@ -152,6 +152,7 @@ fn members_with_the_extensions_get_offsets_and_the_others_garinchat_bytes() {
                 history: 0,
                 since: None,
             },
+            None,
             None,
         )
         .unwrap();
@@ -186,12 +187,12 @@ fn members_with_the_extensions_get_offsets_and_the_others_garinchat_bytes() {
 #[test]
 fn a_joiner_gets_its_acknowledgement_then_history_then_live_messages() {
     let hub = hub(10);
-    let (sender, _rx) = member_with(1, 64, false);
+    let (sender, _rx) = member_with(1, 64, Dialect::GarinChat);
     let s = join(&hub, "r", sender).unwrap();
     for n in 0..5 {
         s.publish(&format!("m{n}"));
     }
-    let (late, mut late_rx) = member_with(2, 64, true);
+    let (late, mut late_rx) = member_with(2, 64, Dialect::Extended);
     let _l = hub
         .join(
             "r",
@@ -200,6 +201,7 @@ fn a_joiner_gets_its_acknowledgement_then_history_then_live_messages() {
                 history: 3,
                 since: None,
             },
+            None,
             None,
         )
         .unwrap();
@@ -220,13 +222,13 @@ fn a_joiner_gets_its_acknowledgement_then_history_then_live_messages() {
 #[test]
 fn history_is_held_to_half_the_joiners_queue_and_a_recovery_that_does_not_fit_says_so() {
     let hub = hub(10);
-    let (sender, _rx) = member_with(1, 64, false);
+    let (sender, _rx) = member_with(1, 64, Dialect::GarinChat);
     let s = join(&hub, "r", sender).unwrap();
     for n in 0..20 {
         s.publish(&format!("m{n}"));
     }
     // A queue of 12 frames: half, less the acknowledgement's room, is 5.
-    let (small, mut small_rx) = member_with(2, 12, true);
+    let (small, mut small_rx) = member_with(2, 12, Dialect::Extended);
     let position = hub.history.position("r").unwrap();
     let _m = hub
         .join(
@@ -239,6 +241,7 @@ fn history_is_held_to_half_the_joiners_queue_and_a_recovery_that_does_not_fit_sa
                     offset: 10,
                 }),
             },
+            None,
             None,
         )
         .unwrap();
@@ -260,9 +263,9 @@ fn members_are_listed_once_per_user_up_to_the_cap() {
     );
     let mut guards = Vec::new();
     for id in [3, 1, 2] {
-        guards.push(join(&hub, "r", member_with(id, 64, false).0).unwrap());
+        guards.push(join(&hub, "r", member_with(id, 64, Dialect::GarinChat).0).unwrap());
     }
-    let (again, _rx) = member_with(9, 64, false);
+    let (again, _rx) = member_with(9, 64, Dialect::GarinChat);
     let again = Member {
         user_id: Arc::from("user1"),
         display_name: Arc::from("user1"),
@@ -270,7 +273,7 @@ fn members_are_listed_once_per_user_up_to_the_cap() {
     };
     guards.push(join(&hub, "r", again).unwrap());
     assert_eq!(
-        &guards[0].members()[..],
+        &guards[0].members(None)[..],
         br#"{"type":"members","members":[{"userId":"user1","username":"user1"},{"userId":"user2","username":"user2"}],"total":3,"truncated":true}"#
     );
 }
@@ -278,13 +281,13 @@ fn members_are_listed_once_per_user_up_to_the_cap() {
 #[tokio::test(start_paused = true)]
 async fn typing_and_seen_reach_only_members_with_the_extensions_coalesced() {
     let hub = hub(10);
-    let (plain, mut plain_rx) = member_with(1, 64, false);
-    let (ext, mut ext_rx) = member_with(2, 64, true);
-    let (writer, mut writer_rx) = member_with(3, 64, true);
+    let (plain, mut plain_rx) = member_with(1, 64, Dialect::GarinChat);
+    let (ext, mut ext_rx) = member_with(2, 64, Dialect::Extended);
+    let (writer, mut writer_rx) = member_with(3, 64, Dialect::Extended);
     let extended = Request::default();
     let _p = join(&hub, "r", plain).unwrap();
-    let _e = hub.join("r", ext, &extended, None).unwrap();
-    let w = hub.join("r", writer, &extended, None).unwrap();
+    let _e = hub.join("r", ext, &extended, None, None).unwrap();
+    let w = hub.join("r", writer, &extended, None, None).unwrap();
     w.publish("a");
     w.publish("b");
     let _ = (
@@ -322,5 +325,50 @@ async fn typing_and_seen_reach_only_members_with_the_extensions_coalesced() {
     assert_eq!(
         texts(&mut ext_rx),
         [r#"{"type":"seen","username":"user3","userId":"user3","offset":2}"#]
+    );
+}
+
+#[test]
+fn v2_members_get_every_room_frame_naming_the_room_and_their_answers_their_ids() {
+    let hub = hub(10);
+    let (plain, mut plain_rx) = member_with(1, 64, Dialect::GarinChat);
+    let (v2, mut v2_rx) = member_with(2, 64, Dialect::V2);
+    let p = join(&hub, "r", plain).unwrap();
+    let v2 = hub
+        .join("r", v2, &Request::default(), None, Some("j1"))
+        .unwrap();
+    let ack = texts(&mut v2_rx);
+    assert_eq!(ack.len(), 1);
+    assert!(
+        ack[0].starts_with(r#"{"type":"join","id":"j1","room":"r","username":"user2","totalUsers":2,"userId":"user2","epoch":"#),
+        "{}",
+        ack[0]
+    );
+    assert!(ack[0].ends_with(r#","offset":0}"#), "{}", ack[0]);
+    p.publish("hi");
+    v2.typing();
+    assert_eq!(
+        texts(&mut v2_rx),
+        [
+            r#"{"type":"message","room":"r","body":"hi","username":"user1","userId":"user1","offset":1}"#
+        ]
+    );
+    assert_eq!(
+        texts(&mut plain_rx),
+        [
+            r#"{"type":"join","username":"user1","totalUsers":1,"userId":"user1"}"#,
+            r#"{"type":"join","username":"user2","totalUsers":2,"userId":"user2"}"#,
+        ],
+        "GarinChat's bytes, and no typing"
+    );
+    assert_eq!(
+        &v2.members(Some("q1"))[..],
+        br#"{"type":"members","id":"q1","room":"r","members":[{"userId":"user1","username":"user1"},{"userId":"user2","username":"user2"}],"total":2,"truncated":false}"#
+    );
+    assert!(hub.has_user("r", "user1") && !hub.has_user("r", "user3"));
+    drop(p);
+    assert_eq!(
+        texts(&mut v2_rx),
+        [r#"{"type":"userleave","room":"r","username":"user1","totalUsers":1,"userId":"user1"}"#]
     );
 }

@@ -81,6 +81,8 @@ label_enums! {
         UserMessage,
         Control,
         Typing,
+        /// Direct messages (protocol v2).
+        Direct,
     }
 
     /// Where a room's members could not simply be given the next message.

@@ -11,7 +11,21 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-/// A frame from the client, after decoding and basic shape checks.
+/// The longest request id a v2 client may choose, in bytes.
+pub(crate) const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// A frame from the client and the id it chose for it (protocol v2: the answer carries it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// `"id"`: 1 to [`MAX_REQUEST_ID_BYTES`] bytes; GarinChat clients send none.
+    pub id: Option<String>,
+    /// What it asks.
+    pub frame: ClientFrame,
+}
+
+/// A frame from the client, after decoding and basic shape checks. `room` on a room frame is
+/// protocol v2's (which room of the socket's it is for); GarinChat's socket has one room and
+/// its frames name none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientFrame {
     /// `{"type":"auth","body":TOKEN}`: authenticate, or refresh the token.
@@ -20,8 +34,8 @@ pub enum ClientFrame {
         token: String,
     },
     /// `{"type":"join","room":ROOM}`, with the name GarinChat clients send, and what the
-    /// client wants of the room's history (either turns on the room extensions for the
-    /// socket: offsets, typing, seen, history notices).
+    /// client wants of the room's history (either turns on the room extensions for a
+    /// GarinChat socket: offsets, typing, seen, history notices).
     Join {
         /// The client's display name (used only with `TRUST_CLIENT_USERNAME`).
         username: Option<String>,
@@ -34,23 +48,72 @@ pub enum ClientFrame {
     },
     /// `{"type":"message","body":TEXT}`: chat to the room.
     Message {
+        /// The room (v2).
+        room: Option<String>,
         /// The text (empty: dropped).
         body: String,
     },
     /// `{"type":"userleave"}`: leave the room.
-    UserLeave,
+    UserLeave {
+        /// The room (v2).
+        room: Option<String>,
+    },
     /// `{"type":"members"}`: who is in the room.
-    Members,
+    Members {
+        /// The room (v2).
+        room: Option<String>,
+    },
     /// `{"type":"typing"}`: the member is typing.
-    Typing,
+    Typing {
+        /// The room (v2).
+        room: Option<String>,
+    },
     /// `{"type":"seen","offset":N}`: the member has seen the room up to offset N (with
     /// `"epoch"`, in that epoch: a position from an earlier one is ignored).
     Seen {
+        /// The room (v2).
+        room: Option<String>,
         /// The highest offset seen.
         offset: u64,
         /// The epoch the offset belongs to.
         epoch: Option<String>,
     },
+    /// `{"type":"direct","to":USER,"body":TEXT}` (protocol v2): a message to one user.
+    Direct {
+        /// The recipient's user id.
+        to: String,
+        /// The text (empty: dropped).
+        body: String,
+    },
+}
+
+impl ClientFrame {
+    /// The room a room frame names (v2), if any.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Join { room, .. } => Some(room),
+            ClientFrame::Message { room, .. }
+            | ClientFrame::UserLeave { room }
+            | ClientFrame::Members { room }
+            | ClientFrame::Typing { room }
+            | ClientFrame::Seen { room, .. } => room.as_deref(),
+            ClientFrame::Auth { .. } | ClientFrame::Direct { .. } => None,
+        }
+    }
+
+    /// The frame's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Auth { .. } => "auth",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Message { .. } => "message",
+            ClientFrame::UserLeave { .. } => "userleave",
+            ClientFrame::Members { .. } => "members",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Seen { .. } => "seen",
+            ClientFrame::Direct { .. } => "direct",
+        }
+    }
 }
 
 /// A position in a room's history, as a client remembers it.
@@ -73,6 +136,8 @@ pub enum DecodeError {
     UnknownType,
     #[error("missing field {0}")]
     MissingField(&'static str),
+    #[error("an id that is empty or longer than 64 bytes")]
+    BadId,
 }
 
 /// The raw shape of a client frame: known keys, matched ignoring ASCII case.
@@ -86,6 +151,8 @@ struct RawClientFrame {
     since: Option<Since>,
     offset: Option<u64>,
     epoch: Option<String>,
+    id: Option<String>,
+    to: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RawClientFrame {
@@ -112,6 +179,8 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
                 KeyName::Username => &mut frame.username,
                 KeyName::Room => &mut frame.room,
                 KeyName::Epoch => &mut frame.epoch,
+                KeyName::Id => &mut frame.id,
+                KeyName::To => &mut frame.to,
                 KeyName::History => {
                     fill(&mut frame.history, &mut map)?;
                     continue;
@@ -154,6 +223,8 @@ enum KeyName {
     Username,
     Room,
     Epoch,
+    Id,
+    To,
     History,
     Since,
     Offset,
@@ -180,6 +251,10 @@ impl<'de> Deserialize<'de> for KeyName {
                     KeyName::Room
                 } else if is("epoch") {
                     KeyName::Epoch
+                } else if is("id") {
+                    KeyName::Id
+                } else if is("to") {
+                    KeyName::To
                 } else if is("history") {
                     KeyName::History
                 } else if is("since") {
@@ -195,41 +270,55 @@ impl<'de> Deserialize<'de> for KeyName {
     }
 }
 
-impl ClientFrame {
+impl ClientRequest {
     /// Decodes one text message. The caller has already bounded its size, and serde_json bounds
     /// nesting depth (128), so neither memory nor stack depends on the input beyond that.
-    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+    pub fn decode(text: &str) -> Result<ClientRequest, DecodeError> {
         let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| DecodeError::Malformed)?;
+        if raw
+            .id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES)
+        {
+            return Err(DecodeError::BadId);
+        }
         // `type` is case-sensitive, as in GarinChat.
-        match raw.kind.as_deref() {
-            None => Err(DecodeError::MissingType),
-            Some("auth") => Ok(ClientFrame::Auth {
+        let frame = match raw.kind.as_deref() {
+            None => return Err(DecodeError::MissingType),
+            Some("auth") => ClientFrame::Auth {
                 token: raw.body.ok_or(DecodeError::MissingField("body"))?,
-            }),
-            Some("join") => Ok(ClientFrame::Join {
+            },
+            Some("join") => ClientFrame::Join {
                 username: raw.username,
                 room: raw.room.ok_or(DecodeError::MissingField("room"))?,
                 history: raw.history,
                 since: raw.since,
-            }),
-            Some("message") => Ok(ClientFrame::Message {
+            },
+            Some("message") => ClientFrame::Message {
+                room: raw.room,
                 // A message without a body is an empty message: dropped, not relayed.
                 body: raw.body.unwrap_or_default(),
-            }),
-            Some("userleave") => Ok(ClientFrame::UserLeave),
-            Some("members") => Ok(ClientFrame::Members),
-            Some("typing") => Ok(ClientFrame::Typing),
-            Some("seen") => Ok(ClientFrame::Seen {
+            },
+            Some("userleave") => ClientFrame::UserLeave { room: raw.room },
+            Some("members") => ClientFrame::Members { room: raw.room },
+            Some("typing") => ClientFrame::Typing { room: raw.room },
+            Some("seen") => ClientFrame::Seen {
+                room: raw.room,
                 offset: raw.offset.ok_or(DecodeError::MissingField("offset"))?,
                 epoch: raw.epoch,
-            }),
-            Some(_) => Err(DecodeError::UnknownType),
-        }
+            },
+            Some("direct") => ClientFrame::Direct {
+                to: raw.to.ok_or(DecodeError::MissingField("to"))?,
+                body: raw.body.unwrap_or_default(),
+            },
+            Some(_) => return Err(DecodeError::UnknownType),
+        };
+        Ok(ClientRequest { id: raw.id, frame })
     }
 
-    /// Encodes the frame as a client would send it (tests and fuzzing use this).
+    /// Encodes the request as a client would send it (tests and fuzzing use this).
     pub fn encode(&self) -> String {
-        let value = match self {
+        let mut value = match &self.frame {
             ClientFrame::Auth { token } => serde_json::json!({"type": "auth", "body": token}),
             ClientFrame::Join {
                 username,
@@ -250,18 +339,44 @@ impl ClientFrame {
                 }
                 join
             }
-            ClientFrame::Message { body } => serde_json::json!({"type": "message", "body": body}),
-            ClientFrame::UserLeave => serde_json::json!({"type": "userleave"}),
-            ClientFrame::Members => serde_json::json!({"type": "members"}),
-            ClientFrame::Typing => serde_json::json!({"type": "typing"}),
-            ClientFrame::Seen { offset, epoch } => match epoch {
-                Some(epoch) => {
-                    serde_json::json!({"type": "seen", "offset": offset, "epoch": epoch})
+            ClientFrame::Message { body, .. } => {
+                serde_json::json!({"type": "message", "body": body})
+            }
+            ClientFrame::Seen { offset, epoch, .. } => {
+                let mut seen = serde_json::json!({"type": "seen", "offset": offset});
+                if let Some(epoch) = epoch {
+                    seen["epoch"] = epoch.as_str().into();
                 }
-                None => serde_json::json!({"type": "seen", "offset": offset}),
-            },
+                seen
+            }
+            ClientFrame::Direct { to, body } => {
+                serde_json::json!({"type": "direct", "to": to, "body": body})
+            }
+            other => serde_json::json!({"type": other.kind()}),
         };
+        if let Some(room) = self.frame.room() {
+            value["room"] = room.into();
+        }
+        if let Some(id) = &self.id {
+            value["id"] = id.as_str().into();
+        }
         value.to_string()
+    }
+}
+
+impl ClientFrame {
+    /// Decodes one text message, without its request id.
+    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+        ClientRequest::decode(text).map(|request| request.frame)
+    }
+
+    /// Encodes the frame as a client would send it, without a request id.
+    pub fn encode(&self) -> String {
+        ClientRequest {
+            id: None,
+            frame: self.clone(),
+        }
+        .encode()
     }
 }
 
@@ -288,11 +403,14 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"message","body":"hi","extra":[1,{"a":null}]}"#),
-            Ok(ClientFrame::Message { body: "hi".into() })
+            Ok(ClientFrame::Message {
+                room: None,
+                body: "hi".into()
+            })
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"userleave"}"#),
-            Ok(ClientFrame::UserLeave)
+            Ok(ClientFrame::UserLeave { room: None })
         );
     }
 
@@ -315,17 +433,18 @@ mod tests {
         assert_eq!(
             ClientFrame::decode(r#"{"type":"seen","offset":3}"#),
             Ok(ClientFrame::Seen {
+                room: None,
                 offset: 3,
                 epoch: None
             })
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"typing"}"#),
-            Ok(ClientFrame::Typing)
+            Ok(ClientFrame::Typing { room: None })
         );
         assert_eq!(
             ClientFrame::decode(r#"{"type":"members"}"#),
-            Ok(ClientFrame::Members)
+            Ok(ClientFrame::Members { room: None })
         );
         for bad in [
             r#"{"type":"join","room":"r","history":-1}"#,
@@ -420,20 +539,75 @@ mod tests {
                     offset: 9,
                 }),
             },
-            ClientFrame::Message { body: "<x>".into() },
-            ClientFrame::UserLeave,
-            ClientFrame::Members,
-            ClientFrame::Typing,
+            ClientFrame::Message {
+                room: None,
+                body: "<x>".into(),
+            },
+            ClientFrame::UserLeave { room: None },
+            ClientFrame::Members { room: None },
+            ClientFrame::Typing { room: None },
             ClientFrame::Seen {
+                room: None,
                 offset: 4,
                 epoch: None,
             },
             ClientFrame::Seen {
+                room: Some("r".into()),
                 offset: 4,
                 epoch: Some("e1".into()),
             },
+            ClientFrame::Message {
+                room: Some("r".into()),
+                body: "hi".into(),
+            },
+            ClientFrame::Direct {
+                to: "bob".into(),
+                body: "hi".into(),
+            },
         ] {
-            assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame));
+            assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame.clone()));
+            let request = ClientRequest {
+                id: Some("r-1".into()),
+                frame,
+            };
+            assert_eq!(ClientRequest::decode(&request.encode()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn decodes_protocol_v2_requests() {
+        assert_eq!(
+            ClientRequest::decode(r#"{"type":"message","id":"m1","room":"r","body":"hi"}"#),
+            Ok(ClientRequest {
+                id: Some("m1".into()),
+                frame: ClientFrame::Message {
+                    room: Some("r".into()),
+                    body: "hi".into()
+                }
+            })
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"direct","body":"hi"}"#),
+            Err(DecodeError::MissingField("to"))
+        );
+        let longest = format!(r#"{{"type":"typing","id":"{}"}}"#, "i".repeat(64));
+        assert!(ClientRequest::decode(&longest).is_ok());
+        let longer = format!(r#"{{"type":"typing","id":"{}"}}"#, "i".repeat(65));
+        assert_eq!(ClientRequest::decode(&longer), Err(DecodeError::BadId));
+        assert_eq!(
+            ClientRequest::decode(r#"{"type":"typing","id":""}"#),
+            Err(DecodeError::BadId)
+        );
+        for bad in [
+            r#"{"type":"typing","id":7}"#,
+            r#"{"type":"direct","to":["bob"],"body":"x"}"#,
+            r#"{"type":"typing","id":"a","ID":"b"}"#,
+        ] {
+            assert_eq!(
+                ClientRequest::decode(bad),
+                Err(DecodeError::Malformed),
+                "{bad}"
+            );
         }
     }
 }

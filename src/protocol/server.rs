@@ -5,6 +5,8 @@ use std::io;
 
 use bytes::Bytes;
 
+use super::ErrorCode;
+
 /// The `body` of a `{"type":"notice"}` frame (Palisade's addition; clients that do not know
 /// the type ignore it).
 pub(crate) mod notice {
@@ -22,13 +24,47 @@ pub(crate) mod notice {
     pub(crate) const HISTORY_RESET: &str = "history_reset";
 }
 
-/// A frame from the server. Field order and names are GarinChat's; `userId` is Palisade's
-/// addition (the token's subject) and comes after them, then the room extensions' fields,
-/// which only sockets that asked for them see (or, for `history`, that were sent history).
+/// How the frames of one member of a room look: which of the protocol's additions it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dialect {
+    /// GarinChat's frames, byte for byte (plus `userId`).
+    GarinChat,
+    /// A GarinChat socket that asked for the room extensions: offsets and positions too.
+    Extended,
+    /// Protocol v2: the room extensions, and every room frame names its room.
+    V2,
+}
+
+impl Dialect {
+    /// Every dialect, each with its index in a per-dialect table.
+    pub(crate) const ALL: [Dialect; 3] = [Dialect::GarinChat, Dialect::Extended, Dialect::V2];
+
+    /// This dialect's index in [`ALL`](Self::ALL).
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether it gets offsets, positions, `typing`, `seen` and the history notices.
+    pub(crate) const fn is_extended(self) -> bool {
+        !matches!(self, Dialect::GarinChat)
+    }
+}
+
+/// A frame from the server. Field order and names are GarinChat's; protocol v2's request id
+/// and room come right after `type` (a GarinChat socket never sees them), `userId` is
+/// Palisade's addition (the token's subject) and comes after GarinChat's fields, then the room
+/// extensions' fields, which only sockets that asked for them see (or, for `history`, that
+/// were sent history).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct ServerFrame<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
+    /// The request this frame answers (protocol v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    /// The room a room frame is about (protocol v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub body: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -55,6 +91,9 @@ pub(crate) struct ServerFrame<'a> {
     /// A past message, sent on join.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub history: bool,
+    /// An `error` frame's code (protocol v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'a str>,
 }
 
 impl<'a> ServerFrame<'a> {
@@ -118,6 +157,72 @@ impl<'a> ServerFrame<'a> {
         }
     }
 
+    /// A direct message to this user (protocol v2).
+    pub(crate) fn direct(body: &'a str, username: &'a str, user_id: &'a str) -> Self {
+        Self {
+            kind: "direct",
+            body,
+            username,
+            user_id,
+            ..Self::default()
+        }
+    }
+
+    /// The answer to `auth` (protocol v2): who the socket is now.
+    pub(crate) fn authed(username: &'a str, user_id: &'a str) -> Self {
+        Self {
+            kind: "authed",
+            username,
+            user_id,
+            ..Self::default()
+        }
+    }
+
+    /// The answer to a request that has no other (protocol v2).
+    pub(crate) fn ok() -> Self {
+        Self {
+            kind: "ok",
+            ..Self::default()
+        }
+    }
+
+    /// A refused request (protocol v2).
+    pub(crate) fn error(code: ErrorCode) -> Self {
+        Self {
+            kind: "error",
+            code: Some(code.as_str()),
+            ..Self::default()
+        }
+    }
+
+    /// The frame as the request `id` (if any) is answered.
+    pub(crate) fn answering(mut self, id: Option<&'a str>) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The frame about `room` (protocol v2 names it).
+    pub(crate) fn in_room(mut self, room: Option<&'a str>) -> Self {
+        self.room = room;
+        self
+    }
+
+    /// The frame as a member speaking `dialect` gets it in `room`: without positions for
+    /// GarinChat's, naming the room for v2's.
+    pub(crate) fn shaped(mut self, dialect: Dialect, room: &'a str) -> Self {
+        match dialect {
+            Dialect::GarinChat => {
+                self.epoch = None;
+                self.offset = None;
+                self.seen = None;
+                self.recovered = None;
+            }
+            Dialect::Extended => {}
+            Dialect::V2 => self.room = Some(room),
+        }
+        self
+    }
+
     /// The frame with a room position (`epoch` and `offset`).
     pub(crate) fn at(mut self, epoch: &'a str, offset: u64) -> Self {
         self.epoch = Some(epoch);
@@ -144,6 +249,12 @@ pub(crate) struct Listed<'a> {
 pub(crate) struct MembersFrame<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The request it answers (protocol v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    /// The room (protocol v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
     pub members: Vec<Listed<'a>>,
     /// Users in the room, listed or not.
     pub total: usize,
@@ -230,6 +341,8 @@ mod tests {
         );
         let list = MembersFrame {
             kind: "members",
+            id: None,
+            room: None,
             members: vec![Listed {
                 user_id: "u",
                 username: "<a>",
@@ -240,6 +353,30 @@ mod tests {
         assert_eq!(
             &list.encode()[..],
             br#"{"type":"members","members":[{"userId":"u","username":"\u003ca\u003e"}],"total":3,"truncated":true}"#
+        );
+    }
+
+    #[test]
+    fn v2_names_the_request_and_the_room_right_after_the_type() {
+        let live = ServerFrame::message("hi", "a", "u").at("e", 3);
+        assert_eq!(
+            &live.clone().shaped(Dialect::GarinChat, "r").encode()[..],
+            br#"{"type":"message","body":"hi","username":"a","userId":"u"}"#
+        );
+        assert_eq!(
+            &live.shaped(Dialect::V2, "r").encode()[..],
+            br#"{"type":"message","room":"r","body":"hi","username":"a","userId":"u","epoch":"e","offset":3}"#
+        );
+        assert_eq!(
+            &ServerFrame::error(ErrorCode::RoomFull)
+                .answering(Some("j1"))
+                .in_room(Some("vip"))
+                .encode()[..],
+            br#"{"type":"error","id":"j1","room":"vip","code":"room_full"}"#
+        );
+        assert_eq!(
+            &ServerFrame::ok().answering(Some("m1")).encode()[..],
+            br#"{"type":"ok","id":"m1"}"#
         );
     }
 

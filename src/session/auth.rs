@@ -13,7 +13,7 @@ use crate::auth::{AuthError, Identity};
 use crate::bans::Offender;
 use crate::broker::SessionClaim;
 use crate::metrics::labels::SessionState;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Version};
 use crate::sessions::TokenId;
 
 impl Session {
@@ -44,11 +44,12 @@ impl Session {
             return self.refresh(identity);
         }
         self.check_ban(&identity)?;
-        let Ok(registration) =
-            self.gateway
-                .sessions
-                .register_user(&identity.user_id, self.id, &self.outbox)
-        else {
+        let Ok(registration) = self.gateway.sessions.register_user(
+            &identity.user_id,
+            self.id,
+            &self.outbox,
+            self.version == Version::V2,
+        ) else {
             return Err(self.refuse_auth(AuthError::TooManySessions));
         };
         // The cap counted on every node: one round trip to Redis, within its timeout.
@@ -63,7 +64,13 @@ impl Session {
         self.set_token_expiry(&identity);
         self.register_token(&identity);
         self.user = Some(registration);
-        self.enter(SessionState::AwaitAuth, State::AwaitJoin { identity });
+        self.enter(
+            SessionState::AwaitAuth,
+            State::Authed {
+                identity,
+                rooms: Vec::new(),
+            },
+        );
         self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
         Ok(())
     }

@@ -6,6 +6,12 @@
 //!                                           └────────────── userleave ──────────┘
 //! ```
 //!
+//! A GarinChat socket is in at most one room. A protocol v2 socket (see [`direct`] and
+//! `docs/PROTOCOL.md`) joins up to `MAX_ROOMS_PER_SOCKET` rooms, names the room in each frame,
+//! and its join deadline runs only until its first join. Every frame is a request: what
+//! concerns one room or one frame is refused with an `error` frame in v2 (a [`Refusal::Error`],
+//! which a GarinChat socket gets as the close code beside it), what ends the session closes.
+//!
 //! Three tasks per socket: the [`reader`] (owns the read half), the [`writer`] (owns the write
 //! half and drains the outbox), and this session, which `select!`s only over cancel-safe
 //! branches: reader events, the outbox's eviction signal, the state's deadline, the
@@ -18,6 +24,7 @@
 
 mod auth;
 mod close;
+mod direct;
 pub mod reader;
 pub(crate) mod settings;
 mod timers;
@@ -44,8 +51,10 @@ use crate::limits::SessionLimiters;
 use crate::metrics::labels::{DropReason, RateLimit, SessionState};
 use crate::names::{validate_room, validate_username};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
-use crate::protocol::{ClientFrame, CloseCode, Since};
-use crate::sessions::{Registration, TokenId};
+use crate::protocol::{
+    ClientFrame, ClientRequest, CloseCode, Dialect, ErrorCode, ServerFrame, Since, Version,
+};
+use crate::sessions::{Registration, RoomSlot, TokenId};
 use crate::state::Gateway;
 use close::{End, Summary};
 use reader::{EventReceiver, Inbound};
@@ -58,21 +67,26 @@ const READER_QUEUE: usize = 4;
 /// Where a session is in the protocol.
 enum State {
     AwaitAuth,
-    AwaitJoin {
+    /// Authenticated, in `rooms` (none: awaiting a join; a GarinChat socket has at most one).
+    Authed {
         identity: Identity,
+        rooms: Vec<Joined>,
     },
-    InRoom {
-        identity: Identity,
-        membership: Membership,
-    },
+}
+
+/// A room the socket is in.
+struct Joined {
+    membership: Membership,
+    /// The user's place under `MAX_ROOMS_PER_USER` (v2 sockets).
+    _slot: Option<RoomSlot>,
 }
 
 impl State {
     fn label(&self) -> SessionState {
         match self {
             State::AwaitAuth => SessionState::AwaitAuth,
-            State::AwaitJoin { .. } => SessionState::AwaitJoin,
-            State::InRoom { .. } => SessionState::InRoom,
+            State::Authed { rooms, .. } if rooms.is_empty() => SessionState::AwaitJoin,
+            State::Authed { .. } => SessionState::InRoom,
         }
     }
 
@@ -83,25 +97,52 @@ impl State {
     fn identity(&self) -> Option<&Identity> {
         match self {
             State::AwaitAuth => None,
-            State::AwaitJoin { identity } | State::InRoom { identity, .. } => Some(identity),
+            State::Authed { identity, .. } => Some(identity),
         }
     }
 
     fn identity_mut(&mut self) -> Option<&mut Identity> {
         match self {
             State::AwaitAuth => None,
-            State::AwaitJoin { identity } | State::InRoom { identity, .. } => Some(identity),
+            State::Authed { identity, .. } => Some(identity),
         }
     }
 }
 
+/// Why a frame was not done.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The session ends with this code.
+    Close(CloseCode),
+    /// The request is refused and the session goes on (a GarinChat socket closes instead).
+    Error(ErrorCode),
+}
+
+impl From<CloseCode> for Refusal {
+    fn from(code: CloseCode) -> Refusal {
+        Refusal::Close(code)
+    }
+}
+
+/// What a done request has been answered with.
+enum Answer {
+    /// Nothing yet: a v2 request with an id gets `ok`.
+    Done,
+    /// Its own answer (`authed`, the join acknowledgement, `members`) is on its way.
+    Sent,
+}
+
+type Handled = Result<Answer, Refusal>;
+
 struct Session {
     id: SessionId,
     gateway: Arc<Gateway>,
+    /// GarinChat's protocol or v2, chosen at the upgrade.
+    version: Version,
     outbox: Outbox,
     limiters: SessionLimiters,
     state: State,
-    /// When the current state's deadline (auth or join) passes; `None` in a room.
+    /// When the current state's deadline (auth or join) passes; `None` once joined.
     deadline: Option<Instant>,
     /// This session under its client address, so a ban of the address closes it.
     _address: Registration<IpKey>,
@@ -121,6 +162,7 @@ pub(crate) async fn run<S>(
     ws: WebSocket<S>,
     client_ip: IpAddr,
     admitted: Admitted,
+    version: Version,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,6 +199,7 @@ pub(crate) async fn run<S>(
             .sessions
             .register_ip(*admitted.ip.key(), id, &outbox),
         gateway: Arc::clone(&gateway),
+        version,
         outbox,
         limiters: SessionLimiters::new(&gateway.quotas),
         state: State::AwaitAuth,
@@ -243,75 +286,164 @@ impl Session {
         // The reader lets `auth` frames grow to a token's size; every other frame is held to
         // `MAX_MESSAGE_BYTES`.
         let oversized = text.len() > self.gateway.session.max_message_bytes;
-        let frame = match ClientFrame::decode(text) {
-            Ok(frame) => frame,
+        let request = match ClientRequest::decode(text) {
+            Ok(request) => request,
             Err(_) if oversized => return Err(CloseCode::MessageTooBig),
             Err(err) => {
                 debug!(session = self.id, state = self.state.name(), %err, "frame refused");
                 return Err(CloseCode::ProtocolViolation);
             }
         };
-        if oversized && !matches!(frame, ClientFrame::Auth { .. }) {
+        if oversized && !matches!(request.frame, ClientFrame::Auth { .. }) {
             return Err(CloseCode::MessageTooBig);
         }
+        // GarinChat's clients choose no ids, and get no answers but its own.
+        let id = match self.version {
+            Version::GarinChat => None,
+            Version::V2 => request.id.as_deref(),
+        };
+        let frame = &request.frame;
+        match self.handle(frame, id).await {
+            Ok(Answer::Done) => {
+                if id.is_some() {
+                    self.answer(ServerFrame::ok().answering(id));
+                }
+                Ok(())
+            }
+            Ok(Answer::Sent) => Ok(()),
+            Err(Refusal::Close(code)) => Err(code),
+            Err(Refusal::Error(code)) => {
+                debug!(
+                    session = self.id,
+                    frame = frame.kind(),
+                    code = code.as_str(),
+                    "request refused"
+                );
+                match self.version {
+                    Version::GarinChat => Err(code
+                        .garinchat_close()
+                        .unwrap_or(CloseCode::ProtocolViolation)),
+                    Version::V2 => {
+                        let room = frame.room();
+                        self.answer(ServerFrame::error(code).answering(id).in_room(room));
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Does what one frame asks.
+    async fn handle(&mut self, frame: &ClientFrame, id: Option<&str>) -> Handled {
         match frame {
-            // Boxed: their futures (a key fetch, a room opened on other nodes) are large, and
-            // unboxed they would be part of every idle session's state.
-            ClientFrame::Auth { token } => Box::pin(self.on_auth(&token)).await,
+            // Boxed: their futures (a key fetch, a room opened on other nodes, a directory
+            // query) are large, and unboxed they would be part of every idle session's state.
+            ClientFrame::Auth { token } => {
+                Box::pin(self.on_auth(token)).await?;
+                self.on_authed(id)
+            }
             ClientFrame::Join {
                 username,
                 room,
                 history,
                 since,
-            } => Box::pin(self.on_join(username, &room, history, since)).await,
-            ClientFrame::Message { body } => self.on_message(&body),
-            ClientFrame::UserLeave => self.on_leave(),
-            ClientFrame::Members => self.on_members(),
-            ClientFrame::Typing => self.on_typing(),
-            ClientFrame::Seen { offset, epoch } => self.on_seen(offset, epoch.as_deref()),
+            } => {
+                let asked = JoinRequest {
+                    username: username.as_deref(),
+                    room,
+                    history: *history,
+                    since: since.as_ref(),
+                    id,
+                };
+                Box::pin(self.on_join(asked)).await
+            }
+            ClientFrame::Message { room, body } => self.on_message(room.as_deref(), body),
+            ClientFrame::UserLeave { room } => self.on_leave(room.as_deref()),
+            ClientFrame::Members { room } => self.on_members(room.as_deref(), id),
+            ClientFrame::Typing { room } => self.on_typing(room.as_deref()),
+            ClientFrame::Seen {
+                room,
+                offset,
+                epoch,
+            } => self.on_seen(room.as_deref(), *offset, epoch.as_deref()),
+            ClientFrame::Direct { to, body } => Box::pin(self.on_direct(to, body)).await,
         }
     }
 
-    /// The membership, or 4004 for a frame that needs one.
-    fn membership(&self, frame: &'static str) -> Result<&Membership, CloseCode> {
-        match &self.state {
-            State::InRoom { membership, .. } => Ok(membership),
-            _ => Err(self.out_of_state(frame)),
+    /// Queues an answer to this socket.
+    fn answer(&self, frame: ServerFrame<'_>) {
+        self.outbox.deliver(Outbound::text(frame.encode()));
+    }
+
+    /// After an `auth`: a v2 socket is told who it is now (GarinChat's hears nothing).
+    fn on_authed(&self, id: Option<&str>) -> Handled {
+        if self.version == Version::GarinChat {
+            return Ok(Answer::Done);
         }
+        let identity = self.state.identity().expect("authenticated");
+        self.answer(ServerFrame::authed(&identity.display_name, &identity.user_id).answering(id));
+        Ok(Answer::Sent)
+    }
+
+    /// The membership a room frame is for: GarinChat's socket's one room, or the room a v2
+    /// frame names. A frame before auth (or, for GarinChat's, before join) is 4004; a v2 room
+    /// frame without a room is malformed (4004); one for a room the socket is not in is
+    /// `not_joined`.
+    fn member_of(&self, frame: &'static str, room: Option<&str>) -> Result<&Membership, Refusal> {
+        let State::Authed { rooms, .. } = &self.state else {
+            return Err(self.out_of_state(frame).into());
+        };
+        let joined = match self.version {
+            Version::GarinChat => rooms.first().ok_or_else(|| self.out_of_state(frame))?,
+            Version::V2 => {
+                let Some(room) = room else {
+                    debug!(session = self.id, frame, "v2 room frame without a room");
+                    return Err(CloseCode::ProtocolViolation.into());
+                };
+                rooms
+                    .iter()
+                    .find(|joined| joined.membership.room() == room)
+                    .ok_or(Refusal::Error(ErrorCode::NotJoined))?
+            }
+        };
+        Ok(&joined.membership)
     }
 
     /// `members`: answered with the room's members, under the control budget.
-    fn on_members(&mut self) -> Result<(), CloseCode> {
-        self.membership("members")?;
+    fn on_members(&mut self, room: Option<&str>, id: Option<&str>) -> Handled {
+        self.member_of("members", room)?;
         self.spend_control()?;
-        let frame = self.membership("members")?.members();
+        let frame = self.member_of("members", room)?.members(id);
         self.outbox.deliver(Outbound::text(frame));
-        Ok(())
+        Ok(Answer::Sent)
     }
 
     /// `typing`: relayed (coalesced), under its own budget.
-    fn on_typing(&mut self) -> Result<(), CloseCode> {
-        self.membership("typing")?;
+    fn on_typing(&mut self, room: Option<&str>) -> Handled {
+        self.member_of("typing", room)?;
         if !self.limiters.allow_typing(&self.gateway.quotas) {
             debug!(session = self.id, "typing rate exceeded");
             self.gateway.metrics.rate_limit(RateLimit::Typing);
-            return Err(CloseCode::RateLimited);
+            return Err(CloseCode::RateLimited.into());
         }
-        self.membership("typing")?.typing();
-        Ok(())
+        self.member_of("typing", room)?.typing();
+        Ok(Answer::Done)
     }
 
     /// `seen`: the read position recorded and relayed (coalesced), under the control budget.
-    fn on_seen(&mut self, offset: u64, epoch: Option<&str>) -> Result<(), CloseCode> {
-        self.membership("seen")?;
+    fn on_seen(&mut self, room: Option<&str>, offset: u64, epoch: Option<&str>) -> Handled {
+        self.member_of("seen", room)?;
         self.spend_control()?;
-        self.membership("seen")?.seen(offset, epoch).map_err(|_| {
-            debug!(
-                session = self.id,
-                offset, "seen past the room's last message"
-            );
-            CloseCode::ProtocolViolation
-        })
+        self.member_of("seen", room)?
+            .seen(offset, epoch)
+            .map_err(|_| {
+                debug!(
+                    session = self.id,
+                    offset, "seen past the room's last message"
+                );
+                Refusal::Error(ErrorCode::SeenAhead)
+            })?;
+        Ok(Answer::Done)
     }
 
     /// Spends one unit of the control budget (joins, leaves, token refreshes); over it, the
@@ -324,18 +456,41 @@ impl Session {
         Err(CloseCode::RateLimited)
     }
 
-    async fn on_join(
-        &mut self,
-        username: Option<String>,
-        room: &str,
-        history: Option<u64>,
-        since: Option<Since>,
-    ) -> Result<(), CloseCode> {
-        let State::AwaitJoin { identity } = &self.state else {
-            return Err(self.out_of_state("join"));
+    /// Spends one unit of the socket's and the user's message budgets (a chat message or a
+    /// direct one); over either, 4006.
+    fn spend_message(&self, user: &Arc<str>) -> Result<(), CloseCode> {
+        let metrics = &self.gateway.metrics;
+        if !self.limiters.allow_message() {
+            debug!(session = self.id, "message rate exceeded");
+            metrics.rate_limit(RateLimit::Message);
+            return Err(CloseCode::RateLimited);
+        }
+        let broker = self.gateway.hub.broker();
+        if !self.gateway.user_messages.allow(user) || broker.over_rate(user) {
+            debug!(session = self.id, "user message rate exceeded");
+            metrics.rate_limit(RateLimit::UserMessage);
+            return Err(CloseCode::RateLimited);
+        }
+        Ok(())
+    }
+
+    async fn on_join(&mut self, asked: JoinRequest<'_>) -> Handled {
+        let JoinRequest { room, id, .. } = asked;
+        let State::Authed { identity, rooms } = &self.state else {
+            return Err(self.out_of_state("join").into());
         };
+        let settings = &self.gateway.session;
+        let in_room = match self.version {
+            Version::GarinChat => !rooms.is_empty(),
+            Version::V2 => rooms.iter().any(|joined| joined.membership.room() == room),
+        };
+        if in_room {
+            return Err(Refusal::Error(ErrorCode::AlreadyJoined));
+        }
         self.spend_control()?;
-        let names = &self.gateway.session.names;
+        if rooms.len() >= settings.max_rooms_per_socket {
+            return Err(Refusal::Error(ErrorCode::TooManyRooms));
+        }
         if identity
             .rooms
             .as_ref()
@@ -346,109 +501,114 @@ impl Session {
                 room_bytes = room.len(),
                 "room not in the token's rooms claim"
             );
-            return Err(CloseCode::RoomNotAllowed);
+            return Err(Refusal::Error(ErrorCode::RoomNotAllowed));
         }
-        validate_room(room, names.room_max_chars).map_err(|err| {
-            debug!(session = self.id, room_bytes = room.len(), %err, "room refused");
-            CloseCode::InvalidName
-        })?;
-        let display_name: Arc<str> = if names.trust_client_username {
-            let name = username.ok_or(CloseCode::InvalidName)?;
-            validate_username(&name, names.username_max_chars).map_err(|err| {
-                debug!(session = self.id, name_bytes = name.len(), %err, "username refused");
-                CloseCode::InvalidName
-            })?;
-            Arc::from(name)
-        } else {
-            Arc::clone(&identity.display_name)
+        let display_name = self.display_name(identity, room, asked.username)?;
+        let slot = match self.version {
+            Version::GarinChat => None,
+            Version::V2 => Some(
+                self.gateway
+                    .sessions
+                    .claim_room(&identity.user_id, settings.max_rooms_per_user)
+                    .ok_or(Refusal::Error(ErrorCode::TooManyRoomsForUser))?,
+            ),
         };
-        let hub = Arc::clone(&self.gateway.hub);
         let member = Member {
             session_id: self.id,
             user_id: Arc::clone(&identity.user_id),
             display_name,
             outbox: self.outbox.clone(),
-            extended: history.is_some() || since.is_some(),
+            dialect: match self.version {
+                Version::V2 => Dialect::V2,
+                Version::GarinChat if asked.history.is_some() || asked.since.is_some() => {
+                    Dialect::Extended
+                }
+                Version::GarinChat => Dialect::GarinChat,
+            },
         };
+        let hub = Arc::clone(&self.gateway.hub);
         let limits = hub.history_settings();
         let request = Request {
             // More than a room keeps is what it keeps.
-            history: history.map_or(limits.on_join, |wanted| {
+            history: asked.history.map_or(limits.on_join, |wanted| {
                 usize::try_from(wanted).map_or(limits.size, |wanted| wanted.min(limits.size))
             }),
-            since: since.map(|since| Position {
-                epoch: Arc::from(since.epoch),
+            since: asked.since.map(|since| Position {
+                epoch: Arc::from(since.epoch.as_str()),
                 offset: since.offset,
             }),
         };
         let membership = hub
-            .join_everywhere(room, member, &request)
+            .join_everywhere(room, member, &request, id)
             .await
             .map_err(|_| {
                 debug!(session = self.id, "room full");
-                CloseCode::RoomFull
+                Refusal::Error(ErrorCode::RoomFull)
             })?;
-        let State::AwaitJoin { identity } = std::mem::replace(&mut self.state, State::AwaitAuth)
-        else {
-            unreachable!("checked at the top");
-        };
-        self.enter(
-            SessionState::AwaitJoin,
-            State::InRoom {
-                identity,
+        let before = self.state.label();
+        if let State::Authed { rooms, .. } = &mut self.state {
+            rooms.push(Joined {
                 membership,
-            },
-        );
+                _slot: slot,
+            });
+        }
+        self.relabel(before);
         self.deadline = None;
-        Ok(())
+        Ok(Answer::Sent)
     }
 
-    fn on_message(&mut self, body: &str) -> Result<(), CloseCode> {
-        let State::InRoom {
-            identity,
-            membership,
-        } = &self.state
-        else {
-            return Err(self.out_of_state("message"));
-        };
-        let metrics = &self.gateway.metrics;
-        if !self.limiters.allow_message() {
-            debug!(session = self.id, "message rate exceeded");
-            metrics.rate_limit(RateLimit::Message);
-            return Err(CloseCode::RateLimited);
+    /// The name the joiner goes by: the token's, or (`TRUST_CLIENT_USERNAME`) the one it sent.
+    fn display_name(
+        &self,
+        identity: &Identity,
+        room: &str,
+        username: Option<&str>,
+    ) -> Result<Arc<str>, Refusal> {
+        let names = &self.gateway.session.names;
+        validate_room(room, names.room_max_chars).map_err(|err| {
+            debug!(session = self.id, room_bytes = room.len(), %err, "room refused");
+            Refusal::Error(ErrorCode::InvalidName)
+        })?;
+        if !names.trust_client_username {
+            return Ok(Arc::clone(&identity.display_name));
         }
-        let broker = self.gateway.hub.broker();
-        if !self.gateway.user_messages.allow(&identity.user_id)
-            || broker.over_rate(&identity.user_id)
-        {
-            debug!(session = self.id, "user message rate exceeded");
-            metrics.rate_limit(RateLimit::UserMessage);
-            return Err(CloseCode::RateLimited);
-        }
+        let name = username.ok_or(Refusal::Error(ErrorCode::InvalidName))?;
+        validate_username(name, names.username_max_chars).map_err(|err| {
+            debug!(session = self.id, name_bytes = name.len(), %err, "username refused");
+            Refusal::Error(ErrorCode::InvalidName)
+        })?;
+        Ok(Arc::from(name))
+    }
+
+    fn on_message(&mut self, room: Option<&str>, body: &str) -> Handled {
+        self.member_of("message", room)?;
+        let user = Arc::clone(&self.state.identity().expect("in a room").user_id);
+        self.spend_message(&user)?;
         if body.is_empty() {
             // Documented: an empty message is dropped, not relayed (it still counts above).
-            metrics.dropped(DropReason::Empty);
-            return Ok(());
+            self.gateway.metrics.dropped(DropReason::Empty);
+            return Ok(Answer::Done);
         }
-        broker.count_message(&identity.user_id);
-        metrics.messages_received.inc();
-        membership.publish(body);
-        Ok(())
+        self.gateway.hub.broker().count_message(&user);
+        self.gateway.metrics.messages_received.inc();
+        self.member_of("message", room)?.publish(body);
+        Ok(Answer::Done)
     }
 
-    fn on_leave(&mut self) -> Result<(), CloseCode> {
-        if !matches!(self.state, State::InRoom { .. }) {
-            return Err(self.out_of_state("userleave"));
-        }
+    fn on_leave(&mut self, room: Option<&str>) -> Handled {
+        let leaving = self.member_of("userleave", room)?.room().to_owned();
         self.spend_control()?;
-        let State::InRoom { identity, .. } = std::mem::replace(&mut self.state, State::AwaitAuth)
-        else {
-            unreachable!("checked at the top");
-        };
-        // The membership was dropped with the old state: the room has heard `userleave`.
-        self.enter(SessionState::InRoom, State::AwaitJoin { identity });
-        self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
-        Ok(())
+        let before = self.state.label();
+        if let State::Authed { rooms, .. } = &mut self.state {
+            // Dropping the membership leaves the room: it hears `userleave` at once.
+            rooms.retain(|joined| joined.membership.room() != leaving);
+        }
+        self.relabel(before);
+        // GarinChat's socket must join again in time; a v2 socket may stay in no room.
+        if self.version == Version::GarinChat {
+            self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
+        }
+        Ok(Answer::Done)
     }
 
     /// A frame not allowed in the current state: logged, then 4004.
@@ -465,10 +625,26 @@ impl Session {
     /// Enters `next`, leaving the state `from` (the open-sessions gauge follows).
     fn enter(&mut self, from: SessionState, next: State) {
         self.state = next;
-        self.gateway
-            .metrics
-            .session_state(Some(from), Some(self.state.label()));
+        self.relabel(from);
     }
+
+    /// Moves the open-sessions gauge from `before` to the current state, if it changed.
+    fn relabel(&self, before: SessionState) {
+        let now = self.state.label();
+        if now != before {
+            self.gateway.metrics.session_state(Some(before), Some(now));
+        }
+    }
+}
+
+/// What a `join` asks for.
+struct JoinRequest<'a> {
+    username: Option<&'a str>,
+    room: &'a str,
+    history: Option<u64>,
+    since: Option<&'a Since>,
+    /// The request id the acknowledgement answers (v2).
+    id: Option<&'a str>,
 }
 
 impl Drop for Session {

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use super::reader::ReadLimits;
-use crate::config::{at_least, millis, nonzero_usize, secs, Config, ConfigError};
+use crate::config::{at_least, millis, nonzero_usize, secs, Config, ConfigError, DirectMessages};
 use crate::names::NameRules;
 
 /// What an `auth` frame may hold besides its token: `{"type":"auth","body":"…"}` and room for
@@ -26,6 +26,12 @@ pub(crate) struct Settings {
     /// Payload bytes queued to a socket before it is a slow consumer.
     pub max_outbound_bytes: usize,
     pub names: NameRules,
+    /// `MAX_ROOMS_PER_SOCKET`: rooms a v2 socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// `MAX_ROOMS_PER_USER`: rooms a user may be in over its v2 sockets on this node.
+    pub max_rooms_per_user: usize,
+    /// `DIRECT_MESSAGES`: who may send direct messages to whom.
+    pub direct_messages: DirectMessages,
 }
 
 /// How long each step of a session may take.
@@ -80,6 +86,10 @@ impl Settings {
                 max_message_bytes * 6 + 1024,
             )?,
             names: NameRules::from_env(env)?,
+            max_rooms_per_socket: nonzero_usize("MAX_ROOMS_PER_SOCKET", env.max_rooms_per_socket)?
+                .get(),
+            max_rooms_per_user: nonzero_usize("MAX_ROOMS_PER_USER", env.max_rooms_per_user)?.get(),
+            direct_messages: env.direct_messages,
         })
     }
 }
@@ -100,6 +110,13 @@ mod tests {
         assert_eq!(settings.deadlines.auth, Duration::from_millis(1));
         assert_eq!(settings.keepalive.idle_timeout, None);
         assert_eq!(settings.max_message_bytes, 1);
+        assert_eq!(settings.max_rooms_per_socket, 16);
+        let one = Settings::from_env(&env(&[
+            ("MAX_ROOMS_PER_SOCKET", "1"),
+            ("MAX_ROOMS_PER_USER", "1"),
+        ]))
+        .unwrap();
+        assert_eq!((one.max_rooms_per_socket, one.max_rooms_per_user), (1, 1));
         assert_eq!(
             settings.read.max_message_bytes,
             16384 + AUTH_FRAME_OVERHEAD,
@@ -122,6 +139,8 @@ mod tests {
             "MAX_MESSAGE_BYTES",
             "MAX_FRAGMENTS",
             "OUTBOUND_QUEUE_FRAMES",
+            "MAX_ROOMS_PER_SOCKET",
+            "MAX_ROOMS_PER_USER",
         ] {
             assert_names(Settings::from_env(&env(&[(var, "0")])), var);
         }

@@ -9,7 +9,7 @@ use tokio::io::DuplexStream;
 use crate::auth::mint::{mint_hs_token, TokenRequest};
 use crate::config::Secret;
 use crate::settings::Settings;
-use crate::testing::connect_in_memory;
+use crate::testing::{connect_in_memory, Version};
 use crate::CloseCode;
 
 const SECRET: &str = "session-test-secret";
@@ -64,7 +64,7 @@ async fn close_code(client: &mut WebSocket<DuplexStream>) -> u16 {
 /// Connects a client to a fresh gateway with `extra` settings.
 fn connect(extra: &[(&str, &str)]) -> WebSocket<DuplexStream> {
     let gateway = gateway(extra);
-    connect_in_memory(&gateway, [127, 0, 0, 1].into()).0
+    connect_in_memory(&gateway, [127, 0, 0, 1].into(), Version::GarinChat).0
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -124,7 +124,8 @@ async fn a_refresh_by_a_banned_user_closes_4009() {
     // A ban this node learned without closing the session (its notice was lost, say): the
     // next refresh catches it.
     let gateway = gateway(&[]);
-    let (mut client, _session) = connect_in_memory(&gateway, [127, 0, 0, 1].into());
+    let (mut client, _session) =
+        connect_in_memory(&gateway, [127, 0, 0, 1].into(), Version::GarinChat);
     auth(&mut client, &token("alice", HOUR)).await;
     join(&mut client).await;
     tokio::task::yield_now().await;

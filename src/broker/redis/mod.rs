@@ -235,9 +235,9 @@ impl RedisBroker {
     }
 
     /// Keeps a ban or unban that could not be written, to write it when Redis is back (a
-    /// kick only matters now: it is dropped).
+    /// kick or a direct message only matters now: it is dropped).
     fn keep_pending(&self, notice: Notice) {
-        if matches!(notice, Notice::Kick { .. }) {
+        if matches!(notice, Notice::Kick { .. } | Notice::Direct { .. }) {
             return;
         }
         let mut pending = self.pending_control.lock().expect("never poisoned");
