@@ -33,15 +33,19 @@ test("recovery across the loss of one of two nodes sharing Redis", { timeout: 30
   await room.join({ history: 0 });
   const out = await writer.join("cluster-room");
   // The reader on B sees the writer on A: the nodes share the room through Redis.
+  const before = next(room, "message", (d) => d.body === "before", 5000);
   await out.send("before");
-  await next(room, "message", (d) => d.body === "before", 5000);
+  await before;
   const epoch = room.position.epoch;
 
   const recovered = next(room, "recovered", () => true, 20_000);
-  proxy.target = nodeA.port; // where the reconnect will lead
+  proxy.target = nodeA.port; // where the reconnect will lead, once the messages were sent
+  proxy.hold();
   await nodeB.stop("SIGKILL");
+  await next(reader, "reconnecting");
   await out.send("missed 1");
   await out.send("missed 2");
+  proxy.resume();
   const outcome = await recovered;
   assert.equal(outcome.recovered, true, JSON.stringify(outcome));
   assert.equal(outcome.epoch, epoch, "the room's epoch outlives a node");
@@ -52,4 +56,5 @@ test("recovery across the loss of one of two nodes sharing Redis", { timeout: 30
   assert.deepEqual(messages.map((m) => m.body), ["before", "missed 1", "missed 2", "after"]);
   const offsets = messages.map((m) => m.offset);
   assert.deepEqual(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2, offsets[0] + 3]);
+  assert.deepEqual(messages.map((m) => m.history === true), [false, true, true, false], "the missed ones recovered");
 });

@@ -59,12 +59,15 @@ test("a network drop is recovered from the last offset: the missed messages arri
 
     const recovered = rooms.map((name) => next(reader.room(name), "recovered"));
     const closes = collect(reader, "close");
+    // The network goes down: the reader cannot come back until the messages were sent.
+    proxy.hold();
     proxy.cut();
     await next(reader, "reconnecting");
     for (const name of rooms) {
       await out[name].send(`${name} missed 1`);
       await out[name].send(`${name} missed 2`);
     }
+    proxy.resume();
     for (const outcome of await Promise.all(recovered)) assert.equal(outcome.recovered, true, JSON.stringify(outcome));
     await next(reader, "state", (d) => d.state === "open").catch(() => {});
     for (const name of rooms) await out[name].send(`${name} after`);
@@ -75,6 +78,7 @@ test("a network drop is recovered from the last offset: the missed messages arri
       const offsets = seen[name].map((m) => m.offset);
       assert.deepEqual(offsets, [...offsets].sort((a, b) => a - b), "in order");
       assert.equal(new Set(offsets).size, offsets.length, "once each");
+      assert.deepEqual(seen[name].map((m) => m.history === true), [false, true, true, false], "the missed ones recovered");
     }
     assert.equal(closes[0].code, 1006);
     assert.equal(closes[0].reconnect, true);
@@ -191,4 +195,28 @@ test("no reconnect after 4009 (banned through the server API)", { timeout: 15_00
   assert.equal(counter.opened, sockets, "no socket after the close");
   assert.equal(client.rooms.size, 0);
   assert.deepEqual(reconnecting, []);
+});
+
+test("a message delivered twice (a faulty intermediary) reaches the app once, by its offset", { timeout: 15_000 }, async () => {
+  const server = await gateway();
+  // Every frame from the server is handed to the SDK twice.
+  class Doubling extends LoggingWebSocket {
+    addEventListener(type, listener, options) {
+      if (type !== "message") return super.addEventListener(type, listener, options);
+      return super.addEventListener(type, (event) => {
+        listener(event);
+        listener(event);
+      }, options);
+    }
+  }
+  const reader = makeClient(server.url, "reader-twice", { WebSocket: Doubling });
+  const writer = makeClient(server.url, "writer-twice");
+  const room = reader.room("twice");
+  const messages = collect(room, "message");
+  await room.join({ history: 0 });
+  const out = await writer.join("twice");
+  for (const body of ["a", "b", "c"]) await out.send(body);
+  await until(() => messages.length >= 3, 5000, "three messages");
+  await sleep(200);
+  assert.deepEqual(messages.map((m) => m.body), ["a", "b", "c"]);
 });

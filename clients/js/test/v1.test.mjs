@@ -62,14 +62,17 @@ test("protocol: \"v1\" offers no subprotocol, and a v1 reconnect recovers from i
     await room.join({ history: 0 });
     assert.equal(reader.protocol, "v1");
     const writerRoom = await writer.join("v1-recovery");
+    const one = next(room, "message", (d) => d.body === "one");
     await writerRoom.send("one");
-    await next(room, "message", (d) => d.body === "one");
+    await one;
 
     const recovered = next(room, "recovered");
+    proxy.hold();
     proxy.cut();
     await next(reader, "reconnecting");
     await writerRoom.send("two");
     await writerRoom.send("three");
+    proxy.resume();
     const outcome = await recovered;
     assert.equal(outcome.recovered, true, JSON.stringify(outcome));
     await sleep(200);

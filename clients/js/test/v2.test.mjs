@@ -71,8 +71,9 @@ test("typing and read positions travel per room", { timeout: 15_000 }, async () 
   await bobRoom.typing();
   assert.equal((await typing).userId, "bob-typing");
 
+  const readMe = next(bobRoom, "message", (d) => d.body === "read me");
   await annRoom.send("read me");
-  await next(bobRoom, "message", (d) => d.body === "read me");
+  await readMe;
   const seen = next(annRoom, "seen");
   await bobRoom.seen();
   const detail = await seen;

@@ -218,6 +218,7 @@ export class Proxy {
     this.target = target;
     this.stripSubprotocol = stripSubprotocol;
     this.sockets = new Set();
+    this.holding = false;
     this.server = createServer((client) => this.#pipe(client));
   }
 
@@ -231,7 +232,20 @@ export class Proxy {
     return `ws://127.0.0.1:${this.port}/`;
   }
 
+  /** Refuses new connections (closing them at once) until `resume()`: the network is down. */
+  hold() {
+    this.holding = true;
+  }
+
+  resume() {
+    this.holding = false;
+  }
+
   #pipe(client) {
+    if (this.holding) {
+      client.destroy();
+      return;
+    }
     const upstream = tcpConnect(this.target, "127.0.0.1");
     for (const socket of [client, upstream]) {
       this.sockets.add(socket);
