@@ -38,6 +38,9 @@ test("the SDK joins two rooms on one socket, with history, recovery, members, ty
             resolve(detail);
           });
         });
+      const until = async (predicate) => {
+        for (let i = 0; i < 100 && !predicate(); i++) await new Promise((r) => setTimeout(r, 20));
+      };
       // One message a second per socket (the default rate): each sender says one thing.
       const say = async (name, room, body) => {
         const sender = await client(name);
@@ -54,6 +57,7 @@ test("the SDK joins two rooms on one socket, with history, recovery, members, ty
       const past = [];
       room.on("message", (m) => past.push(m));
       const ack = await room.join({ history: 10 });
+      await until(() => past.length >= 2); // past messages follow the acknowledgement
       out.ack = { offset: ack.offset, epoch: ack.epoch };
       out.past = past.map((m) => [m.body, m.offset, m.history === true]);
       out.position = { ...room.position };
@@ -67,8 +71,9 @@ test("the SDK joins two rooms on one socket, with history, recovery, members, ty
       const recovered = [];
       again.on("message", (m) => recovered.push(m.body));
       const backAck = await again.join({ since: kept });
+      await until(() => recovered.length >= 1);
       out.recovered = backAck.recovered;
-      out.missed = recovered;
+      out.missed = [...recovered];
       out.backPosition = { ...again.position };
 
       // A second room on the same socket; frames stay in their rooms.
