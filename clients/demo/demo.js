@@ -82,7 +82,7 @@ async function openRoom(name) {
     return undefined;
   }
   select(name);
-  refreshMembers(view);
+  fetchMembers(view);
   return undefined;
 }
 
@@ -109,11 +109,11 @@ function createView(name) {
     badge,
     panel,
     unread: 0,
+    members: new Map(), // userId → username, kept from join and leave events
     readers: new Map(), // userId → {username, offset}: the "seen by" line
     lastSeenSent: -1,
     lastTypingSent: 0,
     typingTimer: null,
-    membersTimer: null,
     seenTimer: null,
   };
   views.set(name, view);
@@ -131,16 +131,19 @@ function wire(view) {
   });
   room.on("join", (d) => {
     log(room.name, `${d.username} joined`, "event");
-    scheduleMembers(view);
+    view.members.set(d.userId, d.username);
+    renderMembers(view);
   });
   room.on("leave", (d) => {
     log(room.name, `${d.username} left`, "event");
+    view.members.delete(d.userId);
     view.readers.delete(d.userId);
-    scheduleMembers(view);
+    renderMembers(view);
     renderSeenBy(view);
   });
   room.on("typing", (d) => showTyping(view, d.username));
   room.on("seen", (d) => {
+    if (d.userId === client.user?.userId) return; // this user's own position, from any tab
     view.readers.set(d.userId, { username: d.username, offset: d.offset });
     renderSeenBy(view);
   });
@@ -148,7 +151,7 @@ function wire(view) {
   room.on("recovered", (d) => {
     if (d.error) log(room.name, `Could not rejoin: ${d.error.code}`, "event");
     else log(room.name, d.recovered ? "Reconnected: nothing missed." : "Reconnected: some messages may be missing.", "event");
-    scheduleMembers(view);
+    if (!d.error) fetchMembers(view); // who came and went meanwhile
   });
 }
 
@@ -162,7 +165,6 @@ function select(name) {
   if (view) {
     setUnread(view, 0);
     markSeen(view);
-    refreshMembers(view);
   }
   enable(client?.state === "open");
 }
@@ -170,7 +172,7 @@ function select(name) {
 function removeRoom(name) {
   const view = views.get(name);
   if (!view) return;
-  for (const timer of [view.typingTimer, view.membersTimer, view.seenTimer]) clearTimeout(timer);
+  for (const timer of [view.typingTimer, view.seenTimer]) clearTimeout(timer);
   view.tab.remove();
   view.panel.remove();
   views.delete(name);
@@ -189,22 +191,27 @@ function setUnread(view, count) {
 
 // ---- members, typing, read receipts ----------------------------------------------------
 
-/** Joins and leaves come in bursts; one `members` request answers them all. */
-function scheduleMembers(view) {
-  clearTimeout(view.membersTimer);
-  view.membersTimer = setTimeout(() => refreshMembers(view), 250);
-}
-
-async function refreshMembers(view) {
-  if (view.room.name !== current) return;
+/**
+ * The member list: asked for once per join (and after a rejoin), then kept from join and leave
+ * events. Every request spends the control budget (CONTROL_RATE_PER_SEC, 2/s by default), so
+ * the page never asks on every event.
+ */
+async function fetchMembers(view) {
   try {
     const { members, total, truncated } = await view.room.members();
-    const list = view.panel.querySelector(".members");
-    list.replaceChildren(...members.map((m) => item(m.userId === client.user?.userId ? `${m.username} (you)` : m.username)));
-    if (truncated) list.append(item(`… ${total} in all`));
+    view.members = new Map(members.map((m) => [m.userId, m.username]));
+    view.truncatedTotal = truncated ? total : undefined;
+    renderMembers(view);
   } catch {
-    // Disconnected meanwhile: the rejoin refreshes it.
+    // Disconnected meanwhile: the rejoin asks again.
   }
+}
+
+function renderMembers(view) {
+  const names = [...view.members].map(([userId, username]) => (userId === client.user?.userId ? `${username} (you)` : username));
+  const list = view.panel.querySelector(".members");
+  list.replaceChildren(...names.sort().map(item));
+  if (view.truncatedTotal) list.append(item(`… ${view.truncatedTotal} in all`));
 }
 
 function showTyping(view, username) {
@@ -220,7 +227,9 @@ function markSeen(view) {
   view.seenTimer = setTimeout(() => {
     view.seenTimer = null;
     const offset = view.room.position?.offset;
-    if (offset === undefined || offset <= view.lastSeenSent || !view.room.joined) return;
+    // Only a rise counts, and the acknowledgement said where this user had read up to.
+    const read = Math.max(view.lastSeenSent, view.room.seenOffset ?? 0);
+    if (offset === undefined || offset <= read || !view.room.joined) return;
     view.lastSeenSent = offset;
     view.room.seen(offset).catch(() => {});
   }, view.lastSeenSent < 0 ? 0 : SEEN_EVERY_MS);

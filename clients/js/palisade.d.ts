@@ -18,6 +18,15 @@ export declare function closeCodeInfo(code: number): CloseCodeInfo;
 /** The `exp` claim (Unix seconds) of a JWT, read without verifying it. */
 export declare function tokenExpiry(jwt: string): number | undefined;
 
+/** The server's GCRA rate limit mirrored on the client (a tenth slower, for safety). */
+export declare class Pacer {
+  constructor(perSec: number, burst: number);
+  /** Books the next slot; returns the ms to wait for it (0: now). */
+  book(now?: number): number;
+  /** Books a slot only if one is free now. */
+  tryNow(now?: number): boolean;
+}
+
 /** A delay in [0, min(maxDelayMs, initialDelayMs * 2^attempt)): full-jitter backoff. */
 export declare function backoffDelay(
   attempt: number,
@@ -70,6 +79,14 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   /** Reconnect attempts in a row before giving up (default Infinity). */
   maxAttempts?: number;
+  /** The server's CONTROL_RATE_PER_SEC: join, userleave, members, seen and refreshes are paced to it (default 2). */
+  controlRatePerSec?: number;
+  /** The server's CONTROL_BURST (default 5). */
+  controlBurst?: number;
+  /** The server's TYPING_RATE_PER_SEC: typing notices past it are dropped (default 2). */
+  typingRatePerSec?: number;
+  /** The server's TYPING_BURST (default 10). */
+  typingBurst?: number;
 }
 
 export interface JoinOptions {

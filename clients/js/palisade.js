@@ -71,7 +71,45 @@ const DEFAULTS = Object.freeze({
   refreshMarginMs: 30_000,
   requestTimeoutMs: 10_000,
   maxAttempts: Infinity,
+  // The server's default budgets per socket (CONTROL_RATE_PER_SEC/CONTROL_BURST,
+  // TYPING_RATE_PER_SEC/TYPING_BURST): past them it closes with 4006.
+  controlRatePerSec: 2,
+  controlBurst: 5,
+  typingRatePerSec: 2,
+  typingBurst: 10,
 });
+
+/** Frames that spend the server's control budget (a token refresh does too). */
+const CONTROL_FRAMES = new Set(["join", "userleave", "members", "seen"]);
+
+/**
+ * The server's rate limit (GCRA) mirrored on this side, so the client never earns a 4006 by
+ * itself: rejoining 16 rooms after a reconnect must not exceed a burst of 5.
+ */
+export class Pacer {
+  constructor(perSec, burst) {
+    // A tenth slower than the server allows: frames can bunch up on their way.
+    this.interval = 1100 / perSec;
+    this.burst = burst;
+    this.arrival = 0; // the theoretical arrival time of the next frame
+  }
+
+  /** Books the next slot and returns how long to wait for it (0: send now). */
+  book(now = Date.now()) {
+    const arrival = Math.max(this.arrival, now);
+    const wait = Math.max(0, arrival - (this.burst - 1) * this.interval - now);
+    this.arrival = arrival + this.interval;
+    return wait;
+  }
+
+  /** Whether a frame may go now; books the slot only if so. */
+  tryNow(now = Date.now()) {
+    const arrival = Math.max(this.arrival, now);
+    if (arrival - (this.burst - 1) * this.interval > now) return false;
+    this.arrival = arrival + this.interval;
+    return true;
+  }
+}
 
 /** An Error with the protocol's error `code` (and the request's `room`, when it had one). */
 export class PalisadeError extends Error {
@@ -305,7 +343,10 @@ export class PalisadeClient extends EventTarget {
   #ready = null; // {promise, resolve, reject} while a connection is under way
   #retryTimer = null;
   #refreshTimer = null;
-  #offerV1Next = false; // the v2 offer just failed its handshake: try once without it
+  #offerV1Next = false;
+  #controlPacer = null; // per socket, as the server's budgets are
+  #typingPacer = null;
+  #authedOnSocket = false; // the first auth is free; refreshes spend the control budget // the v2 offer just failed its handshake: try once without it
 
   /**
    * @param {string} url the gateway, e.g. "wss://chat.example.com/"
@@ -397,6 +438,9 @@ export class PalisadeClient extends EventTarget {
     this.#offerV1Next = false;
     const socket = new this.#WebSocket(this.url, offerV2 ? [SUBPROTOCOL] : []);
     this.#socket = socket;
+    this.#controlPacer = new Pacer(this.#options.controlRatePerSec, this.#options.controlBurst);
+    this.#typingPacer = new Pacer(this.#options.typingRatePerSec, this.#options.typingBurst);
+    this.#authedOnSocket = false;
     let opened = false;
     let ended = false;
     const end = (code, reason) => {
@@ -455,10 +499,11 @@ export class PalisadeClient extends EventTarget {
       const authed = await this._request({ type: "auth", body: token }, { answer: "authed" });
       this.user = { userId: authed.userId, username: authed.username };
     } else {
-      this.#sendFrame({ type: "auth", body: token });
+      await this._request({ type: "auth", body: token }, { answer: "none" }); // v1 answers nothing
       const claims = decodeJwtPayload(token) ?? {};
       this.user = { userId: claims.sub, username: claims.name ?? claims.sub };
     }
+    this.#authedOnSocket = true;
     emit(this, "authed", { ...this.user });
     this.#scheduleRefresh(token);
   }
@@ -579,7 +624,20 @@ export class PalisadeClient extends EventTarget {
    * that answers (askers wait in order); frames v1 does not answer resolve once sent.
    * Internal; the tests use it for frames the API would not send.
    */
-  _request(frame, { answer = "ok", room = frame.room, onAnswer } = {}) {
+  async _request(frame, options = {}) {
+    const socket = this.#socket;
+    if (frame.type === "typing") {
+      // A late typing notice is worthless: past the budget it is dropped, not delayed.
+      if (socket && !this.#typingPacer.tryNow()) return undefined;
+    } else if (socket && (CONTROL_FRAMES.has(frame.type) || (frame.type === "auth" && this.#authedOnSocket))) {
+      const wait = this.#controlPacer.book();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (this.#socket !== socket) throw new PalisadeError("disconnected", "the socket closed while the frame waited");
+    }
+    return this.#send(frame, options);
+  }
+
+  #send(frame, { answer = "ok", room = frame.room, onAnswer } = {}) {
     if (this.protocol === "v1") return this.#requestV1(frame, answer, onAnswer);
     if (answer === false) return attempt(() => this.#sendFrame(frame)); // typing: no answer
     const id = `r${this.#nextId++}`;

@@ -50,6 +50,7 @@ test("two pages chat in tabs, with unread counts, members, typing, seen by, and 
     assert.equal(await brian.locator(".log b:has-text('not bold')").count(), 0, "bodies are text, not HTML");
     // Brian has read it: Ada's page says so.
     await assertText(ada, `${panel("lobby")} .seen-by`, "Seen by Brian");
+    assert.equal(await ada.locator(`${panel("lobby")} .seen-by`).textContent(), "Seen by Brian", "not by Ada herself");
 
     // Typing shows on the other page.
     await brian.fill("#message", "typing…");
@@ -68,6 +69,8 @@ test("two pages chat in tabs, with unread counts, members, typing, seen by, and 
     await brian.screenshot({ path: join(SHOTS, "demo-tabs.png") });
     await brian.click('#tabs button[data-room="lobby"]');
     assert.equal(await brian.locator(badge("lobby")).textContent(), "");
+    assert.ok(await brian.locator(panel("lobby")).isVisible());
+    assert.ok(await brian.locator(panel("side")).isHidden(), "one room shown at a time");
     await assertText(brian, `${panel("lobby")} .log`, "Ada: two for the background");
 
     // Both in "side" too: messages stay in their room.
@@ -85,6 +88,10 @@ test("two pages chat in tabs, with unread counts, members, typing, seen by, and 
     await assertText(ada, `${panel("lobby")} .log`, "Brian left");
     await ada.locator(`${panel("lobby")} .members li`, { hasText: "Brian" }).waitFor({ state: "detached", timeout: 5000 });
 
+    // Nothing so far cost a connection: the page keeps within the server's control budget.
+    assert.equal(await brian.locator(".log li", { hasText: "Reconnected" }).count(), 0, "Brian's page never reconnected");
+    assert.equal(await ada.locator(".log li", { hasText: "Reconnected" }).count(), 0, "Ada's page never reconnected");
+
     // Two messages back to back: the server closes Ada's socket with 4006; the page shows
     // why, reconnects by itself and rejoins both rooms.
     await ada.waitForTimeout(1100);
@@ -101,6 +108,7 @@ test("two pages chat in tabs, with unread counts, members, typing, seen by, and 
   }
 });
 
+/** Waits for `text` in `selector`; a background tab's panel is hidden, so attached is enough. */
 async function assertText(page, selector, text) {
-  await page.locator(selector).filter({ hasText: text }).first().waitFor({ timeout: 5000 });
+  await page.locator(selector).filter({ hasText: text }).first().waitFor({ state: "attached", timeout: 5000 });
 }

@@ -220,3 +220,30 @@ test("a message delivered twice (a faulty intermediary) reaches the app once, by
   await sleep(200);
   assert.deepEqual(messages.map((m) => m.body), ["a", "b", "c"]);
 });
+
+test("joins and rejoins of many rooms keep within the server's control budget (no 4006)", { timeout: 30_000 }, async () => {
+  const server = await gateway({ CONTROL_RATE_PER_SEC: "2", CONTROL_BURST: "5" });
+  const proxy = await new Proxy(server.port).start();
+  const names = ["many-1", "many-2", "many-3", "many-4", "many-5", "many-6", "many-7", "many-8"];
+  try {
+    const client = makeClient(proxy.url, "many-rooms");
+    const closes = collect(client, "close");
+    await Promise.all(names.map((name) => client.join(name)));
+    assert.deepEqual([...client.rooms.keys()].sort(), names);
+
+    const recovered = names.map((name) => next(client.room(name), "recovered", () => true, 15_000));
+    proxy.cut();
+    // Every room rejoined (recovered or not: a room left empty may start a new epoch).
+    for (const outcome of await Promise.all(recovered)) assert.equal(outcome.error, undefined);
+    await until(() => client.state === "open", 5000, "open again");
+    assert.deepEqual(closes.map((c) => c.code), [1006], "only the drop, never a 4006");
+
+    // The same joins without the pacing (a budget the server does not have) cost the socket.
+    const reckless = makeClient(server.url, "reckless", { controlRatePerSec: 1000, controlBurst: 1000, maxAttempts: 0 });
+    const closed = next(reckless, "close");
+    await Promise.allSettled(names.map((name) => reckless.join(name)));
+    assert.equal((await closed).code, 4006);
+  } finally {
+    await proxy.stop();
+  }
+});
