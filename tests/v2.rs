@@ -11,28 +11,18 @@ use common::redis::{node_with, RedisServer};
 use common::{token, Client, TestServer, ORIGIN};
 use palisade::V2_SUBPROTOCOL;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-/// Opens a socket offering `protocols`; the socket and the subprotocol the server selected.
+/// Opens a socket offering `protocols` (comma-separated); the socket and the subprotocol the
+/// server selected.
 async fn connect_offering(server: &TestServer, protocols: &str) -> (Client, Option<String>) {
-    let mut request = server.url().into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("Origin", HeaderValue::from_static(ORIGIN));
-    if !protocols.is_empty() {
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_str(protocols).unwrap(),
-        );
-    }
-    let (ws, response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .expect("websocket connects");
-    let selected = response
-        .headers()
-        .get("Sec-WebSocket-Protocol")
-        .map(|value| value.to_str().unwrap().to_owned());
-    (Client { ws }, selected)
+    let offered: Vec<&str> = protocols
+        .split(',')
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+        .collect();
+    let client = Client::connect_with_protocols(&server.url(), Some(ORIGIN), &offered).await;
+    let selected = client.subprotocol();
+    (client, selected)
 }
 
 /// A v2 socket authenticated as `sub`, its `authed` answer consumed.
@@ -479,4 +469,44 @@ async fn direct_messages_cross_nodes_and_know_who_is_online_anywhere() {
         .await,
         error("z", None, "recipient_offline")
     );
+}
+
+#[tokio::test]
+async fn refused_requests_spend_the_control_budget() {
+    let server = TestServer::with(&[("CONTROL_RATE_PER_SEC", "1"), ("CONTROL_BURST", "2")]).await;
+    let mut alice = v2(&server, "alice").await;
+    for id in ["e1", "e2"] {
+        let refused = ask(
+            &mut alice,
+            json!({"type": "message", "id": id, "room": "nowhere", "body": "x"}),
+        )
+        .await;
+        assert_eq!(refused, error(id, Some("nowhere"), "not_joined"));
+    }
+    alice
+        .send_json(json!({"type": "message", "room": "nowhere", "body": "x"}))
+        .await;
+    assert_eq!(alice.expect_close().await.0, 4006, "past CONTROL_BURST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_notices_name_each_room_of_a_v2_socket() {
+    let mut redis = RedisServer::start().await;
+    let a = node_with(&redis, &[]).await;
+    let mut alice = v2(&a, "alice").await;
+    join(&mut alice, "room-a").await;
+    join(&mut alice, "room-b").await;
+    redis.kill();
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let notice = alice.recv_within(Duration::from_secs(10)).await;
+        assert_eq!(
+            (&notice["type"], &notice["body"]),
+            (&json!("notice"), &json!("delivery_interrupted")),
+            "{notice}"
+        );
+        rooms.push(notice["room"].as_str().unwrap().to_owned());
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["room-a", "room-b"]);
 }

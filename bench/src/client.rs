@@ -68,14 +68,21 @@ impl Dialer {
         Ok(socket.connect(self.addr).await?)
     }
 
-    /// A WebSocket to `path`, with small buffers (the load generator holds many thousands).
-    async fn websocket(&self, path: &str) -> anyhow::Result<Ws> {
+    /// A WebSocket to `path`, with small buffers (the load generator holds many thousands),
+    /// offering `subprotocol` if any.
+    async fn websocket(&self, path: &str, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
         let stream = self.tcp().await?;
         let mut request = format!("ws://{}{path}", self.addr).into_client_request()?;
         if let Some(origin) = &self.origin {
             request
                 .headers_mut()
                 .insert("Origin", HeaderValue::from_str(origin)?);
+        }
+        if let Some(subprotocol) = subprotocol {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(subprotocol)?,
+            );
         }
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
@@ -90,9 +97,9 @@ impl Dialer {
     /// acknowledgement has arrived), or connected to the room's path (bare).
     pub async fn joined(&self, token: &str, room: &str) -> anyhow::Result<Ws> {
         match self.protocol {
-            Protocol::Bare => self.websocket(&format!("/room/{room}")).await,
+            Protocol::Bare => self.websocket(&format!("/room/{room}"), None).await,
             Protocol::Palisade => {
-                let mut ws = self.websocket("/").await?;
+                let mut ws = self.websocket("/", None).await?;
                 let auth = serde_json::json!({"type": "auth", "body": token}).to_string();
                 let mut join = serde_json::json!({"type": "join", "room": room});
                 if self.room_extensions {
@@ -117,6 +124,39 @@ impl Dialer {
                 }
             }
         }
+    }
+}
+
+impl Dialer {
+    /// A Palisade socket speaking protocol v2, authenticated with `token` and in every room of
+    /// `rooms` (each join's acknowledgement has arrived).
+    pub async fn joined_v2(&self, token: &str, rooms: &[String]) -> anyhow::Result<Ws> {
+        let mut ws = self.websocket("/", Some("palisade.v2")).await?;
+        let auth = serde_json::json!({"type": "auth", "body": token}).to_string();
+        ws.send(Message::text(auth)).await?;
+        for (n, room) in rooms.iter().enumerate() {
+            let join = serde_json::json!({"type": "join", "id": format!("j{n}"), "room": room});
+            ws.send(Message::text(join.to_string())).await?;
+        }
+        let mut acknowledged = 0;
+        while acknowledged < rooms.len() {
+            let frame = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+                .await
+                .context("no join acknowledgement")?;
+            match frame {
+                Some(Ok(Message::Text(text))) if text.starts_with(r#"{"type":"join","id":"#) => {
+                    acknowledged += 1
+                }
+                Some(Ok(Message::Text(text))) if text.starts_with(r#"{"type":"error""#) => {
+                    bail!("join refused: {text}")
+                }
+                Some(Ok(Message::Close(frame))) => bail!("closed at join: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("closed at join"),
+            }
+        }
+        Ok(ws)
     }
 }
 

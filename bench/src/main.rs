@@ -19,6 +19,7 @@ mod fanout;
 mod procfs;
 mod progress;
 mod report;
+mod rooms;
 mod target;
 mod tokens;
 
@@ -32,6 +33,7 @@ use crate::churn::ChurnConfig;
 use crate::fanout::FanoutConfig;
 use crate::progress::Progress;
 use crate::report::Run;
+use crate::rooms::RoomsConfig;
 use crate::target::{External, Launch, Target};
 
 #[derive(Parser)]
@@ -73,6 +75,17 @@ enum Command {
         common: Common,
         #[arg(long, default_value_t = 10)]
         room_size: usize,
+    },
+    /// Users in many rooms each: server memory per user with one protocol v2 socket for all
+    /// its rooms, against one GarinChat socket per room.
+    Rooms {
+        #[command(flatten)]
+        common: Common,
+        /// Users (default 1000; 32 with --quick).
+        #[arg(long)]
+        users: Option<usize>,
+        #[arg(long, default_value_t = 16)]
+        rooms_per_user: usize,
     },
     /// Publishes through the server API into one room: publishes per second and the delay
     /// from the API call to delivery.
@@ -155,6 +168,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         | Command::Fanout { common, .. }
         | Command::History { common, .. }
         | Command::Api { common, .. }
+        | Command::Rooms { common, .. }
         | Command::Churn { common, .. } => common.clone(),
         Command::CeilingServer { .. } => unreachable!("served above"),
     };
@@ -176,6 +190,8 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         churn: Vec::new(),
         api_config: None,
         api: Vec::new(),
+        rooms_config: None,
+        rooms: Vec::new(),
     };
     let progress = Progress::new();
     let all = matches!(command, Command::All(_));
@@ -201,6 +217,16 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         api(&common, &mut run, &progress, *room_size).await?;
     } else if all {
         api(&common, &mut run, &progress, 100).await?;
+    }
+    if let Command::Rooms {
+        users,
+        rooms_per_user,
+        ..
+    } = &command
+    {
+        rooms(&common, &mut run, &progress, *users, *rooms_per_user).await?;
+    } else if all {
+        rooms(&common, &mut run, &progress, None, 16).await?;
     }
     if let Command::Churn {
         algorithms,
@@ -426,6 +452,47 @@ async fn api(
     let target = Target::palisade(&binary, &launch).await?;
     run.api.push(api::run(&target, &config, progress).await?);
     run.api_config = Some(config);
+    Ok(())
+}
+
+async fn rooms(
+    common: &Common,
+    run: &mut Run,
+    progress: &Progress,
+    users: Option<usize>,
+    rooms_per_user: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        common.url.is_none(),
+        "the rooms scenario starts its own gateways (no --url)"
+    );
+    let config = RoomsConfig {
+        users: users.unwrap_or(if common.quick { 32 } else { 1000 }),
+        rooms_per_user,
+        room_size: 16,
+        concurrency: 256,
+        settle_secs: if common.quick { 0.2 } else { 2.0 },
+    };
+    let binary = target::gateway_binary(common.gateway.clone())?;
+    for v2 in [true, false] {
+        let launch = Launch {
+            redis: common.redis.as_deref(),
+            env: vec![("MAX_ROOMS_PER_SOCKET", "64")],
+            ..Launch::default()
+        };
+        let target = Target::palisade(&binary, &launch).await?;
+        let result = rooms::run(&target, &config, v2, progress).await?;
+        progress.println(format!(
+            "  rooms {}: {} users in {} rooms each over {} sockets, {:.2} KiB RSS per user",
+            result.layout,
+            result.users,
+            config.rooms_per_user,
+            result.sockets_held,
+            result.rss_per_user_kib
+        ));
+        run.rooms.push(result);
+    }
+    run.rooms_config = Some(config);
     Ok(())
 }
 

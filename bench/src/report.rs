@@ -11,6 +11,7 @@ use crate::capacity::{CapacityConfig, CapacityResult};
 use crate::churn::{ChurnConfig, ChurnResult};
 use crate::fanout::{FanoutConfig, FanoutResult};
 use crate::procfs::Machine;
+use crate::rooms::{RoomsConfig, RoomsResult};
 
 /// Everything one run measured, with what it ran on and how.
 #[derive(Debug, Serialize)]
@@ -32,6 +33,9 @@ pub struct Run {
     /// Publishes through the server API into one room.
     pub api_config: Option<ApiConfig>,
     pub api: Vec<ApiResult>,
+    /// Users in many rooms: one v2 socket each, then one GarinChat socket per room.
+    pub rooms_config: Option<RoomsConfig>,
+    pub rooms: Vec<RoomsResult>,
 }
 
 /// The targets of the benchmark issue, checked in the summary.
@@ -180,6 +184,9 @@ impl Run {
         if let Some(config) = &self.api_config {
             self.api_summary(&mut out, config);
         }
+        if let Some(config) = &self.rooms_config {
+            self.rooms_summary(&mut out, config);
+        }
         if !self.churn.is_empty() {
             let _ = writeln!(
                 out,
@@ -214,6 +221,48 @@ impl Run {
             }
         }
         out
+    }
+
+    /// Users in many rooms: memory per user with one v2 socket against one socket per room.
+    fn rooms_summary(&self, out: &mut String, config: &RoomsConfig) {
+        let _ = writeln!(
+            out,
+            "### Many rooms per user: {} users in {} rooms each (rooms of {}), idle\n",
+            config.users, config.rooms_per_user, config.room_size
+        );
+        let _ = writeln!(
+            out,
+            "| layout | sockets held | memberships | failed | RSS per user | kernel TCP per user |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for r in &self.rooms {
+            let name = if r.layout == "v2" {
+                "one `palisade.v2` socket per user"
+            } else {
+                "one GarinChat socket per room"
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {:.2} KiB | {:.2} KiB |",
+                r.sockets_held,
+                r.memberships,
+                r.failed,
+                r.rss_per_user_kib,
+                r.kernel_tcp_per_user_kib
+            );
+        }
+        let find = |layout: &str| self.rooms.iter().find(|r| r.layout == layout);
+        if let (Some(v2), Some(v1)) = (find("v2"), find("v1")) {
+            let _ = writeln!(
+                out,
+                "\nOne socket in {} rooms costs the server {:.2} × the memory of {} sockets in one room each ({:.2} against {:.2} KiB per user).\n",
+                config.rooms_per_user,
+                v2.rss_per_user_kib / v1.rss_per_user_kib.max(0.001),
+                config.rooms_per_user,
+                v2.rss_per_user_kib,
+                v1.rss_per_user_kib
+            );
+        }
     }
 
     /// The server API: every step, and the highest within the limit.

@@ -204,6 +204,7 @@ impl Room {
         let total = self.total() + 1;
         let frame = ServerFrame::join(&member.username, &member.user_id, total);
         self.broadcast(&frame, None, metrics);
+        self.remote.insert(key, member);
     }
 
     pub(super) fn remove_remote(&mut self, key: &RemoteKey, metrics: &Metrics) {

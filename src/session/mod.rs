@@ -324,6 +324,9 @@ impl Session {
                         .garinchat_close()
                         .unwrap_or(CloseCode::ProtocolViolation)),
                     Version::V2 => {
+                        // Refusals are answered, so each spends the control budget: repeating
+                        // them is no free loop.
+                        self.spend_control()?;
                         let room = frame.room();
                         self.answer(ServerFrame::error(code).answering(id).in_room(room));
                         Ok(())

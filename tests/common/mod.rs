@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod child;
+pub(crate) mod frames;
 pub(crate) mod http;
 pub(crate) mod jwks;
 pub(crate) mod raw;
@@ -13,6 +14,7 @@ pub(crate) mod tls;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use frames::Protocol;
 use futures_util::{SinkExt, StreamExt};
 use palisade::config::Secret;
 use palisade::mint::{mint_hs_token, TokenRequest};
@@ -134,6 +136,12 @@ impl TestServer {
         Client::connect(&self.url(), Some(ORIGIN)).await
     }
 
+    /// Connects offering `palisade.v2`: a v2 client once the server selects it (see
+    /// [`Client::protocol`]; this does not assert the selection).
+    pub(crate) async fn connect_v2(&self) -> Client {
+        Client::connect_with_protocols(&self.url(), Some(ORIGIN), &[frames::V2_SUBPROTOCOL]).await
+    }
+
     /// Connects, authenticates as `sub` (display name = `sub` capitalised) and joins `room`,
     /// consuming the client's own join acknowledgement.
     pub(crate) async fn joined(&self, sub: &str, room: &str) -> Client {
@@ -218,7 +226,7 @@ pub(crate) async fn tiny_buffer_client(server: &TestServer, sub: &str, room: &st
     let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
-    let mut client = Client { ws };
+    let mut client = Client::opened(ws, None);
     client.auth(&token(sub)).await;
     client
         .send_json(json!({"type": "join", "room": room}))
@@ -276,7 +284,45 @@ pub(crate) struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        frames::forget(&self.ws);
+    }
+}
+
 impl Client {
+    /// A client on a socket just opened, whose 101 answer selected `subprotocol`; its protocol
+    /// is recorded for [`protocol`](Self::protocol) and the frame log.
+    fn opened(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, subprotocol: Option<&str>) -> Client {
+        frames::register(&ws, subprotocol);
+        Client { ws }
+    }
+
+    /// The protocol version the server selected at the upgrade. Panics for a socket that no
+    /// constructor here opened (a test's own `Client { ws }`).
+    pub(crate) fn protocol(&self) -> Protocol {
+        frames::protocol_of(&self.ws)
+            .expect("a client opened by Client::connect* or TestServer::connect*")
+    }
+
+    /// The subprotocol the server's 101 answer selected (`Sec-WebSocket-Protocol`), if any.
+    /// Panics like [`protocol`](Self::protocol).
+    pub(crate) fn subprotocol(&self) -> Option<String> {
+        frames::selected_for(&self.ws)
+            .expect("a client opened by Client::connect* or TestServer::connect*")
+    }
+
+    /// Connects offering the subprotocols `protocols` (`Sec-WebSocket-Protocol`); the client
+    /// speaks v2 if the server selects `palisade.v2`, v1 otherwise.
+    pub(crate) async fn connect_with_protocols(
+        url: &str,
+        origin: Option<&str>,
+        protocols: &[&str],
+    ) -> Client {
+        let (ws, selected) = frames::connect_offering(url, origin, protocols).await;
+        Client::opened(ws, selected.as_deref())
+    }
+
     pub(crate) async fn connect(url: &str, origin: Option<&str>) -> Client {
         let mut request = url.into_client_request().unwrap();
         if let Some(origin) = origin {
@@ -290,7 +336,11 @@ impl Client {
             .await
             .expect("websocket connects");
         assert_eq!(response.status(), 101);
-        Client { ws }
+        let selected = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|value| value.to_str().ok());
+        Client::opened(ws, selected)
     }
 
     /// Connects over TLS with `tls` as the client configuration.
@@ -307,7 +357,7 @@ impl Client {
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await?;
-        Ok(Client { ws })
+        Ok(Client::opened(ws, None))
     }
 
     pub(crate) async fn send_json(&mut self, value: Value) {
@@ -330,7 +380,10 @@ impl Client {
                 .expect("a frame within the receive timeout");
             match next {
                 Some(Ok(Message::Ping(_))) => continue,
-                Some(Ok(message)) => return Some(message),
+                Some(Ok(message)) => {
+                    frames::received(&self.ws, &message);
+                    return Some(message);
+                }
                 Some(Err(_)) | None => return None,
             }
         }
@@ -343,6 +396,9 @@ impl Client {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("no frame within {wait:?}"));
+            if let Some(Ok(message)) = &next {
+                frames::received(&self.ws, message);
+            }
             match next {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -403,6 +459,7 @@ impl Client {
     /// Asserts nothing arrives within `wait`.
     pub(crate) async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
+            frames::received(&self.ws, &message);
             panic!("expected silence, got {message:?}");
         }
     }
@@ -413,6 +470,9 @@ impl Client {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pings = 0;
         while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Some(Ok(message)) = &next {
+                frames::received(&self.ws, message);
+            }
             match next {
                 Some(Ok(Message::Ping(_))) => pings += 1,
                 other => panic!("expected only pings, got {other:?}"),
