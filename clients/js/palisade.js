@@ -702,6 +702,7 @@ export class PalisadeClient extends EventTarget {
     if (!request) return false;
     clearTimeout(request.timer);
     if (frame.type === "error") {
+      this.#controlPacer?.book(); // each error frame spends the control budget too
       request.reject(new PalisadeError(frame.code, `${request.type ?? frame.type} refused: ${frame.code}`, frame.room));
       return true;
     }
@@ -715,6 +716,7 @@ export class PalisadeClient extends EventTarget {
       case "direct":
         return emit(this, "direct", { body: frame.body, username: frame.username, userId: frame.userId });
       case "error":
+        this.#controlPacer?.book();
         return emit(this, "error", { error: new PalisadeError(frame.code, frame.code, frame.room) });
       case "authed":
       case "ok":
