@@ -343,10 +343,10 @@ export class PalisadeClient extends EventTarget {
   #ready = null; // {promise, resolve, reject} while a connection is under way
   #retryTimer = null;
   #refreshTimer = null;
-  #offerV1Next = false;
+  #offerV1Next = false; // the v2 offer just failed its handshake: try once without it
   #controlPacer = null; // per socket, as the server's budgets are
   #typingPacer = null;
-  #authedOnSocket = false; // the first auth is free; refreshes spend the control budget // the v2 offer just failed its handshake: try once without it
+  #authedOnSocket = false; // the first auth is free; refreshes spend the control budget
 
   /**
    * @param {string} url the gateway, e.g. "wss://chat.example.com/"
