@@ -2,6 +2,7 @@
 //! `tests/fuzz_corpus.rs` (which replays every committed corpus file on stable `cargo test`, so
 //! a past crash can never come back). Each function panics when an invariant breaks.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -136,6 +137,8 @@ fn signed_token(claims: &[u8]) -> String {
 #[derive(Debug)]
 enum Step {
     Connect,
+    /// Connect speaking protocol v2 (many rooms per socket).
+    ConnectV2,
     Send {
         client: usize,
         frame: String,
@@ -177,13 +180,18 @@ fn steps(data: &[u8]) -> Vec<Step> {
                     ROOMS[next() as usize % 3]
                 ),
             },
+            // The room is v2's (a GarinChat session ignores it).
             3 => Step::Send {
                 client,
-                frame: format!(r#"{{"type":"message","body":"m{}"}}"#, next()),
+                frame: format!(
+                    r#"{{"type":"message","room":"{}","body":"m{}"}}"#,
+                    ROOMS[client % 3],
+                    next()
+                ),
             },
             4 => Step::Send {
                 client,
-                frame: r#"{"type":"userleave"}"#.to_owned(),
+                frame: format!(r#"{{"type":"userleave","room":"{}"}}"#, ROOMS[client % 3]),
             },
             5 => Step::Advance(Duration::from_millis(u64::from(next()) * 20)),
             6 => Step::Close {
@@ -222,7 +230,7 @@ fn steps(data: &[u8]) -> Vec<Step> {
                     next()
                 ),
             },
-            _ => Step::Advance(Duration::from_millis(5)),
+            _ => Step::ConnectV2,
         };
         steps.push(step);
         if steps.len() >= 64 {
@@ -260,13 +268,19 @@ pub(crate) fn session(data: &[u8]) -> SessionStats {
         let gateway = palisade::testing::gateway(&settings(&[]));
         let mut clients: Vec<Option<Client>> = Vec::new();
         let mut sessions = Vec::new();
+        // Sessions are numbered in the order clients connected: client `k` is session `k + 1`.
+        let mut v2_sessions = HashSet::new();
         for step in steps {
             match step {
-                Step::Connect => {
+                Step::Connect | Step::ConnectV2 => {
                     if clients.len() < 6 {
-                        let (client, session) = connect(&gateway);
+                        let v2 = matches!(step, Step::ConnectV2);
+                        let (client, session) = connect(&gateway, v2);
                         clients.push(Some(client));
                         sessions.push(session);
+                        if v2 {
+                            v2_sessions.insert(clients.len() as u64);
+                        }
                     }
                 }
                 Step::Send { client, frame } => {
@@ -304,27 +318,29 @@ pub(crate) fn session(data: &[u8]) -> SessionStats {
                 }
             }
             tokio::task::yield_now().await;
-            check_memberships(&gateway);
+            check_memberships(&gateway, &v2_sessions);
         }
         // Let every frame in flight arrive without moving the clock (no deadline fires), then
-        // read what each client was sent. Sessions were numbered in the order clients
-        // connected, so client `k` is session `k + 1`; a client still in a room must have
-        // heard, last, the room's true size.
+        // read what each client was sent. A client still in a room must have heard, last, the
+        // room's true size (in each of its rooms, for v2).
         for _ in 0..64 {
             tokio::task::yield_now().await;
         }
         let memberships = palisade::testing::memberships(&gateway);
         for (index, client) in clients.iter_mut().enumerate() {
             let Some(client) = client else { continue };
-            let last_total = check_frames(client, &mut stats).await;
+            let last_totals = check_frames(client, &mut stats).await;
             let session = index as u64 + 1;
-            if let Some((room, _)) = memberships.iter().find(|(_, id)| *id == session) {
+            let v2 = v2_sessions.contains(&session);
+            for (room, _) in memberships.iter().filter(|(_, id)| *id == session) {
                 let members = memberships
                     .iter()
                     .filter(|(other, _)| other == room)
                     .count();
+                // GarinChat's frames name no room: its one room is "".
+                let heard = last_totals.get(if v2 { room.as_str() } else { "" });
                 assert_eq!(
-                    last_total,
+                    heard.copied(),
                     Some(members as u64),
                     "session {session} in {room}: last totalUsers heard is not the room's size"
                 );
@@ -342,7 +358,7 @@ pub(crate) fn session(data: &[u8]) -> SessionStats {
                 Err(_) => panic!("a session outlived its client by ten (paused) minutes"),
             }
         }
-        check_memberships(&gateway);
+        check_memberships(&gateway, &v2_sessions);
         assert_eq!(
             palisade::testing::room_count(&gateway),
             0,
@@ -361,10 +377,10 @@ pub(crate) struct SessionStats {
     pub total_checks: usize,
 }
 
-fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
-    // GarinChat's protocol: one room per session, which `check_memberships` holds it to.
+fn connect(gateway: &Arc<Gateway>, v2: bool) -> (Client, tokio::task::JoinHandle<()>) {
+    let version = if v2 { Version::V2 } else { Version::GarinChat };
     let (ws, session) =
-        palisade::testing::connect_in_memory(gateway, [127, 0, 0, 1].into(), Version::GarinChat);
+        palisade::testing::connect_in_memory(gateway, [127, 0, 0, 1].into(), version);
     (
         Client {
             ws,
@@ -374,29 +390,42 @@ fn connect(gateway: &Arc<Gateway>) -> (Client, tokio::task::JoinHandle<()>) {
     )
 }
 
-fn check_memberships(gateway: &Gateway) {
+/// No session is in a room twice; a GarinChat session is in one room at most, a v2 session in
+/// at most `MAX_ROOMS_PER_SOCKET` (16).
+fn check_memberships(gateway: &Gateway, v2_sessions: &HashSet<u64>) {
     let memberships = palisade::testing::memberships(gateway);
-    let mut sessions: Vec<_> = memberships.iter().map(|(_, session)| *session).collect();
-    sessions.sort_unstable();
-    let before = sessions.len();
-    sessions.dedup();
-    assert_eq!(
-        before,
-        sessions.len(),
-        "a session is in two rooms: {memberships:?}"
-    );
+    let mut rooms_of = HashMap::<u64, Vec<&str>>::new();
+    for (room, session) in &memberships {
+        rooms_of.entry(*session).or_default().push(room);
+    }
+    for (session, mut rooms) in rooms_of {
+        let before = rooms.len();
+        rooms.sort_unstable();
+        rooms.dedup();
+        assert_eq!(before, rooms.len(), "session {session} is in a room twice");
+        let most = if v2_sessions.contains(&session) {
+            16
+        } else {
+            1
+        };
+        assert!(
+            rooms.len() <= most,
+            "session {session} is in {} rooms: {memberships:?}",
+            rooms.len()
+        );
+    }
 }
 
-/// Reads what is buffered for a client (bounded), checking close codes and frames.
-/// Reads the frames buffered for a client without moving the clock; returns the last
-/// `totalUsers` it heard.
-async fn check_frames(client: &mut Client, stats: &mut SessionStats) -> Option<u64> {
-    let mut last_total = None;
+/// Reads the frames buffered for a client (bounded) without moving the clock, checking close
+/// codes and frames; returns the last `totalUsers` it heard in each room (by the frame's
+/// `room`, "" for GarinChat's frames, which name none).
+async fn check_frames(client: &mut Client, stats: &mut SessionStats) -> HashMap<String, u64> {
+    let mut last_totals = HashMap::new();
     for _ in 0..1000 {
         // Frames arrive whole, so a zero timeout only ever cancels a read that has nothing.
         let frame = match tokio::time::timeout(Duration::ZERO, client.ws.read_frame()).await {
             Ok(Ok(frame)) => frame,
-            _ => return last_total,
+            _ => return last_totals,
         };
         match frame.opcode {
             OpCode::Close => {
@@ -411,7 +440,7 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) -> Option<u
                     );
                 }
                 stats.closes += 1;
-                return None;
+                return HashMap::new();
             }
             OpCode::Text => {
                 let value: serde_json::Value =
@@ -428,11 +457,12 @@ async fn check_frames(client: &mut Client, stats: &mut SessionStats) -> Option<u
                     stats.room_frames += 1;
                 }
                 if let Some(total) = value["totalUsers"].as_u64() {
-                    last_total = Some(total);
+                    let room = value["room"].as_str().unwrap_or_default().to_owned();
+                    last_totals.insert(room, total);
                 }
             }
             _ => {}
         }
     }
-    last_total
+    last_totals
 }

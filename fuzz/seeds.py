@@ -141,6 +141,10 @@ scripts = {
     "junk_frames": [0, 0, 8, 0, 7, 65, 66, 67, 68, 69, 70, 71, 9, 0, 2, 0, 3, 1, 2, 3],
     "trusted_name": [0, 0, 1, 0, 2, 10, 0, 9],
     "many_clients": [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 2, 1, 0, 2, 2, 0, 3, 0, 9, 5, 0, 50],
+    # Two protocol v2 clients (op 11): one joins three rooms (the third, "x", is refused with an
+    # error frame), one two; each chats in one of them; the second leaves one and stays in the
+    # other.
+    "v2_many_rooms": [11, 0, 11, 0, 1, 0, 0, 1, 1, 1, 2, 0, 0, 2, 0, 1, 2, 0, 2, 2, 1, 0, 2, 1, 1, 3, 0, 7, 3, 1, 8, 4, 1],
 }
 for name, script in scripts.items():
     write("session", name, bytes(script))

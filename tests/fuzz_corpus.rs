@@ -96,4 +96,8 @@ fn session_seeds_exercise_rooms_and_closes() {
     assert!(violation.closes >= 1, "{violation:?}");
     let timeout = seed("no_auth_timeout");
     assert!(timeout.closes >= 1, "{timeout:?}");
+    // v2: one client in two rooms (its third, "x", breaks the naming rules: an error frame),
+    // one in one after leaving the other: three room sizes checked.
+    let v2 = seed("v2_many_rooms");
+    assert!(v2.total_checks >= 3 && v2.room_frames >= 2, "{v2:?}");
 }
