@@ -9,6 +9,8 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use super::Version;
 use serde::Deserialize;
 
 /// The longest request id a v2 client may choose, in bytes.
@@ -155,13 +157,22 @@ struct RawClientFrame {
     to: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for RawClientFrame {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(RawClientFrameVisitor)
+impl RawClientFrame {
+    /// Reads a frame's known keys. Protocol v2's `id` and `to` are known only in v2: to a
+    /// GarinChat socket they are unknown fields like any other, ignored whatever they hold.
+    fn read(text: &str, version: Version) -> Result<RawClientFrame, DecodeError> {
+        let mut json = serde_json::Deserializer::from_str(text);
+        let raw = json
+            .deserialize_map(RawClientFrameVisitor { version })
+            .map_err(|_| DecodeError::Malformed)?;
+        json.end().map_err(|_| DecodeError::Malformed)?;
+        Ok(raw)
     }
 }
 
-struct RawClientFrameVisitor;
+struct RawClientFrameVisitor {
+    version: Version,
+}
 
 impl<'de> Visitor<'de> for RawClientFrameVisitor {
     type Value = RawClientFrame;
@@ -172,6 +183,7 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut frame = RawClientFrame::default();
+        let v2 = self.version == Version::V2;
         while let Some(key) = map.next_key::<KeyName>()? {
             let slot = match key {
                 KeyName::Type => &mut frame.kind,
@@ -179,8 +191,8 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
                 KeyName::Username => &mut frame.username,
                 KeyName::Room => &mut frame.room,
                 KeyName::Epoch => &mut frame.epoch,
-                KeyName::Id => &mut frame.id,
-                KeyName::To => &mut frame.to,
+                KeyName::Id if v2 => &mut frame.id,
+                KeyName::To if v2 => &mut frame.to,
                 KeyName::History => {
                     fill(&mut frame.history, &mut map)?;
                     continue;
@@ -193,7 +205,7 @@ impl<'de> Visitor<'de> for RawClientFrameVisitor {
                     fill(&mut frame.offset, &mut map)?;
                     continue;
                 }
-                KeyName::Other => {
+                KeyName::Other | KeyName::Id | KeyName::To => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
@@ -271,10 +283,11 @@ impl<'de> Deserialize<'de> for KeyName {
 }
 
 impl ClientRequest {
-    /// Decodes one text message. The caller has already bounded its size, and serde_json bounds
-    /// nesting depth (128), so neither memory nor stack depends on the input beyond that.
-    pub fn decode(text: &str) -> Result<ClientRequest, DecodeError> {
-        let raw: RawClientFrame = serde_json::from_str(text).map_err(|_| DecodeError::Malformed)?;
+    /// Decodes one text message from a socket speaking `version`. The caller has already
+    /// bounded its size, and serde_json bounds nesting depth (128), so neither memory nor stack
+    /// depends on the input beyond that.
+    pub fn decode(text: &str, version: Version) -> Result<ClientRequest, DecodeError> {
+        let raw = RawClientFrame::read(text, version)?;
         if raw
             .id
             .as_ref()
@@ -307,7 +320,7 @@ impl ClientRequest {
                 offset: raw.offset.ok_or(DecodeError::MissingField("offset"))?,
                 epoch: raw.epoch,
             },
-            Some("direct") => ClientFrame::Direct {
+            Some("direct") if version == Version::V2 => ClientFrame::Direct {
                 to: raw.to.ok_or(DecodeError::MissingField("to"))?,
                 body: raw.body.unwrap_or_default(),
             },
@@ -365,9 +378,9 @@ impl ClientRequest {
 }
 
 impl ClientFrame {
-    /// Decodes one text message, without its request id.
+    /// Decodes one text message from a GarinChat socket.
     pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
-        ClientRequest::decode(text).map(|request| request.frame)
+        ClientRequest::decode(text, Version::GarinChat).map(|request| request.frame)
     }
 
     /// Encodes the frame as a client would send it, without a request id.
@@ -565,19 +578,22 @@ mod tests {
                 body: "hi".into(),
             },
         ] {
-            assert_eq!(ClientFrame::decode(&frame.encode()), Ok(frame.clone()));
             let request = ClientRequest {
                 id: Some("r-1".into()),
                 frame,
             };
-            assert_eq!(ClientRequest::decode(&request.encode()), Ok(request));
+            assert_eq!(
+                ClientRequest::decode(&request.encode(), Version::V2),
+                Ok(request)
+            );
         }
     }
 
     #[test]
     fn decodes_protocol_v2_requests() {
+        let v2 = |text: &str| ClientRequest::decode(text, Version::V2);
         assert_eq!(
-            ClientRequest::decode(r#"{"type":"message","id":"m1","room":"r","body":"hi"}"#),
+            v2(r#"{"type":"message","id":"m1","room":"r","body":"hi"}"#),
             Ok(ClientRequest {
                 id: Some("m1".into()),
                 frame: ClientFrame::Message {
@@ -587,27 +603,42 @@ mod tests {
             })
         );
         assert_eq!(
-            ClientFrame::decode(r#"{"type":"direct","body":"hi"}"#),
+            v2(r#"{"type":"direct","body":"hi"}"#),
             Err(DecodeError::MissingField("to"))
         );
         let longest = format!(r#"{{"type":"typing","id":"{}"}}"#, "i".repeat(64));
-        assert!(ClientRequest::decode(&longest).is_ok());
+        assert!(v2(&longest).is_ok());
         let longer = format!(r#"{{"type":"typing","id":"{}"}}"#, "i".repeat(65));
-        assert_eq!(ClientRequest::decode(&longer), Err(DecodeError::BadId));
-        assert_eq!(
-            ClientRequest::decode(r#"{"type":"typing","id":""}"#),
-            Err(DecodeError::BadId)
-        );
+        assert_eq!(v2(&longer), Err(DecodeError::BadId));
+        assert_eq!(v2(r#"{"type":"typing","id":""}"#), Err(DecodeError::BadId));
         for bad in [
             r#"{"type":"typing","id":7}"#,
             r#"{"type":"direct","to":["bob"],"body":"x"}"#,
             r#"{"type":"typing","id":"a","ID":"b"}"#,
         ] {
+            assert_eq!(v2(bad), Err(DecodeError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn garinchat_sockets_ignore_v2_keys_and_know_no_direct_frame() {
+        // Unknown fields of any shape were always ignored; `id` and `to` stay unknown there.
+        for text in [
+            r#"{"type":"members","id":7,"ID":[],"to":{"a":1}}"#,
+            r#"{"type":"members","id":"","to":null}"#,
+        ] {
             assert_eq!(
-                ClientRequest::decode(bad),
-                Err(DecodeError::Malformed),
-                "{bad}"
+                ClientRequest::decode(text, Version::GarinChat),
+                Ok(ClientRequest {
+                    id: None,
+                    frame: ClientFrame::Members { room: None }
+                }),
+                "{text}"
             );
         }
+        assert_eq!(
+            ClientFrame::decode(r#"{"type":"direct","to":"bob","body":"hi"}"#),
+            Err(DecodeError::UnknownType)
+        );
     }
 }

@@ -16,17 +16,13 @@ use crate::broker::directory::Cluster;
 use crate::broker::Notice;
 use crate::config::DirectMessages;
 use crate::metrics::labels::{DropReason, RateLimit};
-use crate::protocol::{CloseCode, ErrorCode, ServerFrame, Version};
+use crate::protocol::{CloseCode, ErrorCode, ServerFrame};
 
 impl Session {
     pub(super) async fn on_direct(&mut self, to: &str, body: &str) -> Handled {
         let State::Authed { identity, .. } = &self.state else {
             return Err(self.out_of_state("direct").into());
         };
-        if self.version == Version::GarinChat {
-            // Not a frame of GarinChat's protocol: as any unknown type.
-            return Err(self.out_of_state("direct").into());
-        }
         let policy = self.gateway.session.direct_messages;
         if policy == DirectMessages::Off {
             return Err(Refusal::Error(ErrorCode::DirectOff));

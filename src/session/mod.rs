@@ -286,7 +286,7 @@ impl Session {
         // The reader lets `auth` frames grow to a token's size; every other frame is held to
         // `MAX_MESSAGE_BYTES`.
         let oversized = text.len() > self.gateway.session.max_message_bytes;
-        let request = match ClientRequest::decode(text) {
+        let request = match ClientRequest::decode(text, self.version) {
             Ok(request) => request,
             Err(_) if oversized => return Err(CloseCode::MessageTooBig),
             Err(err) => {
