@@ -17,10 +17,9 @@ use crate::auth::revoked::{Revoked, RuntimeRevocations, TooManyRevocations};
 use crate::bans::{Bans, Offender, StrikeOutcome};
 use crate::broker::{Broker, LocalControl, Notice};
 use crate::clock;
-use crate::ids::SYSTEM_SESSION;
 use crate::metrics::labels::BanKind;
 use crate::metrics::Metrics;
-use crate::protocol::{CloseCode, ServerFrame};
+use crate::protocol::CloseCode;
 use crate::sessions::{Sessions, TokenId};
 
 pub(crate) struct Moderation {
@@ -151,14 +150,8 @@ impl LocalControl for Moderation {
             Notice::Kick { user, code } => {
                 self.sessions.close_user(&user, code);
             }
-            Notice::Direct {
-                to,
-                from,
-                username,
-                body,
-            } => {
-                let frame = ServerFrame::direct(&body, &username, &from).encode();
-                self.sessions.deliver_direct(&to, frame, SYSTEM_SESSION);
+            Notice::Direct(direct) => {
+                self.sessions.deliver_direct(&direct, None);
             }
             Notice::Revoke { revoked, until_ms } => {
                 self.revoked.learn(revoked.clone(), until_ms);

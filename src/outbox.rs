@@ -139,6 +139,18 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame only while the queue is less than half full (in frames and bytes),
+    /// never closing the socket: for what others send a user unasked (direct messages), which
+    /// must not be able to push the user out as a slow consumer. False: dropped.
+    pub(crate) fn offer(&self, frame: Outbound) -> bool {
+        let (spare_frames, spare_bytes) = self.spare();
+        let (frames, bytes) = (self.queue.max_capacity(), self.shared.max_bytes);
+        if spare_frames <= frames / 2 || spare_bytes < bytes / 2 + frame.len() {
+            return false;
+        }
+        self.deliver(frame)
+    }
+
     /// Asks the session to close with `code`; the first code asked for wins.
     pub(crate) fn close(&self, code: CloseCode) {
         let _ = self.shared.close_code.compare_exchange(
@@ -227,6 +239,23 @@ mod tests {
             outbox.deliver(Outbound::text(vec![b'x'; 600])),
             "room again"
         );
+    }
+
+    #[test]
+    fn an_offer_stops_at_half_the_queue_and_never_closes() {
+        let (outbox, _rx) = Outbox::new(4, 1000);
+        assert!(outbox.offer(Outbound::text(vec![b'x'; 400])), "under half");
+        assert!(
+            !outbox.offer(Outbound::text(vec![b'x'; 200])),
+            "past half the bytes"
+        );
+        assert!(outbox.offer(Outbound::text(vec![b'x'; 10])));
+        assert!(
+            !outbox.offer(Outbound::text(vec![b'x'; 10])),
+            "half the frames"
+        );
+        assert_eq!(outbox.close_code(), None, "refused, never evicted");
+        assert!(outbox.deliver(Outbound::text(vec![b'x'; 10])));
     }
 
     #[test]

@@ -11,14 +11,13 @@
 use std::hash::Hash;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::client_ip::IpKey;
 use crate::ids::SessionId;
 use crate::observer::{Observed, Observer};
 use crate::outbox::{Outbound, Outbox, SharedPayload};
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, DirectMessage};
 
 /// One registered session.
 #[derive(Clone)]
@@ -82,18 +81,6 @@ impl<K: Eq + Hash + Clone> Index<K> {
 
     fn count(&self, key: &K) -> usize {
         self.sessions.get(key).map_or(0, |list| list.len())
-    }
-
-    /// Queues `frame` to every session under `key` that takes direct messages, but `except`;
-    /// how many took it.
-    fn deliver_direct(&self, key: &K, frame: &Arc<SharedPayload>, except: SessionId) -> usize {
-        let Some(list) = self.sessions.get(key) else {
-            return 0;
-        };
-        list.iter()
-            .filter(|entry| entry.direct && entry.id != except)
-            .filter(|entry| entry.outbox.deliver(Outbound::Text(Arc::clone(frame))))
-            .count()
     }
 }
 
@@ -230,11 +217,22 @@ impl Sessions {
         self.by_user.count(user)
     }
 
-    /// Queues a direct message (its encoded frame) to every v2 session of `user` on this
-    /// node but the sender's; how many got it.
-    pub(crate) fn deliver_direct(&self, user: &Arc<str>, frame: Bytes, except: SessionId) -> usize {
-        self.by_user
-            .deliver_direct(user, &SharedPayload::new(frame), except)
+    /// Offers a direct message to every v2 session of its recipient on this node but the
+    /// sender's (`except`); how many took it. A session with its queue half full does not:
+    /// direct messages, which anyone may send, must never push a user out as a slow consumer.
+    pub(crate) fn deliver_direct(
+        &self,
+        direct: &DirectMessage,
+        except: Option<SessionId>,
+    ) -> usize {
+        let Some(list) = self.by_user.sessions.get(&direct.to) else {
+            return 0;
+        };
+        let frame = SharedPayload::new(direct.encode());
+        list.iter()
+            .filter(|entry| entry.direct && Some(entry.id) != except)
+            .filter(|entry| entry.outbox.offer(Outbound::Text(Arc::clone(&frame))))
+            .count()
     }
 
     /// Claims a place for one more room of `user`'s under `max`: `None` when it is in that

@@ -199,7 +199,7 @@ async fn refusals_of_one_room_or_frame_are_error_frames_and_the_socket_stays() {
         ),
         (
             json!({"type": "join", "id": "e3", "room": "no"}),
-            error("e3", Some("no"), "invalid_name"),
+            error("e3", None, "invalid_name"),
         ),
         (
             json!({"type": "direct", "id": "e4", "to": "bob", "body": "x"}),
@@ -569,4 +569,75 @@ async fn history_and_recovery_work_per_room() {
     )
     .await;
     assert_eq!(ack["recovered"], false, "{ack}");
+}
+
+/// A v2 socket of `sub` with a 4 KiB receive buffer, that reads nothing until asked: what the
+/// server sends it backs up into its queue at once.
+async fn v2_not_reading(server: &TestServer, sub: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = server.url().into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("Origin", HeaderValue::from_static(ORIGIN));
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(V2_SUBPROTOCOL),
+    );
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut client = Client::opened(ws, Some(V2_SUBPROTOCOL));
+    client.auth(&token(sub)).await;
+    assert_eq!(client.recv_json().await["type"], "authed");
+    client
+}
+
+#[tokio::test]
+async fn direct_messages_never_push_a_recipient_out_as_a_slow_consumer() {
+    let server = TestServer::with(&[("DIRECT_MESSAGES", "all")]).await;
+    // Bob does not read: unbounded, direct messages of 24 KiB each (4 000 `<`, escaped six-fold)
+    // would fill his queue (MAX_OUTBOUND_BYTES, 256 KiB) and close him with 4007.
+    let mut bob = v2_not_reading(&server, "bob").await;
+    let mut alice = v2(&server, "alice").await;
+    let body = "<".repeat(4000);
+    for _ in 0..300 {
+        alice
+            .send_json(json!({"type": "direct", "to": "bob", "body": body}))
+            .await;
+    }
+    let answer = ask(
+        &mut alice,
+        json!({"type": "members", "id": "sync", "room": "none"}),
+    )
+    .await;
+    assert_eq!(
+        answer["code"], "not_joined",
+        "every direct frame was handled"
+    );
+    // Bob reads now: some of them, not all, and he is still connected.
+    let mut received = 0;
+    while let Ok(frame) = tokio::time::timeout(Duration::from_millis(500), bob.recv_json()).await {
+        assert_eq!(frame["type"], "direct", "{frame}");
+        received += 1;
+    }
+    assert!(received > 0 && received < 300, "{received} of 300");
+    join(&mut bob, "lobby").await;
+}
+
+#[tokio::test]
+async fn garinchat_sockets_ignore_v2_keys_whatever_they_hold() {
+    let server = TestServer::start().await;
+    let mut alice = server.joined("alice", "lobby").await;
+    let mut bob = server.joined("bob", "lobby").await;
+    let _bob_joined = alice.recv_json().await;
+    bob.send_json(json!({"type": "message", "body": "hi", "id": 7, "to": [1], "ID": ""}))
+        .await;
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "message", "body": "hi", "username": "Bob", "userId": "bob"})
+    );
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Notice;
 use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, DirectMessage};
 
 const VERSION: u8 = 1;
 
@@ -81,17 +81,12 @@ pub(crate) fn encode(node: &str, notice: &Notice) -> Vec<u8> {
             wire.revoked = Some(revoked.to_string());
             wire.until = Some(*until_ms);
         }
-        Notice::Direct {
-            to,
-            from,
-            username,
-            body,
-        } => {
+        Notice::Direct(direct) => {
             wire.notice = "direct".into();
-            wire.user = Some(to.to_string());
-            wire.from = Some(from.to_string());
-            wire.name = Some(username.to_string());
-            wire.body = Some(body.to_string());
+            wire.user = Some(direct.to.to_string());
+            wire.from = Some(direct.from.to_string());
+            wire.name = Some(direct.username.to_string());
+            wire.body = Some(direct.body.to_string());
         }
     }
     serde_json::to_vec(&wire).expect("a notice always serializes")
@@ -122,12 +117,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(String, Notice)> {
             revoked: Revoked::parse(wire.revoked.as_deref()?)?,
             until_ms: wire.until?,
         },
-        "direct" => Notice::Direct {
+        "direct" => Notice::Direct(DirectMessage {
             to: Arc::from(wire.user.as_deref().filter(|user| !user.is_empty())?),
             from: Arc::from(wire.from.as_deref().filter(|user| !user.is_empty())?),
             username: Arc::from(wire.name.as_deref()?),
             body: Arc::from(wire.body.as_deref()?),
-        },
+        }),
         _ => return None,
     };
     Some((wire.node, notice))
@@ -156,12 +151,12 @@ mod tests {
                 revoked: Revoked::TokenId("t-1".into()),
                 until_ms: 7,
             },
-            Notice::Direct {
+            Notice::Direct(DirectMessage {
                 to: "bob".into(),
                 from: "alice".into(),
                 username: "Alice".into(),
                 body: "<hi>".into(),
-            },
+            }),
         ] {
             assert_eq!(
                 decode(&encode("n1", &notice)),

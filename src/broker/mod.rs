@@ -37,7 +37,7 @@ use crate::auth::revoked::Revoked;
 use crate::bans::Offender;
 use crate::history::{Entry, Position};
 use crate::ids::SessionId;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, DirectMessage};
 
 /// Something that happened in a room on this node, for the other nodes.
 #[derive(Clone, Copy, Debug)]
@@ -218,18 +218,14 @@ pub(crate) enum Notice {
     Kick { user: Arc<str>, code: CloseCode },
     /// `revoked` is refused until `until_ms` (Unix milliseconds); its sessions close.
     Revoke { revoked: Revoked, until_ms: u64 },
-    /// A direct message for every v2 session of `to` (protocol v2), from the user `from`
-    /// named `username`. Like a kick, it matters only now: never kept for later.
-    Direct {
-        to: Arc<str>,
-        from: Arc<str>,
-        username: Arc<str>,
-        body: Arc<str>,
-    },
+    /// A direct message for every v2 session of its recipient (protocol v2). Like a kick, it
+    /// matters only now: never kept for later.
+    Direct(DirectMessage),
 }
 
-/// What a broker may ask of this node's enforcement of bans and kicks: implemented by the
-/// moderation, known to the broker only through this.
+/// What a broker may ask of this node's enforcement of bans, kicks and revocations (and of its
+/// delivery of direct messages): implemented by the moderation, known to the broker only
+/// through this.
 pub(crate) trait LocalControl: Send + Sync + 'static {
     /// Enforces a notice from another node (or one found in Redis after a reconnect).
     fn on_notice(&self, notice: Notice);

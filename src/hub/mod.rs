@@ -224,12 +224,17 @@ impl Hub {
         );
         let replay = self.history.join(room, request, clock::unix_ms());
         let seen = seen_elsewhere.max(self.history.seen(room, &member.user_id));
-        let joiner = frames::Joiner {
-            member: &member,
-            room,
-            id,
-        };
-        let welcome = frames::welcome(&joiner, total, replay, request, seen);
+        let welcome = frames::welcome(
+            &frames::Joiner {
+                member: &member,
+                room,
+                id,
+            },
+            total,
+            replay,
+            request,
+            seen,
+        );
         let membership = Membership {
             hub: Arc::clone(self),
             room: room.to_owned(),

@@ -79,8 +79,16 @@ impl Room {
         except: Option<SessionId>,
         metrics: &Metrics,
     ) {
+        // Most room frames (joins, leaves, notices) carry no position: GarinChat's and the
+        // extended dialect's bytes are then the same, encoded once.
+        let plain = frame.clone().shaped(Dialect::GarinChat, &self.name);
+        let same = plain == frame.clone().shaped(Dialect::Extended, &self.name);
         self.fan_out(
-            |dialect| Some(frame.clone().shaped(dialect, &self.name).encode()),
+            |dialect| match dialect {
+                Dialect::Extended if same => None,
+                _ => Some(frame.clone().shaped(dialect, &self.name).encode()),
+            },
+            same,
             |member| Some(member.session_id) != except,
             metrics,
         );
@@ -120,25 +128,39 @@ impl Room {
                     .is_extended()
                     .then(|| frame.clone().shaped(dialect, &self.name).encode())
             },
+            false,
             |member| except_user.is_none_or(|user| *member.user_id != *user),
             metrics,
         );
     }
 
     /// Queues to each member `to` accepts the frame `encode` gives for its dialect (none: that
-    /// dialect is left out), encoding it once per dialect present.
+    /// dialect is left out), encoding it once per dialect present; with `extended_as_plain`
+    /// the extended dialect gets GarinChat's bytes.
     fn fan_out(
         &self,
         encode: impl Fn(Dialect) -> Option<Bytes>,
+        extended_as_plain: bool,
         to: impl Fn(&Member) -> bool,
         metrics: &Metrics,
     ) {
-        let frames: [Option<Arc<SharedPayload>>; 3] = Dialect::ALL.map(|dialect| {
-            (self.dialects[dialect.index()] > 0)
+        let present = |dialect: Dialect| self.dialects[dialect.index()] > 0;
+        let encoded = |dialect: Dialect| {
+            present(dialect)
                 .then(|| encode(dialect))
                 .flatten()
                 .map(SharedPayload::new)
-        });
+        };
+        let plain = (present(Dialect::GarinChat)
+            || (extended_as_plain && present(Dialect::Extended)))
+        .then(|| encode(Dialect::GarinChat).map(SharedPayload::new))
+        .flatten();
+        let extended = if extended_as_plain {
+            plain.clone()
+        } else {
+            encoded(Dialect::Extended)
+        };
+        let frames = [plain, extended, encoded(Dialect::V2)];
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for member in self.members.values() {
             let Some(frame) = &frames[member.dialect.index()] else {

@@ -13,6 +13,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use super::Version;
 use serde::Deserialize;
 
+/// The longest user id a direct message may name, in bytes (a token's `sub` is no longer).
+const MAX_RECIPIENT_BYTES: usize = 256;
+
 /// The longest request id a v2 client may choose, in bytes.
 pub(crate) const MAX_REQUEST_ID_BYTES: usize = 64;
 
@@ -140,6 +143,8 @@ pub enum DecodeError {
     MissingField(&'static str),
     #[error("an id that is empty or longer than 64 bytes")]
     BadId,
+    #[error("a recipient that is empty or longer than 256 bytes")]
+    BadRecipient,
 }
 
 /// The raw shape of a client frame: known keys, matched ignoring ASCII case.
@@ -321,7 +326,13 @@ impl ClientRequest {
                 epoch: raw.epoch,
             },
             Some("direct") if version == Version::V2 => ClientFrame::Direct {
-                to: raw.to.ok_or(DecodeError::MissingField("to"))?,
+                to: raw
+                    .to
+                    .ok_or(DecodeError::MissingField("to"))
+                    .and_then(|to| match to.len() {
+                        1..=MAX_RECIPIENT_BYTES => Ok(to),
+                        _ => Err(DecodeError::BadRecipient),
+                    })?,
                 body: raw.body.unwrap_or_default(),
             },
             Some(_) => return Err(DecodeError::UnknownType),
@@ -611,6 +622,14 @@ mod tests {
         let longer = format!(r#"{{"type":"typing","id":"{}"}}"#, "i".repeat(65));
         assert_eq!(v2(&longer), Err(DecodeError::BadId));
         assert_eq!(v2(r#"{"type":"typing","id":""}"#), Err(DecodeError::BadId));
+        let longest = format!(r#"{{"type":"direct","to":"{}"}}"#, "u".repeat(256));
+        assert!(v2(&longest).is_ok());
+        let longer = format!(r#"{{"type":"direct","to":"{}"}}"#, "u".repeat(257));
+        assert_eq!(v2(&longer), Err(DecodeError::BadRecipient));
+        assert_eq!(
+            v2(r#"{"type":"direct","to":""}"#),
+            Err(DecodeError::BadRecipient)
+        );
         for bad in [
             r#"{"type":"typing","id":7}"#,
             r#"{"type":"direct","to":["bob"],"body":"x"}"#,

@@ -15,7 +15,7 @@ pub use client::{ClientFrame, ClientRequest, Since};
 pub(crate) use close::is_valid_peer_close_code;
 pub use close::CloseCode;
 pub use error::ErrorCode;
-pub(crate) use server::{notice, Dialect, Listed, MembersFrame, ServerFrame};
+pub(crate) use server::{notice, Dialect, DirectMessage, Listed, MembersFrame, ServerFrame};
 
 /// The subprotocol a client offers (`Sec-WebSocket-Protocol`) to speak protocol v2.
 pub const V2_SUBPROTOCOL: &str = "palisade.v2";

@@ -1,7 +1,9 @@
 //! Frames from the server, encoded once per broadcast into shared [`Bytes`], with Go's
 //! HTML-safe escaping so a GarinChat client sees the same bytes it saw before.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -36,10 +38,7 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
-    /// Every dialect, each with its index in a per-dialect table.
-    pub(crate) const ALL: [Dialect; 3] = [Dialect::GarinChat, Dialect::Extended, Dialect::V2];
-
-    /// This dialect's index in [`ALL`](Self::ALL).
+    /// This dialect's index in a per-dialect table (`[_; 3]`, in declaration order).
     pub(crate) const fn index(self) -> usize {
         self as usize
     }
@@ -233,6 +232,35 @@ impl<'a> ServerFrame<'a> {
     /// The frame's JSON, escaped as Go's `encoding/json` does (`<`, `>`, `&`, U+2028, U+2029).
     pub(crate) fn encode(&self) -> Bytes {
         encode(self, 96 + self.body.len() + self.username.len())
+    }
+}
+
+/// A direct message (protocol v2) on its way to a user's sessions, on this node or through the
+/// broker to the others. `Debug` shows the body's size, never the body: it may reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct DirectMessage {
+    /// The recipient's user id.
+    pub to: Arc<str>,
+    /// The sender's user id and display name.
+    pub from: Arc<str>,
+    pub username: Arc<str>,
+    pub body: Arc<str>,
+}
+
+impl DirectMessage {
+    /// The frame the recipient's sessions get.
+    pub(crate) fn encode(&self) -> Bytes {
+        ServerFrame::direct(&self.body, &self.username, &self.from).encode()
+    }
+}
+
+impl fmt::Debug for DirectMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectMessage")
+            .field("to", &self.to)
+            .field("from", &self.from)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,11 +1,12 @@
 //! The `direct` frame (protocol v2): a message to one user, handed to every v2 session of that
 //! user on every node, under `DIRECT_MESSAGES`.
 //!
-//! Who may be messaged is decided here, before anything is spent on delivery: nobody
-//! (`off`), a user who shares one of the sender's rooms as this node knows them (rooms carry
-//! their members on every node), or any user with a session somewhere (`all`: this node's
-//! sessions first, then the cluster's directory). A direct message is not stored: the sender
-//! is told when nobody could get it.
+//! Who may be messaged is decided here: nobody (`off`), a user who shares one of the sender's
+//! rooms as this node knows them (rooms carry their members on every node), or any user
+//! (`all`). A direct message is not stored: the sender is told `recipient_offline` when no
+//! session here took it and the cluster's directory knows none elsewhere. Recipients take
+//! direct messages only while their queue is under half full, so nobody can push a user out
+//! as a slow consumer with them.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::broker::directory::Cluster;
 use crate::broker::Notice;
 use crate::config::DirectMessages;
 use crate::metrics::labels::{DropReason, RateLimit};
-use crate::protocol::{CloseCode, ErrorCode, ServerFrame};
+use crate::protocol::{CloseCode, DirectMessage, ErrorCode};
 
 impl Session {
     pub(super) async fn on_direct(&mut self, to: &str, body: &str) -> Handled {
@@ -27,9 +28,13 @@ impl Session {
         if policy == DirectMessages::Off {
             return Err(Refusal::Error(ErrorCode::DirectOff));
         }
-        let from = Arc::clone(&identity.user_id);
-        let username = Arc::clone(&identity.display_name);
-        self.spend_message(&from)?;
+        let direct = DirectMessage {
+            to: Arc::from(to),
+            from: Arc::clone(&identity.user_id),
+            username: Arc::clone(&identity.display_name),
+            body: Arc::from(body),
+        };
+        self.spend_message(&direct.from)?;
         if !self.limiters.allow_direct(&self.gateway.quotas) {
             debug!(session = self.id, "direct message rate exceeded");
             self.gateway.metrics.rate_limit(RateLimit::Direct);
@@ -40,24 +45,18 @@ impl Session {
             self.gateway.metrics.dropped(DropReason::Empty);
             return Ok(Answer::Done);
         }
-        let to: Arc<str> = Arc::from(to);
-        match policy {
-            DirectMessages::Off => unreachable!("refused above"),
-            DirectMessages::SharedRoom => self.shares_a_room(&to)?,
-            DirectMessages::All => self.is_online(&to).await?,
+        if policy == DirectMessages::SharedRoom {
+            self.shares_a_room(&direct.to)?;
         }
-        let broker = self.gateway.hub.broker();
-        broker.count_message(&from);
+        let broker = Arc::clone(self.gateway.hub.broker());
+        broker.count_message(&direct.from);
         self.gateway.metrics.messages_received.inc();
-        let frame = ServerFrame::direct(body, &username, &from).encode();
-        let here = self.gateway.sessions.deliver_direct(&to, frame, self.id);
+        let here = self.gateway.sessions.deliver_direct(&direct, Some(self.id));
         self.gateway.metrics.messages_delivered.inc_by(here as u64);
-        broker.announce(Notice::Direct {
-            to,
-            from,
-            username,
-            body: Arc::from(body),
-        });
+        if here == 0 {
+            self.elsewhere(&direct.to).await?;
+        }
+        broker.announce(Notice::Direct(direct));
         Ok(Answer::Done)
     }
 
@@ -76,14 +75,17 @@ impl Session {
         Err(Refusal::Error(ErrorCode::DirectNotAllowed))
     }
 
-    /// `all`: the recipient has a session on this node or, as the cluster's directory says,
-    /// on another.
-    async fn is_online(&self, to: &Arc<str>) -> Result<(), Refusal> {
-        if self.gateway.sessions.user_count(to) > 0 {
-            return Ok(());
-        }
+    /// Nobody here took the message: whether the recipient has a session on another node, as
+    /// the cluster's directory says (it counts GarinChat's sessions too, which cannot take
+    /// it: the sender is then answered `ok` for a message nobody gets).
+    async fn elsewhere(&self, to: &Arc<str>) -> Result<(), Refusal> {
+        let here = self.gateway.sessions.user_count(to);
         match self.gateway.hub.broker().user_sessions(to).await {
-            Cluster::Known(sessions) if sessions.iter().any(|(_, count)| *count > 0) => Ok(()),
+            Cluster::Known(sessions)
+                if sessions.iter().map(|(_, count)| count).sum::<usize>() > here =>
+            {
+                Ok(())
+            }
             Cluster::Known(_) | Cluster::Alone => Err(Refusal::Error(ErrorCode::RecipientOffline)),
             Cluster::Unreachable => Err(Refusal::Error(ErrorCode::Unavailable)),
         }

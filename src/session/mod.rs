@@ -31,6 +31,7 @@ mod timers;
 pub mod writer;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fastwebsockets::WebSocket;
@@ -154,6 +155,8 @@ struct Session {
     /// The user's place under `MAX_SESSIONS_PER_USER` counted on every node.
     _claim: Option<SessionClaim>,
     timers: Timers,
+    /// The request being handled has spent the control budget (its error need not again).
+    spent_control: AtomicBool,
 }
 
 /// Runs a session on an upgraded socket until it closes.
@@ -208,6 +211,7 @@ pub(crate) async fn run<S>(
         token: None,
         _claim: None,
         timers: Timers::new(&settings.keepalive, started),
+        spent_control: AtomicBool::new(false),
     };
     let end = session.run(&mut events).await;
 
@@ -303,6 +307,7 @@ impl Session {
             Version::V2 => request.id.as_deref(),
         };
         let frame = &request.frame;
+        self.spent_control.store(false, Ordering::Relaxed);
         match self.handle(frame, id).await {
             Ok(Answer::Done) => {
                 if id.is_some() {
@@ -324,10 +329,16 @@ impl Session {
                         .garinchat_close()
                         .unwrap_or(CloseCode::ProtocolViolation)),
                     Version::V2 => {
-                        // Refusals are answered, so each spends the control budget: repeating
-                        // them is no free loop.
-                        self.spend_control()?;
-                        let room = frame.room();
+                        // Refusals are answered, so each spends the control budget once (if
+                        // the request did not already): repeating them is no free loop.
+                        if !self.spent_control.load(Ordering::Relaxed) {
+                            self.spend_control()?;
+                        }
+                        // A room name that breaks the rules is not echoed back at any length.
+                        let names = &self.gateway.session.names;
+                        let room = frame
+                            .room()
+                            .filter(|room| validate_room(room, names.room_max_chars).is_ok());
                         self.answer(ServerFrame::error(code).answering(id).in_room(room));
                         Ok(())
                     }
@@ -452,6 +463,7 @@ impl Session {
     /// Spends one unit of the control budget (joins, leaves, token refreshes); over it, the
     /// socket is closed with 4006.
     fn spend_control(&self) -> Result<(), CloseCode> {
+        self.spent_control.store(true, Ordering::Relaxed);
         if self.limiters.allow_control() {
             return Ok(());
         }

@@ -293,7 +293,10 @@ impl Drop for Client {
 impl Client {
     /// A client on a socket just opened, whose 101 answer selected `subprotocol`; its protocol
     /// is recorded for [`protocol`](Self::protocol) and the frame log.
-    fn opened(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, subprotocol: Option<&str>) -> Client {
+    pub(crate) fn opened(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        subprotocol: Option<&str>,
+    ) -> Client {
         frames::register(&ws, subprotocol);
         Client { ws }
     }

@@ -237,7 +237,7 @@ impl RedisBroker {
     /// Keeps a ban or unban that could not be written, to write it when Redis is back (a
     /// kick or a direct message only matters now: it is dropped).
     fn keep_pending(&self, notice: Notice) {
-        if matches!(notice, Notice::Kick { .. } | Notice::Direct { .. }) {
+        if matches!(notice, Notice::Kick { .. } | Notice::Direct(_)) {
             return;
         }
         let mut pending = self.pending_control.lock().expect("never poisoned");

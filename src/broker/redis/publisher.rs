@@ -189,7 +189,7 @@ impl RedisBroker {
             Notice::Revoke { revoked, until_ms } => {
                 keep_later(pipe, self.keys.revoked(revoked), *until_ms);
             }
-            Notice::Kick { .. } | Notice::Direct { .. } => {}
+            Notice::Kick { .. } | Notice::Direct(_) => {}
         }
         pipe.cmd("PUBLISH")
             .arg(self.keys.control())
