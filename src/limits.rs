@@ -1,9 +1,10 @@
 //! Message rate limits (governor's GCRA): per socket, and per user across all their sockets.
 //!
 //! Budgets per session: `message` frames (`MSG_RATE_PER_SEC`/`MSG_BURST`; with the
-//! defaults two messages back to back close the sender, as in GarinChat), the frames that
-//! change membership, `join` and `userleave` (`CONTROL_RATE_PER_SEC`/`CONTROL_BURST`), which
-//! would otherwise let a client flood a room with join/leave broadcasts, and, made at their
+//! defaults two messages back to back close the sender, as in GarinChat), control frames
+//! (`CONTROL_RATE_PER_SEC`/`CONTROL_BURST`: `join` and `userleave`, which would otherwise let a
+//! client flood a room with join/leave broadcasts, `members`, `seen`, token refreshes, and v2's
+//! refused requests, which are answered), and, made at their
 //! first use, `typing` and protocol v2's `direct` frames (which spend the message budgets too).
 //! A direct (unkeyed) limiter lives and dies with its session, so nothing here grows with the
 //! number of clients.
@@ -70,7 +71,8 @@ pub(crate) fn quota(
 pub(crate) struct Quotas {
     /// `message` frames per socket.
     pub messages: Quota,
-    /// `join`/`userleave`/`members`/`seen` frames and token refreshes per socket.
+    /// `join`/`userleave`/`members`/`seen` frames, token refreshes and v2's refused requests
+    /// per socket.
     pub control: Quota,
     /// `typing` frames per socket.
     pub typing: Quota,
