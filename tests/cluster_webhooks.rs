@@ -92,12 +92,18 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     assert_eq!(carol.recv_json().await["type"], "join");
     let _dave = a.joined("dave", "hall").await;
     receiver
-        .wait_until("carol and dave online", Duration::from_secs(5), |events| {
-            kinds_for(events, "userId", "carol") == ["user.online"]
-                && kinds_for(events, "userId", "dave") == ["user.online"]
-        })
+        .wait_until(
+            "carol and dave online, attic occupied",
+            Duration::from_secs(5),
+            |events| {
+                kinds_for(events, "userId", "carol") == ["user.online"]
+                    && kinds_for(events, "userId", "dave") == ["user.online"]
+                    && kinds_for(events, "room", "attic") == ["room.occupied"]
+            },
+        )
         .await;
 
+    // Killed only once its events are out: what a node had not yet sent dies with it.
     doomed.child.kill().unwrap(); // SIGKILL: no goodbye, its key expires (REDIS_KEY_TTL_SECS 3)
     let _ = doomed.child.wait();
     receiver
