@@ -6,8 +6,9 @@
 //!                                           └────────────── userleave ──────────┘
 //! ```
 //!
-//! A GarinChat socket is in at most one room. A protocol v2 socket (see [`direct`] and
-//! `docs/PROTOCOL.md`) joins up to `MAX_ROOMS_PER_SOCKET` rooms, names the room in each frame,
+//! A GarinChat socket is in at most one room. A protocol v2 socket (`docs/PROTOCOL.md`) joins
+//! up to `MAX_ROOMS_PER_SOCKET` rooms ([`rooms`]), sends direct messages ([`direct`]), names
+//! the room in each frame,
 //! and its join deadline runs only until its first join. Every frame is a request: what
 //! concerns one room or one frame is refused with an `error` frame in v2 (a [`Refusal::Error`],
 //! which a GarinChat socket gets as the close code beside it), what ends the session closes.
@@ -26,6 +27,7 @@ mod auth;
 mod close;
 mod direct;
 pub mod reader;
+mod rooms;
 pub(crate) mod settings;
 mod timers;
 pub mod writer;
@@ -45,20 +47,18 @@ use crate::admission::Admitted;
 use crate::auth::Identity;
 use crate::broker::SessionClaim;
 use crate::client_ip::IpKey;
-use crate::history::{Position, Request};
-use crate::hub::{Member, Membership};
+use crate::hub::Membership;
 use crate::ids::SessionId;
 use crate::limits::SessionLimiters;
-use crate::metrics::labels::{DropReason, RateLimit, SessionState};
-use crate::names::{validate_room, validate_username};
+use crate::metrics::labels::{RateLimit, SessionState};
+use crate::names::validate_room;
 use crate::outbox::{Outbound, Outbox, SharedPayload};
-use crate::protocol::{
-    ClientFrame, ClientRequest, CloseCode, Dialect, ErrorCode, ServerFrame, Since, Version,
-};
+use crate::protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, ServerFrame, Version};
 use crate::sessions::{Registration, RoomSlot, TokenId};
 use crate::state::Gateway;
 use close::{End, Summary};
 use reader::{EventReceiver, Inbound};
+use rooms::JoinRequest;
 use timers::{far_future, Due, Timers};
 
 /// Reader events buffered ahead of the session: small, so a client that floods is held back by
@@ -399,67 +399,6 @@ impl Session {
         Ok(Answer::Sent)
     }
 
-    /// The membership a room frame is for: GarinChat's socket's one room, or the room a v2
-    /// frame names. A frame before auth (or, for GarinChat's, before join) is 4004; a v2 room
-    /// frame without a room is malformed (4004); one for a room the socket is not in is
-    /// `not_joined`.
-    fn member_of(&self, frame: &'static str, room: Option<&str>) -> Result<&Membership, Refusal> {
-        let State::Authed { rooms, .. } = &self.state else {
-            return Err(self.out_of_state(frame).into());
-        };
-        let joined = match self.version {
-            Version::GarinChat => rooms.first().ok_or_else(|| self.out_of_state(frame))?,
-            Version::V2 => {
-                let Some(room) = room else {
-                    debug!(session = self.id, frame, "v2 room frame without a room");
-                    return Err(CloseCode::ProtocolViolation.into());
-                };
-                rooms
-                    .iter()
-                    .find(|joined| joined.membership.room() == room)
-                    .ok_or(Refusal::Error(ErrorCode::NotJoined))?
-            }
-        };
-        Ok(&joined.membership)
-    }
-
-    /// `members`: answered with the room's members, under the control budget.
-    fn on_members(&mut self, room: Option<&str>, id: Option<&str>) -> Handled {
-        self.member_of("members", room)?;
-        self.spend_control()?;
-        let frame = self.member_of("members", room)?.members(id);
-        self.outbox.deliver(Outbound::text(frame));
-        Ok(Answer::Sent)
-    }
-
-    /// `typing`: relayed (coalesced), under its own budget.
-    fn on_typing(&mut self, room: Option<&str>) -> Handled {
-        self.member_of("typing", room)?;
-        if !self.limiters.allow_typing(&self.gateway.quotas) {
-            debug!(session = self.id, "typing rate exceeded");
-            self.gateway.metrics.rate_limit(RateLimit::Typing);
-            return Err(CloseCode::RateLimited.into());
-        }
-        self.member_of("typing", room)?.typing();
-        Ok(Answer::Done)
-    }
-
-    /// `seen`: the read position recorded and relayed (coalesced), under the control budget.
-    fn on_seen(&mut self, room: Option<&str>, offset: u64, epoch: Option<&str>) -> Handled {
-        self.member_of("seen", room)?;
-        self.spend_control()?;
-        self.member_of("seen", room)?
-            .seen(offset, epoch)
-            .map_err(|_| {
-                debug!(
-                    session = self.id,
-                    offset, "seen past the room's last message"
-                );
-                Refusal::Error(ErrorCode::SeenAhead)
-            })?;
-        Ok(Answer::Done)
-    }
-
     /// Spends one unit of the control budget (joins, leaves, token refreshes); over it, the
     /// socket is closed with 4006.
     fn spend_control(&self) -> Result<(), CloseCode> {
@@ -489,143 +428,6 @@ impl Session {
         Ok(())
     }
 
-    async fn on_join(&mut self, asked: JoinRequest<'_>) -> Handled {
-        let JoinRequest { room, id, .. } = asked;
-        let State::Authed { identity, rooms } = &self.state else {
-            return Err(self.out_of_state("join").into());
-        };
-        let settings = &self.gateway.session;
-        let in_room = match self.version {
-            Version::GarinChat => !rooms.is_empty(),
-            Version::V2 => rooms.iter().any(|joined| joined.membership.room() == room),
-        };
-        if in_room {
-            return Err(Refusal::Error(ErrorCode::AlreadyJoined));
-        }
-        self.spend_control()?;
-        if rooms.len() >= settings.max_rooms_per_socket {
-            return Err(Refusal::Error(ErrorCode::TooManyRooms));
-        }
-        if identity
-            .rooms
-            .as_ref()
-            .is_some_and(|rooms| !rooms.allows(room))
-        {
-            debug!(
-                session = self.id,
-                room_bytes = room.len(),
-                "room not in the token's rooms claim"
-            );
-            return Err(Refusal::Error(ErrorCode::RoomNotAllowed));
-        }
-        let display_name = self.display_name(identity, room, asked.username)?;
-        let slot = match self.version {
-            Version::GarinChat => None,
-            Version::V2 => Some(
-                self.gateway
-                    .sessions
-                    .claim_room(&identity.user_id, settings.max_rooms_per_user)
-                    .ok_or(Refusal::Error(ErrorCode::TooManyRoomsForUser))?,
-            ),
-        };
-        let member = Member {
-            session_id: self.id,
-            user_id: Arc::clone(&identity.user_id),
-            display_name,
-            outbox: self.outbox.clone(),
-            dialect: match self.version {
-                Version::V2 => Dialect::V2,
-                Version::GarinChat if asked.history.is_some() || asked.since.is_some() => {
-                    Dialect::Extended
-                }
-                Version::GarinChat => Dialect::GarinChat,
-            },
-        };
-        let hub = Arc::clone(&self.gateway.hub);
-        let limits = hub.history_settings();
-        let request = Request {
-            // More than a room keeps is what it keeps.
-            history: asked.history.map_or(limits.on_join, |wanted| {
-                usize::try_from(wanted).map_or(limits.size, |wanted| wanted.min(limits.size))
-            }),
-            since: asked.since.map(|since| Position {
-                epoch: Arc::from(since.epoch.as_str()),
-                offset: since.offset,
-            }),
-        };
-        let membership = hub
-            .join_everywhere(room, member, &request, id)
-            .await
-            .map_err(|_| {
-                debug!(session = self.id, "room full");
-                Refusal::Error(ErrorCode::RoomFull)
-            })?;
-        let before = self.state.label();
-        if let State::Authed { rooms, .. } = &mut self.state {
-            rooms.push(Joined {
-                membership,
-                _slot: slot,
-            });
-        }
-        self.relabel(before);
-        self.deadline = None;
-        Ok(Answer::Sent)
-    }
-
-    /// The name the joiner goes by: the token's, or (`TRUST_CLIENT_USERNAME`) the one it sent.
-    fn display_name(
-        &self,
-        identity: &Identity,
-        room: &str,
-        username: Option<&str>,
-    ) -> Result<Arc<str>, Refusal> {
-        let names = &self.gateway.session.names;
-        validate_room(room, names.room_max_chars).map_err(|err| {
-            debug!(session = self.id, room_bytes = room.len(), %err, "room refused");
-            Refusal::Error(ErrorCode::InvalidName)
-        })?;
-        if !names.trust_client_username {
-            return Ok(Arc::clone(&identity.display_name));
-        }
-        let name = username.ok_or(Refusal::Error(ErrorCode::InvalidName))?;
-        validate_username(name, names.username_max_chars).map_err(|err| {
-            debug!(session = self.id, name_bytes = name.len(), %err, "username refused");
-            Refusal::Error(ErrorCode::InvalidName)
-        })?;
-        Ok(Arc::from(name))
-    }
-
-    fn on_message(&mut self, room: Option<&str>, body: &str) -> Handled {
-        self.member_of("message", room)?;
-        let user = Arc::clone(&self.state.identity().expect("in a room").user_id);
-        self.spend_message(&user)?;
-        if body.is_empty() {
-            // Documented: an empty message is dropped, not relayed (it still counts above).
-            self.gateway.metrics.dropped(DropReason::Empty);
-            return Ok(Answer::Done);
-        }
-        self.gateway.hub.broker().count_message(&user);
-        self.gateway.metrics.messages_received.inc();
-        self.member_of("message", room)?.publish(body);
-        Ok(Answer::Done)
-    }
-
-    fn on_leave(&mut self, room: Option<&str>) -> Handled {
-        let leaving = self.member_of("userleave", room)?.room().to_owned();
-        self.spend_control()?;
-        let before = self.state.label();
-        if let State::Authed { rooms, .. } = &mut self.state {
-            // Dropping the membership leaves the room: it hears `userleave` at once.
-            rooms.retain(|joined| joined.membership.room() != leaving);
-        }
-        self.relabel(before);
-        // GarinChat's socket must join again in time; a v2 socket may stay in no room.
-        if self.version == Version::GarinChat {
-            self.deadline = Some(Instant::now() + self.gateway.session.deadlines.join);
-        }
-        Ok(Answer::Done)
-    }
-
     /// A frame not allowed in the current state: logged, then 4004.
     fn out_of_state(&self, frame: &'static str) -> CloseCode {
         debug!(
@@ -650,16 +452,6 @@ impl Session {
             self.gateway.metrics.session_state(Some(before), Some(now));
         }
     }
-}
-
-/// What a `join` asks for.
-struct JoinRequest<'a> {
-    username: Option<&'a str>,
-    room: &'a str,
-    history: Option<u64>,
-    since: Option<&'a Since>,
-    /// The request id the acknowledgement answers (v2).
-    id: Option<&'a str>,
 }
 
 impl Drop for Session {
