@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -30,8 +30,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-use super::RECV_TIMEOUT;
 
 /// The subprotocol that selects protocol v2.
 pub(crate) const V2_SUBPROTOCOL: &str = "palisade.v2";
@@ -225,7 +223,11 @@ pub(crate) async fn connect_offering(
         .await
         .expect("upgrade request sent");
 
-    let (answer, rest) = read_answer(&mut stream).await;
+    let (answer, rest) = super::raw::read_head_keeping_rest(&mut stream).await;
+    assert!(
+        !answer.is_empty(),
+        "the server closed before answering the upgrade"
+    );
     let mut lines = answer.split("\r\n");
     let status = lines.next().unwrap_or_default();
     assert!(
@@ -254,26 +256,4 @@ pub(crate) async fn connect_offering(
     )
     .await;
     (socket, selected)
-}
-
-/// Reads the answer's head; returns it and whatever bytes came after it (early frames).
-async fn read_answer(stream: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = received.split_off(end + 4);
-            return (String::from_utf8_lossy(&received).into_owned(), rest);
-        }
-        let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut chunk))
-            .await
-            .expect("the upgrade answer within the receive timeout")
-            .expect("the upgrade answer can be read");
-        assert!(
-            read > 0,
-            "the server closed before answering the upgrade: {:?}",
-            String::from_utf8_lossy(&received)
-        );
-        received.extend_from_slice(&chunk[..read]);
-    }
 }

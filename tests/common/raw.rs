@@ -44,7 +44,7 @@ async fn read_head(stream: &mut TcpStream) -> String {
 }
 
 /// Reads a response head; returns it and any bytes that came after it (early frames).
-async fn read_head_keeping_rest(stream: &mut TcpStream) -> (String, Vec<u8>) {
+pub(crate) async fn read_head_keeping_rest(stream: &mut TcpStream) -> (String, Vec<u8>) {
     let mut received = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
