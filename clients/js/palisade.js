@@ -646,7 +646,7 @@ export class PalisadeClient extends EventTarget {
         this.#pending.delete(id);
         reject(new PalisadeError("timeout", `no answer to ${frame.type}`, room));
       }, this.#options.requestTimeoutMs);
-      this.#pending.set(id, { resolve, reject, timer, onAnswer, type: frame.type });
+      this.#pending.set(id, { resolve, reject, timer, onAnswer, type: frame.type, room });
       try {
         this.#sendFrame({ ...frame, id });
       } catch (error) {
@@ -702,8 +702,12 @@ export class PalisadeClient extends EventTarget {
     if (!request) return false;
     clearTimeout(request.timer);
     if (frame.type === "error") {
-      this.#controlPacer?.book(); // each error frame spends the control budget too
-      request.reject(new PalisadeError(frame.code, `${request.type ?? frame.type} refused: ${frame.code}`, frame.room));
+      // A refused request spends the control budget, unless it was a control frame (already
+      // booked when sent): the server charges each request once.
+      if (!CONTROL_FRAMES.has(request.type) && request.type !== "auth") this.#controlPacer?.book();
+      // The request's own room: the server does not echo a room name that breaks its rules.
+      const room = frame.room ?? request.room;
+      request.reject(new PalisadeError(frame.code, `${request.type ?? frame.type} refused: ${frame.code}`, room));
       return true;
     }
     request.onAnswer?.(frame);
