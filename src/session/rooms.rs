@@ -159,6 +159,9 @@ impl Session {
             })?;
         let before = self.state.label();
         if let State::Authed { rooms, .. } = &mut self.state {
+            // One room at a time: a Vec's first growth is to four, which every idle GarinChat
+            // socket (one room, for good) would carry as three empty slots.
+            rooms.reserve_exact(1);
             rooms.push(Joined {
                 membership,
                 _slot: slot,
