@@ -1,14 +1,15 @@
 //! Test-only: an echo server built from the gateway's own frame layer, for the
 //! Autobahn|Testsuite fuzzing client (`.ci/autobahn`). It is never part of the gateway.
 //!
-//! The reader (the gateway's reader) and writer (writer) are
-//! exactly the gateway's; only the limits differ, because Autobahn sends messages of up to
-//! 16 MiB in up to 2^18 fragments, far beyond what a chat gateway should accept.
+//! The socket (frame reader, writer and close handshake) is exactly the gateway's; only the
+//! limits differ, because Autobahn sends messages of up to 16 MiB in up to 2^18 fragments, far
+//! beyond what a chat gateway should accept.
 //!
 //! Usage: `cargo run --example autobahn_echo -- 127.0.0.1:9001`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -17,9 +18,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use palisade::testing::SharedPayload;
-use palisade::testing::{reader, writer, CloseRequest, Inbound, Outbound, Outbox, ReadLimits};
+use palisade::testing::{CloseRequest, Inbound, Outbound, Outbox, ReadLimits, Socket};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const LIMITS: ReadLimits = ReadLimits {
     max_message_bytes: 20 << 20,
@@ -68,20 +68,12 @@ async fn main() -> std::io::Result<()> {
 
 async fn echo<S>(io: S)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (read_half, write_half) = tokio::io::split(io);
     let (outbox, outbox_rx) = Outbox::new(QUEUE, usize::MAX);
-    let (close_tx, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(writer::run(write_half, outbox_rx, close_rx, None));
-    let (events_tx, mut events) = reader::events(4);
-    let reader = tokio::spawn(reader::run(read_half, LIMITS, events_tx));
-
+    let mut socket = Socket::new(io, &[], LIMITS, outbox_rx, None);
     let close = loop {
-        let Some(event) = events.recv().await else {
-            break None;
-        };
-        match event {
+        match socket.next().await {
             Inbound::Text(text) => {
                 outbox.deliver(Outbound::text(text.into_string()));
             }
@@ -98,21 +90,12 @@ where
         }
     };
     if let Some((code, drain)) = close {
-        let _ = close_tx.send(CloseRequest {
+        let request = CloseRequest {
             code,
             reason: "",
             drain,
-        });
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+        };
+        // Then the client has a moment to close TCP first.
+        socket.close(request, true, Duration::from_secs(2)).await;
     }
-    // Give the client a moment to close TCP first (the reader drains after a violation).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        while let Some(event) = events.recv().await {
-            if matches!(event, Inbound::Gone | Inbound::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
-    reader.abort();
 }

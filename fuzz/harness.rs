@@ -62,19 +62,97 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Target `ws_stream`: arbitrary bytes after the handshake, through the gateway's frame
 /// reader. Never panics; every message it yields is within the limits; it ends.
 pub(crate) fn ws_stream(data: &[u8]) {
-    runtime().block_on(async {
-        let mut reader = MessageReader::new(data, LIMITS);
-        for _ in 0..=data.len() {
-            match reader.next().await {
-                Inbound::Text(text) => assert!(text.len() <= LIMITS.max_message_bytes),
-                Inbound::Binary(bytes) => assert!(bytes.len() <= LIMITS.max_message_bytes),
-                Inbound::Ping(payload) => assert!(payload.len() <= 125),
-                Inbound::Pong(_) => {}
-                Inbound::Close(_) | Inbound::Violation(_) | Inbound::Gone => return,
+    runtime().block_on(read_all(MessageReader::new(data, LIMITS), data.len()));
+}
+
+/// Target `ws_chunks`: the same bytes arriving in pieces (sizes drawn from the first byte),
+/// with the read interrupted (its future dropped) whenever the stream is not ready. The reader
+/// yields exactly what it yields for the bytes in one piece: how bytes arrive, and how often a
+/// `select!` drops a read in the middle, change nothing.
+pub(crate) fn ws_chunks(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = runtime().block_on(read_all(MessageReader::new(stream, LIMITS), stream.len()));
+    let mut reader = MessageReader::new(Chunked::new(stream, seed), LIMITS);
+    let mut chunked = Vec::new();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    // Each poll makes a new read and drops it if it is not done: every pending read is
+    // cancelled. The stream is ready at every other poll, so this ends.
+    for _ in 0..4 * (stream.len() + 2) {
+        let mut next = std::pin::pin!(reader.next());
+        if let std::task::Poll::Ready(event) = std::future::Future::poll(next.as_mut(), &mut cx) {
+            let terminal = event.is_terminal();
+            chunked.push(event);
+            if terminal {
+                break;
             }
         }
-        panic!("the reader yielded more events than there were bytes");
-    });
+    }
+    assert_eq!(chunked, whole, "chunking changed what was read");
+}
+
+/// Every event up to the terminal one, each checked against the limits.
+async fn read_all<S: tokio::io::AsyncRead + Unpin>(
+    mut reader: MessageReader<S>,
+    len: usize,
+) -> Vec<Inbound> {
+    let mut events = Vec::new();
+    for _ in 0..=len {
+        let event = reader.next().await;
+        match &event {
+            Inbound::Text(text) => assert!(text.len() <= LIMITS.max_message_bytes),
+            Inbound::Binary(bytes) => assert!(bytes.len() <= LIMITS.max_message_bytes),
+            Inbound::Ping(payload) => assert!(payload.len() <= 125),
+            Inbound::Pong(_) => {}
+            Inbound::Close(_) | Inbound::Violation(_) | Inbound::Gone => {
+                events.push(event);
+                return events;
+            }
+        }
+        events.push(event);
+    }
+    panic!("the reader yielded more events than there were bytes");
+}
+
+/// A stream that gives its bytes in pieces of 1 to 16, and is not ready at every other read.
+struct Chunked<'a> {
+    rest: &'a [u8],
+    state: u8,
+    ready: bool,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(bytes: &'a [u8], seed: u8) -> Self {
+        Self {
+            rest: bytes,
+            state: seed,
+            ready: false,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Chunked<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.ready = !self.ready;
+        if !self.ready {
+            return std::task::Poll::Pending;
+        }
+        // A small linear congruential sequence: varied sizes, the same for the same seed.
+        self.state = self.state.wrapping_mul(29).wrapping_add(11);
+        let size = usize::from(self.state % 16 + 1)
+            .min(self.rest.len())
+            .min(buf.remaining());
+        let (piece, rest) = self.rest.split_at(size);
+        buf.put_slice(piece);
+        self.rest = rest;
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Target `token`: the verifier never panics and never accepts arbitrary input.

@@ -83,6 +83,11 @@ streams = {
 for name, data in streams.items():
     write("ws_stream", name, data)
 
+# ws_chunks: the same streams behind a byte that seeds how they are cut into pieces.
+os.makedirs(os.path.join(ROOT, "ws_chunks"), exist_ok=True)
+for seed, (name, data) in enumerate(streams.items()):
+    write("ws_chunks", name, bytes([seed * 37 % 256]) + data)
+
 
 # token: shapes of tokens, none of them valid for the fuzz secret.
 def b64(data):

@@ -27,13 +27,14 @@
 //! | | `bans` | strikes for abusive closes, temporary bans of IPs and users |
 //! | | `limits` | message and control rate limits (governor) |
 //! | | `outbox` | a socket's bounded outbound queue and slow-consumer eviction |
+//! | | `socket` | an upgraded connection: RFC 6455 frames read and written as the socket is ready, with no buffer while idle; the close handshake |
 //! | | `upgrade` | who may upgrade: the handshake checks fastwebsockets leaves open (method, Origin, version, key) |
 //! | | `sessions` | the sessions open on this node by user, address and token id; closing them from outside |
 //! | | `history` | rooms' numbered messages and read positions, in memory under one budget |
 //! | rooms | `broker` | carrying rooms between nodes (in-process, or Redis Pub/Sub and presence); knows the hub only as `LocalRooms` |
 //! | | `hub` | rooms, membership that leaves on drop, non-blocking fan-out, every room frame |
 //! | | `moderation` | bans, kicks and revocations enforced on every node |
-//! | session | `session` | one socket's state machine, with its reader, writer, timers and close |
+//! | session | `session` | one socket's state machine, in one task: its timers, its frames, its close |
 //! | settings | `settings` | every subsystem's typed settings, validated once: [`Settings`] is the only way in |
 //! | state | `state` | the [`Gateway`]: what every connection stands on |
 //! | serving | `server` | the public listener: routes, admission, upgrade; pluggable [`Pages`] |
@@ -74,6 +75,7 @@ mod session;
 mod sessions;
 mod settings;
 pub mod shutdown;
+mod socket;
 mod state;
 #[doc(hidden)]
 pub mod testing;

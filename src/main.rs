@@ -13,6 +13,9 @@ use palisade::Pages;
 use palisade::{Logging, Settings};
 use tracing_subscriber::EnvFilter;
 
+/// The allocator, unless built for a heap profiler: valgrind's massif sees only the system
+/// allocator's calls (`cargo build --profile profiling --features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -20,6 +23,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// runtime has as many workers as cores, and fewer arenas fragment less), and freed pages
 /// returned to the system within a second by jemalloc's background thread, so memory that
 /// served a burst of handshakes is not resident under idle sockets.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(

@@ -1,5 +1,5 @@
 //! A socket's outbound queue: bounded in frames and in bytes, never awaited by anyone but the
-//! socket's own writer, and the way anyone outside a session asks it to close.
+//! socket itself, and the way anyone outside a session asks it to close.
 //!
 //! Fan-out calls [`Outbox::deliver`], which never blocks: when the queue is full, in frames
 //! (`OUTBOUND_QUEUE_FRAMES`) or in bytes (`MAX_OUTBOUND_BYTES`), the socket is a slow consumer,
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::CloseCode;
 
-/// What the writer task writes, in order. Small (a pointer and a tag), because every socket's
+/// What a socket writes, in order. Small (a pointer and a tag), because every socket's
 /// queue holds a block of them from the start.
 #[derive(Debug)]
 pub enum Outbound {
@@ -93,7 +93,7 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
-/// The receiving side, owned by the writer task.
+/// The receiving side, owned by the socket ([`crate::socket::Socket`]).
 pub struct OutboxReceiver {
     queue: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
@@ -101,7 +101,7 @@ pub struct OutboxReceiver {
 
 impl Outbox {
     /// A queue of `frames` frames and `max_bytes` payload bytes: the sending side for rooms, the
-    /// receiving side for the writer.
+    /// receiving side for the socket.
     pub fn new(frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
         let (queue, receiver) = mpsc::channel(frames);
         let shared = Arc::new(Shared {
@@ -195,6 +195,15 @@ impl OutboxReceiver {
     /// The next frame; `None` once every sender is gone. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Outbound> {
         self.queue.recv().await
+    }
+
+    /// The next frame, or `Pending` (waking the task when one comes). For a socket that
+    /// polls its queue beside its reads in one task.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Outbound>> {
+        self.queue.poll_recv(cx)
     }
 
     /// A frame already queued, without waiting.

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -263,9 +264,34 @@ impl Public {
         gateway.metrics.connection(Outcome::Upgraded);
         let gateway_for_session = Arc::clone(gateway);
         gateway.session_tasks.spawn(async move {
-            match upgrade.await {
-                Ok(ws) => session::run(gateway_for_session, ws, client_ip, admitted, version).await,
-                Err(err) => debug!(peer = %peer.ip(), %err, "upgrade did not complete"),
+            let upgraded = match upgrade.await {
+                Ok(ws) => ws.into_inner().into_inner(),
+                Err(err) => {
+                    debug!(peer = %peer.ip(), %err, "upgrade did not complete");
+                    return;
+                }
+            };
+            let gateway = gateway_for_session;
+            // A plain TCP connection is taken out of hyper's wrapper (a box and an indirection
+            // per socket), with the bytes hyper read past the request; a TLS one reads through
+            // the wrapper, which replays them.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let stream = parts.io.into_inner();
+                    session::run(
+                        gateway,
+                        stream,
+                        &parts.read_buf,
+                        client_ip,
+                        admitted,
+                        version,
+                    )
+                    .await
+                }
+                Err(upgraded) => {
+                    let stream = TokioIo::new(upgraded);
+                    session::run(gateway, stream, &[], client_ip, admitted, version).await
+                }
             }
         });
         select_version(&mut response, version);

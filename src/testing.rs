@@ -18,8 +18,9 @@ pub use crate::auth::jwt::unix_now;
 pub use crate::auth::TokenVerifier;
 pub use crate::outbox::{Outbound, Outbox, SharedPayload};
 pub use crate::protocol::{ClientFrame, ClientRequest, Since, Version};
-pub use crate::session::reader::{self, Inbound, MessageReader, ReadLimits};
-pub use crate::session::writer::{self, CloseRequest};
+pub use crate::socket::reader::{Inbound, MessageReader, ReadLimits};
+pub use crate::socket::writer::CloseRequest;
+pub use crate::socket::Socket;
 
 /// Settings that lift every limit a load, fuzz or functional test would hit by accident: the
 /// defaults are for the open internet, not for thousands of sockets from one host. Tests of a
@@ -166,10 +167,10 @@ pub fn connect_in_memory(
             .admit_upgrade(IpKey::of(ip), None)
             .expect("admitted"),
     };
-    let server_ws = WebSocket::after_handshake(server_io, Role::Server);
     let session = tokio::spawn(crate::session::run(
         Arc::clone(gateway),
-        server_ws,
+        server_io,
+        &[],
         ip,
         admitted,
         version,

@@ -1,8 +1,10 @@
-//! RFC 6455 framing rules on top of fastwebsockets, with raw frames over real sockets.
+//! RFC 6455 framing rules, with raw frames over real sockets.
 
 mod common;
 
-use common::raw::{RawSocket, ServerEvent, BINARY, CLOSE, CONTINUATION, FIN, PING, PONG, TEXT};
+use common::raw::{
+    encode_frame, RawSocket, ServerEvent, BINARY, CLOSE, CONTINUATION, FIN, PING, PONG, TEXT,
+};
 use common::{token, TestServer, ORIGIN};
 use serde_json::json;
 
@@ -151,6 +153,50 @@ async fn reserved_bits_and_opcodes_get_a_close_frame() {
             "first byte {first:#x}"
         );
     }
+    server.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmasked_client_frames_are_refused_with_1002() {
+    let server = TestServer::start().await;
+    // RFC 6455 5.1: a server must close the connection on a frame its client did not mask.
+    let mut socket = raw(&server).await;
+    socket.send_raw(&[FIN | TEXT, 2, b'{', b'}']).await;
+    assert_eq!(socket.close_code().await, Some(1002));
+    server.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_behind_the_upgrade_request_are_read() {
+    let server = TestServer::start().await;
+    // A client need not wait for the 101: its first frame may share a packet with the request
+    // (hyper reads it with the request; the socket must start from those bytes).
+    let auth = json!({"type": "auth", "body": "not-a-token"}).to_string();
+    let early = encode_frame(FIN | TEXT, auth.as_bytes());
+    let mut socket = RawSocket::connect_sending(server.addr, ORIGIN, &early).await;
+    assert_eq!(
+        socket.close_code().await,
+        Some(4002),
+        "the auth frame was read"
+    );
+    server.assert_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_arriving_a_byte_at_a_time_is_read_whole() {
+    let server = TestServer::start().await;
+    let mut socket = raw(&server).await;
+    socket.stream.set_nodelay(true).unwrap();
+    let auth = json!({"type": "auth", "body": "not-a-token"}).to_string();
+    for byte in encode_frame(FIN | TEXT, auth.as_bytes()) {
+        socket.send_raw(&[byte]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        socket.close_code().await,
+        Some(4002),
+        "the auth frame was read"
+    );
     server.assert_serves().await;
 }
 

@@ -41,6 +41,11 @@ fn ws_stream_corpus() {
 }
 
 #[test]
+fn ws_chunks_corpus() {
+    replay("ws_chunks", harness::ws_chunks);
+}
+
+#[test]
 fn token_corpus() {
     replay("token", |data| {
         harness::token(data);

@@ -1,21 +1,20 @@
 //! How a session ends: counted, struck against its client when it was abuse, the close
 //! handshake within `CLOSE_TIMEOUT_MS`, and one log line.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
-use super::reader::{EventReceiver, Inbound};
-use super::writer::CloseRequest;
 use crate::bans::Offender;
 use crate::client_ip::IpKey;
 use crate::metrics::client_close_code;
 use crate::metrics::labels::Initiator;
 use crate::protocol::CloseCode;
+use crate::socket::writer::CloseRequest;
+use crate::socket::Socket;
 use crate::state::Gateway;
 
 /// How a session ended.
@@ -75,34 +74,19 @@ impl End {
     }
 }
 
-/// The close handshake: the writer sends the close frame (after what is queued, unless the
-/// socket is a slow consumer), then, when the server closed, the client has the rest of
-/// `timeout` to answer before TCP is dropped.
-pub(super) async fn handshake(
+/// The close handshake: the close frame (after what is queued, unless the socket is a slow
+/// consumer), then, when the server closed, the client has the rest of `timeout` to answer
+/// before TCP is dropped.
+pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     end: End,
-    writer: impl Future,
-    close: oneshot::Sender<CloseRequest>,
-    events: &mut EventReceiver,
+    socket: &mut Socket<S>,
     timeout: Duration,
 ) {
     let Some(request) = end.close_request() else {
         return;
     };
-    let _ = close.send(request);
-    let wait = async {
-        let _ = writer.await;
-        if matches!(end, End::Closed(_)) {
-            while let Some(event) = events.recv().await {
-                if matches!(
-                    event,
-                    Inbound::Close(_) | Inbound::Gone | Inbound::Violation(_)
-                ) {
-                    break;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, wait).await;
+    let server_closed = matches!(end, End::Closed(_));
+    socket.close(request, server_closed, timeout).await;
 }
 
 /// What the log says of a finished session.

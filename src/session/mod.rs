@@ -13,11 +13,10 @@
 //! concerns one room or one frame is refused with an `error` frame in v2 (a [`Refusal::Error`],
 //! which a GarinChat socket gets as the close code beside it), what ends the session closes.
 //!
-//! Three tasks per socket: the [`reader`] (owns the read half), the [`writer`] (owns the write
-//! half and drains the outbox), and this session, which `select!`s only over cancel-safe
-//! branches: reader events, the outbox's eviction signal, the state's deadline, the
-//! [`timers`] and shutdown. The reader and writer are aborted when the session ends, so no
-//! task outlives its socket.
+//! One task per socket: this session owns its [`Socket`], and `select!`s over cancel-safe
+//! branches only: the socket (which writes the outbox as it is polled and returns what the
+//! client sent), the outbox's close signal, one timer for the state's deadline and the
+//! [`timers`], and shutdown.
 //!
 //! Every exit is one [`End`](close::End); the member leaves its room before the close frame is
 //! written (so the room hears `userleave` at once), then the [`close`] handshake gets
@@ -26,21 +25,16 @@
 mod auth;
 mod close;
 mod direct;
-pub mod reader;
 mod rooms;
 pub(crate) mod settings;
 mod timers;
-pub mod writer;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fastwebsockets::WebSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use crate::admission::Admitted;
@@ -55,15 +49,12 @@ use crate::names::validate_room;
 use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, ServerFrame, Version};
 use crate::sessions::{Registration, RoomSlot, TokenId};
+use crate::socket::reader::Inbound;
+use crate::socket::Socket;
 use crate::state::Gateway;
 use close::{End, Summary};
-use reader::{EventReceiver, Inbound};
 use rooms::JoinRequest;
-use timers::{far_future, Due, Timers};
-
-/// Reader events buffered ahead of the session: small, so a client that floods is held back by
-/// TCP rather than by our memory.
-const READER_QUEUE: usize = 4;
+use timers::{Due, Timers};
 
 /// Where a session is in the protocol.
 enum State {
@@ -159,38 +150,31 @@ struct Session {
     spent_control: AtomicBool,
 }
 
-/// Runs a session on an upgraded socket until it closes.
+/// Runs a session on an upgraded connection until it closes. `early`: bytes the client sent
+/// behind its upgrade request, already read.
 pub(crate) async fn run<S>(
     gateway: Arc<Gateway>,
-    ws: WebSocket<S>,
+    stream: S,
+    early: &[u8],
     client_ip: IpAddr,
     admitted: Admitted,
     version: Version,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &gateway.session;
     let started = Instant::now();
-    let (read_half, write_half) = tokio::io::split(ws.into_inner());
-
     let (outbox, outbox_rx) = Outbox::new(
         settings.outbound_queue_frames.get(),
         settings.max_outbound_bytes,
     );
-    let (close_tx, close_rx) = oneshot::channel();
-    let writer = AbortOnDropHandle::new(tokio::spawn(writer::run(
-        write_half,
-        outbox_rx,
-        close_rx,
-        Some(Arc::clone(&gateway.metrics)),
-    )));
-
-    let (events_tx, mut events) = reader::events(READER_QUEUE);
-    let _reader = AbortOnDropHandle::new(tokio::spawn(reader::run(
-        read_half,
+    let mut socket = Socket::new(
+        stream,
+        early,
         settings.read,
-        events_tx,
-    )));
+        outbox_rx,
+        Some(Arc::clone(&gateway.metrics)),
+    );
 
     gateway
         .metrics
@@ -213,14 +197,14 @@ pub(crate) async fn run<S>(
         timers: Timers::new(&settings.keepalive, started),
         spent_control: AtomicBool::new(false),
     };
-    let end = session.run(&mut events).await;
+    let end = session.run(&mut socket).await;
 
     let user_id = session.state.identity().map(|id| Arc::clone(&id.user_id));
     let state = session.state.name();
     end.record(&gateway, admitted.ip.key(), user_id.as_ref());
     // Leave the room first, so the others hear `userleave` before the close handshake.
     drop(session);
-    close::handshake(end, writer, close_tx, &mut events, settings.deadlines.close).await;
+    close::handshake(end, &mut socket, settings.deadlines.close).await;
     drop(admitted);
     Summary {
         peer: client_ip,
@@ -233,20 +217,24 @@ pub(crate) async fn run<S>(
 }
 
 impl Session {
-    async fn run(&mut self, events: &mut EventReceiver) -> End {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, socket: &mut Socket<S>) -> End {
         let stopping = self.gateway.stopping.clone();
         loop {
-            let deadline = self.deadline;
-            let timer = self.timers.next_event();
+            // One timer for the state's deadline and the keepalive clocks: each is a timer
+            // entry in every idle session's state.
+            let wake = self.deadline.map_or(self.timers.next_event(), |deadline| {
+                deadline.min(self.timers.next_event())
+            });
             let event = tokio::select! {
                 biased;
                 _ = stopping.cancelled() => return End::Closed(CloseCode::GoingAway),
                 code = self.outbox.closed() => return End::Closed(code),
-                _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    return End::Closed(self.deadline_code());
-                }
-                _ = sleep_until(timer) => {
-                    match self.timers.due(Instant::now()) {
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|deadline| deadline <= now) {
+                        return End::Closed(self.deadline_code());
+                    }
+                    match self.timers.due(now) {
                         Ok(Due::Ping(payload)) => {
                             self.outbox.deliver(Outbound::Ping(payload));
                         }
@@ -255,7 +243,7 @@ impl Session {
                     }
                     continue;
                 }
-                event = events.recv() => event.unwrap_or(Inbound::Gone),
+                event = socket.next() => event,
             };
             match event {
                 Inbound::Text(text) => {

@@ -4,9 +4,9 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use super::reader::ReadLimits;
 use crate::config::{at_least, millis, nonzero_usize, secs, Config, ConfigError, DirectMessages};
 use crate::names::NameRules;
+use crate::socket::reader::ReadLimits;
 
 /// What an `auth` frame may hold besides its token: `{"type":"auth","body":"…"}` and room for
 /// JSON escapes.

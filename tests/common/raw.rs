@@ -103,7 +103,18 @@ impl RawSocket {
         addr: SocketAddr,
         extra_headers: &str,
     ) -> Result<RawSocket, String> {
-        Self::upgrade_over(TcpStream::connect(addr).await.unwrap(), extra_headers).await
+        Self::upgrade_over(TcpStream::connect(addr).await.unwrap(), extra_headers, &[]).await
+    }
+
+    /// Upgrades with `early` bytes (frames) sent in the same write as the request, before the
+    /// server's answer.
+    pub(crate) async fn connect_sending(addr: SocketAddr, origin: &str, early: &[u8]) -> RawSocket {
+        let headers = format!("Origin: {origin}\r\n");
+        let stream = TcpStream::connect(addr).await.unwrap();
+        match Self::upgrade_over(stream, &headers, early).await {
+            Ok(socket) => socket,
+            Err(head) => panic!("upgrade refused: {head}"),
+        }
     }
 
     /// Upgrades over a connection made from `source` (another loopback address, say).
@@ -112,14 +123,17 @@ impl RawSocket {
         source: std::net::IpAddr,
         extra_headers: &str,
     ) -> Result<RawSocket, String> {
-        Self::upgrade_over(connect_from(addr, source).await, extra_headers).await
+        Self::upgrade_over(connect_from(addr, source).await, extra_headers, &[]).await
     }
 
-    async fn upgrade_over(mut stream: TcpStream, extra_headers: &str) -> Result<RawSocket, String> {
-        stream
-            .write_all(upgrade_request(extra_headers).as_bytes())
-            .await
-            .unwrap();
+    async fn upgrade_over(
+        mut stream: TcpStream,
+        extra_headers: &str,
+        early: &[u8],
+    ) -> Result<RawSocket, String> {
+        let mut request = upgrade_request(extra_headers).into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).await.unwrap();
         let (head, pending) = read_head_keeping_rest(&mut stream).await;
         if head.is_empty() || status(&head) != 101 {
             return Err(head);

@@ -1,0 +1,163 @@
+//! A WebSocket connection after its handshake: frames in, queued frames out, and the close
+//! handshake, all driven from the one task of its session.
+//!
+//! Both directions are readiness-driven and cancel-safe ([`reader`], [`writer`]), so one
+//! future, [`Socket::next`], writes what the [`Outbox`](crate::outbox::Outbox) holds as the
+//! socket takes it and returns the next thing the client sent. The session awaits it in its
+//! `select!` beside its timers and signals; an idle socket costs that one task, a parked
+//! waker, and no buffer in either direction.
+
+mod head;
+pub(crate) mod reader;
+pub(crate) mod writer;
+
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::Metrics;
+use crate::outbox::{Outbound, OutboxReceiver};
+use reader::{FrameReader, Inbound, ReadLimits};
+use writer::{CloseRequest, FrameWriter};
+
+/// Frames written together at most (the queue holds `OUTBOUND_QUEUE_FRAMES`).
+const BATCH_FRAMES: usize = 64;
+
+/// The bytes discarded per read after a framing violation, lent from the stack.
+const DISCARD_CHUNK: usize = 4096;
+
+/// One upgraded connection.
+pub struct Socket<S> {
+    stream: S,
+    reader: FrameReader,
+    writer: FrameWriter,
+    outbox: OutboxReceiver,
+    /// Observes queue depth and fan-out delay, when given.
+    metrics: Option<Arc<Metrics>>,
+    /// The client broke a framing rule: what it sends cannot be parsed any more.
+    violated: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    /// A socket over `stream`, which may have sent `early` bytes with its upgrade request,
+    /// writing what `outbox` receives.
+    pub fn new(
+        stream: S,
+        early: &[u8],
+        limits: ReadLimits,
+        outbox: OutboxReceiver,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Self {
+            stream,
+            reader: FrameReader::new(limits, early),
+            writer: FrameWriter::default(),
+            outbox,
+            metrics,
+            violated: false,
+        }
+    }
+
+    /// The next thing the client sent, writing queued frames meanwhile. Cancel-safe. After a
+    /// terminal event ([`Inbound::is_terminal`]) only [`Socket::close`] may follow.
+    pub async fn next(&mut self) -> Inbound {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.poll_send(cx).is_err() {
+            return Poll::Ready(Inbound::Gone);
+        }
+        let event = std::task::ready!(self.reader.poll_next(cx, &mut self.stream));
+        self.violated = matches!(event, Inbound::Violation(_));
+        Poll::Ready(event)
+    }
+
+    /// Writes queued frames until the queue is empty or the socket would block (its
+    /// writability then wakes the task).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        loop {
+            if !self.writer.is_idle() {
+                match self.writer.poll_write(cx, &mut self.stream) {
+                    Poll::Ready(written) => self.outbox.written(written?),
+                    Poll::Pending => return Ok(()),
+                }
+            }
+            match self.outbox.poll_recv(cx) {
+                Poll::Ready(Some(first)) => self.lay_out(first),
+                Poll::Ready(None) | Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    /// Lays out `first` and what is queued behind it, up to a batch.
+    fn lay_out(&mut self, first: Outbound) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .outbound_queue_depth
+                .observe((self.outbox.len() + 1) as f64);
+        }
+        let queued = std::iter::from_fn(|| self.outbox.try_recv());
+        for item in std::iter::once(first).chain(queued.take(BATCH_FRAMES - 1)) {
+            if let (Outbound::Text(text), Some(metrics)) = (&item, &self.metrics) {
+                // Observed as the frame is laid out for the socket: queueing included, the
+                // kernel not.
+                metrics.observe_fanout(text.created.elapsed());
+            }
+            self.writer.push(&item);
+        }
+    }
+
+    /// The close handshake, within `timeout`: the close frame (after what is queued, if
+    /// `request.drain`), our side of TCP shut down (the server is the one to close TCP, as RFC
+    /// 6455 prefers); then, when `await_answer` (the server closed first), the client's answer
+    /// is awaited. After a framing violation nothing can be parsed: input is read and dropped
+    /// until the client closes, because closing with unread input makes the kernel send a
+    /// reset, which can destroy our close frame before the client reads it.
+    pub async fn close(&mut self, request: CloseRequest, await_answer: bool, timeout: Duration) {
+        let handshake = async {
+            if request.drain {
+                while let Some(item) = self.outbox.try_recv() {
+                    self.writer.push(&item);
+                }
+            }
+            self.writer.push_close(&request);
+            if poll_fn(|cx| self.writer.poll_write(cx, &mut self.stream))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = poll_fn(|cx| Pin::new(&mut self.stream).poll_shutdown(cx)).await;
+            if !await_answer {
+                return;
+            }
+            if self.violated {
+                poll_fn(|cx| self.poll_discard(cx)).await;
+                return;
+            }
+            while !poll_fn(|cx| self.reader.poll_next(cx, &mut self.stream))
+                .await
+                .is_terminal()
+            {}
+        };
+        let _ = tokio::time::timeout(timeout, handshake).await;
+    }
+
+    /// Reads and drops input until EOF or an error.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); DISCARD_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            match std::task::ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read)) {
+                Ok(()) if !read.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
+    }
+}
