@@ -9,11 +9,13 @@
 //! its message. A ban or a kick closes the outbox with its own code the same way; the session
 //! watches [`Outbox::closed`] and ends with that code.
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -75,27 +77,44 @@ impl SharedPayload {
     }
 }
 
-/// What the sending and receiving sides share.
+/// What the sending and receiving sides share: one allocation per socket.
+///
+/// The queue is a `VecDeque` under a mutex rather than a channel: tokio's bounded channel
+/// allocates two cache-padded halves and a block of 32 slots up front, over a kilobyte that
+/// every idle socket would carry, where an empty `VecDeque` allocates nothing. The lock is
+/// held for a push or a pop only, and contended only by two rooms delivering to one socket at
+/// the same instant.
 #[derive(Debug)]
 struct Shared {
+    queue: Mutex<VecDeque<Outbound>>,
+    max_frames: usize,
+    /// Wakes the socket when a frame is queued.
+    socket: AtomicWaker,
     /// Payload bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// The code the session must close with, once asked to (0 until then).
     close_code: AtomicU16,
     closing: CancellationToken,
+    /// The receiving side is gone: frames are dropped rather than queued.
+    receiver_gone: AtomicBool,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        // A panic while holding the lock cannot leave a VecDeque half-changed.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The sending side of a socket's queue, cheap to clone into a room.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    queue: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
 }
 
 /// The receiving side, owned by the socket ([`crate::socket::Socket`]).
 pub struct OutboxReceiver {
-    queue: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
 }
 
@@ -103,18 +122,20 @@ impl Outbox {
     /// A queue of `frames` frames and `max_bytes` payload bytes: the sending side for rooms, the
     /// receiving side for the socket.
     pub fn new(frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-        let (queue, receiver) = mpsc::channel(frames);
         let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            max_frames: frames,
+            socket: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
             closing: CancellationToken::new(),
+            receiver_gone: AtomicBool::new(false),
         });
         let receiver = OutboxReceiver {
-            queue: receiver,
             shared: Arc::clone(&shared),
         };
-        (Outbox { queue, shared }, receiver)
+        (Outbox { shared }, receiver)
     }
 
     /// Queues a frame without waiting. A full queue (in frames or bytes) closes the socket as
@@ -127,16 +148,22 @@ impl Outbox {
             self.close(CloseCode::SlowConsumer);
             return false;
         }
-        match self.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(err) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
-                    self.close(CloseCode::SlowConsumer);
-                }
-                false
-            }
+        let mut queue = self.shared.queue();
+        if self.shared.receiver_gone.load(Ordering::Acquire) {
+            drop(queue);
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
         }
+        if queue.len() >= self.shared.max_frames {
+            drop(queue);
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(CloseCode::SlowConsumer);
+            return false;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.shared.socket.wake();
+        true
     }
 
     /// Queues a frame only while the queue is less than half full (in frames and bytes),
@@ -144,7 +171,7 @@ impl Outbox {
     /// must not be able to push the user out as a slow consumer. False: dropped.
     pub(crate) fn offer(&self, frame: Outbound) -> bool {
         let (spare_frames, spare_bytes) = self.spare();
-        let (frames, bytes) = (self.queue.max_capacity(), self.shared.max_bytes);
+        let (frames, bytes) = (self.shared.max_frames, self.shared.max_bytes);
         if spare_frames <= frames / 2 || spare_bytes < bytes / 2 + frame.len() {
             return false;
         }
@@ -180,7 +207,9 @@ impl Outbox {
     pub(crate) fn spare(&self) -> (usize, usize) {
         let queued = self.shared.queued_bytes.load(Ordering::Acquire);
         (
-            self.queue.capacity(),
+            self.shared
+                .max_frames
+                .saturating_sub(self.shared.queue().len()),
             self.shared.max_bytes.saturating_sub(queued),
         )
     }
@@ -192,38 +221,51 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// The next frame; `None` once every sender is gone. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        self.queue.recv().await
-    }
-
-    /// The next frame, or `Pending` (waking the task when one comes). For a socket that
-    /// polls its queue beside its reads in one task.
-    pub fn poll_recv(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Outbound>> {
-        self.queue.poll_recv(cx)
+    /// The next frame, or `Pending` (waking the task when one is queued). Cancel-safe.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Outbound> {
+        if let Some(frame) = self.try_recv() {
+            return Poll::Ready(frame);
+        }
+        self.shared.socket.register(cx.waker());
+        // A frame queued between the look and the registration woke nobody: look again.
+        let mut queue = self.shared.queue();
+        match queue.pop_front() {
+            Some(frame) => Poll::Ready(frame),
+            None => {
+                // An idle socket keeps no room from its last burst.
+                *queue = VecDeque::new();
+                Poll::Pending
+            }
+        }
     }
 
     /// A frame already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.queue.try_recv().ok()
+        self.shared.queue().pop_front()
     }
 
     /// Frames queued.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.shared.queue().len()
     }
 
     /// Whether no frame is queued.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 
     /// Gives `bytes` of payload back to the budget once written.
     pub fn written(&self, bytes: usize) {
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+impl Drop for OutboxReceiver {
+    /// Frames for a socket that is gone are dropped as they come, not kept by the rooms'
+    /// handles until those let go.
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+        self.shared.queue().clear();
     }
 }
 

@@ -89,8 +89,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 }
             }
             match self.outbox.poll_recv(cx) {
-                Poll::Ready(Some(first)) => self.lay_out(first),
-                Poll::Ready(None) | Poll::Pending => return Ok(()),
+                Poll::Ready(first) => self.lay_out(first),
+                Poll::Pending => return Ok(()),
             }
         }
     }
