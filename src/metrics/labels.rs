@@ -113,6 +113,10 @@ label_enums! {
         Subscribe,
         Publish,
         Probe,
+        /// A canary did not come back through Pub/Sub: the subscriber was silent.
+        Canary,
+        /// Sentinel announced a new master (`+switch-master`).
+        Failover,
         /// An envelope or presence entry that does not parse.
         Decode,
     }

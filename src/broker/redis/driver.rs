@@ -1,4 +1,5 @@
-//! The driver: connections, subscriptions, the heartbeat and the probe.
+//! The driver: connections, subscriptions, the heartbeat, the canary and, with Sentinel,
+//! failovers.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::canary::Canary;
+use super::endpoint::Endpoint;
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
 use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
@@ -69,6 +72,7 @@ impl RedisBroker {
                 Ended::Lost(kind, error) => (kind, error),
             };
             self.set_connected(false);
+            self.set_delivery_ok(false);
             self.connection.send_replace(None);
             self.metrics.broker_error(kind);
             warn!(node = %self.node, %kind, %error, "redis unavailable; rooms are local until it is back");
@@ -175,12 +179,16 @@ impl RedisBroker {
         course.connected_since = Some(Instant::now());
 
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
-        let mut probe = tokio::time::interval(self.settings.probe_interval);
         let mut rate_sync = tokio::time::interval(self.settings.rate_sync);
-        for timer in [&mut heartbeat, &mut probe, &mut rate_sync] {
+        for timer in [&mut heartbeat, &mut rate_sync] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.reset();
         }
+        // The first canary goes at once: the node is ready when it is back.
+        let mut canary_timer = tokio::time::interval(self.settings.canary_interval);
+        canary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut canary = Canary::default();
+        let mut switches = self.switch_notices().await;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
@@ -195,7 +203,11 @@ impl RedisBroker {
                         return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed);
                     };
                     let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
-                    if channel == self.control_channel {
+                    if channel == self.canary_channel {
+                        if canary.on_echo(payload) {
+                            self.set_delivery_ok(true);
+                        }
+                    } else if channel == self.control_channel {
                         self.on_notice(control, payload);
                     } else if let Some(room) = self.on_envelope(local, channel, payload) {
                         let rooms = [room];
@@ -222,32 +234,41 @@ impl RedisBroker {
                         return lost(BrokerFailure::Publish)(err);
                     }
                 }
-                _ = probe.tick() => {
-                    // A subscriber that stopped answering (a dead peer, a proxy that lost the
-                    // connection) would otherwise go unnoticed until TCP gives up.
-                    if let Err(err) = self.within(link.sink.ping::<redis::Value>()).await {
-                        return lost(BrokerFailure::Probe)(err);
+                _ = canary_timer.tick() => {
+                    // Not a PING: a subscriber can answer one and still receive nothing.
+                    let Ok(number) = canary.next() else {
+                        return lost(BrokerFailure::Canary)(RedisFailure::Silent);
+                    };
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(&self.canary_channel).arg(number);
+                    if let Err(err) = self.within(publish.query_async::<()>(&mut link.conn)).await {
+                        return lost(BrokerFailure::Canary)(err);
+                    }
+                }
+                Some(notice) = next_switch(&mut switches) => {
+                    if self.is_our_master(&notice) {
+                        return lost(BrokerFailure::Failover)(RedisFailure::MasterSwitched);
                     }
                 }
             }
         }
     }
 
+    /// Connects to the Redis the endpoint names now (with Sentinel, the current master):
+    /// a command connection, and a subscriber listening to the control and canary channels.
     async fn connect(&self) -> Result<Connection, RedisFailure> {
+        let client = self.within(self.settings.endpoint.master()).await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.timeout))
             .set_response_timeout(Some(self.settings.timeout));
-        let conn = self
-            .within(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
+        let mut conn = self
+            .within(client.get_multiplexed_async_connection_with_config(&config))
             .await?;
-        let mut conn = conn;
         self.load_scripts(&mut conn).await?;
-        let pubsub = self.within(self.client.get_async_pubsub()).await?;
+        let pubsub = self.within(client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
-        self.within(sink.subscribe(&self.control_channel)).await?;
+        let channels = [self.control_channel.as_str(), self.canary_channel.as_str()];
+        self.within(sink.subscribe(&channels[..])).await?;
         Ok(Connection {
             conn,
             sink,
@@ -443,6 +464,55 @@ impl RedisBroker {
                     .query_async(&mut conn),
             )
             .await;
+    }
+}
+
+/// The next `+switch-master` notice, if the Sentinels are listened to; never otherwise. A
+/// Sentinel that goes away only stops the notices: reconnects and the canary still follow a
+/// failover, and the next connected period listens again.
+async fn next_switch(switches: &mut Option<PubSubStream>) -> Option<String> {
+    let Some(stream) = switches else {
+        return std::future::pending().await;
+    };
+    match stream.next().await {
+        Some(message) => Some(message.get_payload::<String>().unwrap_or_default()),
+        None => {
+            *switches = None;
+            std::future::pending().await
+        }
+    }
+}
+
+impl RedisBroker {
+    /// With Sentinel, a subscription to a Sentinel's `+switch-master` notices, so a failover
+    /// is followed at once even while the old master still answers (it would refuse writes
+    /// with `-READONLY`, which ends the period too, but only at the next write).
+    async fn switch_notices(&self) -> Option<PubSubStream> {
+        let Endpoint::Sentinel(sentinel) = &self.settings.endpoint else {
+            return None;
+        };
+        let listen = async {
+            let client = sentinel.sentinel().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        match self.within(listen).await {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                warn!(node = %self.node, %error, "no Sentinel to hear failovers from; following them on reconnect");
+                None
+            }
+        }
+    }
+
+    /// Whether a `+switch-master` notice (`name old-ip old-port new-ip new-port`) is about our
+    /// master.
+    fn is_our_master(&self, notice: &str) -> bool {
+        let Endpoint::Sentinel(sentinel) = &self.settings.endpoint else {
+            return false;
+        };
+        notice.split(' ').next() == Some(sentinel.master.as_str())
     }
 }
 
