@@ -14,22 +14,45 @@ pub(crate) const MASTER: &str = "test-master";
 /// How long the Sentinels wait before calling the master down.
 pub(crate) const DOWN_AFTER_MS: u64 = 1000;
 
+/// The passwords of a trio that wants them.
+#[derive(Clone, Copy)]
+pub(crate) struct Passwords {
+    /// `requirepass` on the master and the replica (and `masterauth` between them).
+    pub redis: &'static str,
+    /// `requirepass` on the Sentinels (and `sentinel-pass` between them).
+    pub sentinel: &'static str,
+}
+
 pub(crate) struct SentinelTrio {
     pub master: RedisServer,
     pub replica: RedisServer,
     sentinels: Vec<(u16, Child)>,
+    passwords: Option<Passwords>,
     _dir: tempfile::TempDir,
 }
 
 impl SentinelTrio {
     pub(crate) async fn start() -> SentinelTrio {
-        let master = RedisServer::start().await;
-        let replica = RedisServer::start_with(&[
+        Self::start_with(None).await
+    }
+
+    /// A trio whose Redis servers and Sentinels all want a password.
+    pub(crate) async fn start_with(passwords: Option<Passwords>) -> SentinelTrio {
+        let auth: Vec<String> = passwords
+            .map(|p| {
+                ["--requirepass", p.redis, "--masterauth", p.redis]
+                    .map(str::to_owned)
+                    .to_vec()
+            })
+            .unwrap_or_default();
+        let master = RedisServer::start_with(&auth).await;
+        let mut replica_args = auth.clone();
+        replica_args.extend([
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
             master.port().to_string(),
-        ])
-        .await;
+        ]);
+        let replica = RedisServer::start_with(&replica_args).await;
         let dir = tempfile::tempdir().unwrap();
         let mut sentinels = Vec::new();
         for n in 0..3 {
@@ -43,9 +66,15 @@ impl SentinelTrio {
                      sentinel monitor {MASTER} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
                      sentinel failover-timeout {MASTER} 3000\n\
-                     sentinel parallel-syncs {MASTER} 1\n",
+                     sentinel parallel-syncs {MASTER} 1\n{auth}",
                     dir = dir.path().display(),
                     master = master.port(),
+                    auth = passwords
+                        .map(|p| format!(
+                            "sentinel auth-pass {MASTER} {}\nrequirepass {}\nsentinel sentinel-pass {}\n",
+                            p.redis, p.sentinel, p.sentinel
+                        ))
+                        .unwrap_or_default(),
                 ),
             )
             .unwrap();
@@ -62,6 +91,7 @@ impl SentinelTrio {
             master,
             replica,
             sentinels,
+            passwords,
             _dir: dir,
         };
         trio.wait_until_watched().await;
@@ -77,13 +107,34 @@ impl SentinelTrio {
             .join(",")
     }
 
+    /// A connection to the Sentinel on `port`.
+    async fn sentinel(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
+        let auth = self
+            .passwords
+            .map(|p| format!(":{}@", p.sentinel))
+            .unwrap_or_default();
+        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).ok()?;
+        client.get_multiplexed_async_connection().await.ok()
+    }
+
+    /// Asks a Sentinel to fail over now, the master alive (it becomes a replica).
+    pub(crate) async fn fail_over(&self) {
+        let mut conn = self
+            .sentinel(self.sentinels[0].0)
+            .await
+            .expect("a Sentinel");
+        let _: () = redis::cmd("SENTINEL")
+            .arg("failover")
+            .arg(MASTER)
+            .query_async(&mut conn)
+            .await
+            .expect("the Sentinel starts a failover");
+    }
+
     /// The master's port as the first Sentinel that answers reports it.
     pub(crate) async fn master_port(&self) -> Option<u16> {
         for (port, _) in &self.sentinels {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
-                continue;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            let Some(mut conn) = self.sentinel(*port).await else {
                 continue;
             };
             let reply: Result<Vec<String>, _> = redis::cmd("SENTINEL")
@@ -109,10 +160,7 @@ impl SentinelTrio {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
             for (port, _) in &self.sentinels {
-                let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
-                    continue 'wait;
-                };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                let Some(mut conn) = self.sentinel(*port).await else {
                     continue 'wait;
                 };
                 let replicas: Result<Vec<redis::Value>, _> = redis::cmd("SENTINEL")
