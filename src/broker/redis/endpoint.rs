@@ -258,3 +258,139 @@ fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_names, env};
+
+    /// A certificate and its key, PEM, in files of a fresh directory.
+    fn pem_files() -> (tempfile::TempDir, String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["redis.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+        (dir, path(cert_path), path(key_path))
+    }
+
+    #[test]
+    fn a_url_sentinels_and_tls_files_make_endpoints() {
+        let (_dir, cert, key) = pem_files();
+        let tls_url = Endpoint::from_env(&env(&[
+            ("REDIS_URL", "rediss://:secret@redis.test:6380/0"),
+            ("REDIS_TLS_CA_FILE", &cert),
+            ("REDIS_TLS_CERT_FILE", &cert),
+            ("REDIS_TLS_KEY_FILE", &key),
+        ]))
+        .unwrap();
+        assert!(matches!(tls_url, Some(Endpoint::Url(_))));
+        let sentinel = Endpoint::from_env(&env(&[
+            (
+                "REDIS_SENTINELS",
+                "10.0.0.1:26379, sentinel-2:26379,[::1]:26379",
+            ),
+            ("REDIS_SENTINEL_MASTER", "chat"),
+            ("REDIS_SENTINEL_USERNAME", "watcher"),
+            ("REDIS_SENTINEL_PASSWORD", "s"),
+            ("REDIS_USERNAME", "palisade"),
+            ("REDIS_PASSWORD", "p"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CA_FILE", &cert),
+        ]))
+        .unwrap();
+        let Some(Endpoint::Sentinel(sentinel)) = sentinel else {
+            panic!("a Sentinel endpoint");
+        };
+        assert_eq!(sentinel.master, "chat");
+        let shown = format!("{:?}", Endpoint::Sentinel(sentinel));
+        assert!(!shown.contains("watcher"), "{shown}");
+        assert!(Endpoint::from_env(&env(&[])).unwrap().is_none());
+    }
+
+    #[test]
+    fn endpoint_settings_that_do_not_fit_are_named() {
+        let (_dir, cert, key) = pem_files();
+        let sentinels = [
+            ("REDIS_SENTINELS", "127.0.0.1:26379"),
+            ("REDIS_SENTINEL_MASTER", "chat"),
+        ];
+        let url = [("REDIS_URL", "rediss://127.0.0.1:6380")];
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![("REDIS_URL", "redis://x"), ("REDIS_SENTINELS", "a:1")],
+                "REDIS_SENTINELS",
+            ),
+            (vec![("REDIS_SENTINELS", "a:1")], "REDIS_SENTINEL_MASTER"),
+            (
+                vec![("REDIS_SENTINEL_MASTER", "chat")],
+                "REDIS_SENTINEL_MASTER",
+            ),
+            (
+                vec![("REDIS_SENTINELS", "no-port"), sentinels[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                vec![("REDIS_SENTINELS", "a:0"), sentinels[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                vec![("REDIS_SENTINELS", "a:65536"), sentinels[1]],
+                "REDIS_SENTINELS",
+            ),
+            (vec![url[0], ("REDIS_PASSWORD", "p")], "REDIS_PASSWORD"),
+            (vec![url[0], ("REDIS_USERNAME", "u")], "REDIS_USERNAME"),
+            (vec![url[0], ("REDIS_TLS", "true")], "REDIS_TLS"),
+            (vec![url[0], sentinels[1]], "REDIS_SENTINEL_MASTER"),
+            (
+                vec![("REDIS_URL", "redis://x"), ("REDIS_TLS_CA_FILE", &cert)],
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                vec![sentinels[0], sentinels[1], ("REDIS_TLS_CA_FILE", &cert)],
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                vec![url[0], ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem")],
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                vec![url[0], ("REDIS_TLS_CA_FILE", &key)],
+                "REDIS_TLS_CA_FILE",
+            ),
+            (
+                vec![url[0], ("REDIS_TLS_CERT_FILE", &cert)],
+                "REDIS_TLS_KEY_FILE",
+            ),
+            (
+                vec![url[0], ("REDIS_TLS_KEY_FILE", &key)],
+                "REDIS_TLS_CERT_FILE",
+            ),
+            (
+                vec![
+                    url[0],
+                    ("REDIS_TLS_CERT_FILE", &cert),
+                    ("REDIS_TLS_KEY_FILE", &cert),
+                ],
+                "REDIS_TLS_KEY_FILE",
+            ),
+            (
+                vec![
+                    url[0],
+                    ("REDIS_TLS_CERT_FILE", &key),
+                    ("REDIS_TLS_KEY_FILE", &key),
+                ],
+                "REDIS_TLS_CERT_FILE",
+            ),
+        ];
+        for (pairs, var) in cases {
+            assert_names(Endpoint::from_env(&env(&pairs)), var);
+        }
+    }
+}

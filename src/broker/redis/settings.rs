@@ -109,6 +109,14 @@ mod tests {
         .unwrap()
         .expect("Redis is configured");
         assert_eq!(settings.heartbeat(), Duration::from_secs(1));
+        assert_eq!(settings.canary_interval, Duration::from_millis(100));
+        let slowest = RedisSettings::from_env(&env(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_CANARY_INTERVAL_MS", "60000"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(slowest.canary_interval, Duration::from_secs(60));
         assert!(RedisSettings::from_env(&env(&[("REDIS_URL", "")]))
             .unwrap()
             .is_none());
