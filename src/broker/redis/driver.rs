@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::canary::Canary;
-use super::endpoint::Endpoint;
+use super::failover::next_switch;
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
 use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
@@ -464,55 +464,6 @@ impl RedisBroker {
                     .query_async(&mut conn),
             )
             .await;
-    }
-}
-
-/// The next `+switch-master` notice, if the Sentinels are listened to; never otherwise. A
-/// Sentinel that goes away only stops the notices: reconnects and the canary still follow a
-/// failover, and the next connected period listens again.
-async fn next_switch(switches: &mut Option<PubSubStream>) -> Option<String> {
-    let Some(stream) = switches else {
-        return std::future::pending().await;
-    };
-    match stream.next().await {
-        Some(message) => Some(message.get_payload::<String>().unwrap_or_default()),
-        None => {
-            *switches = None;
-            std::future::pending().await
-        }
-    }
-}
-
-impl RedisBroker {
-    /// With Sentinel, a subscription to a Sentinel's `+switch-master` notices, so a failover
-    /// is followed at once even while the old master still answers (it would refuse writes
-    /// with `-READONLY`, which ends the period too, but only at the next write).
-    async fn switch_notices(&self) -> Option<PubSubStream> {
-        let Endpoint::Sentinel(sentinel) = &self.settings.endpoint else {
-            return None;
-        };
-        let listen = async {
-            let client = sentinel.sentinel().await?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe("+switch-master").await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
-        };
-        match self.within(listen).await {
-            Ok(stream) => Some(stream),
-            Err(error) => {
-                warn!(node = %self.node, %error, "no Sentinel to hear failovers from; following them on reconnect");
-                None
-            }
-        }
-    }
-
-    /// Whether a `+switch-master` notice (`name old-ip old-port new-ip new-port`) is about our
-    /// master.
-    fn is_our_master(&self, notice: &str) -> bool {
-        let Endpoint::Sentinel(sentinel) = &self.settings.endpoint else {
-            return false;
-        };
-        notice.split(' ').next() == Some(sentinel.master.as_str())
     }
 }
 

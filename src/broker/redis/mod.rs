@@ -33,6 +33,7 @@ mod canary;
 mod directory;
 mod driver;
 mod endpoint;
+mod failover;
 mod history;
 mod ledger;
 mod notices;
