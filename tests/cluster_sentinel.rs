@@ -147,7 +147,7 @@ async fn nodes_follow_a_failover_tell_their_members_and_deliver_in_order_after_i
 /// with `-READONLY`), with every password in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_a_failover_whose_old_master_stays_up_through_passworded_sentinels() {
-    let trio = SentinelTrio::start_with(Some(PASSWORDS)).await;
+    let trio = SentinelTrio::start_with(Some(PASSWORDS), false).await;
     let sentinels = trio.addresses();
     let pairs = [
         ("REDIS_SENTINELS", sentinels.as_str()),
@@ -180,6 +180,33 @@ async fn nodes_follow_a_failover_whose_old_master_stays_up_through_passworded_se
         );
     }
     a.wait_ready().await;
+    let (_, sent) = alice.stop().await;
+    assert!(on_b.last.unwrap() < sent as u64);
+}
+
+/// Sentinels and servers that speak TLS only: the node reaches both over TLS, trusting the
+/// test CA alone, and follows a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_sentinels_and_master_over_tls_and_follow_a_failover() {
+    let mut trio = SentinelTrio::start_with(None, true).await;
+    let sentinels = trio.addresses();
+    let ca = trio.ca_file();
+    let pairs = [
+        ("REDIS_SENTINELS", sentinels.as_str()),
+        ("REDIS_SENTINEL_MASTER", MASTER),
+        ("REDIS_TLS", "true"),
+        ("REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
+    ];
+    let (a, b) = (node_reaching(&pairs).await, node_reaching(&pairs).await);
+    let mut on_b = Reader::new(b.joined("bob", "a-to-b").await);
+    let alice = talker(a.joined("alice", "a-to-b").await);
+    on_b.until_after(None).await;
+    trio.master.kill();
+    on_b.until_notice("delivery_interrupted").await;
+    let before = on_b.last;
+    on_b.until_notice("delivery_restored").await;
+    on_b.until_after(before).await;
+    assert_eq!(trio.master_port().await, Some(trio.replica.port()));
     let (_, sent) = alice.stop().await;
     assert!(on_b.last.unwrap() < sent as u64);
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::http::free_port;
 use super::redis::RedisServer;
+use super::tls::TestCa;
 
 /// The master's name the Sentinels monitor.
 pub(crate) const MASTER: &str = "test-master";
@@ -28,32 +29,74 @@ pub(crate) struct SentinelTrio {
     pub replica: RedisServer,
     sentinels: Vec<(u16, Child)>,
     passwords: Option<Passwords>,
-    _dir: tempfile::TempDir,
+    /// With TLS: the CA that signed every server's certificate.
+    ca: Option<TestCa>,
+    dir: tempfile::TempDir,
 }
 
 impl SentinelTrio {
     pub(crate) async fn start() -> SentinelTrio {
-        Self::start_with(None).await
+        Self::start_with(None, false).await
     }
 
-    /// A trio whose Redis servers and Sentinels all want a password.
-    pub(crate) async fn start_with(passwords: Option<Passwords>) -> SentinelTrio {
-        let auth: Vec<String> = passwords
+    /// A trio whose Redis servers and Sentinels all want a password, and with `tls` speak TLS
+    /// only (to each other too), with certificates from a test CA.
+    pub(crate) async fn start_with(passwords: Option<Passwords>, tls: bool) -> SentinelTrio {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = tls.then(TestCa::new);
+        let tls_conf: Vec<(String, String)> = ca
+            .as_ref()
+            .map(|ca| {
+                let (cert, _, key) = ca.leaf("redis");
+                let write = |name: &str, pem: &str| {
+                    let path = dir.path().join(name);
+                    std::fs::write(&path, pem).unwrap();
+                    path.display().to_string()
+                };
+                vec![
+                    ("tls-cert-file".to_owned(), write("redis.crt", &cert)),
+                    ("tls-key-file".to_owned(), write("redis.key", &key)),
+                    ("tls-ca-cert-file".to_owned(), write("ca.crt", &ca.pem())),
+                    ("tls-auth-clients".to_owned(), "no".to_owned()),
+                    ("tls-replication".to_owned(), "yes".to_owned()),
+                ]
+            })
+            .unwrap_or_default();
+        let tls_args: Vec<String> = tls_conf
+            .iter()
+            .flat_map(|(key, value)| [format!("--{key}"), value.clone()])
+            .collect();
+        let start = |args: Vec<String>| async move {
+            if tls {
+                RedisServer::start_tls(&args).await
+            } else {
+                RedisServer::start_with(&args).await
+            }
+        };
+        let mut auth: Vec<String> = passwords
             .map(|p| {
                 ["--requirepass", p.redis, "--masterauth", p.redis]
                     .map(str::to_owned)
                     .to_vec()
             })
             .unwrap_or_default();
-        let master = RedisServer::start_with(&auth).await;
-        let mut replica_args = auth.clone();
+        auth.extend(tls_args);
+        let master = start(auth.clone()).await;
+        let mut replica_args = auth;
         replica_args.extend([
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
             master.port().to_string(),
         ]);
-        let replica = RedisServer::start_with(&replica_args).await;
-        let dir = tempfile::tempdir().unwrap();
+        let replica = start(replica_args).await;
+        let listen: String = if tls {
+            tls_conf
+                .iter()
+                .map(|(key, value)| format!("{key} {value}\n"))
+                .collect()
+        } else {
+            String::new()
+        };
         let mut sentinels = Vec::new();
         for n in 0..3 {
             let port = free_port();
@@ -62,11 +105,16 @@ impl SentinelTrio {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "{ports}bind 127.0.0.1\ndir {dir}\n{listen}\
                      sentinel monitor {MASTER} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
                      sentinel failover-timeout {MASTER} 3000\n\
                      sentinel parallel-syncs {MASTER} 1\n{auth}",
+                    ports = if tls {
+                        format!("port 0\ntls-port {port}\n")
+                    } else {
+                        format!("port {port}\n")
+                    },
                     dir = dir.path().display(),
                     master = master.port(),
                     auth = passwords
@@ -92,7 +140,8 @@ impl SentinelTrio {
             replica,
             sentinels,
             passwords,
-            _dir: dir,
+            ca,
+            dir,
         };
         trio.wait_until_watched().await;
         trio
@@ -107,13 +156,30 @@ impl SentinelTrio {
             .join(",")
     }
 
+    /// With TLS, a file holding the CA's certificate (a `REDIS_TLS_CA_FILE`).
+    pub(crate) fn ca_file(&self) -> std::path::PathBuf {
+        let path = self.dir.path().join("trusted-ca.crt");
+        std::fs::write(&path, self.ca.as_ref().expect("a TLS trio").pem()).unwrap();
+        path
+    }
+
     /// A connection to the Sentinel on `port`.
     async fn sentinel(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
         let auth = self
             .passwords
             .map(|p| format!(":{}@", p.sentinel))
             .unwrap_or_default();
-        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).ok()?;
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://{auth}127.0.0.1:{port}/"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem().into_bytes()),
+                },
+            ),
+            None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")),
+        }
+        .ok()?;
         client.get_multiplexed_async_connection().await.ok()
     }
 
