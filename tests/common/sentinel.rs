@@ -81,6 +81,8 @@ impl SentinelTrio {
             })
             .unwrap_or_default();
         auth.extend(tls_args);
+        // The replica's first sync at once (the default waits 5 s for more replicas).
+        auth.extend(["--repl-diskless-sync-delay".to_owned(), "0".to_owned()]);
         let master = start(auth.clone()).await;
         let mut replica_args = auth;
         replica_args.extend([
@@ -165,10 +167,17 @@ impl SentinelTrio {
 
     /// A connection to the Sentinel on `port`.
     async fn sentinel(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
-        let auth = self
-            .passwords
-            .map(|p| format!(":{}@", p.sentinel))
-            .unwrap_or_default();
+        self.connection(port, self.passwords.map(|p| p.sentinel))
+            .await
+    }
+
+    /// A connection to the server on `port` (a Sentinel, the master, the replica).
+    async fn connection(
+        &self,
+        port: u16,
+        password: Option<&str>,
+    ) -> Option<redis::aio::MultiplexedConnection> {
+        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
         let client = match &self.ca {
             Some(ca) => redis::Client::build_with_tls(
                 format!("rediss://{auth}127.0.0.1:{port}/"),
@@ -215,16 +224,29 @@ impl SentinelTrio {
         None
     }
 
-    /// Waits until every Sentinel knows the replica and the other two, so that a failover can
-    /// promote it.
+    /// Waits until the replica is in sync and every Sentinel knows it and the other two, so
+    /// that a failover can promote it with the data.
     async fn wait_until_watched(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         'wait: loop {
             assert!(
                 Instant::now() < deadline,
-                "the Sentinels never saw the replica and each other"
+                "the replica never synced, or the Sentinels never saw it and each other"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+            let replica = self
+                .connection(self.replica.port(), self.passwords.map(|p| p.redis))
+                .await;
+            let Some(mut replica) = replica else {
+                continue 'wait;
+            };
+            let info: Result<String, _> = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut replica)
+                .await;
+            if !info.is_ok_and(|info| info.contains("master_link_status:up")) {
+                continue 'wait;
+            }
             for (port, _) in &self.sentinels {
                 let Some(mut conn) = self.sentinel(*port).await else {
                     continue 'wait;

@@ -45,6 +45,7 @@ impl RedisBroker {
         match self.within(listen).await {
             Ok(stream) => Some(stream),
             Err(error) => {
+                // The kind only, as for every Redis failure: never an address or a password.
                 warn!(node = %self.node, %error, "no Sentinel to hear failovers from; following them on reconnect");
                 None
             }
