@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::outage::{assert_told_and_complete, heard_at, listen_until, say};
 use common::proxy::DeafeningProxy;
-use common::redis::{node, node_reaching, RedisServer};
+use common::redis::{node, node_reaching, node_with, RedisServer};
 use common::TestServer;
 use tokio::time::Instant;
 
@@ -118,4 +118,50 @@ async fn a_killed_subscriber_connection_is_replaced_and_members_are_told() {
     assert_told_and_complete(&heard, 1..=5);
     say(&mut alice, 6).await;
     listen_until(&mut bob, 6, Duration::from_secs(5)).await;
+}
+
+/// `CLIENT PAUSE … WRITE`: Redis answers `PING` but holds every write, `PUBLISH` included, so
+/// no node can deliver across. A node with nothing to send would never notice (its probe
+/// would pass); its canary is held too, so it is told within two intervals, and again that
+/// delivery is back once the pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_holds_every_write_is_noticed_by_a_node_with_nothing_to_send() {
+    let redis = RedisServer::start().await;
+    // A heartbeat every 10 s: its writes, held too, would notice only then.
+    let slow_heartbeat = [("REDIS_KEY_TTL_SECS", "30")];
+    let a = node_with(&redis, &slow_heartbeat).await;
+    let b = node_with(&redis, &slow_heartbeat).await;
+    let mut alice = a.joined("alice", "ops").await;
+    let mut bob = b.joined("bob", "ops").await;
+    say(&mut bob, 0).await;
+    listen_until(&mut alice, 0, Duration::from_secs(5)).await;
+    let _: () = redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    let paused = Instant::now();
+    let frame = alice
+        .wait_for(
+            "notice",
+            Some("delivery_interrupted"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(frame["body"], "delivery_interrupted");
+    assert!(
+        paused.elapsed() < 2 * CANARY + SLACK,
+        "told after {:?}",
+        paused.elapsed()
+    );
+    assert!(
+        !a.probe().is_ready(),
+        "not ready while nothing can be delivered"
+    );
+    alice
+        .wait_for("notice", Some("delivery_restored"), Duration::from_secs(10))
+        .await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    say(&mut bob, 1).await;
+    let heard = listen_until(&mut alice, 1, Duration::from_secs(5)).await;
+    assert!(heard
+        .iter()
+        .all(|(_, event)| matches!(event, common::outage::Heard::Message(1))));
 }

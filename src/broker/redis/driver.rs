@@ -103,6 +103,7 @@ impl RedisBroker {
         let _ = tokio::time::timeout(self.settings.timeout * 2, publisher).await;
         self.withdraw().await;
         self.set_connected(false);
+        self.set_delivery_ok(false);
         self.connection.send_replace(None);
         self.stopped.cancel();
         info!(node = %self.node, "redis broker stopped");
