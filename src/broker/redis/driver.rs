@@ -40,6 +40,8 @@ struct Course {
 
 /// One connection's subscriber and command halves.
 struct Connection {
+    /// The server's `host:port` (with Sentinel, the master's at connect).
+    server: String,
     conn: MultiplexedConnection,
     sink: PubSubSink,
     stream: PubSubStream,
@@ -247,7 +249,7 @@ impl RedisBroker {
                     }
                 }
                 Some(notice) = next_switch(&mut switches) => {
-                    if self.is_our_master(&notice) {
+                    if self.moves_our_master(&notice, &link.server) {
                         return lost(BrokerFailure::Failover)(RedisFailure::MasterSwitched);
                     }
                 }
@@ -271,6 +273,7 @@ impl RedisBroker {
         let channels = [self.control_channel.as_str(), self.canary_channel.as_str()];
         self.within(sink.subscribe(&channels[..])).await?;
         Ok(Connection {
+            server: client.get_connection_info().addr().to_string(),
             conn,
             sink,
             stream,

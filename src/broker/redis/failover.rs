@@ -52,12 +52,47 @@ impl RedisBroker {
         }
     }
 
-    /// Whether a `+switch-master` notice (`name old-ip old-port new-ip new-port`) is about our
-    /// master.
-    pub(super) fn is_our_master(&self, notice: &str) -> bool {
+    /// Whether a `+switch-master` notice (`name old-ip old-port new-ip new-port`) moves our
+    /// master away from `server`, the one we are connected to. Each Sentinel announces a
+    /// failover as it learns of it: one that does so after this node already followed it
+    /// names the server we are on, and is ignored.
+    pub(super) fn moves_our_master(&self, notice: &str, server: &str) -> bool {
         let Endpoint::Sentinel(sentinel) = &self.settings.endpoint else {
             return false;
         };
-        notice.split(' ').next() == Some(sentinel.master.as_str())
+        match notice.split(' ').collect::<Vec<_>>()[..] {
+            [name, _, _, host, port] => {
+                name == sentinel.master && format!("{host}:{port}") != server
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::{RedisBroker, RedisSettings};
+    use crate::config::tests::env;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn only_a_switch_of_our_master_away_from_our_server_counts() {
+        let settings = RedisSettings::from_env(&env(&[
+            ("REDIS_SENTINELS", "127.0.0.1:26379"),
+            ("REDIS_SENTINEL_MASTER", "chat"),
+        ]))
+        .unwrap()
+        .unwrap();
+        let broker = RedisBroker::new(&settings, Arc::new(Metrics::new()), (3.0, 5));
+        let on = "10.0.0.1:6379";
+        assert!(broker.moves_our_master("chat 10.0.0.1 6379 10.0.0.2 6379", on));
+        assert!(
+            !broker.moves_our_master("chat 10.0.0.2 6379 10.0.0.1 6379", on),
+            "already followed"
+        );
+        assert!(!broker.moves_our_master("other 10.0.0.1 6379 10.0.0.2 6379", on));
+        assert!(!broker.moves_our_master("garbage", on));
     }
 }
