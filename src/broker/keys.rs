@@ -6,6 +6,7 @@
 //! | `{prefix}room:{room}` | Pub/Sub channel | the room's events, one [`Envelope`](super::Envelope) per message | — |
 //! | `{prefix}members:{room}` | hash | field `{node}:{session}` → `{"username":…,"userId":…}` for every member on every node | `REDIS_KEY_TTL_SECS` after the last node with members in the room stopped refreshing it |
 //! | `{prefix}node:{node}` | string | `1` while the node is alive | `REDIS_KEY_TTL_SECS` after its last heartbeat |
+//! | `{prefix}canary:{node}` | Pub/Sub channel | the node's canaries, which it publishes and must receive back (see `redis::canary`) | — |
 //! | `{prefix}control` | Pub/Sub channel | bans, unbans and kicks (see `control`) | — |
 //! | `{prefix}ban:{offender}` | string | the ban's end, Unix milliseconds; `offender` is `user:ID` or `ip:ADDRESS` | when the ban ends |
 //! | `{prefix}sessions:{user}` | hash | field `{node}` → the user's sessions on that node | `REDIS_KEY_TTL_SECS` after the last node with sessions of the user stopped refreshing it |
@@ -48,6 +49,11 @@ impl Keys {
         channel
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix("room:")
+    }
+
+    /// Where a node sends its canaries to itself.
+    pub(crate) fn canary(&self, node: &str) -> String {
+        format!("{}canary:{node}", self.prefix)
     }
 
     pub(crate) fn members(&self, room: &str) -> String {

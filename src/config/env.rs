@@ -288,8 +288,31 @@ pub struct Config {
     /// `REDIS_TIMEOUT_MS`: longest a Redis connect or command may take, and a join may wait for a
     /// room's members elsewhere.
     pub redis_timeout_ms: u64,
-    /// `REDIS_PROBE_INTERVAL_MS`: how often the subscriber connection is pinged.
-    pub redis_probe_interval_ms: u64,
+    /// `REDIS_CANARY_INTERVAL_MS`: how often a node sends itself a canary through Redis Pub/Sub;
+    /// one that has not come back by the next is a silent subscriber, restarted.
+    pub redis_canary_interval_ms: u64,
+    /// `REDIS_SENTINELS`: `host:port` of Redis Sentinels, comma-separated; the master is found
+    /// through them (exclusive with `REDIS_URL`).
+    pub redis_sentinels: Option<CommaList>,
+    /// `REDIS_SENTINEL_MASTER`: the master's name the Sentinels monitor.
+    pub redis_sentinel_master: Option<String>,
+    /// `REDIS_SENTINEL_USERNAME`: the user the Sentinels want, if they want one.
+    pub redis_sentinel_username: Option<String>,
+    /// `REDIS_SENTINEL_PASSWORD`: the Sentinels' password, if they want one.
+    pub redis_sentinel_password: Option<Secret>,
+    /// `REDIS_USERNAME`: with Sentinel, the user on the master (with `REDIS_URL` it is in the URL).
+    pub redis_username: Option<String>,
+    /// `REDIS_PASSWORD`: with Sentinel, the master's password (with `REDIS_URL` it is in the URL).
+    pub redis_password: Option<Secret>,
+    /// `REDIS_TLS`: with Sentinel, TLS to the Sentinels and the master (with `REDIS_URL`,
+    /// `rediss://` says so).
+    pub redis_tls: bool,
+    /// `REDIS_TLS_CA_FILE`: PEM certificates trusted for Redis instead of the system's roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// `REDIS_TLS_CERT_FILE`: a client certificate chain (PEM) for Redis servers that ask for one.
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// `REDIS_TLS_KEY_FILE`: the client certificate's private key (PEM).
+    pub redis_tls_key_file: Option<PathBuf>,
     /// `REDIS_RECONNECT_MAX_MS`: longest wait between reconnect attempts.
     pub redis_reconnect_max_ms: u64,
     /// `REDIS_PUBLISH_QUEUE`: events waiting to be written to Redis.
@@ -425,7 +448,17 @@ impl Default for Config {
             redis_prefix: "palisade:".into(),
             redis_key_ttl_secs: 15,
             redis_timeout_ms: 2000,
-            redis_probe_interval_ms: 1000,
+            redis_canary_interval_ms: 1000,
+            redis_sentinels: None,
+            redis_sentinel_master: None,
+            redis_sentinel_username: None,
+            redis_sentinel_password: None,
+            redis_username: None,
+            redis_password: None,
+            redis_tls: false,
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
             redis_reconnect_max_ms: 5000,
             redis_publish_queue: 65_536,
             redis_rate_sync_ms: 250,

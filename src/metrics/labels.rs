@@ -112,7 +112,12 @@ label_enums! {
         Connect,
         Subscribe,
         Publish,
+        /// A heartbeat's commands failed (the name is from when a PING probed the subscriber).
         Probe,
+        /// A canary did not come back through Pub/Sub: the subscriber was silent.
+        Canary,
+        /// Sentinel announced a new master (`+switch-master`).
+        Failover,
         /// An envelope or presence entry that does not parse.
         Decode,
     }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub sessions_abandoned: Counter,
     pub jwks_fetches: Counters<FetchResult>,
     pub broker_up: Gauge,
+    pub broker_delivery_ok: Gauge,
     pub broker_published: Counter,
     pub broker_received: Counter,
     pub broker_errors: Counters<BrokerFailure>,
@@ -185,6 +186,11 @@ impl Metrics {
                 "1 while the Redis broker is connected and subscribed (always 0 without REDIS_URL)",
                 Gauge::default(),
             ),
+            broker_delivery_ok: r.metric(
+                "broker_delivery_ok",
+                "1 while this node's last canary came back through Redis Pub/Sub: cross-node delivery works (always 0 without Redis)",
+                Gauge::default(),
+            ),
             broker_published: r.metric(
                 "broker_published",
                 "Envelopes published to Redis (joins, leaves, messages, syncs)",
@@ -197,7 +203,7 @@ impl Metrics {
             ),
             broker_errors: r.family(
                 "broker_errors",
-                "Redis failures by kind (connect, subscribe, publish, probe, decode)",
+                "Redis failures by kind (connect, subscribe, publish, probe, canary, failover, decode)",
             ),
             broker_reconnects: r.metric(
                 "broker_reconnects",

@@ -26,6 +26,16 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
+        Self::start_with_output(extra, Stdio::null(), Stdio::null()).await
+    }
+
+    /// Like [`start`](Self::start), writing what it logs (stdout and stderr) to `log`.
+    pub(crate) async fn start_logging(extra: &[(&str, &str)], log: std::fs::File) -> Gateway {
+        let err = log.try_clone().unwrap();
+        Self::start_with_output(extra, Stdio::from(log), Stdio::from(err)).await
+    }
+
+    async fn start_with_output(extra: &[(&str, &str)], out: Stdio, err: Stdio) -> Gateway {
         let port = super::http::free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
@@ -44,8 +54,8 @@ impl Gateway {
                 ("HOUSEKEEPING_INTERVAL_MS", "500"),
             ])
             .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(out)
+            .stderr(err);
         let child = command.spawn().unwrap();
         let addr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -6,10 +6,14 @@ pub(crate) mod child;
 pub(crate) mod frames;
 pub(crate) mod http;
 pub(crate) mod jwks;
+pub(crate) mod outage;
+pub(crate) mod proxy;
 pub(crate) mod raw;
 pub(crate) mod receiver;
 pub(crate) mod redis;
+pub(crate) mod sentinel;
 pub(crate) mod tls;
+pub(crate) mod tls_redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,19 +6,52 @@ use std::time::{Duration, Instant};
 pub(crate) struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Arguments beyond the port and persistence ones (TLS, replication).
+    extra: Vec<String>,
+    /// Serves TLS only (`--tls-port`, `--port 0`): readiness is a TCP connect, not a PING.
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server` (which must be installed: the test fails, never skips, without it).
     pub(crate) async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with these extra arguments (`--replicaof`, …).
+    pub(crate) async fn start_with(extra: &[String]) -> RedisServer {
+        let mut server = RedisServer {
+            port: super::http::free_port(),
+            child: None,
+            extra: extra.to_vec(),
+            tls: false,
+        };
         server.restart().await;
         server
+    }
+
+    /// Starts one that speaks TLS only, with `--tls-*` arguments from the test
+    /// (`--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`, `--tls-auth-clients`).
+    pub(crate) async fn start_tls(tls_args: &[String]) -> RedisServer {
+        let port = super::http::free_port();
+        let mut extra = vec!["--tls-port".to_owned(), port.to_string()];
+        extra.extend_from_slice(tls_args);
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra,
+            tls: true,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     pub(crate) fn url(&self) -> String {
@@ -55,9 +88,11 @@ impl RedisServer {
     /// Starts it again on the same port, empty (it keeps nothing on disk).
     pub(crate) async fn restart(&mut self) {
         self.kill();
+        let plain_port = if self.tls { 0 } else { self.port };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(["--port", &plain_port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,10 +129,14 @@ impl RedisServer {
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
+        if self.tls {
+            return true;
+        }
+        // A server with `requirepass` answers `-NOAUTH…`: up all the same.
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").await.is_ok()
             && stream.read_exact(&mut reply).await.is_ok()
-            && &reply == b"+PONG\r\n"
+            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
     }
 }
 
@@ -109,11 +148,18 @@ impl Drop for RedisServer {
 
 /// Short broker periods, so that outages and expiries play out in seconds.
 pub(crate) fn broker_settings(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    let mut settings = vec![("REDIS_URL", redis.url())];
+    settings.extend(short_periods());
+    settings
+}
+
+/// The short broker periods alone, for a node that reaches Redis another way (a proxy,
+/// Sentinel, TLS).
+pub(crate) fn short_periods() -> Vec<(&'static str, String)> {
     vec![
-        ("REDIS_URL", redis.url()),
         ("REDIS_KEY_TTL_SECS", "3".into()),
         ("REDIS_TIMEOUT_MS", "500".into()),
-        ("REDIS_PROBE_INTERVAL_MS", "200".into()),
+        ("REDIS_CANARY_INTERVAL_MS", "200".into()),
         ("REDIS_RECONNECT_MAX_MS", "400".into()),
     ]
 }
@@ -143,4 +189,15 @@ pub(crate) async fn child_node(
 
 pub(crate) async fn node(redis: &RedisServer) -> super::TestServer {
     node_with(redis, &[]).await
+}
+
+/// A node with the short periods and `pairs` (how it reaches Redis, and anything else), once
+/// it is ready.
+pub(crate) async fn node_reaching(pairs: &[(&str, &str)]) -> super::TestServer {
+    let periods = short_periods();
+    let mut all: Vec<(&str, &str)> = periods.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(pairs);
+    let node = super::TestServer::with(&all).await;
+    node.wait_ready().await;
+    node
 }

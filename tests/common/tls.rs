@@ -34,6 +34,11 @@ impl TestCa {
         (cert.pem(), cert.der().clone(), key.serialize_pem())
     }
 
+    /// The CA's certificate, PEM (a `REDIS_TLS_CA_FILE`, a `--tls-ca-cert-file`).
+    pub(crate) fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A client configuration that trusts this CA alone.
     pub(crate) fn client(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();

@@ -1,4 +1,5 @@
-//! The driver: connections, subscriptions, the heartbeat and the probe.
+//! The driver: connections, subscriptions, the heartbeat, the canary and, with Sentinel,
+//! failovers.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::canary::Canary;
+use super::failover::next_switch;
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
 use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
@@ -37,6 +40,8 @@ struct Course {
 
 /// One connection's subscriber and command halves.
 struct Connection {
+    /// The server's `host:port` (with Sentinel, the master's at connect).
+    server: String,
     conn: MultiplexedConnection,
     sink: PubSubSink,
     stream: PubSubStream,
@@ -69,6 +74,7 @@ impl RedisBroker {
                 Ended::Lost(kind, error) => (kind, error),
             };
             self.set_connected(false);
+            self.set_delivery_ok(false);
             self.connection.send_replace(None);
             self.metrics.broker_error(kind);
             warn!(node = %self.node, %kind, %error, "redis unavailable; rooms are local until it is back");
@@ -99,6 +105,7 @@ impl RedisBroker {
         let _ = tokio::time::timeout(self.settings.timeout * 2, publisher).await;
         self.withdraw().await;
         self.set_connected(false);
+        self.set_delivery_ok(false);
         self.connection.send_replace(None);
         self.stopped.cancel();
         info!(node = %self.node, "redis broker stopped");
@@ -175,12 +182,16 @@ impl RedisBroker {
         course.connected_since = Some(Instant::now());
 
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat());
-        let mut probe = tokio::time::interval(self.settings.probe_interval);
         let mut rate_sync = tokio::time::interval(self.settings.rate_sync);
-        for timer in [&mut heartbeat, &mut probe, &mut rate_sync] {
+        for timer in [&mut heartbeat, &mut rate_sync] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.reset();
         }
+        // The first canary goes at once: the node is ready when it is back.
+        let mut canary_timer = tokio::time::interval(self.settings.canary_interval);
+        canary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut canary = Canary::default();
+        let mut switches = self.switch_notices().await;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
@@ -195,7 +206,11 @@ impl RedisBroker {
                         return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed);
                     };
                     let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
-                    if channel == self.control_channel {
+                    if channel == self.canary_channel {
+                        if canary.on_echo(payload) {
+                            self.set_delivery_ok(true);
+                        }
+                    } else if channel == self.control_channel {
                         self.on_notice(control, payload);
                     } else if let Some(room) = self.on_envelope(local, channel, payload) {
                         let rooms = [room];
@@ -222,33 +237,43 @@ impl RedisBroker {
                         return lost(BrokerFailure::Publish)(err);
                     }
                 }
-                _ = probe.tick() => {
-                    // A subscriber that stopped answering (a dead peer, a proxy that lost the
-                    // connection) would otherwise go unnoticed until TCP gives up.
-                    if let Err(err) = self.within(link.sink.ping::<redis::Value>()).await {
-                        return lost(BrokerFailure::Probe)(err);
+                _ = canary_timer.tick() => {
+                    // Not a PING: a subscriber can answer one and still receive nothing.
+                    let Ok(number) = canary.next() else {
+                        return lost(BrokerFailure::Canary)(RedisFailure::Silent);
+                    };
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(&self.canary_channel).arg(number);
+                    if let Err(err) = self.within(publish.query_async::<()>(&mut link.conn)).await {
+                        return lost(BrokerFailure::Canary)(err);
+                    }
+                }
+                Some(notice) = next_switch(&mut switches) => {
+                    if self.moves_our_master(&notice, &link.server) {
+                        return lost(BrokerFailure::Failover)(RedisFailure::MasterSwitched);
                     }
                 }
             }
         }
     }
 
+    /// Connects to the Redis the endpoint names now (with Sentinel, the current master):
+    /// a command connection, and a subscriber listening to the control and canary channels.
     async fn connect(&self) -> Result<Connection, RedisFailure> {
+        let client = self.within(self.settings.endpoint.master()).await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.timeout))
             .set_response_timeout(Some(self.settings.timeout));
-        let conn = self
-            .within(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
+        let mut conn = self
+            .within(client.get_multiplexed_async_connection_with_config(&config))
             .await?;
-        let mut conn = conn;
         self.load_scripts(&mut conn).await?;
-        let pubsub = self.within(self.client.get_async_pubsub()).await?;
+        let pubsub = self.within(client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
-        self.within(sink.subscribe(&self.control_channel)).await?;
+        let channels = [self.control_channel.as_str(), self.canary_channel.as_str()];
+        self.within(sink.subscribe(&channels[..])).await?;
         Ok(Connection {
+            server: client.get_connection_info().addr().to_string(),
             conn,
             sink,
             stream,

@@ -7,8 +7,10 @@
 //!   members in, rebuilds this node's presence, reads each room's members on other nodes, and
 //!   then serves: envelopes from the subscription go to the node's [`LocalRooms`], rooms are subscribed as
 //!   they open and unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
-//!   nodes whose keys expired and repairs what was lost, and a probe pings the subscriber so a
-//!   connection that went silent is restarted.
+//!   nodes whose keys expired and repairs what was lost, and a [`canary`] sent through Pub/Sub
+//!   to itself proves the subscription still delivers (a subscriber that went silent is
+//!   restarted). The [`endpoint`] says which Redis to connect to: one URL, or the master
+//!   Sentinel names, asked again at every connect and followed through a failover.
 //! - the **publisher** ([`publisher`]) drains a bounded queue that [`RedisBroker::publish`]
 //!   fills without ever waiting, and writes it to Redis in pipelined batches, in queue order.
 //!   Sequence numbers are given there, so they grow in the order envelopes go out.
@@ -27,8 +29,11 @@
 //! unbounded channel, and the hub only `try_send`s into member queues, so Redis never sees a
 //! slow Pub/Sub client because of a slow browser.
 
+mod canary;
 mod directory;
 mod driver;
+mod endpoint;
+mod failover;
 mod history;
 mod ledger;
 mod notices;
@@ -51,6 +56,10 @@ enum RedisFailure {
     SubscriptionClosed,
     #[error("a write to redis failed")]
     WriteFailed,
+    #[error("the canary did not come back: the subscriber is silent")]
+    Silent,
+    #[error("sentinel switched the master")]
+    MasterSwitched,
 }
 
 use std::collections::HashSet;
@@ -60,7 +69,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError};
+use redis::RedisError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -122,10 +131,13 @@ pub(crate) struct RedisBroker {
     keys: Keys,
     /// `{prefix}control`, where bans, unbans and kicks travel.
     control_channel: String,
-    client: Client,
+    /// `{prefix}canary:{node}`, where this node's canaries go round (see [`canary`]).
+    canary_channel: String,
     settings: RedisSettings,
     metrics: Arc<Metrics>,
     connected: AtomicBool,
+    /// Set while the last canary came back: Pub/Sub delivers to this node.
+    delivery_ok: AtomicBool,
     /// Set once the bans and revocations in Redis were learned in this connected period.
     caught_up: AtomicBool,
     commands: mpsc::UnboundedSender<Command>,
@@ -166,13 +178,14 @@ impl RedisBroker {
         let (outgoing, outgoing_rx) = mpsc::channel(settings.publish_queue.get());
         let node: Arc<str> = Arc::from(format!("{:016x}", rand::rng().random::<u64>()));
         Arc::new(RedisBroker {
-            node,
+            node: Arc::clone(&node),
             keys: Keys::new(&settings.prefix),
             control_channel: Keys::new(&settings.prefix).control(),
-            client: settings.client.clone(),
+            canary_channel: Keys::new(&settings.prefix).canary(&node),
             settings: settings.clone(),
             metrics,
             connected: AtomicBool::new(false),
+            delivery_ok: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
             commands,
             outgoing,
@@ -197,6 +210,11 @@ impl RedisBroker {
     fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::SeqCst);
         self.metrics.broker_up.set(i64::from(connected));
+    }
+
+    fn set_delivery_ok(&self, ok: bool) {
+        self.delivery_ok.store(ok, Ordering::SeqCst);
+        self.metrics.broker_delivery_ok.set(i64::from(ok));
     }
 
     /// A write of period `generation` failed: the driver ends that period.
@@ -369,8 +387,11 @@ impl Broker for RedisBroker {
         self.connected.load(Ordering::SeqCst)
     }
 
+    /// Ready on proof of delivery (the last canary came back), not on a connection alone.
     fn is_ready(&self) -> bool {
-        self.is_connected() && self.caught_up.load(Ordering::SeqCst)
+        self.is_connected()
+            && self.caught_up.load(Ordering::SeqCst)
+            && self.delivery_ok.load(Ordering::SeqCst)
     }
 
     fn claim_session<'a>(&'a self, user: &'a Arc<str>, max: usize) -> BoxFuture<'a, bool> {

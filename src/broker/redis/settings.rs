@@ -3,23 +3,26 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use redis::Client;
-
-use crate::config::{at_least, invalid, nonzero_usize, Config, ConfigError, Secret};
+use super::endpoint::Endpoint;
+use crate::config::{at_least, invalid, nonzero_usize, Config, ConfigError};
 use crate::history::HistorySettings;
 
-/// Where Redis is and how the broker treats it; `None` (one node on its own) when `REDIS_URL`
-/// is unset or empty.
+/// The longest canary interval: a silent subscriber is found within two of them.
+const CANARY_INTERVAL_MAX_MS: u64 = 60_000;
+
+/// Where Redis is and how the broker treats it; `None` (one node on its own) when neither
+/// `REDIS_URL` nor `REDIS_SENTINELS` is set.
 #[derive(Clone, Debug)]
 pub(crate) struct RedisSettings {
-    /// Opened from `REDIS_URL` (parsed, not connected).
-    pub client: Client,
+    /// How to reach Redis (parsed, not connected).
+    pub endpoint: Endpoint,
     pub prefix: String,
     /// How long a node's presence outlives its last heartbeat.
     pub key_ttl: Duration,
     /// The longest a connect or command may take.
     pub timeout: Duration,
-    pub probe_interval: Duration,
+    /// How often a canary goes through Pub/Sub and must come back.
+    pub canary_interval: Duration,
     pub reconnect_max: Duration,
     pub publish_queue: NonZeroUsize,
     /// How often a node adds its users' messages to the counts every node shares.
@@ -30,13 +33,9 @@ pub(crate) struct RedisSettings {
 
 impl RedisSettings {
     pub(crate) fn from_env(env: &Config) -> Result<Option<RedisSettings>, ConfigError> {
-        let Some(url) = env.redis_url.as_ref().map(Secret::expose) else {
+        let Some(endpoint) = Endpoint::from_env(env)? else {
             return Ok(None);
         };
-        let client = Client::open(url).map_err(|err| {
-            // The parser's message may quote the URL, password included: keep only its kind.
-            invalid("REDIS_URL", format!("not a Redis URL ({:?})", err.kind()))
-        })?;
         let prefix = &env.redis_prefix;
         if prefix.is_empty()
             || prefix.len() > 64
@@ -59,18 +58,21 @@ impl RedisSettings {
                 "greater than 0 and shorter than a third of REDIS_KEY_TTL_SECS",
             ));
         }
-        if env.redis_probe_interval_ms < 100 {
-            return Err(invalid("REDIS_PROBE_INTERVAL_MS", "at least 100"));
+        if !(100..=CANARY_INTERVAL_MAX_MS).contains(&env.redis_canary_interval_ms) {
+            return Err(invalid(
+                "REDIS_CANARY_INTERVAL_MS",
+                format!("100 to {CANARY_INTERVAL_MAX_MS}"),
+            ));
         }
         if env.redis_reconnect_max_ms < 100 {
             return Err(invalid("REDIS_RECONNECT_MAX_MS", "at least 100"));
         }
         Ok(Some(RedisSettings {
-            client,
+            endpoint,
             prefix: prefix.clone(),
             key_ttl: Duration::from_secs(env.redis_key_ttl_secs),
             timeout: Duration::from_millis(env.redis_timeout_ms),
-            probe_interval: Duration::from_millis(env.redis_probe_interval_ms),
+            canary_interval: Duration::from_millis(env.redis_canary_interval_ms),
             reconnect_max: Duration::from_millis(env.redis_reconnect_max_ms),
             publish_queue: nonzero_usize("REDIS_PUBLISH_QUEUE", env.redis_publish_queue)?,
             rate_sync: Duration::from_millis(at_least(
@@ -99,7 +101,7 @@ mod tests {
             ("REDIS_URL", "redis://:pass@127.0.0.1:6379/2"),
             ("REDIS_KEY_TTL_SECS", "3"),
             ("REDIS_TIMEOUT_MS", "999"),
-            ("REDIS_PROBE_INTERVAL_MS", "100"),
+            ("REDIS_CANARY_INTERVAL_MS", "100"),
             ("REDIS_RECONNECT_MAX_MS", "100"),
             ("REDIS_PUBLISH_QUEUE", "1"),
             ("REDIS_RATE_SYNC_MS", "50"),
@@ -107,6 +109,14 @@ mod tests {
         .unwrap()
         .expect("Redis is configured");
         assert_eq!(settings.heartbeat(), Duration::from_secs(1));
+        assert_eq!(settings.canary_interval, Duration::from_millis(100));
+        let slowest = RedisSettings::from_env(&env(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_CANARY_INTERVAL_MS", "60000"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(slowest.canary_interval, Duration::from_secs(60));
         assert!(RedisSettings::from_env(&env(&[("REDIS_URL", "")]))
             .unwrap()
             .is_none());
@@ -120,7 +130,8 @@ mod tests {
             ("REDIS_KEY_TTL_SECS", "2"),
             ("REDIS_TIMEOUT_MS", "0"),
             ("REDIS_TIMEOUT_MS", "5000"),
-            ("REDIS_PROBE_INTERVAL_MS", "99"),
+            ("REDIS_CANARY_INTERVAL_MS", "99"),
+            ("REDIS_CANARY_INTERVAL_MS", "60001"),
             ("REDIS_RECONNECT_MAX_MS", "99"),
             ("REDIS_PUBLISH_QUEUE", "0"),
             ("REDIS_RATE_SYNC_MS", "49"),
