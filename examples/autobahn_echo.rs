@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use palisade::testing::SharedPayload;
-use palisade::testing::{CloseRequest, Inbound, Outbound, Outbox, ReadLimits, Socket};
+use palisade::testing::{CloseRequest, Event, Inbound, Outbound, Outbox, ReadLimits, Socket};
 use tokio::net::TcpListener;
 
 const LIMITS: ReadLimits = ReadLimits {
@@ -71,9 +71,12 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (outbox, outbox_rx) = Outbox::new(QUEUE, usize::MAX);
-    let mut socket = Socket::new(io, &[], LIMITS, outbox_rx, None);
+    let mut socket = Socket::new(io, Vec::new(), LIMITS, outbox_rx, None);
     let close = loop {
-        match socket.next().await {
+        let Event::Client(event) = socket.next().await else {
+            break None;
+        };
+        match event {
             Inbound::Text(text) => {
                 outbox.deliver(Outbound::text(text.into_string()));
             }

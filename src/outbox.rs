@@ -6,8 +6,8 @@
 //! and instead of waiting (which would slow the whole room) the outbox is closed with
 //! [`CloseCode::SlowConsumer`]. Bytes count every frame whole, though a broadcast's payload is
 //! shared: it is what the socket keeps alive, and HTML-safe escaping can make a frame six times
-//! its message. A ban or a kick closes the outbox with its own code the same way; the session
-//! watches [`Outbox::closed`] and ends with that code.
+//! its message. A ban or a kick closes the outbox with its own code the same way; the socket is
+//! woken, sees it ([`OutboxReceiver::close_requested`]) and its session ends with that code.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
@@ -17,7 +17,6 @@ use std::task::Poll;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::CloseCode;
 
@@ -93,9 +92,9 @@ struct Shared {
     /// Payload bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
-    /// The code the session must close with, once asked to (0 until then).
+    /// The code the session must close with, once asked to (0 until then); the socket is
+    /// woken to see it.
     close_code: AtomicU16,
-    closing: CancellationToken,
     /// The receiving side is gone: frames are dropped rather than queued.
     receiver_gone: AtomicBool,
 }
@@ -129,7 +128,6 @@ impl Outbox {
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
-            closing: CancellationToken::new(),
             receiver_gone: AtomicBool::new(false),
         });
         let receiver = OutboxReceiver {
@@ -186,21 +184,12 @@ impl Outbox {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        self.shared.closing.cancel();
-    }
-
-    /// Resolves with the code once the session was asked to close. Cancel-safe.
-    pub(crate) async fn closed(&self) -> CloseCode {
-        self.shared.closing.cancelled().await;
-        self.close_code().unwrap_or(CloseCode::SlowConsumer)
+        self.shared.socket.wake();
     }
 
     /// The code the session was asked to close with, if it was.
     pub(crate) fn close_code(&self) -> Option<CloseCode> {
-        let code = self.shared.close_code.load(Ordering::Acquire);
-        CloseCode::ALL
-            .into_iter()
-            .find(|known| known.code() == code)
+        code_of(self.shared.close_code.load(Ordering::Acquire))
     }
 
     /// Room left in the queue: frames, and payload bytes.
@@ -220,6 +209,13 @@ impl Outbox {
     }
 }
 
+/// The close code stored as `code`, if any (0: none asked for).
+fn code_of(code: u16) -> Option<CloseCode> {
+    CloseCode::ALL
+        .into_iter()
+        .find(|known| known.code() == code)
+}
+
 impl OutboxReceiver {
     /// The next frame, or `Pending` (waking the task when one is queued). Cancel-safe.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Outbound> {
@@ -237,6 +233,16 @@ impl OutboxReceiver {
                 Poll::Pending
             }
         }
+    }
+
+    /// Wakes this task when a frame is queued or a close is asked for.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.shared.socket.register(waker);
+    }
+
+    /// The code the session was asked to close with, if it was.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        code_of(self.shared.close_code.load(Ordering::Acquire))
     }
 
     /// A frame already queued, without waiting.

@@ -277,20 +277,15 @@ impl Public {
             // the wrapper, which replays them.
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
+                    // Copied, not converted: the bytes share hyper's read buffer (8 KiB), which
+                    // must be freed now rather than held for the socket's life.
+                    let early = parts.read_buf.to_vec();
                     let stream = parts.io.into_inner();
-                    session::run(
-                        gateway,
-                        stream,
-                        &parts.read_buf,
-                        client_ip,
-                        admitted,
-                        version,
-                    )
-                    .await
+                    session::run(gateway, stream, early, client_ip, admitted, version).await
                 }
                 Err(upgraded) => {
                     let stream = TokioIo::new(upgraded);
-                    session::run(gateway, stream, &[], client_ip, admitted, version).await
+                    session::run(gateway, stream, Vec::new(), client_ip, admitted, version).await
                 }
             }
         });

@@ -20,7 +20,7 @@ pub use crate::outbox::{Outbound, Outbox, SharedPayload};
 pub use crate::protocol::{ClientFrame, ClientRequest, Since, Version};
 pub use crate::socket::reader::{Inbound, MessageReader, ReadLimits};
 pub use crate::socket::writer::CloseRequest;
-pub use crate::socket::Socket;
+pub use crate::socket::{Event, Socket};
 
 /// Settings that lift every limit a load, fuzz or functional test would hit by accident: the
 /// defaults are for the open internet, not for thousands of sockets from one host. Tests of a
@@ -170,7 +170,7 @@ pub fn connect_in_memory(
     let session = tokio::spawn(crate::session::run(
         Arc::clone(gateway),
         server_io,
-        &[],
+        Vec::new(),
         ip,
         admitted,
         version,

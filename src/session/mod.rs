@@ -15,8 +15,8 @@
 //!
 //! One task per socket: this session owns its [`Socket`], and `select!`s over cancel-safe
 //! branches only: the socket (which writes the outbox as it is polled and returns what the
-//! client sent), the outbox's close signal, one timer for the state's deadline and the
-//! [`timers`], and shutdown.
+//! client sent, or a close asked for through the outbox), one timer for the state's deadline
+//! and the [`timers`], and shutdown.
 //!
 //! Every exit is one [`End`](close::End); the member leaves its room before the close frame is
 //! written (so the room hears `userleave` at once), then the [`close`] handshake gets
@@ -50,7 +50,7 @@ use crate::outbox::{Outbound, Outbox, SharedPayload};
 use crate::protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, ServerFrame, Version};
 use crate::sessions::{Registration, RoomSlot, TokenId};
 use crate::socket::reader::Inbound;
-use crate::socket::Socket;
+use crate::socket::{Event, Socket};
 use crate::state::Gateway;
 use close::{End, Summary};
 use rooms::JoinRequest;
@@ -155,7 +155,7 @@ struct Session {
 pub(crate) async fn run<S>(
     gateway: Arc<Gateway>,
     stream: S,
-    early: &[u8],
+    early: Vec<u8>,
     client_ip: IpAddr,
     admitted: Admitted,
     version: Version,
@@ -228,7 +228,6 @@ impl Session {
             let event = tokio::select! {
                 biased;
                 _ = stopping.cancelled() => return End::Closed(CloseCode::GoingAway),
-                code = self.outbox.closed() => return End::Closed(code),
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     if self.deadline.is_some_and(|deadline| deadline <= now) {
@@ -243,7 +242,10 @@ impl Session {
                     }
                     continue;
                 }
-                event = socket.next() => event,
+                event = socket.next() => match event {
+                    Event::Client(event) => event,
+                    Event::Closing(code) => return End::Closed(code),
+                },
             };
             match event {
                 Inbound::Text(text) => {

@@ -3,7 +3,8 @@
 //!
 //! Both directions are readiness-driven and cancel-safe ([`reader`], [`writer`]), so one
 //! future, [`Socket::next`], writes what the [`Outbox`](crate::outbox::Outbox) holds as the
-//! socket takes it and returns the next thing the client sent. The session awaits it in its
+//! socket takes it and returns the next thing the client sent, or the close someone asked for
+//! through the outbox. The session awaits it in its
 //! `select!` beside its timers and signals; an idle socket costs that one task, a parked
 //! waker, and no buffer in either direction.
 
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, OutboxReceiver};
+use crate::protocol::CloseCode;
 use reader::{FrameReader, Inbound, ReadLimits};
 use writer::{CloseRequest, FrameWriter};
 
@@ -30,6 +32,16 @@ const BATCH_FRAMES: usize = 64;
 
 /// The bytes discarded per read after a framing violation, lent from the stack.
 const DISCARD_CHUNK: usize = 4096;
+
+/// What a socket has for its session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Something the client sent.
+    Client(Inbound),
+    /// Someone asked the session to close with this code (a ban, a kick, a slow consumer's
+    /// full queue, the gateway shutting down).
+    Closing(CloseCode),
+}
 
 /// One upgraded connection.
 pub struct Socket<S> {
@@ -48,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// writing what `outbox` receives.
     pub fn new(
         stream: S,
-        early: &[u8],
+        early: Vec<u8>,
         limits: ReadLimits,
         outbox: OutboxReceiver,
         metrics: Option<Arc<Metrics>>,
@@ -63,19 +75,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         }
     }
 
-    /// The next thing the client sent, writing queued frames meanwhile. Cancel-safe. After a
-    /// terminal event ([`Inbound::is_terminal`]) only [`Socket::close`] may follow.
-    pub async fn next(&mut self) -> Inbound {
+    /// The next thing the client sent or a request to close, writing queued frames meanwhile.
+    /// Cancel-safe. After a terminal event ([`Inbound::is_terminal`]) or `Closing`, only
+    /// [`Socket::close`] may follow.
+    pub async fn next(&mut self) -> Event {
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        // Registered first, whatever the socket does below: a close asked for while the
+        // writer waits on a client that does not read must still wake the session.
+        self.outbox.register(cx.waker());
+        if let Some(code) = self.outbox.close_requested() {
+            return Poll::Ready(Event::Closing(code));
+        }
         if self.poll_send(cx).is_err() {
-            return Poll::Ready(Inbound::Gone);
+            return Poll::Ready(Event::Client(Inbound::Gone));
         }
         let event = std::task::ready!(self.reader.poll_next(cx, &mut self.stream));
         self.violated = matches!(event, Inbound::Violation(_));
-        Poll::Ready(event)
+        Poll::Ready(Event::Client(event))
     }
 
     /// Writes queued frames until the queue is empty or the socket would block (its

@@ -75,9 +75,9 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// A reader enforcing `limits`, starting with `early`: bytes that arrived with the upgrade
     /// request (a client may send its first frames without waiting for the 101).
-    pub(crate) fn new(limits: ReadLimits, early: &[u8]) -> Self {
+    pub(crate) fn new(limits: ReadLimits, early: Vec<u8>) -> Self {
         Self {
-            buffered: early.to_vec(),
+            buffered: early,
             start: 0,
             assembler: Assembler {
                 limits,
@@ -196,7 +196,7 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
     pub fn new(stream: S, limits: ReadLimits) -> Self {
         Self {
             stream,
-            frames: FrameReader::new(limits, &[]),
+            frames: FrameReader::new(limits, Vec::new()),
         }
     }
 
@@ -381,7 +381,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_reader_holds_no_bytes_and_a_partial_frame_only_until_it_completes() {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
-        let mut reader = FrameReader::new(LIMITS, &[]);
+        let mut reader = FrameReader::new(LIMITS, Vec::new());
         let big = frame(0x81, &[b'x'; 40_000]);
         client.write_all(&big[..1000]).await.unwrap();
         assert_eq!(poll_once(&mut reader, &mut server).await, None);
@@ -423,7 +423,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_that_came_with_the_upgrade_are_read_first() {
         let early = frame(0x81, b"early");
-        let mut reader = FrameReader::new(LIMITS, &early);
+        let mut reader = FrameReader::new(LIMITS, early);
         let mut stream: &[u8] = &frame(0x88, &1000u16.to_be_bytes());
         assert_eq!(
             poll_once(&mut reader, &mut stream).await,
