@@ -280,6 +280,7 @@ impl Public {
                     // Copied, not converted: the bytes share hyper's read buffer (8 KiB), which
                     // must be freed now rather than held for the socket's life.
                     let early = parts.read_buf.to_vec();
+                    drop(parts.read_buf);
                     let stream = parts.io.into_inner();
                     session::run(gateway, stream, early, client_ip, admitted, version).await
                 }
