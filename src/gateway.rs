@@ -18,6 +18,7 @@ use crate::api::{self, Api};
 use crate::broker::{LocalControl, LocalRooms};
 use crate::clock;
 use crate::config::ConfigError;
+use crate::protocol::CloseCode;
 use crate::server::Pages;
 use crate::settings::Settings;
 use crate::state::Gateway;
@@ -280,7 +281,9 @@ impl RunningGateway {
         tokio::time::sleep(lifecycle.drain_delay).await;
 
         tracing::info!("closing every session");
+        // Cancelled first: a session registering from now on closes itself.
         self.gateway.stopping.cancel();
+        self.gateway.sessions.close_all(CloseCode::GoingAway);
         let _ = self.accept_loop.await;
         let (sessions, tasks) = (&self.gateway.session_tasks, &self.gateway.tasks);
         sessions.close();

@@ -13,10 +13,12 @@
 //! sockets, so that opening more sockets does not buy more messages. Its keyed map is swept by
 //! housekeeping; it only ever holds users who sent recently, who are bounded by open sessions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use governor::clock::DefaultClock;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, QuantaClock, QuantaInstant};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{nonzero_u32, Config, ConfigError};
 
@@ -118,16 +120,33 @@ impl Quotas {
     }
 }
 
-/// The per-socket quotas, and the clock every session's limiters share.
+/// The clock every session's limiters read: one quanta clock for the process, made once (a new
+/// quanta clock calibrates itself, CPUID and all, slow under a hypervisor: per session that
+/// cost a quarter of the gateway's CPU at thousands of connects a second). Zero-sized, so a
+/// limiter carries no clock of its own (40 bytes each, on every socket).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SharedClock;
+
+impl Clock for SharedClock {
+    type Instant = QuantaInstant;
+
+    fn now(&self) -> QuantaInstant {
+        static CLOCK: OnceLock<QuantaClock> = OnceLock::new();
+        CLOCK.get_or_init(QuantaClock::default).now()
+    }
+}
+
+/// A session's limiter: unkeyed, on the shared clock.
+type SessionLimiter =
+    RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<QuantaInstant>>;
+
+/// The per-socket quotas.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionQuotas {
     messages: Quota,
     control: Quota,
     typing: Quota,
     direct: Quota,
-    /// Made once: a new quanta clock calibrates itself (CPUID, slow under a hypervisor), which
-    /// per session cost a quarter of the gateway's CPU at thousands of connects a second.
-    clock: DefaultClock,
 }
 
 impl SessionQuotas {
@@ -137,26 +156,25 @@ impl SessionQuotas {
             control: quotas.control,
             typing: quotas.typing,
             direct: quotas.direct,
-            clock: DefaultClock::default(),
         }
     }
 }
 
 /// One session's limiters.
 pub(crate) struct SessionLimiters {
-    messages: DefaultDirectRateLimiter,
-    control: DefaultDirectRateLimiter,
+    messages: SessionLimiter,
+    control: SessionLimiter,
     /// Made at the first `typing` frame: most sockets never send one.
-    typing: Option<Box<DefaultDirectRateLimiter>>,
+    typing: Option<Box<SessionLimiter>>,
     /// Made at the first `direct` frame, for the same reason.
-    direct: Option<Box<DefaultDirectRateLimiter>>,
+    direct: Option<Box<SessionLimiter>>,
 }
 
 impl SessionLimiters {
     pub(crate) fn new(quotas: &SessionQuotas) -> Self {
         Self {
-            messages: RateLimiter::direct_with_clock(quotas.messages, quotas.clock.clone()),
-            control: RateLimiter::direct_with_clock(quotas.control, quotas.clock.clone()),
+            messages: RateLimiter::direct_with_clock(quotas.messages, SharedClock),
+            control: RateLimiter::direct_with_clock(quotas.control, SharedClock),
             typing: None,
             direct: None,
         }
@@ -164,12 +182,12 @@ impl SessionLimiters {
 
     /// Spends one unit of the typing budget; false when over the limit.
     pub(crate) fn allow_typing(&mut self, quotas: &SessionQuotas) -> bool {
-        spend_lazily(&mut self.typing, quotas.typing, quotas)
+        spend_lazily(&mut self.typing, quotas.typing)
     }
 
     /// Spends one unit of the direct-message budget; false when over the limit.
     pub(crate) fn allow_direct(&mut self, quotas: &SessionQuotas) -> bool {
-        spend_lazily(&mut self.direct, quotas.direct, quotas)
+        spend_lazily(&mut self.direct, quotas.direct)
     }
 
     /// Spends one unit of the message budget; false when over the limit.
@@ -184,15 +202,9 @@ impl SessionLimiters {
 }
 
 /// Spends one unit of a limiter made at its first use (with `quota`).
-fn spend_lazily(
-    limiter: &mut Option<Box<DefaultDirectRateLimiter>>,
-    quota: Quota,
-    quotas: &SessionQuotas,
-) -> bool {
+fn spend_lazily(limiter: &mut Option<Box<SessionLimiter>>, quota: Quota) -> bool {
     limiter
-        .get_or_insert_with(|| {
-            Box::new(RateLimiter::direct_with_clock(quota, quotas.clock.clone()))
-        })
+        .get_or_insert_with(|| Box::new(RateLimiter::direct_with_clock(quota, SharedClock)))
         .check()
         .is_ok()
 }

@@ -267,7 +267,7 @@ impl Public {
             let upgraded = match upgrade.await {
                 Ok(ws) => ws.into_inner().into_inner(),
                 Err(err) => {
-                    debug!(peer = %peer.ip(), %err, "upgrade did not complete");
+                    debug!(client = %client_ip, %err, "upgrade did not complete");
                     return;
                 }
             };

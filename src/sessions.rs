@@ -198,6 +198,20 @@ impl Sessions {
         self.by_ip.close(ip, code)
     }
 
+    /// Closes every session on this node with `code` (the gateway is shutting down); how many
+    /// there were. Every session is registered under its address from its start, so none is
+    /// missed; one that registers after this call sees the gateway stopping and closes itself.
+    pub(crate) fn close_all(&self, code: CloseCode) -> usize {
+        let mut closed = 0;
+        for list in self.by_ip.sessions.iter() {
+            for entry in list.value().iter() {
+                entry.outbox.close(code);
+            }
+            closed += list.value().len();
+        }
+        closed
+    }
+
     /// Users with a session on this node, with how many each has.
     pub(crate) fn users(&self) -> Vec<(Arc<str>, usize)> {
         self.by_user

@@ -15,8 +15,8 @@
 //!
 //! One task per socket: this session owns its [`Socket`], and `select!`s over cancel-safe
 //! branches only: the socket (which writes the outbox as it is polled and returns what the
-//! client sent, or a close asked for through the outbox), one timer for the state's deadline
-//! and the [`timers`], and shutdown.
+//! client sent, or a close asked for through the outbox: a ban, a kick, a full queue, or the
+//! gateway shutting down), and one timer for the state's deadline and the [`timers`].
 //!
 //! Every exit is one [`End`](close::End); the member leaves its room before the close frame is
 //! written (so the room hears `userleave` at once), then the [`close`] handshake gets
@@ -218,7 +218,11 @@ pub(crate) async fn run<S>(
 
 impl Session {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, socket: &mut Socket<S>) -> End {
-        let stopping = self.gateway.stopping.clone();
+        // Registered under its address already: from here on, a shutdown closes it through
+        // its outbox, so only one that began before this session registered is seen here.
+        if self.gateway.stopping.is_cancelled() {
+            return End::Closed(CloseCode::GoingAway);
+        }
         loop {
             // One timer for the state's deadline and the keepalive clocks: each is a timer
             // entry in every idle session's state.
@@ -227,13 +231,12 @@ impl Session {
             });
             let event = tokio::select! {
                 biased;
-                _ = stopping.cancelled() => return End::Closed(CloseCode::GoingAway),
                 _ = sleep_until(wake) => {
                     let now = Instant::now();
                     if self.deadline.is_some_and(|deadline| deadline <= now) {
                         return End::Closed(self.deadline_code());
                     }
-                    match self.timers.due(now) {
+                    match self.timers.due(&self.gateway.session.keepalive, now) {
                         Ok(Due::Ping(payload)) => {
                             self.outbox.deliver(Outbound::Ping(payload));
                         }
@@ -249,7 +252,8 @@ impl Session {
             };
             match event {
                 Inbound::Text(text) => {
-                    self.timers.on_client_message(Instant::now());
+                    let keepalive = &self.gateway.session.keepalive;
+                    self.timers.on_client_message(keepalive, Instant::now());
                     if let Err(code) = self.on_text(&text).await {
                         return End::Closed(code);
                     }

@@ -23,10 +23,9 @@ pub(super) enum Due {
     Ping(Arc<SharedPayload>),
 }
 
+/// The clocks' state. The durations stay in the gateway's settings and are passed in: each
+/// field here is carried by every idle socket.
 pub(super) struct Timers {
-    ping_interval: Duration,
-    pong_timeout: Duration,
-    idle_timeout: Option<Duration>,
     /// When the next ping is due.
     next_ping: Instant,
     /// Set while a ping is unanswered: the pong must arrive by then.
@@ -42,9 +41,6 @@ pub(super) struct Timers {
 impl Timers {
     pub(super) fn new(keepalive: &Keepalive, now: Instant) -> Self {
         Self {
-            ping_interval: keepalive.ping_interval,
-            pong_timeout: keepalive.pong_timeout,
-            idle_timeout: keepalive.idle_timeout,
             next_ping: now + keepalive.ping_interval,
             pong_due: None,
             ping_payload: [0; 8],
@@ -67,8 +63,8 @@ impl Timers {
         .expect("next_ping is always set")
     }
 
-    pub(super) fn on_client_message(&mut self, now: Instant) {
-        self.idle_deadline = self.idle_timeout.map(|idle| now + idle);
+    pub(super) fn on_client_message(&mut self, keepalive: &Keepalive, now: Instant) {
+        self.idle_deadline = keepalive.idle_timeout.map(|idle| now + idle);
     }
 
     /// A pong: it answers the ping only if it echoes its payload.
@@ -87,7 +83,7 @@ impl Timers {
 
     /// What is due at `now`: a ping, or a close for a missed pong, idleness or an expired
     /// token.
-    pub(super) fn due(&mut self, now: Instant) -> Result<Due, CloseCode> {
+    pub(super) fn due(&mut self, keepalive: &Keepalive, now: Instant) -> Result<Due, CloseCode> {
         if self.token_expiry.is_some_and(|due| due <= now) {
             return Err(CloseCode::TokenExpired);
         }
@@ -99,9 +95,9 @@ impl Timers {
             return Err(CloseCode::IdleTimeout);
         }
         if self.next_ping <= now {
-            self.next_ping = now + self.ping_interval;
+            self.next_ping = now + keepalive.ping_interval;
             if self.pong_due.is_none() {
-                self.pong_due = Some(now + self.pong_timeout);
+                self.pong_due = Some(now + keepalive.pong_timeout);
                 self.ping_payload = rand::random();
                 return Ok(Due::Ping(SharedPayload::new(self.ping_payload.to_vec())));
             }
@@ -135,10 +131,14 @@ mod tests {
     async fn pings_then_closes_without_a_pong() {
         let start = Instant::now();
         let second = Duration::from_secs(1);
-        let mut timers = Timers::new(&keepalive(None), start);
+        let settings = keepalive(None);
+        let mut timers = Timers::new(&settings, start);
         assert_eq!(timers.next_event(), start + second * 30);
-        assert!(matches!(timers.due(start + second * 29), Ok(Due::Nothing)));
-        let Ok(Due::Ping(ping)) = timers.due(start + second * 30) else {
+        assert!(matches!(
+            timers.due(&settings, start + second * 29),
+            Ok(Due::Nothing)
+        ));
+        let Ok(Due::Ping(ping)) = timers.due(&settings, start + second * 30) else {
             panic!("a ping is due");
         };
         assert_eq!(
@@ -148,27 +148,37 @@ mod tests {
         );
         timers.on_pong(b"unsolicited");
         assert!(
-            matches!(timers.due(start + second * 40), Err(CloseCode::PongTimeout)),
+            matches!(
+                timers.due(&settings, start + second * 40),
+                Err(CloseCode::PongTimeout)
+            ),
             "a pong that does not echo the ping answers nothing"
         );
         timers.on_pong(&ping.bytes);
-        assert!(matches!(timers.due(start + second * 60), Ok(Due::Ping(_))));
+        assert!(matches!(
+            timers.due(&settings, start + second * 60),
+            Ok(Due::Ping(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn idleness_and_expiry_close() {
         let start = Instant::now();
         let second = Duration::from_secs(1);
-        let mut timers = Timers::new(&keepalive(Some(second * 5)), start);
+        let settings = keepalive(Some(second * 5));
+        let mut timers = Timers::new(&settings, start);
         assert!(matches!(
-            timers.due(start + second * 5),
+            timers.due(&settings, start + second * 5),
             Err(CloseCode::IdleTimeout)
         ));
-        timers.on_client_message(start + second * 4);
-        assert!(matches!(timers.due(start + second * 5), Ok(Due::Nothing)));
+        timers.on_client_message(&settings, start + second * 4);
+        assert!(matches!(
+            timers.due(&settings, start + second * 5),
+            Ok(Due::Nothing)
+        ));
         timers.set_token_expiry(1_000, 998);
         assert!(matches!(
-            timers.due(start + second * 2),
+            timers.due(&settings, start + second * 2),
             Err(CloseCode::TokenExpired)
         ));
         // An absurd expiry is capped, not overflowed.

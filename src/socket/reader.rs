@@ -219,7 +219,8 @@ struct Partial {
 /// the buffer and this state do not overlap).
 struct Assembler {
     limits: ReadLimits,
-    partial: Option<Partial>,
+    /// Boxed: an idle socket carries a pointer, not the whole record.
+    partial: Option<Box<Partial>>,
 }
 
 impl Assembler {
@@ -261,12 +262,12 @@ impl Assembler {
                 if head.fin {
                     return Some(finish(is_text, payload.to_vec()));
                 }
-                self.partial = Some(Partial {
+                self.partial = Some(Box::new(Partial {
                     is_text,
                     data: Vec::with_capacity(payload.len()),
                     fragments: 0,
                     utf8_checked: 0,
-                });
+                }));
                 self.append(payload, false)
             }
             OpCode::Continuation => {
