@@ -134,15 +134,18 @@ pub async fn run(
     let fan = (config.room_size - 1) as f64;
     let mut steps = Vec::new();
     let mut failures = 0;
-    let climb_until = config
-        .climb_secs
-        .map(|secs| tokio::time::Instant::now() + Duration::from_secs_f64(secs));
+    // The climb's time counts from the end of the listed steps.
+    let mut climb_until = None;
     let mut ladder = config.delivered_steps.clone().into_iter();
     let mut last_aimed = 0u64;
     loop {
         let aimed = match ladder.next() {
             Some(aimed) => aimed,
-            None => match climb_until {
+            None => match config.climb_secs.map(|secs| {
+                *climb_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + Duration::from_secs_f64(secs)
+                })
+            }) {
                 Some(until) if tokio::time::Instant::now() < until && last_aimed > 0 => {
                     // A quarter higher, rounded to a thousand.
                     (last_aimed * 5 / 4).div_ceil(1000) * 1000

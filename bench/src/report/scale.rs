@@ -98,7 +98,7 @@ pub fn two_nodes_summary(out: &mut String, config: &FanoutConfig, runs: &[Fanout
     if let (Some(one), Some(two)) = (best(1), best(2)) {
         let _ = writeln!(
             out,
-            "\nTwo nodes deliver {:.2} × one node's rate at p99 ≤ {} ms (both on the same Redis, in this run; server CPU is the nodes' sum, Redis not included).",
+            "\nTwo nodes deliver {:.2} × one node's rate at p99 ≤ {} ms (in this run, each with a fresh Redis of its own; server CPU is the nodes' sum, Redis not included).",
             two / one.max(1.0),
             config.p99_limit_ms
         );
