@@ -64,7 +64,19 @@ pub async fn large_room(
         concurrency: 256,
         ..fanout_config(common, room_size)
     };
-    let target = crate::scenarios::under_test(common, false).await?;
+    let target = match &common.url {
+        Some(_) => crate::scenarios::under_test(common, false).await?,
+        None => {
+            // A room as large as the connection limit (the default cap is 1 000 members).
+            let launch = Launch {
+                redis: common.redis.as_deref(),
+                env: vec![("MAX_ROOM_MEMBERS", "19500")],
+                ..Launch::default()
+            };
+            let binary = target::gateway_binary(common.gateway.clone())?;
+            target::Target::palisade(&binary, &launch).await?
+        }
+    };
     run.large_room
         .push(fanout::run(&[&target], &config, progress).await?);
     run.large_room_config = Some(config);
