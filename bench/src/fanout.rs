@@ -99,10 +99,21 @@ pub async fn run(
         let user = format!("fan{index}");
         let token = target.signer.token(&user);
         let room = format!("fan{}-{}", config.room_size, index / config.room_size);
+        let reader = Reader {
+            delays: Arc::clone(&delays),
+            delivered: Arc::clone(&delivered),
+            closed: Arc::clone(&closed),
+        };
+        let stop = stop.clone();
         sockets.push(tokio::spawn(async move {
             let joined = dialer.joined(&user, &token, &room).await;
             drop(permit);
-            joined
+            // Read from the moment of joining: every later join is announced to the members
+            // already there (N²/2 frames for a room of N), and a member that did not read them
+            // would be closed as a slow consumer before the first message.
+            let (sink, stream) = joined?.split();
+            let reading = tokio::spawn(reader.read(stream, stop));
+            anyhow::Ok((sink, reading))
         }));
         progress.set(format!(
             "fanout {} rooms of {}: joining {index}",
@@ -112,14 +123,8 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
-        let ws = socket.await??;
-        let (sink, stream) = ws.split();
-        let reader = Reader {
-            delays: Arc::clone(&delays),
-            delivered: Arc::clone(&delivered),
-            closed: Arc::clone(&closed),
-        };
-        tasks.push(tokio::spawn(reader.read(stream, stop.clone())));
+        let (sink, reading) = socket.await??;
+        tasks.push(reading);
         if index % config.room_size == 0 {
             senders.push(sink);
         }

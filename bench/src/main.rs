@@ -57,6 +57,9 @@ enum Command {
         /// How long the soak runs (default 2 minutes; 50 s with --quick).
         #[arg(long, value_parser = scale::parse_duration)]
         soak_duration: Option<Duration>,
+        /// Members of the large room (default 10 000; 200 with --quick).
+        #[arg(long)]
+        large_room_members: Option<usize>,
     },
     /// Idle joined sockets: RSS per socket, kernel socket memory, idle CPU.
     Capacity {
@@ -261,8 +264,11 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     }
     if let Command::LargeRoom { members, .. } = &command {
         scale::large_room(&common, &mut run, &progress, *members).await?;
-    } else if all {
-        scale::large_room(&common, &mut run, &progress, None).await?;
+    } else if let Command::All {
+        large_room_members, ..
+    } = &command
+    {
+        scale::large_room(&common, &mut run, &progress, *large_room_members).await?;
     }
     if let Command::Api { room_size, .. } = &command {
         api(&common, &mut run, &progress, *room_size).await?;
@@ -320,6 +326,9 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             "bench/results/latest".into()
         }
     });
+    // The summary first: a run's figures reach the log even when its files cannot be written
+    // (a 30-minute soak once ended on a full disk).
+    println!("{}", run.summary());
     run.write(&out)?;
     // A full run into the default place is also kept by time; with --out, everything the run
     // writes goes there.
@@ -331,7 +340,6 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&run)? + "\n",
         )?;
     }
-    println!("{}", run.summary());
     println!("Results, summary and charts: {}", out.display());
     if let Some(soak) = run.soak.as_ref().filter(|soak| !soak.passed) {
         anyhow::bail!("the soak failed: {}", soak.failures.join("; "));

@@ -61,16 +61,23 @@ pub async fn large_room(
             ]
         },
         climb_secs: Some(if common.quick { 1.0 } else { 60.0 }),
-        concurrency: 256,
+        concurrency: 64,
         ..fanout_config(common, room_size)
     };
     let target = match &common.url {
         Some(_) => crate::scenarios::under_test(common, false).await?,
         None => {
-            // A room as large as the connection limit (the default cap is 1 000 members).
+            // A room as large as the connection limit (the default cap is 1 000 members), and
+            // queues deep enough for the join storm: every join is announced to every member
+            // already there, in bursts as wide as the joins in flight, which the default
+            // 256-frame queue of a member on a busy 2-core machine does not absorb.
             let launch = Launch {
                 redis: common.redis.as_deref(),
-                env: vec![("MAX_ROOM_MEMBERS", "19500")],
+                env: vec![
+                    ("MAX_ROOM_MEMBERS", "19500"),
+                    ("OUTBOUND_QUEUE_FRAMES", "65536"),
+                    ("MAX_OUTBOUND_BYTES", "16777216"),
+                ],
                 ..Launch::default()
             };
             let binary = target::gateway_binary(common.gateway.clone())?;
