@@ -236,6 +236,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         large_room_config: None,
         large_room: Vec::new(),
         soak: None,
+        errors: Vec::new(),
     };
     let progress = Progress::new();
     let all = matches!(command, Command::All { .. });
@@ -243,37 +244,49 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         sockets, room_size, ..
     } = &command
     {
-        capacity(&common, &mut run, &progress, *sockets, *room_size).await?;
+        let outcome = capacity(&common, &mut run, &progress, *sockets, *room_size).await;
+        note(&mut run, &progress, "capacity", outcome);
     } else if all {
-        capacity(&common, &mut run, &progress, None, 10).await?;
+        let outcome = capacity(&common, &mut run, &progress, None, 10).await;
+        note(&mut run, &progress, "capacity", outcome);
     }
     if let Command::Fanout { room_sizes, .. } = &command {
-        fanout(&common, &mut run, &progress, room_sizes).await?;
+        let outcome = fanout(&common, &mut run, &progress, room_sizes).await;
+        note(&mut run, &progress, "fanout", outcome);
     } else if all {
-        fanout(&common, &mut run, &progress, &[10, 100]).await?;
+        let outcome = fanout(&common, &mut run, &progress, &[10, 100]).await;
+        note(&mut run, &progress, "fanout", outcome);
     }
     if let Command::History { room_size, .. } = &command {
-        history(&common, &mut run, &progress, *room_size).await?;
+        let outcome = history(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "history", outcome);
     } else if all {
-        history(&common, &mut run, &progress, 10).await?;
+        let outcome = history(&common, &mut run, &progress, 10).await;
+        note(&mut run, &progress, "history", outcome);
     }
     if let Command::TwoNodes { room_size, .. } = &command {
-        scale::two_nodes(&common, &mut run, &progress, *room_size).await?;
+        let outcome = scale::two_nodes(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "two_nodes", outcome);
     } else if all {
-        scale::two_nodes(&common, &mut run, &progress, 100).await?;
+        let outcome = scale::two_nodes(&common, &mut run, &progress, 100).await;
+        note(&mut run, &progress, "two_nodes", outcome);
     }
     if let Command::LargeRoom { members, .. } = &command {
-        scale::large_room(&common, &mut run, &progress, *members).await?;
+        let outcome = scale::large_room(&common, &mut run, &progress, *members).await;
+        note(&mut run, &progress, "large_room", outcome);
     } else if let Command::All {
         large_room_members, ..
     } = &command
     {
-        scale::large_room(&common, &mut run, &progress, *large_room_members).await?;
+        let outcome = scale::large_room(&common, &mut run, &progress, *large_room_members).await;
+        note(&mut run, &progress, "large_room", outcome);
     }
     if let Command::Api { room_size, .. } = &command {
-        api(&common, &mut run, &progress, *room_size).await?;
+        let outcome = api(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "api", outcome);
     } else if all {
-        api(&common, &mut run, &progress, 100).await?;
+        let outcome = api(&common, &mut run, &progress, 100).await;
+        note(&mut run, &progress, "api", outcome);
     }
     if let Command::Rooms {
         users,
@@ -281,9 +294,11 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         ..
     } = &command
     {
-        rooms(&common, &mut run, &progress, *users, *rooms_per_user).await?;
+        let outcome = rooms(&common, &mut run, &progress, *users, *rooms_per_user).await;
+        note(&mut run, &progress, "rooms", outcome);
     } else if all {
-        rooms(&common, &mut run, &progress, None, 16).await?;
+        let outcome = rooms(&common, &mut run, &progress, None, 16).await;
+        note(&mut run, &progress, "rooms", outcome);
     }
     if let Command::Churn {
         algorithms,
@@ -292,7 +307,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         ..
     } = &command
     {
-        churn(
+        let outcome = churn(
             &common,
             &mut run,
             &progress,
@@ -300,9 +315,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             *concurrency,
             *secs,
         )
-        .await?;
+        .await;
+        note(&mut run, &progress, "churn", outcome);
     } else if all {
-        churn(
+        let outcome = churn(
             &common,
             &mut run,
             &progress,
@@ -310,13 +326,16 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             None,
             None,
         )
-        .await?;
+        .await;
+        note(&mut run, &progress, "churn", outcome);
     }
     let soak_default = if quick { 50.0 } else { 120.0 };
     if let Command::Soak { duration, .. } = &command {
-        scale::soak(&common, &mut run, &progress, *duration, soak_default).await?;
+        let outcome = scale::soak(&common, &mut run, &progress, *duration, soak_default).await;
+        note(&mut run, &progress, "soak", outcome);
     } else if let Command::All { soak_duration, .. } = &command {
-        scale::soak(&common, &mut run, &progress, *soak_duration, soak_default).await?;
+        let outcome = scale::soak(&common, &mut run, &progress, *soak_duration, soak_default).await;
+        note(&mut run, &progress, "soak", outcome);
     }
     progress.finish();
     let out = common.out.clone().unwrap_or_else(|| {
@@ -344,7 +363,20 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if let Some(soak) = run.soak.as_ref().filter(|soak| !soak.passed) {
         anyhow::bail!("the soak failed: {}", soak.failures.join("; "));
     }
+    if !run.errors.is_empty() {
+        anyhow::bail!("scenarios failed: {}", run.errors.join("; "));
+    }
     Ok(())
+}
+
+/// Records a scenario that failed and lets the run go on: one scenario's failure (a server
+/// that died, a limit hit) does not throw away what the others measured. The run still ends
+/// with an error.
+fn note(run: &mut Run, progress: &Progress, scenario: &str, outcome: anyhow::Result<()>) {
+    if let Err(err) = outcome {
+        progress.println(format!("  {scenario} FAILED: {err:#}"));
+        run.errors.push(format!("{scenario}: {err:#}"));
+    }
 }
 
 /// The commit measured, `-dirty` when the work tree has changes.

@@ -61,7 +61,7 @@ pub async fn large_room(
             ]
         },
         climb_secs: Some(if common.quick { 1.0 } else { 60.0 }),
-        concurrency: 64,
+        concurrency: 32,
         ..fanout_config(common, room_size)
     };
     let target = match &common.url {
@@ -77,6 +77,9 @@ pub async fn large_room(
                     ("MAX_ROOM_MEMBERS", "19500"),
                     ("OUTBOUND_QUEUE_FRAMES", "65536"),
                     ("MAX_OUTBOUND_BYTES", "16777216"),
+                    // Under the storm, a new socket's auth and join wait their turn.
+                    ("AUTH_TIMEOUT_MS", "20000"),
+                    ("JOIN_TIMEOUT_MS", "20000"),
                 ],
                 ..Launch::default()
             };

@@ -47,6 +47,8 @@ pub struct Run {
     pub large_room_config: Option<FanoutConfig>,
     pub large_room: Vec<FanoutResult>,
     pub soak: Option<SoakResult>,
+    /// Scenarios that failed, and why.
+    pub errors: Vec<String>,
 }
 
 /// The targets of the benchmark issue, checked in the summary.
@@ -246,6 +248,12 @@ impl Run {
         }
         if let Some(soak) = &self.soak {
             scale::soak_summary(&mut out, soak);
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "### Failed scenarios\n");
+            for error in &self.errors {
+                let _ = writeln!(out, "- {error}");
+            }
         }
         out
     }
