@@ -78,8 +78,9 @@ pub async fn run(
     let mut tasks = Vec::new();
     for index in 0..config.room_size {
         progress.set(format!("api: joining {index}"));
-        let token = target.signer.token(&format!("api{index}"));
-        let ws = target.dialer.joined(&token, &room).await?;
+        let user = format!("api{index}");
+        let token = target.signer.token(&user);
+        let ws = target.dialer.joined(&user, &token, &room).await?;
         let (sink, stream) = ws.split();
         let reader = Reader {
             delays: Arc::clone(&delays),

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::client::Protocol;
 use crate::progress::Progress;
 use crate::target::Target;
 
@@ -45,7 +46,8 @@ pub async fn run(
     let mut loops = Vec::new();
     for worker in 0..config.concurrency {
         // One user per loop, its token signed once: the server verifies it every time.
-        let token = target.signer.token(&format!("churn{worker}"));
+        let user = format!("churn{worker}");
+        let token = target.signer.token(&user);
         let room = format!("churn{}", worker % 64);
         let dialer = Arc::clone(&target.dialer);
         let (times, sessions, failed) = (
@@ -56,7 +58,7 @@ pub async fn run(
         loops.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let connecting = Instant::now();
-                match dialer.joined(&token, &room).await {
+                match dialer.joined(&user, &token, &room).await {
                     Ok(mut ws) => {
                         let micros = connecting.elapsed().as_micros() as u64;
                         let _ = times.lock().expect("never poisoned").record(micros.max(1));
@@ -94,7 +96,11 @@ pub async fn run(
     let count = sessions.load(Ordering::Relaxed);
     Ok(ChurnResult {
         target: target.name,
-        algorithm: target.signer.algorithm(),
+        // The bare server verifies nothing.
+        algorithm: match target.dialer.protocol {
+            Protocol::Bare => "none",
+            Protocol::Palisade => target.signer.algorithm(),
+        },
         sessions: count,
         failed: failed.load(Ordering::Relaxed),
         sessions_per_sec: count as f64 / elapsed,

@@ -93,17 +93,39 @@ impl Dialer {
         Ok(ws)
     }
 
-    /// A socket in `room`: authenticated with `token` and joined (Palisade: the join
-    /// acknowledgement has arrived), or connected to the room's path (bare).
-    pub async fn joined(&self, token: &str, room: &str) -> anyhow::Result<Ws> {
+    /// A WebSocket to the server's root, nothing sent yet.
+    pub async fn raw(&self) -> anyhow::Result<Ws> {
+        self.websocket("/", None).await
+    }
+
+    /// A socket in `room` for `user`: authenticated with `token` and joined (Palisade: the
+    /// join acknowledgement has arrived), or connected to the room's path (bare).
+    pub async fn joined(&self, user: &str, token: &str, room: &str) -> anyhow::Result<Ws> {
+        Ok(self.joined_with(user, token, room, None).await?.0)
+    }
+
+    /// As [`Dialer::joined`], asking for the last `history` messages (which turns the room
+    /// extensions on) if given; also returns the join acknowledgement (empty for the bare
+    /// server). The join carries a `username`: GarinChat requires one, Palisade ignores it
+    /// (the name comes from the token).
+    pub async fn joined_with(
+        &self,
+        user: &str,
+        token: &str,
+        room: &str,
+        history: Option<u64>,
+    ) -> anyhow::Result<(Ws, String)> {
         match self.protocol {
-            Protocol::Bare => self.websocket(&format!("/room/{room}"), None).await,
+            Protocol::Bare => Ok((
+                self.websocket(&format!("/room/{room}"), None).await?,
+                String::new(),
+            )),
             Protocol::Palisade => {
                 let mut ws = self.websocket("/", None).await?;
                 let auth = serde_json::json!({"type": "auth", "body": token}).to_string();
-                let mut join = serde_json::json!({"type": "join", "room": room});
-                if self.room_extensions {
-                    join["history"] = 0.into();
+                let mut join = serde_json::json!({"type": "join", "room": room, "username": user});
+                if let Some(history) = history.or(self.room_extensions.then_some(0)) {
+                    join["history"] = history.into();
                 }
                 let join = join.to_string();
                 ws.send(Message::text(auth)).await?;
@@ -114,7 +136,7 @@ impl Dialer {
                         .context("no join acknowledgement")?;
                     match frame {
                         Some(Ok(Message::Text(text))) if text.contains(r#""type":"join""#) => {
-                            return Ok(ws)
+                            return Ok((ws, text.as_str().to_owned()))
                         }
                         Some(Ok(Message::Close(frame))) => bail!("closed at join: {frame:?}"),
                         Some(Ok(_)) => continue,
@@ -130,12 +152,12 @@ impl Dialer {
 impl Dialer {
     /// A Palisade socket speaking protocol v2, authenticated with `token` and in every room of
     /// `rooms` (each join's acknowledgement has arrived).
-    pub async fn joined_v2(&self, token: &str, rooms: &[String]) -> anyhow::Result<Ws> {
+    pub async fn joined_v2(&self, user: &str, token: &str, rooms: &[String]) -> anyhow::Result<Ws> {
         let mut ws = self.websocket("/", Some("palisade.v2")).await?;
         let auth = serde_json::json!({"type": "auth", "body": token}).to_string();
         ws.send(Message::text(auth)).await?;
         for (n, room) in rooms.iter().enumerate() {
-            let join = serde_json::json!({"type": "join", "id": format!("j{n}"), "room": room});
+            let join = serde_json::json!({"type": "join", "id": format!("j{n}"), "room": room, "username": user});
             ws.send(Message::text(join.to_string())).await?;
         }
         let mut acknowledged = 0;

@@ -1,7 +1,10 @@
 //! Fan-out: rooms of N members, one sender per room, 100-byte messages stamped with their send
 //! time, offered load stepped up until the 99th percentile of end-to-end delay passes the
 //! limit (twice in a row). Every member reads every frame; delay is measured at the receiver.
-//! The result is the highest step within the limit.
+//! The result is the highest step within the limit. With `climb_secs`, the ladder goes on past
+//! its last listed step (a quarter higher each time) until the server saturates or the time is
+//! up, so that the figure is the server's, not the ladder's top. Members may be spread over
+//! several nodes sharing rooms through Redis: member k of each room connects to node k mod n.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,8 @@ pub struct FanoutConfig {
     pub body_bytes: usize,
     pub p99_limit_ms: f64,
     pub concurrency: usize,
+    /// Past the last listed step, keep climbing (×1.25 per step) for at most this long.
+    pub climb_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -39,7 +44,11 @@ pub struct FanoutStep {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Summed over the nodes (Redis not included).
     pub server_cpu_percent: f64,
+    /// The load generator's own CPU (this process), in percent of one core: near the
+    /// machine's cores, the generator is what saturates.
+    pub generator_cpu_percent: f64,
     /// Server CPU time per delivered message, in microseconds.
     pub server_cpu_us_per_delivery: f64,
     /// Sockets the server closed during the step (a slow consumer evicted, say).
@@ -59,6 +68,8 @@ impl FanoutStep {
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutResult {
     pub target: &'static str,
+    /// Palisade processes the members were spread over.
+    pub nodes: usize,
     pub room_size: usize,
     pub rooms: usize,
     pub steps: Vec<FanoutStep>,
@@ -67,10 +78,14 @@ pub struct FanoutResult {
 }
 
 pub async fn run(
-    target: &Target,
+    nodes: &[&Target],
     config: &FanoutConfig,
     progress: &Progress,
 ) -> anyhow::Result<FanoutResult> {
+    let target = nodes[0];
+    let cpu_secs = || nodes.iter().map(|node| node.cpu_secs()).sum::<f64>();
+    let generator_cpu_secs =
+        || crate::procfs::sample(std::process::id()).map_or(f64::NAN, |sample| sample.cpu_secs);
     let delays = Arc::new(Mutex::new(new_histogram()));
     let delivered = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
@@ -80,13 +95,25 @@ pub async fn run(
     let mut sockets = Vec::new();
     for index in 0..config.rooms * config.room_size {
         let permit = Arc::clone(&permits).acquire_owned().await?;
-        let dialer = Arc::clone(&target.dialer);
-        let token = target.signer.token(&format!("fan{index}"));
+        let dialer = Arc::clone(&nodes[index % config.room_size % nodes.len()].dialer);
+        let user = format!("fan{index}");
+        let token = target.signer.token(&user);
         let room = format!("fan{}-{}", config.room_size, index / config.room_size);
+        let reader = Reader {
+            delays: Arc::clone(&delays),
+            delivered: Arc::clone(&delivered),
+            closed: Arc::clone(&closed),
+        };
+        let stop = stop.clone();
         sockets.push(tokio::spawn(async move {
-            let joined = dialer.joined(&token, &room).await;
+            let joined = dialer.joined(&user, &token, &room).await;
             drop(permit);
-            joined
+            // Read from the moment of joining: every later join is announced to the members
+            // already there (N²/2 frames for a room of N), and a member that did not read them
+            // would be closed as a slow consumer before the first message.
+            let (sink, stream) = joined?.split();
+            let reading = tokio::spawn(reader.read(stream, stop));
+            anyhow::Ok((sink, reading))
         }));
         progress.set(format!(
             "fanout {} rooms of {}: joining {index}",
@@ -96,14 +123,8 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
-        let ws = socket.await??;
-        let (sink, stream) = ws.split();
-        let reader = Reader {
-            delays: Arc::clone(&delays),
-            delivered: Arc::clone(&delivered),
-            closed: Arc::clone(&closed),
-        };
-        tasks.push(tokio::spawn(reader.read(stream, stop.clone())));
+        let (sink, reading) = socket.await??;
+        tasks.push(reading);
         if index % config.room_size == 0 {
             senders.push(sink);
         }
@@ -118,7 +139,26 @@ pub async fn run(
     let fan = (config.room_size - 1) as f64;
     let mut steps = Vec::new();
     let mut failures = 0;
-    for &aimed in &config.delivered_steps {
+    // The climb's time counts from the end of the listed steps.
+    let mut climb_until = None;
+    let mut ladder = config.delivered_steps.clone().into_iter();
+    let mut last_aimed = 0u64;
+    loop {
+        let aimed = match ladder.next() {
+            Some(aimed) => aimed,
+            None => match config.climb_secs.map(|secs| {
+                *climb_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + Duration::from_secs_f64(secs)
+                })
+            }) {
+                Some(until) if tokio::time::Instant::now() < until && last_aimed > 0 => {
+                    // A quarter higher, rounded to a thousand.
+                    (last_aimed * 5 / 4).div_ceil(1000) * 1000
+                }
+                _ => break,
+            },
+        };
+        last_aimed = aimed;
         let offered = aimed as f64 / fan;
         rate_tx.send_replace(offered);
         progress.set(format!(
@@ -129,10 +169,12 @@ pub async fn run(
         delays.lock().expect("never poisoned").reset();
         let counted = delivered.load(Ordering::Relaxed);
         let closed_before = closed.load(Ordering::Relaxed);
-        let cpu_before = target.cpu_secs();
+        let cpu_before = cpu_secs();
+        let generator_before = generator_cpu_secs();
         let window_start = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(config.window_secs)).await;
-        let cpu = target.cpu_secs() - cpu_before;
+        let cpu = cpu_secs() - cpu_before;
+        let generator_cpu = generator_cpu_secs() - generator_before;
         let count = delivered.load(Ordering::Relaxed) - counted;
         // The sleep may overshoot on a busy machine: rates use the time that passed.
         let window = window_start.elapsed().as_secs_f64();
@@ -146,12 +188,14 @@ pub async fn run(
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             server_cpu_percent: cpu / window * 100.0,
+            generator_cpu_percent: generator_cpu / window * 100.0,
             server_cpu_us_per_delivery: cpu * 1e6 / count.max(1) as f64,
             sockets_closed: closed.load(Ordering::Relaxed) - closed_before,
         };
         progress.println(format!(
-            "  fanout {:>8} N={:<3} aimed {:>7}/s delivered {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu {:>5.1}% {:>5.2} us/delivery",
+            "  fanout {:>8} x{} N={:<3} aimed {:>7}/s delivered {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu {:>5.1}% {:>5.2} us/delivery, generator {:>4.0}%",
             target.name,
+            nodes.len(),
             config.room_size,
             aimed,
             step.delivered_per_sec,
@@ -159,7 +203,8 @@ pub async fn run(
             step.p99_ms,
             step.p999_ms,
             step.server_cpu_percent,
-            step.server_cpu_us_per_delivery
+            step.server_cpu_us_per_delivery,
+            step.generator_cpu_percent
         ));
         let saturated = !step.passed(config.p99_limit_ms);
         steps.push(step);
@@ -182,6 +227,7 @@ pub async fn run(
         .cloned();
     Ok(FanoutResult {
         target: target.name,
+        nodes: nodes.len(),
         room_size: config.room_size,
         rooms: config.rooms,
         steps,

@@ -8,6 +8,7 @@
 //! cargo build --release --workspace
 //! target/release/palisade-bench all            # everything, into bench/results/latest/
 //! target/release/palisade-bench all --quick    # the smoke test CI runs
+//! target/release/palisade-bench soak --duration 30m   # the soak for the record
 //! ```
 
 mod api;
@@ -16,25 +17,25 @@ mod ceiling;
 mod churn;
 mod client;
 mod fanout;
+mod nodes;
 mod procfs;
 mod progress;
 mod report;
 mod rooms;
+mod scale;
+mod scenarios;
+mod soak;
 mod target;
 mod tokens;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::ApiConfig;
-use crate::capacity::CapacityConfig;
-use crate::churn::ChurnConfig;
-use crate::fanout::FanoutConfig;
 use crate::progress::Progress;
 use crate::report::Run;
-use crate::rooms::RoomsConfig;
-use crate::target::{External, Launch, Target};
+use crate::scenarios::{api, capacity, churn, fanout, history, rooms};
 
 #[derive(Parser)]
 #[command(
@@ -48,9 +49,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Capacity, fan-out (rooms of 10 and 100), history and churn (HS256, ES256), with the
-    /// ceiling.
-    All(Common),
+    /// Capacity, fan-out (rooms of 10 and 100), history, two nodes, the large room, the server
+    /// API, many rooms per user, churn (HS256, ES256) with the ceiling, and a short soak.
+    All {
+        #[command(flatten)]
+        common: Common,
+        /// How long the soak runs (default 2 minutes; 50 s with --quick).
+        #[arg(long, value_parser = scale::parse_duration)]
+        soak_duration: Option<Duration>,
+        /// Members of the large room (default 10 000; 200 with --quick).
+        #[arg(long)]
+        large_room_members: Option<usize>,
+    },
     /// Idle joined sockets: RSS per socket, kernel socket memory, idle CPU.
     Capacity {
         #[command(flatten)]
@@ -94,6 +104,32 @@ enum Command {
         common: Common,
         #[arg(long, default_value_t = 100)]
         room_size: usize,
+    },
+    /// Fan-out in rooms split over two nodes sharing a Redis the bench starts, beside one node
+    /// on the same Redis.
+    TwoNodes {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+    },
+    /// One large room on one node, one sender: deliveries per second and delay.
+    LargeRoom {
+        #[command(flatten)]
+        common: Common,
+        /// Members (default 10 000; 200 with --quick).
+        #[arg(long)]
+        members: Option<usize>,
+    },
+    /// Two nodes and a Redis under mixed chat, churn, history and abuse: memory, descriptors,
+    /// sessions and Redis memory must not grow, and every message must arrive once, in order.
+    /// Exits non-zero when it fails.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        /// How long (`90s`, `30m`, `1h`; default 2 minutes, 50 s with --quick).
+        #[arg(long, value_parser = scale::parse_duration)]
+        duration: Option<Duration>,
     },
     /// Connect, auth, join, close, in a loop: sessions per second and time to joined.
     Churn {
@@ -163,7 +199,10 @@ fn main() -> anyhow::Result<()> {
 async fn bench(command: Command) -> anyhow::Result<()> {
     let nofile = procfs::raise_nofile_limit();
     let common = match &command {
-        Command::All(common)
+        Command::All { common, .. }
+        | Command::TwoNodes { common, .. }
+        | Command::LargeRoom { common, .. }
+        | Command::Soak { common, .. }
         | Command::Capacity { common, .. }
         | Command::Fanout { common, .. }
         | Command::History { common, .. }
@@ -192,31 +231,62 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         api: Vec::new(),
         rooms_config: None,
         rooms: Vec::new(),
+        two_nodes_config: None,
+        two_nodes: Vec::new(),
+        large_room_config: None,
+        large_room: Vec::new(),
+        soak: None,
+        errors: Vec::new(),
     };
     let progress = Progress::new();
-    let all = matches!(command, Command::All(_));
+    let all = matches!(command, Command::All { .. });
     if let Command::Capacity {
         sockets, room_size, ..
     } = &command
     {
-        capacity(&common, &mut run, &progress, *sockets, *room_size).await?;
+        let outcome = capacity(&common, &mut run, &progress, *sockets, *room_size).await;
+        note(&mut run, &progress, "capacity", outcome);
     } else if all {
-        capacity(&common, &mut run, &progress, None, 10).await?;
+        let outcome = capacity(&common, &mut run, &progress, None, 10).await;
+        note(&mut run, &progress, "capacity", outcome);
     }
     if let Command::Fanout { room_sizes, .. } = &command {
-        fanout(&common, &mut run, &progress, room_sizes).await?;
+        let outcome = fanout(&common, &mut run, &progress, room_sizes).await;
+        note(&mut run, &progress, "fanout", outcome);
     } else if all {
-        fanout(&common, &mut run, &progress, &[10, 100]).await?;
+        let outcome = fanout(&common, &mut run, &progress, &[10, 100]).await;
+        note(&mut run, &progress, "fanout", outcome);
     }
     if let Command::History { room_size, .. } = &command {
-        history(&common, &mut run, &progress, *room_size).await?;
+        let outcome = history(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "history", outcome);
     } else if all {
-        history(&common, &mut run, &progress, 10).await?;
+        let outcome = history(&common, &mut run, &progress, 10).await;
+        note(&mut run, &progress, "history", outcome);
+    }
+    if let Command::TwoNodes { room_size, .. } = &command {
+        let outcome = scale::two_nodes(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "two_nodes", outcome);
+    } else if all {
+        let outcome = scale::two_nodes(&common, &mut run, &progress, 100).await;
+        note(&mut run, &progress, "two_nodes", outcome);
+    }
+    if let Command::LargeRoom { members, .. } = &command {
+        let outcome = scale::large_room(&common, &mut run, &progress, *members).await;
+        note(&mut run, &progress, "large_room", outcome);
+    } else if let Command::All {
+        large_room_members, ..
+    } = &command
+    {
+        let outcome = scale::large_room(&common, &mut run, &progress, *large_room_members).await;
+        note(&mut run, &progress, "large_room", outcome);
     }
     if let Command::Api { room_size, .. } = &command {
-        api(&common, &mut run, &progress, *room_size).await?;
+        let outcome = api(&common, &mut run, &progress, *room_size).await;
+        note(&mut run, &progress, "api", outcome);
     } else if all {
-        api(&common, &mut run, &progress, 100).await?;
+        let outcome = api(&common, &mut run, &progress, 100).await;
+        note(&mut run, &progress, "api", outcome);
     }
     if let Command::Rooms {
         users,
@@ -224,9 +294,11 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         ..
     } = &command
     {
-        rooms(&common, &mut run, &progress, *users, *rooms_per_user).await?;
+        let outcome = rooms(&common, &mut run, &progress, *users, *rooms_per_user).await;
+        note(&mut run, &progress, "rooms", outcome);
     } else if all {
-        rooms(&common, &mut run, &progress, None, 16).await?;
+        let outcome = rooms(&common, &mut run, &progress, None, 16).await;
+        note(&mut run, &progress, "rooms", outcome);
     }
     if let Command::Churn {
         algorithms,
@@ -235,7 +307,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         ..
     } = &command
     {
-        churn(
+        let outcome = churn(
             &common,
             &mut run,
             &progress,
@@ -243,9 +315,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             *concurrency,
             *secs,
         )
-        .await?;
+        .await;
+        note(&mut run, &progress, "churn", outcome);
     } else if all {
-        churn(
+        let outcome = churn(
             &common,
             &mut run,
             &progress,
@@ -253,7 +326,16 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             None,
             None,
         )
-        .await?;
+        .await;
+        note(&mut run, &progress, "churn", outcome);
+    }
+    let soak_default = if quick { 50.0 } else { 120.0 };
+    if let Command::Soak { duration, .. } = &command {
+        let outcome = scale::soak(&common, &mut run, &progress, *duration, soak_default).await;
+        note(&mut run, &progress, "soak", outcome);
+    } else if let Command::All { soak_duration, .. } = &command {
+        let outcome = scale::soak(&common, &mut run, &progress, *soak_duration, soak_default).await;
+        note(&mut run, &progress, "soak", outcome);
     }
     progress.finish();
     let out = common.out.clone().unwrap_or_else(|| {
@@ -263,6 +345,9 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             "bench/results/latest".into()
         }
     });
+    // The summary first: a run's figures reach the log even when its files cannot be written
+    // (a 30-minute soak once ended on a full disk).
+    println!("{}", run.summary());
     run.write(&out)?;
     // A full run into the default place is also kept by time; with --out, everything the run
     // writes goes there.
@@ -274,261 +359,24 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&run)? + "\n",
         )?;
     }
-    println!("{}", run.summary());
     println!("Results, summary and charts: {}", out.display());
-    Ok(())
-}
-
-/// The server under test: the one at `--url`, or a fresh Palisade.
-async fn under_test(common: &Common, es256: bool) -> anyhow::Result<Target> {
-    match &common.url {
-        Some(url) => Target::external(&External {
-            url: url.clone(),
-            secret: common.secret.clone(),
-            origin: common.origin.clone(),
-            pid: common.pid,
-        }),
-        None => {
-            let binary = target::gateway_binary(common.gateway.clone())?;
-            let launch = Launch {
-                es256,
-                redis: common.redis.as_deref(),
-                ..Launch::default()
-            };
-            Target::palisade(&binary, &launch).await
-        }
+    if let Some(soak) = run.soak.as_ref().filter(|soak| !soak.passed) {
+        anyhow::bail!("the soak failed: {}", soak.failures.join("; "));
     }
-}
-
-async fn capacity(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    sockets: Option<usize>,
-    room_size: usize,
-) -> anyhow::Result<()> {
-    let config = CapacityConfig {
-        sockets: sockets.unwrap_or(if common.quick { 300 } else { 19_000 }),
-        room_size,
-        steps: if common.quick { 3 } else { 10 },
-        concurrency: 256,
-        settle_secs: if common.quick { 0.2 } else { 2.0 },
-        idle_secs: if common.quick { 0.5 } else { 10.0 },
-    };
-    if !common.no_ceiling {
-        let ceiling = Target::ceiling().await?;
-        run.capacity
-            .push(capacity::run(&ceiling, &config, progress).await?);
-    }
-    let target = under_test(common, false).await?;
-    run.capacity
-        .push(capacity::run(&target, &config, progress).await?);
-    for result in &run.capacity {
-        progress.println(format!(
-            "  capacity {:>8}: {} sockets, {:.2} KiB RSS per socket, idle CPU {:.2} %",
-            result.target, result.sockets_held, result.rss_per_socket_kib, result.idle_cpu_percent
-        ));
-    }
-    run.capacity_config = Some(config);
-    Ok(())
-}
-
-async fn fanout(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    room_sizes: &[usize],
-) -> anyhow::Result<()> {
-    for &room_size in room_sizes {
-        let config = fanout_config(common, room_size);
-        if !common.no_ceiling {
-            let ceiling = Target::ceiling().await?;
-            run.fanout
-                .push(fanout::run(&ceiling, &config, progress).await?);
-        }
-        let target = under_test(common, false).await?;
-        run.fanout
-            .push(fanout::run(&target, &config, progress).await?);
-        run.fanout_configs.push(config);
+    if !run.errors.is_empty() {
+        anyhow::bail!("scenarios failed: {}", run.errors.join("; "));
     }
     Ok(())
 }
 
-/// The fan-out ladder for rooms of `room_size`.
-fn fanout_config(common: &Common, room_size: usize) -> FanoutConfig {
-    FanoutConfig {
-        room_size,
-        rooms: if common.quick {
-            3
-        } else {
-            (1000 / room_size).max(1)
-        },
-        delivered_steps: if common.quick {
-            vec![1_000, 3_000]
-        } else {
-            // Finer where servers on a small machine saturate.
-            vec![
-                2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000,
-                90_000, 100_000, 120_000, 140_000, 160_000, 200_000, 240_000, 320_000, 480_000,
-                640_000,
-            ]
-        },
-        warmup_secs: if common.quick { 0.2 } else { 1.0 },
-        window_secs: if common.quick { 0.5 } else { 3.0 },
-        body_bytes: 100,
-        p99_limit_ms: 50.0,
-        concurrency: 128,
+/// Records a scenario that failed and lets the run go on: one scenario's failure (a server
+/// that died, a limit hit) does not throw away what the others measured. The run still ends
+/// with an error.
+fn note(run: &mut Run, progress: &Progress, scenario: &str, outcome: anyhow::Result<()>) {
+    if let Err(err) = outcome {
+        progress.println(format!("  {scenario} FAILED: {err:#}"));
+        run.errors.push(format!("{scenario}: {err:#}"));
     }
-}
-
-/// The same fan-out ladder against Palisade with history off (`HISTORY_SIZE=0`: no offsets,
-/// nothing kept) and on (the default, clients joining with the room extensions so their
-/// frames carry offsets): what numbering and keeping every message costs.
-async fn history(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    room_size: usize,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        common.url.is_none(),
-        "the history scenario starts its own gateways (no --url)"
-    );
-    let config = fanout_config(common, room_size);
-    let binary = target::gateway_binary(common.gateway.clone())?;
-    let off = Launch {
-        name: "palisade, history off",
-        redis: common.redis.as_deref(),
-        env: vec![("HISTORY_SIZE", "0")],
-        ..Launch::default()
-    };
-    let on = Launch {
-        name: "palisade, history on",
-        redis: common.redis.as_deref(),
-        room_extensions: true,
-        ..Launch::default()
-    };
-    for launch in [off, on] {
-        let target = Target::palisade(&binary, &launch).await?;
-        run.history
-            .push(fanout::run(&target, &config, progress).await?);
-    }
-    run.history_config = Some(config);
-    Ok(())
-}
-
-/// Publishes through the server API of a Palisade the bench starts, into one room.
-async fn api(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    room_size: usize,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        common.url.is_none(),
-        "the api scenario starts its own gateway (no --url)"
-    );
-    let config = ApiConfig {
-        room_size,
-        publish_steps: if common.quick {
-            vec![50, 100]
-        } else {
-            vec![
-                250, 500, 1000, 2000, 4000, 6000, 8000, 10_000, 12_000, 16_000,
-            ]
-        },
-        connections: 64,
-        warmup_secs: if common.quick { 0.3 } else { 1.0 },
-        window_secs: if common.quick { 0.5 } else { 3.0 },
-        body_bytes: 100,
-        p99_limit_ms: 50.0,
-    };
-    let binary = target::gateway_binary(common.gateway.clone())?;
-    let launch = Launch {
-        redis: common.redis.as_deref(),
-        api: true,
-        ..Launch::default()
-    };
-    let target = Target::palisade(&binary, &launch).await?;
-    run.api.push(api::run(&target, &config, progress).await?);
-    run.api_config = Some(config);
-    Ok(())
-}
-
-async fn rooms(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    users: Option<usize>,
-    rooms_per_user: usize,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        common.url.is_none(),
-        "the rooms scenario starts its own gateways (no --url)"
-    );
-    let config = RoomsConfig {
-        users: users.unwrap_or(if common.quick { 32 } else { 1000 }),
-        rooms_per_user,
-        room_size: 16,
-        concurrency: 256,
-        settle_secs: if common.quick { 0.2 } else { 2.0 },
-    };
-    let binary = target::gateway_binary(common.gateway.clone())?;
-    for v2 in [true, false] {
-        let launch = Launch {
-            redis: common.redis.as_deref(),
-            env: vec![("MAX_ROOMS_PER_SOCKET", "64")],
-            ..Launch::default()
-        };
-        let target = Target::palisade(&binary, &launch).await?;
-        let result = rooms::run(&target, &config, v2, progress).await?;
-        progress.println(format!(
-            "  rooms {}: {} users in {} rooms each over {} sockets, {:.2} KiB RSS per user",
-            result.layout,
-            result.users,
-            config.rooms_per_user,
-            result.sockets_held,
-            result.rss_per_user_kib
-        ));
-        run.rooms.push(result);
-    }
-    run.rooms_config = Some(config);
-    Ok(())
-}
-
-async fn churn(
-    common: &Common,
-    run: &mut Run,
-    progress: &Progress,
-    algorithms: &[String],
-    concurrency: Option<usize>,
-    secs: Option<f64>,
-) -> anyhow::Result<()> {
-    let config = ChurnConfig {
-        concurrency: concurrency.unwrap_or(if common.quick { 8 } else { 64 }),
-        secs: secs.unwrap_or(if common.quick { 1.0 } else { 10.0 }),
-    };
-    for algorithm in algorithms {
-        let es256 = match algorithm.as_str() {
-            "HS256" => false,
-            "ES256" if common.url.is_none() => true,
-            "ES256" => continue, // a server at --url verifies with its own keys
-            other => anyhow::bail!("unknown algorithm {other}: HS256 or ES256"),
-        };
-        let target = under_test(common, es256).await?;
-        let result = churn::run(&target, &config, progress).await?;
-        progress.println(format!(
-            "  churn {} {}: {:.0} sessions/s, joined p99 {:.2} ms, {} failed",
-            result.target,
-            result.algorithm,
-            result.sessions_per_sec,
-            result.joined_p99_ms,
-            result.failed
-        ));
-        run.churn.push(result);
-    }
-    run.churn_config = Some(config);
-    Ok(())
 }
 
 /// The commit measured, `-dirty` when the work tree has changes.

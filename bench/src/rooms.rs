@@ -38,8 +38,10 @@ pub struct RoomsResult {
     pub failed: usize,
     /// Server RSS growth per user, from before the first socket to all joined.
     pub rss_per_user_kib: f64,
-    /// Kernel TCP memory growth per user (both ends of each loopback connection).
-    pub kernel_tcp_per_user_kib: f64,
+    /// Kernel memory per user: queued buffers and socket structures per socket (as in
+    /// capacity: the growth over every socket opened, both ends counted), times the user's
+    /// sockets.
+    pub kernel_per_user_kib: Option<f64>,
 }
 
 impl RoomsConfig {
@@ -61,7 +63,7 @@ pub async fn run(
 ) -> anyhow::Result<RoomsResult> {
     let layout = if v2 { "v2" } else { "v1" };
     let baseline = target.sample().unwrap_or_default();
-    let kernel_baseline = procfs::tcp_socket_memory_kib();
+    let kernel_baseline = procfs::KernelSockets::now().await;
     let held = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
@@ -70,7 +72,8 @@ pub async fn run(
     let sockets = config.users * sockets_per_user;
     let mut tasks = Vec::with_capacity(sockets);
     for user in 0..config.users {
-        let token = target.signer.token(&format!("mr{user}"));
+        let name = format!("mr{user}");
+        let token = target.signer.token(&name);
         let rooms = config.rooms_of(user);
         let groups: Vec<Vec<String>> = if v2 {
             vec![rooms]
@@ -79,13 +82,13 @@ pub async fn run(
         };
         for group in groups {
             let permit = Arc::clone(&permits).acquire_owned().await?;
-            let (dialer, token) = (Arc::clone(&target.dialer), token.clone());
+            let (dialer, token, user) = (Arc::clone(&target.dialer), token.clone(), name.clone());
             let (held, failed, stop) = (Arc::clone(&held), Arc::clone(&failed), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let joined = if v2 {
-                    dialer.joined_v2(&token, &group).await
+                    dialer.joined_v2(&user, &token, &group).await
                 } else {
-                    dialer.joined(&token, &group[0]).await
+                    dialer.joined(&user, &token, &group[0]).await
                 };
                 drop(permit);
                 let Ok(ws) = joined else {
@@ -106,7 +109,9 @@ pub async fn run(
     }
     tokio::time::sleep(Duration::from_secs_f64(config.settle_secs)).await;
     let top = target.sample().unwrap_or_default();
-    let kernel = procfs::tcp_socket_memory_kib().saturating_sub(kernel_baseline);
+    let kernel = procfs::KernelSockets::now()
+        .await
+        .per_socket_since(&kernel_baseline);
     let sockets_held = held.load(Ordering::Relaxed);
     stop.cancel();
     for task in tasks {
@@ -120,7 +125,10 @@ pub async fn run(
         memberships: sockets_held * if v2 { config.rooms_per_user } else { 1 },
         failed: failed.load(Ordering::Relaxed),
         rss_per_user_kib: per_user(top.rss_kib.saturating_sub(baseline.rss_kib)),
-        kernel_tcp_per_user_kib: per_user(kernel),
+        kernel_per_user_kib: kernel
+            .buffers_kib
+            .zip(kernel.slab_kib)
+            .map(|(buffers, slab)| (buffers + slab) * sockets_per_user as f64),
     })
 }
 

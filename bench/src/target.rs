@@ -27,6 +27,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// The server API (`http://…/api/v1`) and its key, when started with it.
     pub api: Option<(String, String)>,
+    /// The admin listener's `/metrics` URL, when started with it.
+    pub metrics: Option<String>,
     child: Option<Child>,
     key_file: Option<PathBuf>,
 }
@@ -63,6 +65,10 @@ pub struct Launch<'a> {
     pub room_extensions: bool,
     /// Start the server API (on a free port, with a random key).
     pub api: bool,
+    /// Start the admin listener (`/metrics`) on a free port.
+    pub metrics: bool,
+    /// The HS256 secret to verify tokens with (several nodes share one); random if `None`.
+    pub secret: Option<&'a str>,
 }
 
 impl Default for Launch<'_> {
@@ -74,6 +80,8 @@ impl Default for Launch<'_> {
             env: Vec::new(),
             room_extensions: false,
             api: false,
+            metrics: false,
+            secret: None,
         }
     }
 }
@@ -85,7 +93,7 @@ impl Target {
             es256, ref redis, ..
         } = *launch;
         let port = free_port()?;
-        let secret = random_secret();
+        let secret = launch.secret.map_or_else(random_secret, str::to_owned);
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -109,6 +117,13 @@ impl Target {
                 .env("API_PORT", api_port.to_string())
                 .env("API_KEYS", &key);
             Some((format!("http://127.0.0.1:{api_port}/api/v1"), key))
+        } else {
+            None
+        };
+        let metrics = if launch.metrics {
+            let metrics_port = free_port()?;
+            command.env("METRICS_PORT", metrics_port.to_string());
+            Some(format!("http://127.0.0.1:{metrics_port}/metrics"))
         } else {
             None
         };
@@ -140,6 +155,7 @@ impl Target {
             signer,
             pid: Some(child.id()),
             api,
+            metrics,
             child: Some(child),
             key_file,
         };
@@ -162,6 +178,7 @@ impl Target {
             signer: Signer::Hs256(String::new()),
             pid: Some(child.id()),
             api: None,
+            metrics: None,
             child: Some(child),
             key_file: None,
         };
@@ -182,6 +199,7 @@ impl Target {
             signer: Signer::Hs256(external.secret.clone()),
             pid: external.pid,
             api: None,
+            metrics: None,
             child: None,
             key_file: None,
         })
@@ -208,6 +226,12 @@ impl Target {
     /// The measured process's memory and CPU time now, if there is one to measure.
     pub fn sample(&self) -> Option<ProcSample> {
         self.pid.and_then(|pid| procfs::sample(pid).ok())
+    }
+
+    /// Whether the measured process still runs (true when there is none to check): a server
+    /// that died mid-run is reported as dead, not measured as a zombie with no memory.
+    pub fn alive(&self) -> bool {
+        self.pid.is_none_or(procfs::alive)
     }
 
     /// The measured process's CPU time in seconds; NaN (shown as such, `null` in JSON) when
@@ -259,13 +283,13 @@ fn url_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{authority} does not resolve"))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn random_secret() -> String {
+pub fn random_secret() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::api::{ApiConfig, ApiResult};
@@ -12,6 +11,11 @@ use crate::churn::{ChurnConfig, ChurnResult};
 use crate::fanout::{FanoutConfig, FanoutResult};
 use crate::procfs::Machine;
 use crate::rooms::{RoomsConfig, RoomsResult};
+use crate::soak::SoakResult;
+use charts::{capacity_chart, fanout_chart};
+
+mod charts;
+mod scale;
 
 /// Everything one run measured, with what it ran on and how.
 #[derive(Debug, Serialize)]
@@ -36,6 +40,15 @@ pub struct Run {
     /// Users in many rooms: one v2 socket each, then one GarinChat socket per room.
     pub rooms_config: Option<RoomsConfig>,
     pub rooms: Vec<RoomsResult>,
+    /// Fan-out over one node, then two, sharing rooms through a Redis the bench started.
+    pub two_nodes_config: Option<FanoutConfig>,
+    pub two_nodes: Vec<FanoutResult>,
+    /// One large room on one node.
+    pub large_room_config: Option<FanoutConfig>,
+    pub large_room: Vec<FanoutResult>,
+    pub soak: Option<SoakResult>,
+    /// Scenarios that failed, and why.
+    pub errors: Vec<String>,
 }
 
 /// The targets of the benchmark issue, checked in the summary.
@@ -66,6 +79,17 @@ impl Run {
             let runs: Vec<&FanoutResult> = self.history.iter().collect();
             fanout_chart(&dir.join("history.svg"), config.room_size, &runs)?;
         }
+        if let Some(config) = &self.two_nodes_config {
+            let runs: Vec<&FanoutResult> = self.two_nodes.iter().collect();
+            fanout_chart(&dir.join("two-nodes.svg"), config.room_size, &runs)?;
+        }
+        if let Some(config) = &self.large_room_config {
+            let runs: Vec<&FanoutResult> = self.large_room.iter().collect();
+            fanout_chart(&dir.join("large-room.svg"), config.room_size, &runs)?;
+        }
+        if let Some(soak) = &self.soak {
+            charts::soak_chart(&dir.join("soak.svg"), soak)?;
+        }
         Ok(())
     }
 
@@ -95,34 +119,7 @@ impl Run {
         );
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         if !self.capacity.is_empty() {
-            let _ = writeln!(
-                out,
-                "### Capacity: idle joined sockets, rooms of {}\n",
-                self.capacity_config.as_ref().map_or(0, |c| c.room_size)
-            );
-            let _ = writeln!(out, "| server | sockets held | failed | server RSS | RSS per socket | kernel TCP per socket | idle CPU |");
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
-            for c in &self.capacity {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {:.1} MiB | {:.2} KiB | {:.2} KiB | {:.2} % |",
-                    c.target,
-                    c.sockets_held,
-                    c.failed,
-                    c.rss_kib as f64 / 1024.0,
-                    c.rss_per_socket_kib,
-                    c.kernel_tcp_per_socket_kib,
-                    c.idle_cpu_percent
-                );
-            }
-            if let (Some(p), Some(c)) = (
-                self.find_capacity("palisade"),
-                self.find_capacity("ceiling"),
-            ) {
-                let _ = writeln!(out, "\nPalisade RSS per socket: {:.2} KiB = {:.2} × the ceiling's. Target ≤ {RSS_PER_SOCKET_TARGET_KIB} KiB: **{}**.\n",
-                    p.rss_per_socket_kib, p.rss_per_socket_kib / c.rss_per_socket_kib.max(0.001),
-                    verdict(p.rss_per_socket_kib <= RSS_PER_SOCKET_TARGET_KIB));
-            }
+            self.capacity_summary(&mut out);
         }
         let mut sizes: Vec<usize> = self.fanout.iter().map(|f| f.room_size).collect();
         sizes.dedup();
@@ -160,6 +157,20 @@ impl Run {
                         );
                     }
                 }
+            }
+            let limit = self
+                .fanout_configs
+                .iter()
+                .find(|c| c.room_size == size)
+                .map_or(50.0, |c| c.p99_limit_ms);
+            let _ = writeln!(out);
+            for f in self.fanout.iter().filter(|f| f.room_size == size) {
+                let _ = writeln!(
+                    out,
+                    "- {}: the ladder {}.",
+                    f.target,
+                    scale::ladder_end(f, limit)
+                );
             }
             let best = |name| {
                 self.fanout
@@ -216,11 +227,83 @@ impl Run {
                 .iter()
                 .find(|c| c.target == "palisade" && c.algorithm == "HS256")
             {
-                let _ = writeln!(out, "\nHS256 sessions per second: {:.0}. Target ≥ {CHURN_TARGET_PER_SEC}: **{}**.\n",
-                    hs.sessions_per_sec, verdict(hs.sessions_per_sec >= CHURN_TARGET_PER_SEC));
+                let _ = writeln!(
+                    out,
+                    "\nHS256 sessions per second: {:.0}. Target ≥ {CHURN_TARGET_PER_SEC}: **{}**.",
+                    hs.sessions_per_sec,
+                    verdict(hs.sessions_per_sec >= CHURN_TARGET_PER_SEC)
+                );
+                if let Some(bare) = self.churn.iter().find(|c| c.target == "ceiling") {
+                    let _ = writeln!(out, "Against the ceiling's bare connect-upgrade-close rate ({:.0}/s), Palisade's HS256 churn is {:.2} ×: what auth and join cost.",
+                        bare.sessions_per_sec, hs.sessions_per_sec / bare.sessions_per_sec.max(1.0));
+                }
+            }
+            let _ = writeln!(out);
+        }
+        if let Some(config) = &self.two_nodes_config {
+            scale::two_nodes_summary(&mut out, config, &self.two_nodes);
+        }
+        if let Some(config) = &self.large_room_config {
+            scale::large_room_summary(&mut out, config, &self.large_room);
+        }
+        if let Some(soak) = &self.soak {
+            scale::soak_summary(&mut out, soak);
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "### Failed scenarios\n");
+            for error in &self.errors {
+                let _ = writeln!(out, "- {error}");
             }
         }
         out
+    }
+
+    /// Idle sockets: memory and CPU per socket, the kernel's beside the process's.
+    fn capacity_summary(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Capacity: idle joined sockets, rooms of {}\n",
+            self.capacity_config.as_ref().map_or(0, |c| c.room_size)
+        );
+        let _ = writeln!(out, "| server | sockets held | failed | server RSS | RSS per socket | kernel slab per socket | kernel buffers per socket | idle CPU | idle CPU per socket |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let kib = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.2} KiB"));
+        for c in &self.capacity {
+            if !c.alive {
+                let _ = writeln!(
+                    out,
+                    "| {} | **died during the run** ({} held before) | {} | | | | | | |",
+                    c.target, c.sockets_held, c.failed
+                );
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} MiB | {} | {} | {} | {:.2} % | {} |",
+                c.target,
+                c.sockets_held,
+                c.failed,
+                c.rss_kib as f64 / 1024.0,
+                kib(c.rss_per_socket_kib),
+                kib(c.kernel.slab_kib),
+                match (c.kernel.buffers_kib, c.kernel.buffers_resolution_kib) {
+                    (Some(b), Some(r)) => format!("{b:.2} KiB (± {r:.2})"),
+                    _ => "—".into(),
+                },
+                c.idle_cpu_percent,
+                c.idle_cpu_us_per_socket_sec
+                    .map_or("—".into(), |us| format!("{us:.3} µs/s"))
+            );
+        }
+        let _ = writeln!(out, "\nKernel figures are the growth of machine-wide counters over every TCP socket opened (both ends of each loopback connection: the load generator's are counted and divided out alike): unreclaimable slab (`SUnreclaim`, the socket structures) and queued buffers (`/proc/net/sockstat` `mem`, zero for an idle socket whose queues are empty; charged in per-CPU batches of 1 MiB, hence the ±). Other work on the machine moves both.");
+        let rss = |name| self.find_capacity(name).and_then(|c| c.rss_per_socket_kib);
+        if let (Some(p), Some(c)) = (rss("palisade"), rss("ceiling")) {
+            let _ = writeln!(out, "\nPalisade RSS per socket: {p:.2} KiB = {:.2} × the ceiling's. Target ≤ {RSS_PER_SOCKET_TARGET_KIB} KiB: **{}**.\n",
+                p / c.max(0.001),
+                verdict(p <= RSS_PER_SOCKET_TARGET_KIB));
+        } else {
+            let _ = writeln!(out);
+        }
     }
 
     /// Users in many rooms: memory per user with one v2 socket against one socket per room.
@@ -232,7 +315,7 @@ impl Run {
         );
         let _ = writeln!(
             out,
-            "| layout | sockets held | memberships | failed | RSS per user | kernel TCP per user |"
+            "| layout | sockets held | memberships | failed | RSS per user | kernel per user |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
         for r in &self.rooms {
@@ -243,12 +326,13 @@ impl Run {
             };
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {:.2} KiB | {:.2} KiB |",
+                "| {name} | {} | {} | {} | {:.2} KiB | {} |",
                 r.sockets_held,
                 r.memberships,
                 r.failed,
                 r.rss_per_user_kib,
-                r.kernel_tcp_per_user_kib
+                r.kernel_per_user_kib
+                    .map_or("—".into(), |k| format!("{k:.2} KiB"))
             );
         }
         let find = |layout: &str| self.rooms.iter().find(|r| r.layout == layout);
@@ -410,144 +494,4 @@ fn verdict(met: bool) -> &'static str {
     } else {
         "missed"
     }
-}
-
-const COLORS: [RGBColor; 4] = [
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0x94, 0x67, 0xbd),
-];
-
-/// Server RSS against the number of sockets held, one line per server.
-fn capacity_chart(path: &Path, runs: &[CapacityResult]) -> anyhow::Result<()> {
-    let x_max = runs
-        .iter()
-        .flat_map(|r| r.points.iter().map(|p| p.sockets))
-        .max()
-        .unwrap_or(1) as f64;
-    let y_max = runs
-        .iter()
-        .flat_map(|r| r.points.iter().map(|p| p.rss_kib))
-        .max()
-        .unwrap_or(1) as f64
-        / 1024.0;
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Server RSS against idle joined sockets", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max * 1.05, 0f64..y_max * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("sockets")
-        .y_desc("RSS (MiB)")
-        .draw()?;
-    for (run, color) in runs.iter().zip(COLORS) {
-        let points: Vec<(f64, f64)> = run
-            .points
-            .iter()
-            .map(|p| (p.sockets as f64, p.rss_kib as f64 / 1024.0))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(run.target)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 3, color.filled())),
-        )?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
-/// p50 and p99 delay against delivered messages per second (log scale), per server.
-fn fanout_chart(path: &Path, room_size: usize, runs: &[&FanoutResult]) -> anyhow::Result<()> {
-    let x_max = runs
-        .iter()
-        .flat_map(|r| r.steps.iter().map(|s| s.delivered_per_sec))
-        .fold(10.0, f64::max);
-    let x_min = runs
-        .iter()
-        .flat_map(|r| r.steps.iter().map(|s| s.delivered_per_sec))
-        .fold(x_max, f64::min)
-        .max(1.0);
-    let y_max = runs
-        .iter()
-        .flat_map(|r| r.steps.iter().map(|s| s.p99_ms))
-        .fold(1.0, f64::max)
-        .min(200.0);
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("End-to-end delay against delivered rate, rooms of {room_size}"),
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x_min * 0.8..x_max * 1.25).log_scale(), 0f64..y_max * 1.1)?;
-    chart
-        .configure_mesh()
-        .x_desc("delivered messages per second")
-        .y_desc("delay (ms)")
-        .draw()?;
-    for (index, run) in runs.iter().enumerate() {
-        for (quantile, pick, dashed) in [("p50", 0, false), ("p99", 1, true)] {
-            let color = COLORS[index % COLORS.len()];
-            let points: Vec<(f64, f64)> = run
-                .steps
-                .iter()
-                .map(|s| {
-                    (
-                        s.delivered_per_sec.max(x_min * 0.8),
-                        if pick == 0 { s.p50_ms } else { s.p99_ms }.min(y_max * 1.1),
-                    )
-                })
-                .collect();
-            let style = if dashed {
-                color.mix(0.6).stroke_width(2)
-            } else {
-                color.stroke_width(2)
-            };
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))?
-                .label(format!("{} {quantile}", run.target))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )?;
-        }
-    }
-    // The limit the steps are judged by.
-    chart
-        .draw_series(LineSeries::new(
-            vec![(x_min * 0.8, 50.0), (x_max * 1.25, 50.0)],
-            BLACK.mix(0.4),
-        ))?
-        .label("p99 limit (50 ms)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
