@@ -51,8 +51,8 @@ pub struct Run {
     pub errors: Vec<String>,
 }
 
-/// The targets of the benchmark issue, checked in the summary.
-const RSS_PER_SOCKET_TARGET_KIB: f64 = 10.0;
+/// The targets the issues set, checked in the summary (idle memory: the idle-socket issue).
+const RSS_PER_SOCKET_TARGET_KIB: f64 = 3.5;
 const FANOUT_RATIO_TARGET: f64 = 0.8;
 const CHURN_TARGET_PER_SEC: f64 = 10_000.0;
 
