@@ -79,6 +79,7 @@ streams = {
     "fragmented_ping": frame(PING, b"p"),
     "unmasked": bytes([FIN | TEXT, 2]) + b"hi",
     "truncated_header": bytes([FIN | TEXT, 0x80 | 126, 0x10]),
+    "ping_then_huge_length": frame(FIN | PING, b"") + frame(FIN | BIN, b"", length=1 << 50),
 }
 for name, data in streams.items():
     write("ws_stream", name, data)

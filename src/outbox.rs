@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::protocol::CloseCode;
 
-/// What a socket writes, in order. Small (a pointer and a tag), because every socket's
-/// queue holds a block of them from the start.
+/// What a socket writes, in order. Small (a pointer and a tag): a busy socket's queue holds up
+/// to `OUTBOUND_QUEUE_FRAMES` of them.
 #[derive(Debug)]
 pub enum Outbound {
     /// A JSON text frame, shared between all recipients of a broadcast.

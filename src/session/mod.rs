@@ -16,7 +16,8 @@
 //! One task per socket: this session owns its [`Socket`], and `select!`s over cancel-safe
 //! branches only: the socket (which writes the outbox as it is polled and returns what the
 //! client sent, or a close asked for through the outbox: a ban, a kick, a full queue, or the
-//! gateway shutting down), and one timer for the state's deadline and the [`timers`].
+//! gateway shutting down), and one timer for the state's deadline and the [`timers`]. While a
+//! request is handled (which may wait on other nodes), the socket keeps writing its queue.
 //!
 //! Every exit is one [`End`](close::End); the member leaves its room before the close frame is
 //! written (so the room hears `userleave` at once), then the [`close`] handshake gets
@@ -254,7 +255,7 @@ impl Session {
                 Inbound::Text(text) => {
                     let keepalive = &self.gateway.session.keepalive;
                     self.timers.on_client_message(keepalive, Instant::now());
-                    if let Err(code) = self.on_text(&text).await {
+                    if let Err(code) = socket.writing_while(self.on_text(&text)).await {
                         return End::Closed(code);
                     }
                 }

@@ -3,7 +3,8 @@
 //! Sans I/O: [`parse`] looks at a slice and says whether a whole header is there, so the
 //! reader can wait for readiness without holding a buffer and parse from a buffer lent for one
 //! read. Every rule that can be judged from the header alone is judged here, before the
-//! payload is buffered: a client cannot make the server hold a frame it will refuse.
+//! payload is buffered (the reader judges every header it holds bytes for): a client cannot
+//! make the server hold a frame it will refuse.
 
 use fastwebsockets::OpCode;
 

@@ -4,7 +4,8 @@
 //! Both directions are readiness-driven and cancel-safe ([`reader`], [`writer`]), so one
 //! future, [`Socket::next`], writes what the [`Outbox`](crate::outbox::Outbox) holds as the
 //! socket takes it and returns the next thing the client sent, or the close someone asked for
-//! through the outbox. The session awaits it in its
+//! through the outbox; while the session handles a request, [`Socket::writing_while`] keeps
+//! the writes going. The session awaits it in its
 //! `select!` beside its timers and signals; an idle socket costs that one task, a parked
 //! waker, and no buffer in either direction.
 
@@ -12,7 +13,7 @@ mod head;
 pub(crate) mod reader;
 pub(crate) mod writer;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Socket<S> {
     metrics: Option<Arc<Metrics>>,
     /// The client broke a framing rule: what it sends cannot be parsed any more.
     violated: bool,
+    /// A write failed: nothing more is written.
+    write_failed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
@@ -72,6 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             outbox,
             metrics,
             violated: false,
+            write_failed: false,
         }
     }
 
@@ -89,21 +93,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         if let Some(code) = self.outbox.close_requested() {
             return Poll::Ready(Event::Closing(code));
         }
-        if self.poll_send(cx).is_err() {
-            return Poll::Ready(Event::Client(Inbound::Gone));
-        }
+        // A failed write ends nothing by itself: what the client sent before it went (its close
+        // frame, say) is still read, and the read then finds the connection gone.
+        let _ = self.poll_send(cx);
         let event = std::task::ready!(self.reader.poll_next(cx, &mut self.stream));
         self.violated = matches!(event, Inbound::Violation(_));
         Poll::Ready(Event::Client(event))
     }
 
+    /// Runs `work` (a request's handling, which may wait on other nodes or an identity
+    /// provider) while writing what is queued meanwhile: the socket must not stop draining its
+    /// queue, or a busy room would push a client that reads fine out as a slow consumer. What
+    /// the client sends waits; a write error is left for the next read to find.
+    pub async fn writing_while<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        poll_fn(|cx| {
+            let _ = self.poll_send(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
     /// Writes queued frames until the queue is empty or the socket would block (its
     /// writability then wakes the task).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if self.write_failed {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
         loop {
             if !self.writer.is_idle() {
                 match self.writer.poll_write(cx, &mut self.stream) {
-                    Poll::Ready(written) => self.outbox.written(written?),
+                    Poll::Ready(Ok(written)) => self.outbox.written(written),
+                    Poll::Ready(Err(err)) => {
+                        self.write_failed = true;
+                        return Err(err);
+                    }
                     Poll::Pending => return Ok(()),
                 }
             }

@@ -140,6 +140,8 @@ impl FrameReader {
     /// they lie, and only what they leave over is copied.
     fn take_read(&mut self, read: &mut [u8]) -> Result<Option<Inbound>, CloseCode> {
         if self.buffered() > 0 {
+            self.buffered.drain(..self.start);
+            self.start = 0;
             self.buffered.extend_from_slice(read);
             return self.next_buffered();
         }
@@ -158,27 +160,28 @@ impl FrameReader {
     }
 
     /// Keeps bytes for later, with room reserved for the rest of their frame when its header
-    /// is in (so a large frame grows its buffer once, not by doubling).
+    /// is in and within the budget (so a large frame grows its buffer once, not by doubling).
+    /// These bytes may follow a frame that was returned before they were looked at: their
+    /// header is judged here against the budget, never trusted.
     fn hold(&mut self, rest: &[u8]) {
         if rest.is_empty() {
             return;
         }
-        let frame_len = head::parse(rest, usize::MAX)
-            .ok()
-            .flatten()
-            .map_or(0, |head| head.frame_len());
+        let frame_len = match head::parse(rest, self.assembler.data_budget()) {
+            Ok(Some(head)) => head.frame_len(),
+            // Incomplete, or refused (which the next step reports): only what arrived.
+            Ok(None) | Err(_) => rest.len(),
+        };
         self.buffered.reserve_exact(frame_len.max(rest.len()));
         self.buffered.extend_from_slice(rest);
     }
 
-    /// Frees what has been used: all of the buffer when it is used up (an idle socket holds
-    /// none), or the used front before more bytes are added behind it.
+    /// Frees the buffer once all of it is used (an idle socket holds none). A used front is
+    /// left in place until more bytes come ([`FrameReader::take_read`] moves the rest down
+    /// once per read), so returning many small frames from one read costs no copying each.
     fn release_used(&mut self) {
         if self.start == self.buffered.len() {
             self.buffered = Vec::new();
-            self.start = 0;
-        } else if self.start > 0 {
-            self.buffered.drain(..self.start);
             self.start = 0;
         }
     }
@@ -419,6 +422,28 @@ mod tests {
         assert_eq!(reader.buffered.capacity(), 0);
         assert_eq!(poll_once(&mut reader, &mut server).await, None, "idle");
         assert_eq!(reader.buffered.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_header_behind_a_returned_frame_is_judged_before_anything_is_reserved() {
+        // An empty ping, then a header promising 2^50 bytes, in one read: the ping is returned
+        // first, and the header must not be taken at its word while it waits.
+        let mut bytes = frame(0x89, b"");
+        bytes.extend_from_slice(&[0x82, 0xFF, 0, 4, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+        let mut reader = FrameReader::new(LIMITS, Vec::new());
+        let mut stream: &[u8] = &bytes;
+        assert_eq!(
+            poll_once(&mut reader, &mut stream).await,
+            Some(Inbound::Ping(Box::from(&b""[..])))
+        );
+        assert!(
+            reader.buffered.capacity() < 64,
+            "nothing reserved on its word"
+        );
+        assert_eq!(
+            poll_once(&mut reader, &mut stream).await,
+            Some(Inbound::Violation(CloseCode::MessageTooBig))
+        );
     }
 
     #[tokio::test]
