@@ -398,16 +398,15 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(
-            reader.recv_json().await["type"],
-            "message",
-            "the room flows on"
-        );
-        received
+        let next = reader.recv_json().await;
+        assert_eq!(next["type"], "message", "the room flows on: {next}");
+        // Still open: a reader done first must not leave while the other waits for a message.
+        (received, reader)
     };
     let local = tokio::spawn(read_until_eviction(local_reader));
     let remote = tokio::spawn(read_until_eviction(remote_reader));
-    let (local, remote) = (local.await.unwrap(), remote.await.unwrap());
+    let ((local, _local_reader), (remote, _remote_reader)) =
+        (local.await.unwrap(), remote.await.unwrap());
     assert!(local > 0 && remote > 0, "local {local}, remote {remote}");
     let _ = sending.stop().await;
     let close = loop {
