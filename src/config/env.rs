@@ -294,6 +294,9 @@ pub struct Config {
     /// `REDIS_SENTINELS`: `host:port` of Redis Sentinels, comma-separated; the master is found
     /// through them (exclusive with `REDIS_URL`).
     pub redis_sentinels: Option<CommaList>,
+    /// `REDIS_CLUSTER_NODES`: `host:port` of some Redis Cluster nodes, comma-separated; the
+    /// rest of the cluster is learned from them.
+    pub redis_cluster_nodes: Option<CommaList>,
     /// `REDIS_SENTINEL_MASTER`: the master's name the Sentinels monitor.
     pub redis_sentinel_master: Option<String>,
     /// `REDIS_SENTINEL_USERNAME`: the user the Sentinels want, if they want one.
@@ -450,6 +453,7 @@ impl Default for Config {
             redis_timeout_ms: 2000,
             redis_canary_interval_ms: 1000,
             redis_sentinels: None,
+            redis_cluster_nodes: None,
             redis_sentinel_master: None,
             redis_sentinel_username: None,
             redis_sentinel_password: None,

@@ -10,9 +10,14 @@
 //! recovers the rooms from history. A subscriber that goes silent just after a canary came back
 //! is caught at the second tick after: within two intervals.
 //!
-//! There is one canary per subscriber connection. Today a node has one; with sharded Pub/Sub
-//! (Redis Cluster) it would have one per shard it subscribes on, each canary channel named into
-//! that shard's slots.
+//! On one Redis there is one canary channel. On a cluster, rooms' channels are sharded, and a
+//! shard can stop delivering while the others go on, so there is one canary channel per shard,
+//! each named into that shard's slots by a hash tag ([`tag_for`]); the shards are read again at
+//! every heartbeat, so a slot migration or a new shard gets its canary.
+
+use std::collections::HashMap;
+
+use super::conn::{slot, Shard};
 
 /// The canaries of one subscriber connection.
 #[derive(Debug, Default)]
@@ -52,6 +57,83 @@ impl Canary {
     }
 }
 
+/// The canaries of every canary channel a node has.
+#[derive(Debug, Default)]
+pub(super) struct Canaries {
+    by_channel: HashMap<String, Canary>,
+}
+
+impl Canaries {
+    /// Makes the channels exactly `channels`, keeping the count of those it has; returns the
+    /// ones to subscribe and the ones to unsubscribe.
+    pub(super) fn set_channels(&mut self, channels: Vec<String>) -> (Vec<String>, Vec<String>) {
+        let gone: Vec<String> = self
+            .by_channel
+            .keys()
+            .filter(|channel| !channels.contains(channel))
+            .cloned()
+            .collect();
+        for channel in &gone {
+            self.by_channel.remove(channel);
+        }
+        let new: Vec<String> = channels
+            .into_iter()
+            .filter(|channel| !self.by_channel.contains_key(channel))
+            .collect();
+        for channel in &new {
+            self.by_channel.insert(channel.clone(), Canary::default());
+        }
+        (new, gone)
+    }
+
+    pub(super) fn owns(&self, channel: &str) -> bool {
+        self.by_channel.contains_key(channel)
+    }
+
+    /// At each interval: every channel's next canary, unless one is still missing.
+    pub(super) fn next(&mut self) -> Result<Vec<(String, u64)>, Silent> {
+        if self
+            .by_channel
+            .values()
+            .any(|canary| canary.echoed < canary.sent)
+        {
+            return Err(Silent);
+        }
+        Ok(self
+            .by_channel
+            .iter_mut()
+            .map(|(channel, canary)| (channel.clone(), canary.next().unwrap_or_default()))
+            .collect())
+    }
+
+    /// A canary came back on `channel`; true once every channel's last one is back.
+    pub(super) fn on_echo(&mut self, channel: &str, payload: &[u8]) -> bool {
+        if let Some(canary) = self.by_channel.get_mut(channel) {
+            canary.on_echo(payload);
+        }
+        !self.by_channel.is_empty()
+            && self
+                .by_channel
+                .values()
+                .all(|canary| canary.sent > 0 && canary.echoed == canary.sent)
+    }
+}
+
+/// The smallest number whose decimal name hashes into one of the shard's slots: the hash tag
+/// of the shard's canary channel.
+pub(super) fn tag_for(shard: &Shard) -> Option<String> {
+    let served = |slot: u16| {
+        shard
+            .slots
+            .iter()
+            .any(|(start, end)| (*start..=*end).contains(&slot))
+    };
+    // A shard with one slot of 16 384 is found within about 16 384 × ln 2 tries on average.
+    (0..1_000_000u32)
+        .map(|n| n.to_string())
+        .find(|tag| served(slot(tag.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +149,33 @@ mod tests {
         assert!(canary.next().is_err(), "2 is missing");
         assert!(canary.on_echo(b"2"), "late is still back");
         assert_eq!(canary.next().unwrap(), 3);
+    }
+
+    #[test]
+    fn every_shard_must_echo_before_delivery_is_ok() {
+        let mut canaries = Canaries::default();
+        let (new, gone) = canaries.set_channels(vec!["a".into(), "b".into()]);
+        assert_eq!((new.len(), gone.len()), (2, 0));
+        let sent = canaries.next().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert!(!canaries.on_echo("a", b"1"), "b is still out");
+        assert!(canaries.on_echo("b", b"1"));
+        canaries.next().unwrap();
+        assert!(!canaries.on_echo("a", b"2"));
+        assert!(canaries.next().is_err(), "b's second is missing");
+        let (new, gone) = canaries.set_channels(vec!["a".into(), "c".into()]);
+        assert_eq!((new, gone), (vec!["c".to_owned()], vec!["b".to_owned()]));
+    }
+
+    #[test]
+    fn a_shards_tag_hashes_into_its_slots() {
+        let shard = Shard {
+            host: "h".into(),
+            port: 1,
+            slots: vec![(100, 100), (9000, 9100)],
+        };
+        let tag = tag_for(&shard).unwrap();
+        let slot = slot(tag.as_bytes());
+        assert!(slot == 100 || (9000..=9100).contains(&slot), "{slot}");
     }
 }

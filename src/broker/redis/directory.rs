@@ -2,12 +2,12 @@
 //! [`super::super::directory`]). Every call has the `REDIS_TIMEOUT_MS` deadline and answers
 //! [`Cluster::Unreachable`] rather than wait for a Redis that is away.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Script;
 use tracing::warn;
 
+use super::conn::{Batch, Conn, Server};
 use super::RedisBroker;
 use crate::broker::directory::{
     Cluster, HistoryPage, KeyClaim, Members, RoomCount, RoomsPage, UserSessions,
@@ -15,29 +15,11 @@ use crate::broker::directory::{
 use crate::broker::Envelope;
 use crate::history::Position;
 
-/// A user's sessions on the nodes that are alive (a crashed node's count stays in the hash
-/// until a claim prunes it). KEYS[1]: the sessions hash; ARGV[1]: the node key prefix.
-static LIVE_SESSIONS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local live = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if redis.call('EXISTS', ARGV[1] .. fields[i]) == 1 then
-    table.insert(live, fields[i])
-    table.insert(live, fields[i + 1])
-  end
-end
-return live
-",
-    )
-});
-
 impl RedisBroker {
     /// Runs `call` on the command connection, or says Redis is out of reach.
     pub(super) async fn ask<T, F, Fut>(&self, call: F) -> Cluster<T>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let Some(link) = self.connection.borrow().clone() else {
@@ -57,37 +39,51 @@ impl RedisBroker {
     }
 
     /// One SCAN step over the rooms' presence hashes, with each one's member count. A page
-    /// may hold fewer than `limit` rooms (even none) before the end: SCAN's contract.
-    pub(super) async fn scan_rooms(&self, cursor: u64, limit: usize) -> Cluster<RoomsPage> {
+    /// may hold fewer than `limit` rooms (even none) before the end: SCAN's contract. On a
+    /// cluster the masters are scanned one after the other, and the cursor says which one
+    /// (`{master}-{cursor}`; on one Redis it is SCAN's own).
+    pub(super) async fn scan_rooms(&self, cursor: Option<&str>, limit: usize) -> Cluster<RoomsPage> {
+        let Some((index, cursor)) = parse_cursor(cursor) else {
+            return Cluster::Known((Vec::new(), None));
+        };
         let pattern = self.keys.members_pattern();
         let scanned = self
             .ask(|mut conn| async move {
-                redis::cmd("SCAN")
-                    .arg(cursor)
+                let servers = conn.servers().await?;
+                let Some(server) = servers.get(index) else {
+                    return Ok((servers, 0, Vec::new()));
+                };
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
-                    .arg(limit)
-                    .query_async::<(u64, Vec<String>)>(&mut conn)
-                    .await
+                    .arg(limit);
+                let (next, keys) = conn.query_on::<(u64, Vec<String>)>(server, &scan).await?;
+                Ok((servers, next, keys))
             })
             .await;
-        let (next, keys) = match scanned {
+        let (servers, next, keys) = match scanned {
             Cluster::Known(scanned) => scanned,
             Cluster::Alone => return Cluster::Alone,
             Cluster::Unreachable => return Cluster::Unreachable,
         };
+        let next = match (next, servers.get(index + 1)) {
+            (0, None) => None,
+            (0, Some(_)) => Some(format!("{}-0", index + 1)),
+            (next, _) if servers == [Server::One] => Some(next.to_string()),
+            (next, _) => Some(format!("{index}-{next}")),
+        };
         if keys.is_empty() {
-            // SCAN may return nothing before its end; an empty pipeline is an error.
-            return Cluster::Known((Vec::new(), (next != 0).then(|| next.to_string())));
+            return Cluster::Known((Vec::new(), next));
         }
         let counts = self
             .ask(|mut conn| {
-                let mut pipe = redis::pipe();
+                let mut pipe = Batch::new();
                 for key in &keys {
                     pipe.cmd("HLEN").arg(key);
                 }
-                async move { pipe.query_async::<Vec<usize>>(&mut conn).await }
+                async move { pipe.query::<Vec<usize>>(&mut conn).await }
             })
             .await;
         let Cluster::Known(counts) = counts else {
@@ -105,7 +101,7 @@ impl RedisBroker {
             })
             .collect();
         rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
-        Cluster::Known((rooms, (next != 0).then(|| next.to_string())))
+        Cluster::Known((rooms, next))
     }
 
     /// Every member of `room` on every node, this one included.
@@ -137,7 +133,7 @@ impl RedisBroker {
         let (position_key, history_key) = (self.keys.position(room), self.keys.history(room));
         let raw = self
             .ask(|mut conn| async move {
-                redis::pipe()
+                Batch::new()
                     .cmd("HMGET")
                     .arg(&position_key)
                     .arg("epoch")
@@ -148,7 +144,7 @@ impl RedisBroker {
                     .arg("+")
                     .arg("COUNT")
                     .arg(limit)
-                    .query_async::<Raw>(&mut conn)
+                    .query::<Raw>(&mut conn)
                     .await
             })
             .await;
@@ -175,22 +171,31 @@ impl RedisBroker {
         Cluster::Known(Some((position, entries)))
     }
 
-    /// The user's sessions on every node.
+    /// The user's sessions on every live node (a crashed node's count stays in the hash until
+    /// a claim drops it).
     pub(super) async fn read_sessions(&self, user: &str) -> Cluster<UserSessions> {
-        let mut live = LIVE_SESSIONS.prepare_invoke();
-        live.key(self.keys.sessions(user)).arg(self.keys.node(""));
-        let nodes =
-            self.ask(|mut conn| async move {
-                live.invoke_async::<Vec<(String, usize)>>(&mut conn).await
+        let key = self.keys.sessions(user);
+        let counted = self
+            .ask(|mut conn| async move {
+                let counts: Vec<(String, usize)> =
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
+                let mut exists = Batch::new();
+                for (node, _) in &counts {
+                    exists.cmd("EXISTS").arg(self.keys.node(node));
+                }
+                let alive: Vec<bool> = match exists.is_empty() {
+                    true => Vec::new(),
+                    false => exists.query(&mut conn).await?,
+                };
+                Ok(counts
+                    .into_iter()
+                    .zip(alive)
+                    .filter(|((_, sessions), alive)| *alive && *sessions > 0)
+                    .map(|((node, sessions), _)| (Arc::<str>::from(node), sessions))
+                    .collect())
             })
             .await;
-        nodes.map(|nodes| {
-            nodes
-                .into_iter()
-                .filter(|(_, sessions)| *sessions > 0)
-                .map(|(node, sessions)| (Arc::from(node), sessions))
-                .collect()
-        })
+        counted
     }
 
     /// Claims an idempotency key for `lease` (until its request is answered), or says who
@@ -246,5 +251,17 @@ impl RedisBroker {
                 }
             })
             .await;
+    }
+}
+
+/// A rooms page's cursor: the server's index and its SCAN cursor (`None` if it is not one of
+/// ours: an empty last page).
+fn parse_cursor(cursor: Option<&str>) -> Option<(usize, u64)> {
+    let Some(cursor) = cursor else {
+        return Some((0, 0));
+    };
+    match cursor.split_once('-') {
+        Some((index, cursor)) => Some((index.parse().ok()?, cursor.parse().ok()?)),
+        None => Some((0, cursor.parse().ok()?)),
     }
 }

@@ -5,16 +5,17 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use rand::Rng;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::AsyncConnectionConfig;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::canary::Canary;
+use super::canary::{tag_for, Canaries};
+use super::conn::{shards, Batch, Conn};
+use super::endpoint::Endpoint;
 use super::failover::next_switch;
+use super::subscriber::{Heard, Subscriber};
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
 use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
@@ -38,14 +39,16 @@ struct Course {
     connected_since: Option<Instant>,
 }
 
-/// One connection's subscriber and command halves.
+/// One connected period's command connection and subscriber.
 struct Connection {
-    /// The server's `host:port` (with Sentinel, the master's at connect).
+    /// The server's `host:port` (with Sentinel, the master's at connect; empty for a cluster).
     server: String,
-    conn: MultiplexedConnection,
-    sink: PubSubSink,
-    stream: PubSubStream,
+    conn: Conn,
+    subscriber: Subscriber,
+    /// The rooms whose channels are subscribed.
     subscribed: HashSet<String>,
+    /// This node's canary channels (one, or one per shard of a cluster).
+    canaries: Canaries,
 }
 
 impl RedisBroker {
@@ -190,7 +193,6 @@ impl RedisBroker {
         // The first canary goes at once: the node is ready when it is back.
         let mut canary_timer = tokio::time::interval(self.settings.canary_interval);
         canary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut canary = Canary::default();
         let mut switches = self.switch_notices().await;
         loop {
             tokio::select! {
@@ -201,13 +203,20 @@ impl RedisBroker {
                         return lost(BrokerFailure::Publish)(RedisFailure::WriteFailed);
                     }
                 }
-                message = link.stream.next() => {
-                    let Some(message) = message else {
-                        return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed);
+                heard = link.subscriber.next() => {
+                    let message = match heard {
+                        Some(Heard::Message(message)) => message,
+                        Some(Heard::Dropped(channel)) => {
+                            if let Err(err) = self.subscribe_again(&mut link, channel).await {
+                                return lost(BrokerFailure::Subscribe)(err);
+                            }
+                            continue;
+                        }
+                        None => return lost(BrokerFailure::Subscribe)(RedisFailure::SubscriptionClosed),
                     };
-                    let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
-                    if channel == self.canary_channel {
-                        if canary.on_echo(payload) {
+                    let (channel, payload) = (message.channel(), message.payload());
+                    if link.canaries.owns(channel) {
+                        if link.canaries.on_echo(channel, payload) {
                             self.set_delivery_ok(true);
                         }
                     } else if channel == self.control_channel {
@@ -239,12 +248,14 @@ impl RedisBroker {
                 }
                 _ = canary_timer.tick() => {
                     // Not a PING: a subscriber can answer one and still receive nothing.
-                    let Ok(number) = canary.next() else {
+                    let Ok(canaries) = link.canaries.next() else {
                         return lost(BrokerFailure::Canary)(RedisFailure::Silent);
                     };
-                    let mut publish = redis::cmd("PUBLISH");
-                    publish.arg(&self.canary_channel).arg(number);
-                    if let Err(err) = self.within(publish.query_async::<()>(&mut link.conn)).await {
+                    let mut publish = Batch::new();
+                    for (channel, number) in canaries {
+                        publish.cmd(self.publish_verb()).arg(channel).arg(number).ignore();
+                    }
+                    if let Err(err) = self.within(publish.query::<()>(&mut link.conn)).await {
                         return lost(BrokerFailure::Canary)(err);
                     }
                 }
@@ -257,28 +268,112 @@ impl RedisBroker {
         }
     }
 
-    /// Connects to the Redis the endpoint names now (with Sentinel, the current master):
-    /// a command connection, and a subscriber listening to the control and canary channels.
+    /// Connects to the Redis the endpoint names now (with Sentinel, the current master; with
+    /// a cluster, every shard): a command connection, and a subscriber listening to the
+    /// control and canary channels.
     async fn connect(&self) -> Result<Connection, RedisFailure> {
-        let client = self.within(self.settings.endpoint.master()).await?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout))
-            .set_response_timeout(Some(self.settings.timeout));
-        let mut conn = self
-            .within(client.get_multiplexed_async_connection_with_config(&config))
-            .await?;
-        self.load_scripts(&mut conn).await?;
-        let pubsub = self.within(client.get_async_pubsub()).await?;
-        let (mut sink, stream) = pubsub.split();
-        let channels = [self.control_channel.as_str(), self.canary_channel.as_str()];
-        self.within(sink.subscribe(&channels[..])).await?;
-        Ok(Connection {
-            server: client.get_connection_info().addr().to_string(),
+        let (server, conn, subscriber) = match &self.settings.endpoint {
+            Endpoint::Cluster(nodes) => {
+                let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
+                let client = nodes
+                    .client(Some(pushes), self.settings.timeout)
+                    .map_err(|err| RedisFailure::Redis(err.kind()))?;
+                let conn = self.within(client.get_async_connection()).await?;
+                let subscriber = Subscriber::Cluster {
+                    conn: conn.clone(),
+                    pushes: received,
+                };
+                (String::new(), Conn::Cluster(conn), subscriber)
+            }
+            endpoint => {
+                let client = self.within(endpoint.master()).await?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.settings.timeout))
+                    .set_response_timeout(Some(self.settings.timeout));
+                let conn = self
+                    .within(client.get_multiplexed_async_connection_with_config(&config))
+                    .await?;
+                let (sink, stream) = self.within(client.get_async_pubsub()).await?.split();
+                let server = client.get_connection_info().addr().to_string();
+                (server, Conn::Single(conn), Subscriber::Single { sink, stream })
+            }
+        };
+        let mut link = Connection {
+            server,
             conn,
-            sink,
-            stream,
+            subscriber,
             subscribed: HashSet::new(),
-        })
+            canaries: Canaries::default(),
+        };
+        self.load_scripts(&mut link.conn).await?;
+        let control = [self.control_channel.as_str()];
+        self.within(link.subscriber.subscribe_everywhere(&control))
+            .await?;
+        self.place_canaries(&mut link).await?;
+        Ok(link)
+    }
+
+    /// Loads the scripts that batches call by hash, on every master of a cluster: Redis
+    /// forgets them when it restarts, and a replica promoted by a failover may not have them.
+    async fn load_scripts(&self, conn: &mut Conn) -> Result<(), RedisFailure> {
+        for script in super::history::SCRIPTS.iter().chain(&super::ledger::SCRIPTS) {
+            let load = redis::cmd("SCRIPT").arg("LOAD").arg(*script).clone();
+            self.within(conn.on_all_masters(&load)).await?;
+        }
+        Ok(())
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` for a cluster's shard channels.
+    pub(super) fn publish_verb(&self) -> &'static str {
+        if self.settings.cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Makes the canary channels one per shard (on one Redis, the one channel), subscribing
+    /// new ones and dropping those of shards that are gone.
+    async fn place_canaries(&self, link: &mut Connection) -> Result<(), RedisFailure> {
+        let channels: Vec<String> = match &mut link.subscriber {
+            Subscriber::Single { .. } => vec![self.keys.canary(&self.node, None)],
+            Subscriber::Cluster { conn, .. } => self
+                .within(shards(conn))
+                .await?
+                .iter()
+                .filter_map(tag_for)
+                .map(|tag| self.keys.canary(&self.node, Some(&tag)))
+                .collect(),
+        };
+        let (new, gone) = link.canaries.set_channels(channels);
+        if !gone.is_empty() {
+            self.within(link.subscriber.unsubscribe_sharded(&gone))
+                .await?;
+        }
+        if !new.is_empty() {
+            self.within(link.subscriber.subscribe_sharded(&new)).await?;
+        }
+        Ok(())
+    }
+
+    /// A shard took back a channel's subscription (its slot moved): subscribes it again if it
+    /// is still wanted, on the shard that has the slot now.
+    async fn subscribe_again(
+        &self,
+        link: &mut Connection,
+        channel: String,
+    ) -> Result<(), RedisFailure> {
+        let wanted = link.canaries.owns(&channel)
+            || self
+                .keys
+                .room_of_channel(&channel)
+                .is_some_and(|room| link.subscribed.contains(room));
+        if wanted {
+            debug!(node = %self.node, "a shard dropped a subscription; subscribing again");
+            self.within(link.subscriber.subscribe_sharded(&[channel]))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Applies an envelope from a room's channel. A numbered message (ours too: with history
@@ -364,7 +459,8 @@ impl RedisBroker {
             .collect();
         if !gone.is_empty() {
             let channels: Vec<String> = gone.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.sink.unsubscribe(channels)).await?;
+            self.within(link.subscriber.unsubscribe_sharded(&channels))
+                .await?;
         }
         Ok(())
     }
@@ -381,7 +477,8 @@ impl RedisBroker {
             .collect();
         for chunk in new.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.sink.subscribe(channels)).await?;
+            self.within(link.subscriber.subscribe_sharded(&channels))
+                .await?;
             link.subscribed
                 .extend(chunk.iter().map(|room| (*room).clone()));
         }
@@ -405,7 +502,7 @@ impl RedisBroker {
         }
         self.resync(local, self.take_dirty());
         let known: Vec<Arc<str>> = local.remote_nodes().into_iter().collect();
-        for node in self.dead_nodes(&mut link.conn, &known).await? {
+        for node in self.within(self.dead_nodes(&mut link.conn, &known)).await? {
             info!(node = %node, "a node's presence expired; its members left");
             local.forget_node(&node);
         }
@@ -422,8 +519,10 @@ impl RedisBroker {
                 link.subscribed.remove(room);
             }
             let channels: Vec<String> = stale.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.sink.unsubscribe(channels)).await?;
+            self.within(link.subscriber.unsubscribe_sharded(&channels))
+                .await?;
         }
+        self.place_canaries(link).await?;
         self.subscribe_rooms(link, &rooms).await?;
         self.refresh_views(&mut link.conn, local, &rooms).await?;
         // A lost message that was the room's last shows only here.
@@ -434,11 +533,11 @@ impl RedisBroker {
     /// had expired (or Redis lost it): other nodes may have dropped this node's presence.
     async fn refresh_node_key(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         local: &dyn LocalRooms,
     ) -> Result<bool, RedisFailure> {
         let ttl = self.settings.key_ttl.as_secs();
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         pipe.cmd("SET")
             .arg(self.keys.node(&self.node))
             .arg(1)
@@ -452,7 +551,7 @@ impl RedisBroker {
                 .ignore();
             self.keep_position(&mut pipe, &room);
         }
-        let (previous,): (Option<String>,) = self.within(pipe.query_async(conn)).await?;
+        let (previous,): (Option<String>,) = self.within(pipe.query(conn)).await?;
         Ok(previous.is_some())
     }
 

@@ -1,21 +1,27 @@
-//! How the broker reaches Redis: one URL, or a master found through Sentinel; TLS for either.
+//! How the broker reaches Redis: one URL, a master found through Sentinel, or a Redis
+//! Cluster; TLS ([`TlsFiles`]) for any of them.
 //!
 //! [`Endpoint::master`] gives a [`Client`] for the Redis to use *now*. The driver asks for one
 //! at every connect, so with Sentinel a reconnect after a failover finds the new master; with
-//! a URL it is the same client every time. A Cluster mode would be a third variant, answering
-//! with one client per shard (and TLS, [`TlsFiles`], applies to it as to the other two).
+//! a URL it is the same client every time. A cluster is reached through [`ClusterNodes`]
+//! instead: the redis crate learns the shards from the seed nodes, routes each command to the
+//! master of its key's slot, and follows failovers and slot migrations itself.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Client, ClientTlsConfig, ConnectionAddr, RedisError, TlsCertificates, TlsMode};
+use redis::{
+    Client, ClientTlsConfig, ConnectionAddr, ProtocolVersion, PushInfo, RedisError,
+    TlsCertificates, TlsMode,
+};
 use tokio::sync::Mutex;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{invalid, Config, ConfigError, Secret};
+use crate::config::{invalid, CommaList, Config, ConfigError, Secret};
 
 /// The broker's way to Redis.
 #[derive(Clone)]
@@ -25,6 +31,18 @@ pub(crate) enum Endpoint {
     /// `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER`: whichever Redis the Sentinels call the
     /// master.
     Sentinel(Sentinel),
+    /// `REDIS_CLUSTER_NODES`: a Redis Cluster.
+    Cluster(ClusterNodes),
+}
+
+/// A Redis Cluster's seed nodes and how to talk to them.
+#[derive(Clone)]
+pub(crate) struct ClusterNodes {
+    /// `redis://host:port` or `rediss://host:port`.
+    seeds: Vec<String>,
+    username: Option<String>,
+    password: Option<Secret>,
+    tls: Option<TlsCertificates>,
 }
 
 /// A master found through Sentinels.
@@ -46,62 +64,167 @@ impl fmt::Debug for Endpoint {
                 .debug_struct("Endpoint::Sentinel")
                 .field("master", &sentinel.master)
                 .finish(),
+            Endpoint::Cluster(nodes) => f
+                .debug_struct("Endpoint::Cluster")
+                .field("seeds", &nodes.seeds.len())
+                .finish(),
         }
     }
 }
 
 impl Endpoint {
-    /// The endpoint the settings name; `None` (one node on its own) when neither `REDIS_URL`
-    /// nor `REDIS_SENTINELS` is set.
+    /// The endpoint the settings name; `None` (one node on its own) when none of `REDIS_URL`,
+    /// `REDIS_SENTINELS` and `REDIS_CLUSTER_NODES` is set.
     pub(crate) fn from_env(env: &Config) -> Result<Option<Endpoint>, ConfigError> {
         let url = env.redis_url.as_ref().map(Secret::expose);
-        let sentinels = env.redis_sentinels.as_ref().filter(|list| !list.is_empty());
+        let listed = |list: &Option<CommaList>| list.as_ref().filter(|list| !list.is_empty()).cloned();
+        let sentinels = listed(&env.redis_sentinels);
+        let cluster = listed(&env.redis_cluster_nodes);
         let tls = TlsFiles::from_env(env)?;
-        match (url, sentinels) {
-            (Some(_), Some(_)) => Err(invalid(
-                "REDIS_SENTINELS",
-                "set either REDIS_URL or REDIS_SENTINELS, not both",
-            )),
-            (Some(url), None) => {
-                for (var, set) in [
-                    ("REDIS_SENTINEL_MASTER", env.redis_sentinel_master.is_some()),
-                    ("REDIS_USERNAME", env.redis_username.is_some()),
-                    ("REDIS_PASSWORD", env.redis_password.is_some()),
-                    ("REDIS_TLS", env.redis_tls),
-                ] {
-                    if set {
-                        return Err(invalid(
-                            var,
-                            "only with REDIS_SENTINELS (REDIS_URL carries its own)",
-                        ));
-                    }
+        let modes = [url.is_some(), sentinels.is_some(), cluster.is_some()];
+        if modes.iter().filter(|set| **set).count() > 1 {
+            let var = if cluster.is_some() {
+                "REDIS_CLUSTER_NODES"
+            } else {
+                "REDIS_SENTINELS"
+            };
+            return Err(invalid(
+                var,
+                "set one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES",
+            ));
+        }
+        if sentinels.is_none() && env.redis_sentinel_master.is_some() {
+            return Err(invalid(
+                "REDIS_SENTINEL_MASTER",
+                "only with REDIS_SENTINELS",
+            ));
+        }
+        if let Some(url) = url {
+            for (var, set) in [
+                ("REDIS_USERNAME", env.redis_username.is_some()),
+                ("REDIS_PASSWORD", env.redis_password.is_some()),
+                ("REDIS_TLS", env.redis_tls),
+            ] {
+                if set {
+                    return Err(invalid(
+                        var,
+                        "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL carries its own)",
+                    ));
                 }
-                Ok(Some(Endpoint::Url(Box::new(url_client(url, tls)?))))
             }
-            (None, Some(sentinels)) => Ok(Some(Endpoint::Sentinel(Sentinel::from_env(
+            return Ok(Some(Endpoint::Url(Box::new(url_client(url, tls)?))));
+        }
+        if tls.is_some() && !env.redis_tls {
+            return Err(invalid(
+                "REDIS_TLS_CA_FILE",
+                "REDIS_TLS_* files need REDIS_TLS=true (or a rediss:// REDIS_URL)",
+            ));
+        }
+        if let Some(sentinels) = sentinels {
+            return Ok(Some(Endpoint::Sentinel(Sentinel::from_env(
                 env,
                 sentinels.iter(),
                 tls,
-            )?))),
-            (None, None) => {
-                if env.redis_sentinel_master.is_some() {
-                    return Err(invalid(
-                        "REDIS_SENTINEL_MASTER",
-                        "only with REDIS_SENTINELS",
-                    ));
-                }
-                Ok(None)
+            )?)));
+        }
+        if let Some(nodes) = cluster {
+            let scheme = if env.redis_tls { "rediss" } else { "redis" };
+            let seeds = addresses("REDIS_CLUSTER_NODES", nodes.iter())?
+                .into_iter()
+                .map(|(host, port)| match host.contains(':') {
+                    true => format!("{scheme}://[{host}]:{port}"),
+                    false => format!("{scheme}://{host}:{port}"),
+                })
+                .collect();
+            let nodes = ClusterNodes {
+                seeds,
+                username: env.redis_username.clone(),
+                password: env.redis_password.clone(),
+                tls: if env.redis_tls { Some(tls.unwrap_or(NO_FILES)) } else { None },
+            };
+            // Checks what can be checked before connecting: the seeds' syntax, the files.
+            nodes
+                .client(None, std::time::Duration::from_secs(1))
+                .map_err(|err| invalid("REDIS_CLUSTER_NODES", format!("{:?}", err.kind())))?;
+            return Ok(Some(Endpoint::Cluster(nodes)));
+        }
+        for (var, set) in [
+            ("REDIS_USERNAME", env.redis_username.is_some()),
+            ("REDIS_PASSWORD", env.redis_password.is_some()),
+            ("REDIS_TLS", env.redis_tls),
+        ] {
+            if set {
+                return Err(invalid(
+                    var,
+                    "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES",
+                ));
             }
         }
+        Ok(None)
     }
 
     /// A client for the Redis to use now: with Sentinel, the current master.
+    /// Not for a cluster, which has no one Redis: see [`ClusterNodes::client`].
     pub(crate) async fn master(&self) -> Result<Client, RedisError> {
         match self {
             Endpoint::Url(client) => Ok(Client::clone(client)),
             Endpoint::Sentinel(sentinel) => sentinel.client.lock().await.async_get_client().await,
+            Endpoint::Cluster(_) => unreachable!("a cluster is reached through ClusterNodes"),
         }
     }
+}
+
+/// TLS with the system's roots and no client certificate.
+const NO_FILES: TlsCertificates = TlsCertificates {
+    client_tls: None,
+    root_cert: None,
+};
+
+impl ClusterNodes {
+    /// A client for the cluster. A subscriber's client speaks RESP3 and hands what the shards
+    /// push (messages of its channels) to `pushes`.
+    pub(crate) fn client(
+        &self,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+        timeout: std::time::Duration,
+    ) -> Result<ClusterClient, RedisError> {
+        let mut builder = ClusterClientBuilder::new(self.seeds.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout);
+        if let Some(username) = &self.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password.expose());
+        }
+        if let Some(certificates) = &self.tls {
+            builder = builder.tls(TlsMode::Secure).certs(certificates.clone());
+        }
+        if let Some(pushes) = pushes {
+            builder = builder
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(pushes);
+        }
+        builder.build()
+    }
+}
+
+/// `host:port` entries of a list variable, checked.
+fn addresses<'a>(
+    var: &'static str,
+    entries: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, u16)>, ConfigError> {
+    entries
+        .map(|entry| {
+            let (host, port) = entry
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .filter(|(host, port)| !host.is_empty() && *port > 0)
+                .ok_or_else(|| invalid(var, "a comma-separated list of host:port"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Ok((host.to_owned(), port))
+        })
+        .collect()
 }
 
 /// A client for `REDIS_URL`, with the TLS files when it is `rediss://`.
@@ -131,34 +254,21 @@ impl Sentinel {
             .clone()
             .filter(|name| !name.is_empty())
             .ok_or_else(|| ConfigError::Missing("REDIS_SENTINEL_MASTER".into()))?;
-        if tls.is_some() && !env.redis_tls {
-            return Err(invalid(
-                "REDIS_TLS_CA_FILE",
-                "REDIS_TLS_* files need REDIS_TLS=true",
-            ));
-        }
-        let mut addresses = Vec::new();
-        for entry in sentinels {
-            let (host, port) = entry
-                .rsplit_once(':')
-                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-                .filter(|(host, port)| !host.is_empty() && *port > 0)
-                .ok_or_else(|| invalid("REDIS_SENTINELS", "a comma-separated list of host:port"))?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            addresses.push(if env.redis_tls {
-                ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure: false,
-                    tls_params: None,
+        let addresses: Vec<ConnectionAddr> = addresses("REDIS_SENTINELS", sentinels)?
+            .into_iter()
+            .map(|(host, port)| {
+                if env.redis_tls {
+                    ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
                 }
-            } else {
-                ConnectionAddr::Tcp(host, port)
-            });
-        }
+            })
+            .collect();
         let built = |err: RedisError| invalid("REDIS_SENTINELS", format!("{:?}", err.kind()));
         let mut builder =
             SentinelClientBuilder::new(addresses, &master, SentinelServerType::Master)

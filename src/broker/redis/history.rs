@@ -17,9 +17,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use redis::aio::MultiplexedConnection;
 use redis::Script;
 
+use super::conn::{Batch, Conn};
 use super::{RedisBroker, RedisFailure};
 use crate::broker::{Envelope, LocalRooms, RemoteEvent};
 use crate::history::{new_epoch, Entry, Position};
@@ -37,10 +37,9 @@ const POSITION_TTL_FACTOR: u64 = 7;
 /// whose stream is ahead of its position (Redis rolled back: a failover lost writes), starts a
 /// new epoch rather than give an offset twice.
 /// KEYS: position, stream, seen. ARGV: a fresh epoch, the stream's length, the stream's TTL,
-/// the position's TTL, the channel, the envelope without its closing brace.
-static NUMBER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// the position's TTL, the channel, the envelope without its closing brace, and `PUBLISH`
+/// (`SPUBLISH` on a cluster, where the channel is in the room's slot).
+const NUMBER_LUA: &str = r#"
 local function new_epoch()
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0)
@@ -62,11 +61,9 @@ if not payload then
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], payload)
+redis.call(ARGV[7], ARGV[5], payload)
 return offset
-"#,
-    )
-});
+"#;
 
 /// A room's position and up to `count` of its newest entries after `after` (all of them if
 /// the room's epoch is not `known`). A room without a position gets a new epoch, kept only
@@ -76,9 +73,7 @@ return offset
 /// offsets would name other messages, so the room gets a new epoch.
 /// KEYS: position, stream, seen. ARGV: a fresh epoch, the known epoch, after, count, the new
 /// position's TTL.
-static VIEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+const VIEW_LUA: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local after = tonumber(ARGV[3])
@@ -96,48 +91,34 @@ if tonumber(ARGV[4]) > 0 and after < offset then
   entries = redis.call('XREVRANGE', KEYS[2], '+', '0-' .. string.format('%d', after + 1), 'COUNT', ARGV[4])
 end
 return {epoch, offset, entries}
-"#,
-    )
-});
+"#;
 
 /// Raises a user's read position (never lowers it) within the room's current epoch and, if
 /// it rose, tells the room.
-/// KEYS: seen, position. ARGV: user, offset, TTL, channel, envelope, epoch.
-static SEEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// KEYS: seen, position. ARGV: user, offset, TTL, channel, envelope, epoch, `PUBLISH` (or
+/// `SPUBLISH`).
+const SEEN_LUA: &str = r#"
 if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[6] then return 0 end
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if tonumber(ARGV[2]) > current then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(ARGV[7], ARGV[4], ARGV[5])
 end
 return 0
-"#,
-    )
-});
+"#;
+
+/// The scripts pipelined by hash, which every connect loads (see `load_scripts`).
+pub(super) const SCRIPTS: [&str; 3] = [NUMBER_LUA, VIEW_LUA, SEEN_LUA];
+
+static NUMBER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(NUMBER_LUA));
+static VIEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VIEW_LUA));
+static SEEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SEEN_LUA));
 
 /// What a view script returns: the epoch, the last offset, and `[id, [field, value]]` entries.
 type RawView = (String, u64, Vec<(String, Vec<(String, Vec<u8>)>)>);
 
 impl RedisBroker {
-    /// Loads the scripts a connection pipelines by hash (Redis forgets them when it restarts,
-    /// and every reconnect loads them again).
-    pub(super) async fn load_scripts(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), RedisFailure> {
-        if !self.settings.history.enabled() {
-            return Ok(());
-        }
-        for script in [&*NUMBER_SCRIPT, &*VIEW_SCRIPT, &*SEEN_SCRIPT] {
-            self.within(script.prepare_invoke().load_async(conn))
-                .await?;
-        }
-        Ok(())
-    }
-
     fn history_ttl(&self) -> u64 {
         self.settings.history.ttl.as_secs().max(1)
     }
@@ -148,49 +129,55 @@ impl RedisBroker {
 
     /// Adds to `pipe` the numbering of a message whose envelope is `open` (without its closing
     /// brace).
-    pub(super) fn write_numbered(&self, pipe: &mut redis::Pipeline, room: &str, open: Vec<u8>) {
-        pipe.invoke_script(
-            NUMBER_SCRIPT
-                .key(self.keys.position(room))
-                .key(self.keys.history(room))
-                .key(self.keys.seen(room))
-                .arg(&*new_epoch())
-                .arg(self.settings.history.size)
-                .arg(self.history_ttl())
-                .arg(self.position_ttl())
-                .arg(self.keys.channel(room))
-                .arg(open),
-        )
-        .ignore();
+    pub(super) fn write_numbered(&self, pipe: &mut Batch, room: &str, open: Vec<u8>) {
+        pipe.script(&NUMBER_SCRIPT, &self.room_keys(room))
+            .arg(&*new_epoch())
+            .arg(self.settings.history.size)
+            .arg(self.history_ttl())
+            .arg(self.position_ttl())
+            .arg(self.keys.channel(room))
+            .arg(open)
+            .arg(self.publish_verb())
+            .ignore();
+    }
+
+    /// A room's position, stream and read positions: the keys of the numbering and view
+    /// scripts.
+    fn room_keys(&self, room: &str) -> [String; 3] {
+        [
+            self.keys.position(room),
+            self.keys.history(room),
+            self.keys.seen(room),
+        ]
     }
 
     /// Adds to `pipe` a rise of `user`'s read position, announced if it is one.
     pub(super) fn write_seen(
         &self,
-        pipe: &mut redis::Pipeline,
+        pipe: &mut Batch,
         room: &str,
         user: &str,
         epoch: &str,
         offset: u64,
         envelope: Vec<u8>,
     ) {
-        pipe.invoke_script(
-            SEEN_SCRIPT
-                .key(self.keys.seen(room))
-                .key(self.keys.position(room))
-                .arg(user)
-                .arg(offset)
-                .arg(self.position_ttl())
-                .arg(self.keys.channel(room))
-                .arg(envelope)
-                .arg(epoch),
+        pipe.script(
+            &SEEN_SCRIPT,
+            &[self.keys.seen(room), self.keys.position(room)],
         )
+        .arg(user)
+        .arg(offset)
+        .arg(self.position_ttl())
+        .arg(self.keys.channel(room))
+        .arg(envelope)
+        .arg(epoch)
+        .arg(self.publish_verb())
         .ignore();
     }
 
     /// Adds to `pipe` what keeps a room's position alive while this node has members there
     /// (never shortening the longer life a message gave it).
-    pub(super) fn keep_position(&self, pipe: &mut redis::Pipeline, room: &str) {
+    pub(super) fn keep_position(&self, pipe: &mut Batch, room: &str) {
         if self.settings.history.enabled() {
             pipe.cmd("EXPIRE")
                 .arg(self.keys.position(room))
@@ -222,7 +209,7 @@ impl RedisBroker {
     /// a lost last message).
     pub(super) async fn sync_history(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         local: &dyn LocalRooms,
         rooms: &[String],
         cheap: bool,
@@ -236,25 +223,20 @@ impl RedisBroker {
             rooms.to_vec()
         };
         for chunk in behind.chunks(READ_CHUNK) {
-            let mut pipe = redis::pipe();
+            let mut pipe = Batch::new();
             for room in chunk {
                 let known = local.history_position(room);
                 let (epoch, after) = known
                     .as_ref()
                     .map_or(("", 0), |known| (&*known.epoch, known.offset));
-                pipe.invoke_script(
-                    VIEW_SCRIPT
-                        .key(self.keys.position(room))
-                        .key(self.keys.history(room))
-                        .key(self.keys.seen(room))
-                        .arg(&*new_epoch())
-                        .arg(epoch)
-                        .arg(after)
-                        .arg(self.settings.history.size)
-                        .arg(self.settings.key_ttl.as_secs()),
-                );
+                pipe.script(&VIEW_SCRIPT, &self.room_keys(room))
+                    .arg(&*new_epoch())
+                    .arg(epoch)
+                    .arg(after)
+                    .arg(self.settings.history.size)
+                    .arg(self.settings.key_ttl.as_secs());
             }
-            let views: Vec<RawView> = self.within(pipe.query_async(conn)).await?;
+            let views: Vec<RawView> = self.within(pipe.query(conn)).await?;
             for (room, view) in chunk.iter().zip(views) {
                 let (position, entries) = self.parse_view(view);
                 local.reload_history(room, position, entries);
@@ -266,13 +248,13 @@ impl RedisBroker {
     /// The rooms whose position in Redis differs from this node's copy.
     async fn rooms_behind(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         local: &dyn LocalRooms,
         rooms: &[String],
     ) -> Result<Vec<String>, RedisFailure> {
         let mut behind = Vec::new();
         for chunk in rooms.chunks(READ_CHUNK) {
-            let mut pipe = redis::pipe();
+            let mut pipe = Batch::new();
             for room in chunk {
                 pipe.cmd("HMGET")
                     .arg(self.keys.position(room))
@@ -280,7 +262,7 @@ impl RedisBroker {
                     .arg("offset");
             }
             let positions: Vec<(Option<String>, Option<u64>)> =
-                self.within(pipe.query_async(conn)).await?;
+                self.within(pipe.query(conn)).await?;
             for (room, (epoch, offset)) in chunk.iter().zip(positions) {
                 let level = local.history_position(room).is_some_and(|known| {
                     epoch.as_deref() == Some(&*known.epoch) && offset == Some(known.offset)

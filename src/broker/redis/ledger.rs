@@ -2,134 +2,82 @@
 //! online (a first session anywhere) or went offline (no session on any live node), whether a
 //! room became occupied or empty. Each fact is reported by exactly one node: the one whose
 //! script flips the item's `on` flag (`SET NX` to report it on, `DEL` returning 1 to report it
-//! off). A node that dies leaves its items in `node-held:{node}`; the first live node to see
-//! its key gone takes that set (reading and deleting it in one script) and reports what went
-//! off with it.
+//! off).
 //!
-//! The scripts build key names from the prefix and the items (so Redis Cluster, which needs
-//! every key declared, is not supported by them).
+//! Each item's keys (who holds it, its `on` flag, a departure's grace) are changed by one
+//! script on that item alone ([`ITEM`]); on a Redis Cluster they share the item's slot. What a
+//! node holds is also listed in its `node-held:{node}` set, written before an item is taken
+//! and after it is let go, so the set never misses an item the node holds. A node that dies
+//! leaves its items there: the first live node to see its key gone takes the set (reading
+//! and deleting it in one step, so only one node does) and drops the dead node from each
+//! item, reporting what went off with it. Until then, a dead node still holds its items.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
 
+use super::conn::{Batch, Conn};
 use super::RedisBroker;
 use crate::broker::directory::Cluster;
 use crate::broker::ledger::{PresenceChange, Recorded, Synced};
 
-/// `settle(item, grace)`: 2 + the milliseconds left while a departure's grace runs (with
-/// `grace`), else drops the fields of dead nodes from the item's holders and, if no live node
-/// holds it, deletes its `on` flag: 1 if this call did (so it reports it off), else 0.
-/// ARGV[1] is always the prefix, ARGV[2] the node key prefix.
-const SETTLE: &str = r"
-local function settle(item, grace)
-  if grace then
-    local left = redis.call('PTTL', ARGV[1] .. 'grace:' .. item)
-    if left > 0 then return 2 + left end
-  end
-  local held = ARGV[1] .. 'held:' .. item
-  for _, node in ipairs(redis.call('HKEYS', held)) do
-    if redis.call('EXISTS', ARGV[2] .. node) == 1 then return 0 end
-    redis.call('HDEL', held, node)
-  end
-  return redis.call('DEL', ARGV[1] .. 'on:' .. item)
+/// Changes one item. KEYS: the item's holders (a hash), its `on` flag, its grace. ARGV: the
+/// node, what happens, the grace of a user's departure (ms, only for `gone`). What happens:
+/// - `here`: the node holds it; 1 if that turned it on;
+/// - `gone`: the node let it go (a user's grace starts); 0;
+/// - `settle`: 2 + the milliseconds left while a grace runs, else 1 if nobody holds it and
+///   this call turned it off, else 0;
+/// - `drop`: the node let it go, or died, and is not waited for; then settles it (no grace).
+const ITEM_LUA: &str = r"
+local node, kind = ARGV[1], ARGV[2]
+local function settle()
+  if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+  return redis.call('DEL', KEYS[2])
 end
+if kind == 'here' then
+  redis.call('HSET', KEYS[1], node, 1)
+  if redis.call('SET', KEYS[2], 1, 'NX') then return 1 end
+  return 0
+elseif kind == 'gone' then
+  redis.call('HDEL', KEYS[1], node)
+  if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], 1, 'PX', ARGV[3]) end
+  return 0
+elseif kind == 'settle' then
+  local left = redis.call('PTTL', KEYS[3])
+  if left > 0 then return 2 + left end
+  return settle()
+end
+redis.call('HDEL', KEYS[1], node)
+return settle()
 ";
 
-/// Applies changes in order. ARGV: prefix, node key prefix, this node, the grace of a user's
-/// departure (ms), then per change its kind (`here`, `gone`, `settle`) and item. Returns per
-/// change: 1 if it flipped the item (on for `here`, off for `settle`), 2 + ms while a grace
-/// holds a `settle` back, else 0.
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{SETTLE}
-local node, grace = ARGV[3], tonumber(ARGV[4])
-local mine = ARGV[1] .. 'node-held:' .. node
-redis.call('SADD', ARGV[1] .. 'nodes', node)
-local results = {{}}
-for i = 5, #ARGV, 2 do
-  local kind, item = ARGV[i], ARGV[i + 1]
-  local result = 0
-  if kind == 'here' then
-    redis.call('HSET', ARGV[1] .. 'held:' .. item, node, 1)
-    redis.call('SADD', mine, item)
-    if redis.call('SET', ARGV[1] .. 'on:' .. item, 1, 'NX') then result = 1 end
-  elseif kind == 'gone' then
-    redis.call('HDEL', ARGV[1] .. 'held:' .. item, node)
-    redis.call('SREM', mine, item)
-    if grace > 0 and string.sub(item, 1, 5) == 'user:' then
-      redis.call('SET', ARGV[1] .. 'grace:' .. item, 1, 'PX', grace)
-    end
-  else
-    result = settle(item, true)
-  end
-  table.insert(results, result)
-end
-return results
-"
-    ))
-});
+/// The scripts pipelined by hash, which every connect loads (see `load_scripts`).
+pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
 
-/// Makes this node's items exactly the given ones (after a reconnect, or changes it could not
-/// keep): items it no longer has are dropped and settled, the others written. ARGV: prefix,
-/// node key prefix, this node, then the items. Returns `{on, off}`: the items it reports.
-static SYNC: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{SETTLE}
-local node = ARGV[3]
-local mine = ARGV[1] .. 'node-held:' .. node
-local now = {{}}
-for i = 4, #ARGV do now[ARGV[i]] = true end
-local on, off = {{}}, {{}}
-for _, item in ipairs(redis.call('SMEMBERS', mine)) do
-  if not now[item] then
-    redis.call('SREM', mine, item)
-    redis.call('HDEL', ARGV[1] .. 'held:' .. item, node)
-    if settle(item, false) == 1 then table.insert(off, item) end
-  end
-end
-for i = 4, #ARGV do
-  local item = ARGV[i]
-  redis.call('HSET', ARGV[1] .. 'held:' .. item, node, 1)
-  redis.call('SADD', mine, item)
-  if redis.call('SET', ARGV[1] .. 'on:' .. item, 1, 'NX') then table.insert(on, item) end
-end
-redis.call('SADD', ARGV[1] .. 'nodes', node)
-return {{on, off}}
-"
-    ))
-});
+static ITEM: LazyLock<Script> = LazyLock::new(|| Script::new(ITEM_LUA));
 
-/// Takes a dead node's items and settles each (a departure's grace is not waited for: the node
-/// that would have settled it is gone). ARGV: prefix, node key prefix, the dead node. Returns
-/// the items it reports off.
-static REAP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{SETTLE}
-local dead = ARGV[3]
-local theirs = ARGV[1] .. 'node-held:' .. dead
-local items = redis.call('SMEMBERS', theirs)
-redis.call('DEL', theirs)
-redis.call('SREM', ARGV[1] .. 'nodes', dead)
-local off = {{}}
-for _, item in ipairs(items) do
-  redis.call('HDEL', ARGV[1] .. 'held:' .. item, dead)
-  if settle(item, false) == 1 then table.insert(off, item) end
-end
-return off
-"
-    ))
+/// Takes a dead node's items: returns the set and deletes it, in one step.
+/// KEYS[1]: the node's `node-held` set.
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local items = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return items
+",
+    )
 });
 
 impl RedisBroker {
-    fn ledger_script(&self, script: &'static Script) -> redis::ScriptInvocation<'static> {
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .arg(self.keys.prefix())
-            .arg(self.keys.node(""))
-            .arg(&*self.node);
-        invocation
+    /// Adds one item's script to `batch`.
+    fn change_item(&self, batch: &mut Batch, node: &str, kind: &str, item: &str, grace_ms: u64) {
+        batch
+            .script(&ITEM, &self.keys.item(item))
+            .arg(node)
+            .arg(kind)
+            .arg(grace_ms);
     }
 
     /// Records `changes` in order, a user's departure holding off its settling for `grace`.
@@ -141,93 +89,165 @@ impl RedisBroker {
         if changes.is_empty() {
             return Cluster::Known(Vec::new());
         }
-        let mut invocation = self.ledger_script(&RECORD);
-        invocation.arg(grace.as_millis() as u64);
+        let mine = self.keys.node_held(&self.node);
+        let mut items = Batch::new();
+        // Whether this node holds each item it took or let go, after all the changes.
+        let mut holds: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
         for change in changes {
-            let (kind, item) = match change {
-                PresenceChange::Here(item) => ("here", item),
-                PresenceChange::Gone(item) => ("gone", item),
-                PresenceChange::Settle(item) => ("settle", item),
+            let (kind, item, grace_ms) = match change {
+                PresenceChange::Here(item) => ("here", item, 0),
+                PresenceChange::Gone(item) => {
+                    let user = item.starts_with("user:");
+                    ("gone", item, if user { grace.as_millis() as u64 } else { 0 })
+                }
+                PresenceChange::Settle(item) => ("settle", item, 0),
             };
-            invocation.arg(kind).arg(&**item);
+            match change {
+                PresenceChange::Here(_) => holds.insert(item, true),
+                PresenceChange::Gone(_) => holds.insert(item, false),
+                PresenceChange::Settle(_) => None,
+            };
+            self.change_item(&mut items, &self.node, kind, item, grace_ms);
         }
-        self.run_ledger::<Vec<u64>>(invocation)
-            .await
-            .map(|results| {
-                results
-                    .into_iter()
-                    .map(|result| match result {
-                        0 => Recorded::Kept,
-                        1 => Recorded::Flipped,
-                        wait => Recorded::Wait(Duration::from_millis(wait - 2)),
-                    })
-                    .collect()
+        let held = |wanted: bool| -> Vec<&str> {
+            holds
+                .iter()
+                .filter(|(_, holds)| **holds == wanted)
+                .map(|(item, _)| *item)
+                .collect()
+        };
+        let (taken, let_go) = (held(true), held(false));
+        let results = self
+            .ask(|mut conn| async move {
+                self.list_held(&mut conn, &mine, &taken).await?;
+                let results: Vec<u64> = items.query(&mut conn).await?;
+                unlist_held(&mut conn, &mine, &let_go).await?;
+                Ok(results)
             })
+            .await;
+        results.map(|results| {
+            results
+                .into_iter()
+                .map(|result| match result {
+                    0 => Recorded::Kept,
+                    1 => Recorded::Flipped,
+                    wait => Recorded::Wait(Duration::from_millis(wait - 2)),
+                })
+                .collect()
+        })
     }
 
     /// Makes this node's items in Redis exactly `here`.
     pub(super) async fn sync_held(&self, here: &[Arc<str>]) -> Cluster<Synced> {
-        let mut invocation = self.ledger_script(&SYNC);
-        for item in here {
-            invocation.arg(&**item);
-        }
-        self.run_ledger::<(Vec<String>, Vec<String>)>(invocation)
-            .await
-            .map(|(on, off)| Synced { on, off })
+        let mine = self.keys.node_held(&self.node);
+        self.ask(|mut conn| async move {
+            let listed: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(&mine)
+                .query_async(&mut conn)
+                .await?;
+            let now: HashSet<&str> = here.iter().map(|item| &**item).collect();
+            let gone: Vec<&str> = listed
+                .iter()
+                .map(String::as_str)
+                .filter(|item| !now.contains(item))
+                .collect();
+            let here: Vec<&str> = now.into_iter().collect();
+            self.list_held(&mut conn, &mine, &here).await?;
+            let mut items = Batch::new();
+            for item in &here {
+                self.change_item(&mut items, &self.node, "here", item, 0);
+            }
+            for item in &gone {
+                self.change_item(&mut items, &self.node, "drop", item, 0);
+            }
+            let flipped: Vec<u64> = match items.is_empty() {
+                true => Vec::new(),
+                false => items.query(&mut conn).await?,
+            };
+            unlist_held(&mut conn, &mine, &gone).await?;
+            let (on, off) = flipped.split_at(here.len());
+            let which = |items: &[&str], flipped: &[u64]| -> Vec<String> {
+                items
+                    .iter()
+                    .zip(flipped)
+                    .filter(|(_, flipped)| **flipped == 1)
+                    .map(|(item, _)| (*item).to_owned())
+                    .collect()
+            };
+            Ok(Synced {
+                on: which(&here, on),
+                off: which(&gone, off),
+            })
+        })
+        .await
     }
 
     /// Reports the items of nodes that died: the ones this node took over and found off.
     pub(super) async fn sweep_held(&self) -> Cluster<Vec<String>> {
         let nodes = self.keys.nodes();
-        let listed = self
-            .ask(|mut conn| async move {
-                redis::cmd("SMEMBERS")
+        self.ask(|mut conn| async move {
+            let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
+                .arg(&nodes)
+                .query_async::<Vec<String>>(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|node| **node != *self.node)
+                .map(Arc::from)
+                .collect();
+            let dead = self.dead_nodes(&mut conn, &listed).await?;
+            let mut off = Vec::new();
+            for node in dead {
+                let items: Vec<String> = TAKE
+                    .key(self.keys.node_held(&node))
+                    .invoke_async(&mut conn)
+                    .await?;
+                redis::cmd("SREM")
                     .arg(&nodes)
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
-            })
-            .await;
-        let Cluster::Known(listed) = listed else {
-            return listed;
-        };
-        let others: Vec<&String> = listed.iter().filter(|node| **node != *self.node).collect();
-        if others.is_empty() {
-            return Cluster::Known(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("EXISTS").arg(self.keys.node(node));
-        }
-        let alive = self
-            .ask(|mut conn| async move { pipe.query_async::<Vec<bool>>(&mut conn).await })
-            .await;
-        let Cluster::Known(alive) = alive else {
-            return Cluster::Unreachable;
-        };
-        let mut off = Vec::new();
-        for (node, alive) in others.into_iter().zip(alive) {
-            if alive {
-                continue;
+                    .arg(&*node)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                if items.is_empty() {
+                    continue;
+                }
+                let mut dropped = Batch::new();
+                for item in &items {
+                    self.change_item(&mut dropped, &node, "drop", item, 0);
+                }
+                let flipped: Vec<u64> = dropped.query(&mut conn).await?;
+                off.extend(
+                    items
+                        .into_iter()
+                        .zip(flipped)
+                        .filter(|(_, flipped)| *flipped == 1)
+                        .map(|(item, _)| item),
+                );
             }
-            let mut invocation = REAP.prepare_invoke();
-            invocation
-                .arg(self.keys.prefix())
-                .arg(self.keys.node(""))
-                .arg(node.as_str());
-            match self.run_ledger::<Vec<String>>(invocation).await {
-                Cluster::Known(items) => off.extend(items),
-                other => return other,
-            }
-        }
-        Cluster::Known(off)
+            Ok(off)
+        })
+        .await
     }
 
-    /// Runs a script on the command connection.
-    async fn run_ledger<T: redis::FromRedisValue>(
+    /// Lists items in this node's set before it holds them, and the node among those that
+    /// report presence.
+    async fn list_held(
         &self,
-        invocation: redis::ScriptInvocation<'static>,
-    ) -> Cluster<T> {
-        self.ask(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+        conn: &mut Conn,
+        mine: &str,
+        items: &[&str],
+    ) -> Result<(), redis::RedisError> {
+        let mut listed = Batch::new();
+        listed.cmd("SADD").arg(self.keys.nodes()).arg(&*self.node).ignore();
+        if !items.is_empty() {
+            listed.cmd("SADD").arg(mine).arg(items).ignore();
+        }
+        listed.query::<()>(conn).await
     }
+}
+
+/// Takes items out of this node's set once it no longer holds them.
+async fn unlist_held(conn: &mut Conn, mine: &str, items: &[&str]) -> Result<(), redis::RedisError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("SREM").arg(mine).arg(items).query_async(conn).await
 }

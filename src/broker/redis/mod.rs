@@ -30,6 +30,7 @@
 //! slow Pub/Sub client because of a slow browser.
 
 mod canary;
+mod conn;
 mod directory;
 mod driver;
 mod endpoint;
@@ -40,6 +41,7 @@ mod notices;
 mod presence;
 mod publisher;
 mod settings;
+mod subscriber;
 mod users;
 
 pub(crate) use settings::RedisSettings;
@@ -68,7 +70,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -123,7 +124,7 @@ struct Inboxes {
 #[derive(Clone)]
 struct Link {
     generation: u64,
-    conn: MultiplexedConnection,
+    conn: conn::Conn,
 }
 
 pub(crate) struct RedisBroker {
@@ -131,8 +132,6 @@ pub(crate) struct RedisBroker {
     keys: Keys,
     /// `{prefix}control`, where bans, unbans and kicks travel.
     control_channel: String,
-    /// `{prefix}canary:{node}`, where this node's canaries go round (see [`canary`]).
-    canary_channel: String,
     settings: RedisSettings,
     metrics: Arc<Metrics>,
     connected: AtomicBool,
@@ -177,11 +176,11 @@ impl RedisBroker {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (outgoing, outgoing_rx) = mpsc::channel(settings.publish_queue.get());
         let node: Arc<str> = Arc::from(format!("{:016x}", rand::rng().random::<u64>()));
+        let keys = Keys::new(&settings.prefix, settings.cluster());
         Arc::new(RedisBroker {
-            node: Arc::clone(&node),
-            keys: Keys::new(&settings.prefix),
-            control_channel: Keys::new(&settings.prefix).control(),
-            canary_channel: Keys::new(&settings.prefix).canary(&node),
+            node,
+            control_channel: keys.control(),
+            keys,
             settings: settings.clone(),
             metrics,
             connected: AtomicBool::new(false),
@@ -417,12 +416,7 @@ impl Broker for RedisBroker {
         cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Cluster<RoomsPage>> {
-        Box::pin(async move {
-            match cursor.map_or(Ok(0), str::parse::<u64>) {
-                Ok(cursor) => self.scan_rooms(cursor, limit).await,
-                Err(_) => Cluster::Known((Vec::new(), None)),
-            }
-        })
+        Box::pin(self.scan_rooms(cursor, limit))
     }
 
     fn room_members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Cluster<Members>> {

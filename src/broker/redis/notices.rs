@@ -2,9 +2,9 @@
 //! a (re)connect — writing what was decided here while Redis was away, then learning every
 //! ban and revocation Redis holds.
 
-use redis::aio::MultiplexedConnection;
 use tracing::debug;
 
+use super::conn::{Batch, Conn};
 use super::{RedisBroker, RedisFailure};
 use crate::broker::{control, LocalControl, Notice};
 use crate::metrics::labels::BrokerFailure;
@@ -30,10 +30,10 @@ impl RedisBroker {
     /// unless Redis has it, and every one Redis holds is enforced here.
     pub(super) async fn catch_up_notices(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         control: &dyn LocalControl,
     ) -> Result<(), RedisFailure> {
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for notice in self.take_pending() {
             self.write_notice(&mut pipe, &notice);
         }
@@ -55,7 +55,7 @@ impl RedisBroker {
                 .ignore();
         }
         if !pipe.is_empty() {
-            self.within(pipe.query_async::<()>(conn)).await?;
+            self.within(pipe.query::<()>(conn)).await?;
         }
         for (key, until_ms) in self.scan_ends(conn, &self.keys.bans_pattern()).await? {
             if let Some(offender) = self.keys.banned(&key) {
@@ -70,40 +70,43 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Every key matching `pattern` whose value is an end (Unix milliseconds), with it.
+    /// Every key matching `pattern` whose value is an end (Unix milliseconds), with it, from
+    /// every server (every master of a cluster).
     async fn scan_ends(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         pattern: &str,
     ) -> Result<Vec<(String, u64)>, RedisFailure> {
         let mut found = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .within(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(conn),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let ends: Vec<Option<u64>> = self
-                    .within(redis::cmd("MGET").arg(&keys).query_async(conn))
-                    .await?;
-                for (key, until_ms) in keys.into_iter().zip(ends) {
-                    if let Some(until_ms) = until_ms {
-                        found.push((key, until_ms));
+        for server in self.within(conn.servers()).await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<String>) =
+                    self.within(conn.query_on(&server, &scan)).await?;
+                if !keys.is_empty() {
+                    let mut get = Batch::new();
+                    for key in &keys {
+                        get.cmd("GET").arg(key);
+                    }
+                    let ends: Vec<Option<u64>> = self.within(get.query(conn)).await?;
+                    for (key, until_ms) in keys.into_iter().zip(ends) {
+                        if let Some(until_ms) = until_ms {
+                            found.push((key, until_ms));
+                        }
                     }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(found);
-            }
-            cursor = next;
         }
+        Ok(found)
     }
 }

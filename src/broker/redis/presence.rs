@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
-
+use super::conn::{Batch, Conn};
 use super::{RedisBroker, RedisFailure};
 use crate::broker::envelope::PresenceValue;
 use crate::broker::{Keys, LocalRooms, RemoteEvent, RemoteMember};
@@ -14,31 +13,21 @@ use crate::metrics::labels::BrokerFailure;
 /// Rooms per pipelined read.
 const READ_CHUNK: usize = 256;
 
-/// Deletes the fields of nodes whose key is gone, checking each key in the same atomic step,
-/// so that a node that came back in between keeps its fresh fields.
-/// KEYS[1]: the room's hash; ARGV: node key, field, node key, field, …
-pub(super) const PRUNE_SCRIPT: &str = r"
-for i = 1, #ARGV, 2 do
-  if redis.call('EXISTS', ARGV[i]) == 0 then redis.call('HDEL', KEYS[1], ARGV[i + 1]) end
-end
-return 0
-";
-
 impl RedisBroker {
     /// Reads the rooms' presence hashes (pipelined, a chunk of rooms per round trip) and makes
     /// the hub's view of other nodes match them.
     pub(super) async fn refresh_views(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         local: &dyn LocalRooms,
         rooms: &[String],
     ) -> Result<(), RedisFailure> {
         for chunk in rooms.chunks(READ_CHUNK) {
-            let mut pipe = redis::pipe();
+            let mut pipe = Batch::new();
             for room in chunk {
                 pipe.cmd("HGETALL").arg(self.keys.members(room));
             }
-            let hashes: Vec<Vec<(String, Vec<u8>)>> = self.within(pipe.query_async(conn)).await?;
+            let hashes: Vec<Vec<(String, Vec<u8>)>> = self.within(pipe.query(conn)).await?;
             let views: Vec<Vec<(Arc<str>, RemoteMember)>> = hashes
                 .iter()
                 .map(|fields| self.parse_presence(fields))
@@ -50,26 +39,22 @@ impl RedisBroker {
                 .collect();
             nodes.sort();
             nodes.dedup();
-            let dead = self.dead_nodes(conn, &nodes).await?;
-            let mut prune = redis::pipe();
+            let dead = self.within(self.dead_nodes(conn, &nodes)).await?;
+            let mut prune = Batch::new();
             for (room, mut members) in chunk.iter().zip(views) {
                 if !dead.is_empty() {
-                    // Fields of a node that crashed: nobody else will remove them.
+                    // Fields of a node that crashed: nobody else will remove them. The key was
+                    // read a moment ago, not in the same step (on a cluster it is on another
+                    // shard): a node that came back within that moment loses these fields
+                    // until its next resync.
                     let stale: Vec<String> = members
                         .iter()
                         .filter(|(node, _)| dead.contains(node))
-                        .flat_map(|(node, member)| {
-                            [
-                                self.keys.node(node),
-                                Keys::member_field(node, member.session),
-                            ]
-                        })
+                        .map(|(node, member)| Keys::member_field(node, member.session))
                         .collect();
                     if !stale.is_empty() {
                         prune
-                            .cmd("EVAL")
-                            .arg(PRUNE_SCRIPT)
-                            .arg(1)
+                            .cmd("HDEL")
                             .arg(self.keys.members(room))
                             .arg(stale)
                             .ignore();
@@ -79,7 +64,7 @@ impl RedisBroker {
                 local.replace_remote(room, members);
             }
             if !prune.is_empty() {
-                self.within(prune.query_async::<()>(conn)).await?;
+                self.within(prune.query::<()>(conn)).await?;
             }
         }
         Ok(())
@@ -121,23 +106,25 @@ impl RedisBroker {
         members
     }
 
-    /// Which of `nodes` no longer have a live node key.
+    /// Which of `nodes` no longer have a live node key (each key on its own: on a cluster
+    /// they are on different shards).
     pub(super) async fn dead_nodes(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         nodes: &[Arc<str>],
-    ) -> Result<Vec<Arc<str>>, RedisFailure> {
+    ) -> redis::RedisResult<Vec<Arc<str>>> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = nodes.iter().map(|node| self.keys.node(node)).collect();
-        let alive: Vec<Option<String>> = self
-            .within(redis::cmd("MGET").arg(keys).query_async(conn))
-            .await?;
+        let mut exists = Batch::new();
+        for node in nodes {
+            exists.cmd("EXISTS").arg(self.keys.node(node));
+        }
+        let alive: Vec<bool> = exists.query(conn).await?;
         Ok(nodes
             .iter()
             .zip(alive)
-            .filter(|(_, alive)| alive.is_none())
+            .filter(|(_, alive)| !alive)
             .map(|(node, _)| Arc::clone(node))
             .collect())
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::conn::Batch;
 use super::{now_ms, Link, Outgoing, RedisBroker};
 use crate::broker::envelope::{self, PresenceValue};
 use crate::broker::{control, Notice};
@@ -15,15 +16,16 @@ const BATCH: usize = 512;
 
 /// Replaces this node's fields in a room's presence hash and announces the result, atomically,
 /// so no join or leave of this node can fall between the two.
-/// KEYS[1]: the hash; ARGV: field prefix, TTL, channel, envelope, then field, value, …
+/// KEYS[1]: the hash; ARGV: field prefix, TTL, channel, envelope, `PUBLISH` (or `SPUBLISH`),
+/// then field, value, …
 const SYNC_SCRIPT: &str = r"
 local mine = ARGV[1]
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, #mine) == mine then redis.call('HDEL', KEYS[1], field) end
 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if #ARGV >= 5 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV >= 6 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call(ARGV[5], ARGV[3], ARGV[4])
 return 0
 ";
 
@@ -67,7 +69,7 @@ impl RedisBroker {
                 continue;
             };
             let pipe = self.pipeline(&mut seq, &batch);
-            match self.within(pipe.query_async::<()>(&mut conn)).await {
+            match self.within(pipe.query::<()>(&mut conn)).await {
                 Ok(()) => {
                     self.metrics.broker_published.inc_by(batch.len() as u64);
                     batch.clear();
@@ -86,10 +88,10 @@ impl RedisBroker {
 
     /// One pipeline for the batch: per event, its presence change, then its envelope (a chat
     /// message with history on, and a read position, through their scripts).
-    fn pipeline(&self, seq: &mut u64, batch: &[Outgoing]) -> redis::Pipeline {
+    fn pipeline(&self, seq: &mut u64, batch: &[Outgoing]) -> Batch {
         let ttl = self.settings.key_ttl.as_secs();
         let sent_at = now_ms();
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for outgoing in batch {
             let (room, event) = match outgoing {
                 Outgoing::Room { room, event } => (room, event),
@@ -134,7 +136,8 @@ impl RedisBroker {
                         .arg(format!("{}:", self.node))
                         .arg(ttl)
                         .arg(&channel)
-                        .arg(&payload);
+                        .arg(&payload)
+                        .arg(self.publish_verb());
                     for member in mine {
                         script
                             .arg(Keys::member_field(&self.node, member.session))
@@ -163,15 +166,18 @@ impl RedisBroker {
                 RemoteEvent::Message { .. } | RemoteEvent::Typing(_) | RemoteEvent::Seen { .. } => {
                 }
             }
-            pipe.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
+            pipe.cmd(self.publish_verb())
+                .arg(&channel)
+                .arg(payload)
+                .ignore();
         }
         pipe
     }
 
     /// Writes a ban (kept in Redis until it ends, so nodes that start or reconnect later learn
     /// it), an unban, or a kick, and tells the other nodes.
-    pub(super) fn write_notice(&self, pipe: &mut redis::Pipeline, notice: &Notice) {
-        let keep_later = |pipe: &mut redis::Pipeline, key: String, until_ms: u64| {
+    pub(super) fn write_notice(&self, pipe: &mut Batch, notice: &Notice) {
+        let keep_later = |pipe: &mut Batch, key: String, until_ms: u64| {
             pipe.cmd("EVAL")
                 .arg(KEEP_LATER_SCRIPT)
                 .arg(1)

@@ -10,8 +10,8 @@ use crate::history::HistorySettings;
 /// The longest canary interval: a silent subscriber is found within two of them.
 const CANARY_INTERVAL_MAX_MS: u64 = 60_000;
 
-/// Where Redis is and how the broker treats it; `None` (one node on its own) when neither
-/// `REDIS_URL` nor `REDIS_SENTINELS` is set.
+/// Where Redis is and how the broker treats it; `None` (one node on its own) when none of
+/// `REDIS_URL`, `REDIS_SENTINELS` and `REDIS_CLUSTER_NODES` is set.
 #[derive(Clone, Debug)]
 pub(crate) struct RedisSettings {
     /// How to reach Redis (parsed, not connected).
@@ -44,6 +44,13 @@ impl RedisSettings {
             return Err(invalid(
                 "REDIS_PREFIX",
                 "1 to 64 characters, no spaces or control characters",
+            ));
+        }
+        if matches!(endpoint, Endpoint::Cluster(_)) && prefix.contains(['{', '}']) {
+            // A brace would make the prefix every key's hash tag: one slot for everything.
+            return Err(invalid(
+                "REDIS_PREFIX",
+                "no { or } with REDIS_CLUSTER_NODES (rooms are hash tags in braces)",
             ));
         }
         if env.redis_key_ttl_secs < 3 {
@@ -82,6 +89,11 @@ impl RedisSettings {
             )?),
             history: HistorySettings::from_env(env)?,
         }))
+    }
+
+    /// Whether Redis is a cluster: rooms are hash tags, and their channels are sharded.
+    pub(crate) fn cluster(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Cluster(_))
     }
 
     /// How often a node refreshes its keys: three times per TTL.

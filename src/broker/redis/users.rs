@@ -1,9 +1,11 @@
 //! Per-user limits held on every node: the session cap and the message rate.
 //!
 //! **Sessions.** `{prefix}sessions:{user}` is a hash with one field per node: how many sessions
-//! the user has there. A claim is one atomic script: it sums the fields of live nodes (dropping
-//! those of dead ones, whose key expired), refuses at the cap, and counts the new session. A
-//! release takes it back. A node rewrites its fields after a reconnect (and for users whose
+//! the user has there. A claim is one atomic script on that one key: it sums the fields,
+//! refuses at the cap, and counts the new session. A refusal names the other nodes it counted;
+//! if any of them is dead (its key expired) the claim is made again with their fields dropped.
+//! Node keys are not read inside the script because on a Redis Cluster they live on other
+//! shards than the user's hash. A release takes a session back. A node rewrites its fields after a reconnect (and for users whose
 //! counts could not be written), and keeps the hashes of its users alive with its heartbeat.
 //! While Redis is away a claim says yes: the cap on each node still holds (fail open).
 //!
@@ -23,29 +25,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use redis::aio::MultiplexedConnection;
 
+use super::conn::{Batch, Conn};
 use super::{now_ms, Outgoing, RedisBroker, RedisFailure};
 use crate::broker::LocalControl;
 use crate::metrics::labels::BrokerDrop;
 
-/// Claims a session for a user unless the live nodes already hold `cap` of them.
-/// KEYS[1]: the user's sessions hash; ARGV: this node, cap, node key prefix, TTL (s).
+/// Claims a session for a user unless the nodes not known dead already hold `cap` of them.
+/// KEYS[1]: the user's sessions hash; ARGV: this node, cap, TTL (s), then nodes known dead,
+/// whose fields are dropped. Returns `{1}` if claimed, else `{0, other node, …}`: the other
+/// nodes it counted.
 const CLAIM_SCRIPT: &str = r"
-local total = 0
+for i = 4, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+local total, others = 0, {0}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  local node, count = fields[i], tonumber(fields[i + 1])
-  if node == ARGV[1] or redis.call('EXISTS', ARGV[3] .. node) == 1 then
-    total = total + count
-  else
-    redis.call('HDEL', KEYS[1], node)
-  end
+  total = total + tonumber(fields[i + 1])
+  if fields[i] ~= ARGV[1] then table.insert(others, fields[i]) end
 end
-if total >= tonumber(ARGV[2]) then return 0 end
+if total >= tonumber(ARGV[2]) then return others end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1}
 ";
 
 /// Gives a session back. KEYS[1]: the user's sessions hash; ARGV[1]: this node.
@@ -119,26 +120,43 @@ impl RedisBroker {
             self.users.mark_dirty(user);
             return true;
         };
-        let claimed: Result<i64, RedisFailure> = self
-            .within(
-                redis::cmd("EVAL")
-                    .arg(CLAIM_SCRIPT)
-                    .arg(1)
-                    .arg(self.keys.sessions(user))
-                    .arg(&*self.node)
-                    .arg(max)
-                    .arg(self.keys.node(""))
-                    .arg(self.settings.key_ttl.as_secs())
-                    .query_async(&mut link.conn),
-            )
-            .await;
-        match claimed {
-            Ok(claimed) => claimed == 1,
-            Err(_) => {
-                self.users.mark_dirty(user);
-                true
-            }
+        let claimed = self.try_claim(&mut link.conn, user, max).await;
+        claimed.unwrap_or_else(|_| {
+            self.users.mark_dirty(user);
+            true
+        })
+    }
+
+    /// The claim, made again without the counts of dead nodes if they made it fail.
+    async fn try_claim(
+        &self,
+        conn: &mut Conn,
+        user: &Arc<str>,
+        max: usize,
+    ) -> Result<bool, RedisFailure> {
+        let claim = |dead: Vec<Arc<str>>| {
+            let mut claim = redis::cmd("EVAL");
+            claim
+                .arg(CLAIM_SCRIPT)
+                .arg(1)
+                .arg(self.keys.sessions(user))
+                .arg(&*self.node)
+                .arg(max)
+                .arg(self.settings.key_ttl.as_secs())
+                .arg(dead.iter().map(|node| &**node).collect::<Vec<&str>>());
+            claim
+        };
+        let answer: Vec<String> = self.within(claim(Vec::new()).query_async(conn)).await?;
+        let others: Vec<Arc<str>> = answer.iter().skip(1).map(|node| Arc::from(node.as_str())).collect();
+        if answer.first().map(String::as_str) == Some("1") {
+            return Ok(true);
         }
+        let dead = self.within(self.dead_nodes(conn, &others)).await?;
+        if dead.is_empty() {
+            return Ok(false);
+        }
+        let answer: Vec<String> = self.within(claim(dead).query_async(conn)).await?;
+        Ok(answer.first().map(String::as_str) == Some("1"))
     }
 
     /// Gives a session back, through the publisher so it follows the claim's order.
@@ -158,7 +176,7 @@ impl RedisBroker {
     }
 
     /// The commands that give a session of `user` back.
-    pub(super) fn write_release(&self, pipe: &mut redis::Pipeline, user: &str) {
+    pub(super) fn write_release(&self, pipe: &mut Batch, user: &str) {
         pipe.cmd("EVAL")
             .arg(RELEASE_SCRIPT)
             .arg(1)
@@ -172,7 +190,7 @@ impl RedisBroker {
     /// hash alive for another TTL.
     pub(super) async fn sync_sessions(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         control: &dyn LocalControl,
         all: bool,
     ) -> Result<(), RedisFailure> {
@@ -182,7 +200,7 @@ impl RedisBroker {
             rewrite.extend(local.keys().cloned());
         }
         let ttl = self.settings.key_ttl.as_secs();
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         for user in &rewrite {
             let key = self.keys.sessions(user);
             match local.get(user) {
@@ -198,7 +216,7 @@ impl RedisBroker {
                 .ignore();
         }
         if !pipe.is_empty() {
-            if let Err(err) = self.within(pipe.query_async::<()>(conn)).await {
+            if let Err(err) = self.within(pipe.query::<()>(conn)).await {
                 for user in rewrite {
                     self.users.mark_dirty(&user);
                 }
@@ -210,10 +228,7 @@ impl RedisBroker {
 
     /// Adds the messages counted since the last sync to every user's count for the current
     /// window, and marks the users whose estimated rate went over the shared budget.
-    pub(super) async fn sync_rates(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<(), RedisFailure> {
+    pub(super) async fn sync_rates(&self, conn: &mut Conn) -> Result<(), RedisFailure> {
         let counted = std::mem::take(&mut *self.users.messages.lock().expect("never poisoned"));
         if counted.is_empty() {
             return Ok(());
@@ -221,7 +236,7 @@ impl RedisBroker {
         let window_ms = RATE_WINDOW.as_millis() as u64;
         let now = now_ms();
         let (window, elapsed) = (now / window_ms, (now % window_ms) as f64 / window_ms as f64);
-        let mut pipe = redis::pipe();
+        let mut pipe = Batch::new();
         let users: Vec<Arc<str>> = counted.keys().cloned().collect();
         for user in &users {
             let key = self.keys.rate(user, window);
@@ -230,7 +245,7 @@ impl RedisBroker {
             pipe.cmd("GET")
                 .arg(self.keys.rate(user, window.saturating_sub(1)));
         }
-        let counts: Vec<(u64, Option<u64>)> = self.within(pipe.query_async(conn)).await?;
+        let counts: Vec<(u64, Option<u64>)> = self.within(pipe.query(conn)).await?;
         let until = Instant::now() + OVER_RATE_HOLD;
         for (user, (current, previous)) in users.into_iter().zip(counts) {
             let estimated = previous.unwrap_or(0) as f64 * (1.0 - elapsed) + current as f64;

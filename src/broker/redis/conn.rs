@@ -1,0 +1,340 @@
+//! The command connection, to one Redis or to a Redis Cluster, and [`Batch`]: pipelined
+//! commands that each go to the server holding their key.
+//!
+//! One Redis (a URL, or the master Sentinel names) takes a whole batch in one pipeline. A
+//! cluster refuses a pipeline whose keys are in different hash slots, so a batch is split
+//! there into one pipeline per slot, sent at once, and the replies are put back in the
+//! batch's order. Commands on one slot keep their order; commands on different slots have
+//! none between them. Every key of a room shares the room's slot (see [`Keys`]), so a room's
+//! events still reach Redis in the order they were queued.
+//!
+//! [`Keys`]: crate::broker::Keys
+
+use std::collections::HashMap;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
+use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+/// The number of hash slots of a Redis Cluster.
+pub(super) const SLOTS: u16 = 16_384;
+
+/// A command connection.
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// One Redis.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster: the redis crate routes each command by its key, follows `MOVED` and
+    /// `ASK` redirections, and refreshes its slot map when the cluster changes.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// The servers to ask for something that is spread over all of them (a SCAN): the one
+    /// Redis, or every master of the cluster by address.
+    pub(super) async fn servers(&mut self) -> RedisResult<Vec<Server>> {
+        match self {
+            Conn::Single(_) => Ok(vec![Server::One]),
+            Conn::Cluster(conn) => {
+                let mut masters: Vec<Server> = shards(conn)
+                    .await?
+                    .into_iter()
+                    .map(|shard| Server::Master(shard.host, shard.port))
+                    .collect();
+                masters.sort();
+                Ok(masters)
+            }
+        }
+    }
+
+    /// Runs `cmd` on `server`.
+    pub(super) async fn query_on<T: FromRedisValue>(
+        &mut self,
+        server: &Server,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        match (self, server) {
+            (Conn::Cluster(conn), Server::Master(host, port)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = conn.route_command(cmd.clone(), routing).await?;
+                Ok(T::from_redis_value(value)?)
+            }
+            (conn, _) => cmd.query_async(conn).await,
+        }
+    }
+
+    /// Runs `cmd` on every master (loading a script, say); a cluster answers with one
+    /// master's reply when they agree.
+    pub(super) async fn on_all_masters(&mut self, cmd: &Cmd) -> RedisResult<()> {
+        match self {
+            Conn::Single(conn) => cmd.query_async(conn).await,
+            Conn::Cluster(conn) => {
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                conn.route_command(cmd.clone(), routing).await.map(drop)
+            }
+        }
+    }
+}
+
+/// One server of the deployment, for commands that are not about a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Server {
+    /// The one Redis.
+    One,
+    /// A cluster's master, by address.
+    Master(String, u16),
+}
+
+/// A master of a cluster and the slots it serves.
+#[derive(Debug)]
+pub(super) struct Shard {
+    pub host: String,
+    pub port: u16,
+    /// Inclusive ranges.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// The cluster's masters, from `CLUSTER SLOTS` (one row per slot range: its start, its end,
+/// then the master's address and the replicas').
+pub(super) async fn shards(conn: &mut ClusterConnection) -> RedisResult<Vec<Shard>> {
+    let rows: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut shards: Vec<Shard> = Vec::new();
+    for row in rows {
+        let mut values = row.into_iter();
+        let (Some(start), Some(end), Some(master)) = (values.next(), values.next(), values.next())
+        else {
+            continue;
+        };
+        // The master: its address, port, id and (Redis 7) a map of other names.
+        let master: Vec<Value> = FromRedisValue::from_redis_value(master)?;
+        let mut master = master.into_iter();
+        let (Some(host), Some(port)) = (master.next(), master.next()) else {
+            continue;
+        };
+        let (start, end, host, port): (u16, u16, String, u16) = (
+            FromRedisValue::from_redis_value(start)?,
+            FromRedisValue::from_redis_value(end)?,
+            FromRedisValue::from_redis_value(host)?,
+            FromRedisValue::from_redis_value(port)?,
+        );
+        match shards
+            .iter_mut()
+            .find(|shard| shard.host == host && shard.port == port)
+        {
+            Some(shard) => shard.slots.push((start, end)),
+            None => shards.push(Shard {
+                host,
+                port,
+                slots: vec![(start, end)],
+            }),
+        }
+    }
+    Ok(shards)
+}
+
+/// The hash slot of a key or a shard channel (the part between the first `{` and the next
+/// `}`, if not empty, else the whole name): Redis Cluster's CRC16 modulo 16 384.
+pub(super) fn slot(name: &[u8]) -> u16 {
+    let hashed = name
+        .iter()
+        .position(|&byte| byte == b'{')
+        .and_then(|open| {
+            let rest = &name[open + 1..];
+            let close = rest.iter().position(|&byte| byte == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(name);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+}
+
+/// Commands built like a [`redis::Pipeline`], sent as one pipeline to one Redis and as one
+/// per hash slot to a cluster.
+#[derive(Default)]
+pub(super) struct Batch {
+    commands: Vec<Cmd>,
+    /// Whether each command's reply is left out of the result.
+    ignored: Vec<bool>,
+}
+
+impl Batch {
+    pub(super) fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Starts a command.
+    pub(super) fn cmd(&mut self, name: &str) -> &mut Batch {
+        self.commands.push(redis::cmd(name));
+        self.ignored.push(false);
+        self
+    }
+
+    /// Starts a script's call by its hash (loaded at connect, see `load_scripts`), with its
+    /// keys; its arguments follow with [`Batch::arg`].
+    pub(super) fn script<K: redis::ToRedisArgs>(
+        &mut self,
+        script: &redis::Script,
+        keys: &[K],
+    ) -> &mut Batch {
+        self.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+    }
+
+    /// Adds an argument to the last command.
+    pub(super) fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Batch {
+        self.commands
+            .last_mut()
+            .expect("an argument follows a command")
+            .arg(arg);
+        self
+    }
+
+    /// Leaves the last command's reply out of the result.
+    pub(super) fn ignore(&mut self) -> &mut Batch {
+        *self.ignored.last_mut().expect("a command to ignore") = true;
+        self
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Sends the commands; the replies that are not ignored, in order, make `T`. An error in
+    /// any command (an ignored one too) is the batch's error.
+    pub(super) async fn query<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
+        let replies = match conn {
+            Conn::Single(conn) => {
+                let values: Vec<Value> = self.pipeline(0..self.commands.len()).query_async(conn).await?;
+                values
+            }
+            Conn::Cluster(conn) => self.query_by_slot(conn).await?,
+        };
+        Ok(T::from_redis_value(Value::Array(replies))?)
+    }
+
+    /// One pipeline per slot, all sent at once; the replies put back in order.
+    async fn query_by_slot(&self, conn: &ClusterConnection) -> RedisResult<Vec<Value>> {
+        let mut by_slot: HashMap<Option<u16>, Vec<usize>> = HashMap::new();
+        for (index, cmd) in self.commands.iter().enumerate() {
+            by_slot.entry(slot_of_command(cmd)).or_default().push(index);
+        }
+        let sent = by_slot.into_values().map(|indices| {
+            let pipe = self.pipeline(indices.iter().copied());
+            let mut conn = conn.clone();
+            async move {
+                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                Ok::<_, RedisError>((indices, values))
+            }
+        });
+        let mut replies: Vec<Option<Value>> = vec![None; self.commands.len()];
+        for (indices, values) in try_join_all(sent).await? {
+            let answered = indices.into_iter().filter(|&index| !self.ignored[index]);
+            for (index, value) in answered.zip(values) {
+                replies[index] = Some(value);
+            }
+        }
+        Ok(replies.into_iter().flatten().collect())
+    }
+
+    fn pipeline(&self, indices: impl Iterator<Item = usize>) -> Pipeline {
+        let mut pipe = redis::pipe();
+        for index in indices {
+            pipe.add_command(self.commands[index].clone());
+            if self.ignored[index] {
+                pipe.ignore();
+            }
+        }
+        pipe
+    }
+}
+
+/// The slot a command's key is in; `None` for a command without one (a `PUBLISH`, which a
+/// cluster carries to every node whichever receives it).
+fn slot_of_command(cmd: &Cmd) -> Option<u16> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()?;
+        let keys = args.next()?;
+        if keys == b"0" {
+            return None;
+        }
+        args.next()?
+    } else if name.eq_ignore_ascii_case(b"PUBLISH") {
+        return None;
+    } else {
+        args.next()?
+    };
+    Some(slot(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from Redis's own CLUSTER KEYSLOT.
+        assert_eq!(slot(b"foo"), 12_182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"{}x"), slot(b"{}x"));
+        assert_ne!(slot(b"{}x"), slot(b""), "an empty tag hashes the whole name");
+        assert_eq!(slot(b"palisade:room:{lobby}"), slot(b"lobby"));
+    }
+
+    #[test]
+    fn a_command_goes_to_its_keys_slot() {
+        let mut batch = Batch::new();
+        batch.cmd("HSET").arg("a:{lobby}").arg("f").arg(1);
+        batch.cmd("EVALSHA").arg("abc").arg(2).arg("b:{lobby}").arg("c");
+        batch.cmd("EVALSHA").arg("abc").arg(0).arg("x");
+        batch.cmd("PUBLISH").arg("channel").arg("x");
+        let slots: Vec<Option<u16>> = batch.commands.iter().map(slot_of_command).collect();
+        assert_eq!(
+            slots,
+            vec![Some(slot(b"lobby")), Some(slot(b"lobby")), None, None]
+        );
+    }
+}
