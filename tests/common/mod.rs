@@ -11,6 +11,7 @@ pub(crate) mod proxy;
 pub(crate) mod raw;
 pub(crate) mod receiver;
 pub(crate) mod redis;
+pub(crate) mod redis_cluster;
 pub(crate) mod sentinel;
 pub(crate) mod tls;
 pub(crate) mod tls_redis;
