@@ -241,10 +241,7 @@ mod tests {
         assert_eq!(keys.room_of_channel("palisade:room:{lobby}"), Some("lobby"));
         assert_eq!(keys.room_of_channel("palisade:room:lobby"), None);
         assert_eq!(keys.history("lobby"), "palisade:history:{lobby}");
-        assert_eq!(
-            keys.room_of_members(&keys.members("lobby")),
-            Some("lobby")
-        );
+        assert_eq!(keys.room_of_members(&keys.members("lobby")), Some("lobby"));
         assert_eq!(keys.canary("n1", Some("7")), "palisade:canary:n1:{7}");
         assert_eq!(keys.node("n1"), "palisade:node:n1");
     }

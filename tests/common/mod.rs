@@ -6,6 +6,7 @@ pub(crate) mod child;
 pub(crate) mod frames;
 pub(crate) mod http;
 pub(crate) mod jwks;
+pub(crate) mod ordered;
 pub(crate) mod outage;
 pub(crate) mod proxy;
 pub(crate) mod raw;

@@ -243,7 +243,10 @@ impl Batch {
     pub(super) async fn query<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
         let replies = match conn {
             Conn::Single(conn) => {
-                let values: Vec<Value> = self.pipeline(0..self.commands.len()).query_async(conn).await?;
+                let values: Vec<Value> = self
+                    .pipeline(0..self.commands.len())
+                    .query_async(conn)
+                    .await?;
                 values
             }
             Conn::Cluster(conn) => self.query_by_slot(conn).await?,
@@ -320,7 +323,11 @@ mod tests {
         assert_eq!(slot(b"foo"), 12_182);
         assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
         assert_eq!(slot(b"{}x"), slot(b"{}x"));
-        assert_ne!(slot(b"{}x"), slot(b""), "an empty tag hashes the whole name");
+        assert_ne!(
+            slot(b"{}x"),
+            slot(b""),
+            "an empty tag hashes the whole name"
+        );
         assert_eq!(slot(b"palisade:room:{lobby}"), slot(b"lobby"));
     }
 
@@ -328,7 +335,12 @@ mod tests {
     fn a_command_goes_to_its_keys_slot() {
         let mut batch = Batch::new();
         batch.cmd("HSET").arg("a:{lobby}").arg("f").arg(1);
-        batch.cmd("EVALSHA").arg("abc").arg(2).arg("b:{lobby}").arg("c");
+        batch
+            .cmd("EVALSHA")
+            .arg("abc")
+            .arg(2)
+            .arg("b:{lobby}")
+            .arg("c");
         batch.cmd("EVALSHA").arg("abc").arg(0).arg("x");
         batch.cmd("PUBLISH").arg("channel").arg("x");
         let slots: Vec<Option<u16>> = batch.commands.iter().map(slot_of_command).collect();

@@ -42,7 +42,11 @@ impl RedisBroker {
     /// may hold fewer than `limit` rooms (even none) before the end: SCAN's contract. On a
     /// cluster the masters are scanned one after the other, and the cursor says which one
     /// (`{master}-{cursor}`; on one Redis it is SCAN's own).
-    pub(super) async fn scan_rooms(&self, cursor: Option<&str>, limit: usize) -> Cluster<RoomsPage> {
+    pub(super) async fn scan_rooms(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Cluster<RoomsPage> {
         let Some((index, cursor)) = parse_cursor(cursor) else {
             return Cluster::Known((Vec::new(), None));
         };
@@ -177,8 +181,10 @@ impl RedisBroker {
         let key = self.keys.sessions(user);
         let counted = self
             .ask(|mut conn| async move {
-                let counts: Vec<(String, usize)> =
-                    redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
+                let counts: Vec<(String, usize)> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?;
                 let mut exists = Batch::new();
                 for (node, _) in &counts {
                     exists.cmd("EXISTS").arg(self.keys.node(node));

@@ -2,11 +2,13 @@
 //! failovers.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rand::Rng;
-use redis::AsyncConnectionConfig;
+use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -193,6 +195,7 @@ impl RedisBroker {
         // The first canary goes at once: the node is ready when it is back.
         let mut canary_timer = tokio::time::interval(self.settings.canary_interval);
         canary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut canary_sent: Option<Pin<Box<dyn Future<Output = RedisResult<()>> + Send>>> = None;
         let mut switches = self.switch_notices().await;
         loop {
             tokio::select! {
@@ -255,8 +258,16 @@ impl RedisBroker {
                     for (channel, number) in canaries {
                         publish.cmd(self.publish_verb()).arg(channel).arg(number).ignore();
                     }
-                    if let Err(err) = self.within(publish.query::<()>(&mut link.conn)).await {
-                        return lost(BrokerFailure::Canary)(err);
+                    // Sent beside the loop, not awaited in it: a server that holds the publish
+                    // (paused, failing over) must not hold the subscription's messages too, and
+                    // the canary it keeps is missed at the next tick.
+                    let mut conn = link.conn.clone();
+                    canary_sent = Some(Box::pin(async move { publish.query::<()>(&mut conn).await }));
+                }
+                sent = async { canary_sent.as_mut()?.await.into() }, if canary_sent.is_some() => {
+                    canary_sent = None;
+                    if let Some(Err(err)) = sent {
+                        return lost(BrokerFailure::Canary)(RedisFailure::Redis(err.kind()));
                     }
                 }
                 Some(notice) = next_switch(&mut switches) => {
@@ -295,7 +306,11 @@ impl RedisBroker {
                     .await?;
                 let (sink, stream) = self.within(client.get_async_pubsub()).await?.split();
                 let server = client.get_connection_info().addr().to_string();
-                (server, Conn::Single(conn), Subscriber::Single { sink, stream })
+                (
+                    server,
+                    Conn::Single(conn),
+                    Subscriber::Single { sink, stream },
+                )
             }
         };
         let mut link = Connection {
@@ -316,7 +331,10 @@ impl RedisBroker {
     /// Loads the scripts that batches call by hash, on every master of a cluster: Redis
     /// forgets them when it restarts, and a replica promoted by a failover may not have them.
     async fn load_scripts(&self, conn: &mut Conn) -> Result<(), RedisFailure> {
-        for script in super::history::SCRIPTS.iter().chain(&super::ledger::SCRIPTS) {
+        for script in super::history::SCRIPTS
+            .iter()
+            .chain(&super::ledger::SCRIPTS)
+        {
             let load = redis::cmd("SCRIPT").arg("LOAD").arg(*script).clone();
             self.within(conn.on_all_masters(&load)).await?;
         }

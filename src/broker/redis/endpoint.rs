@@ -77,7 +77,8 @@ impl Endpoint {
     /// `REDIS_SENTINELS` and `REDIS_CLUSTER_NODES` is set.
     pub(crate) fn from_env(env: &Config) -> Result<Option<Endpoint>, ConfigError> {
         let url = env.redis_url.as_ref().map(Secret::expose);
-        let listed = |list: &Option<CommaList>| list.as_ref().filter(|list| !list.is_empty()).cloned();
+        let listed =
+            |list: &Option<CommaList>| list.as_ref().filter(|list| !list.is_empty()).cloned();
         let sentinels = listed(&env.redis_sentinels);
         let cluster = listed(&env.redis_cluster_nodes);
         let tls = TlsFiles::from_env(env)?;
@@ -140,7 +141,11 @@ impl Endpoint {
                 seeds,
                 username: env.redis_username.clone(),
                 password: env.redis_password.clone(),
-                tls: if env.redis_tls { Some(tls.unwrap_or(NO_FILES)) } else { None },
+                tls: if env.redis_tls {
+                    Some(tls.unwrap_or(NO_FILES))
+                } else {
+                    None
+                },
             };
             // Checks what can be checked before connecting: the seeds' syntax, the files.
             nodes

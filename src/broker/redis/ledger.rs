@@ -98,7 +98,11 @@ impl RedisBroker {
                 PresenceChange::Here(item) => ("here", item, 0),
                 PresenceChange::Gone(item) => {
                     let user = item.starts_with("user:");
-                    ("gone", item, if user { grace.as_millis() as u64 } else { 0 })
+                    (
+                        "gone",
+                        item,
+                        if user { grace.as_millis() as u64 } else { 0 },
+                    )
                 }
                 PresenceChange::Settle(item) => ("settle", item, 0),
             };
@@ -236,7 +240,11 @@ impl RedisBroker {
         items: &[&str],
     ) -> Result<(), redis::RedisError> {
         let mut listed = Batch::new();
-        listed.cmd("SADD").arg(self.keys.nodes()).arg(&*self.node).ignore();
+        listed
+            .cmd("SADD")
+            .arg(self.keys.nodes())
+            .arg(&*self.node)
+            .ignore();
         if !items.is_empty() {
             listed.cmd("SADD").arg(mine).arg(items).ignore();
         }
@@ -249,5 +257,9 @@ async fn unlist_held(conn: &mut Conn, mine: &str, items: &[&str]) -> Result<(), 
     if items.is_empty() {
         return Ok(());
     }
-    redis::cmd("SREM").arg(mine).arg(items).query_async(conn).await
+    redis::cmd("SREM")
+        .arg(mine)
+        .arg(items)
+        .query_async(conn)
+        .await
 }

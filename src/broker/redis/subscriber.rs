@@ -105,9 +105,10 @@ impl Subscriber {
     /// reconnect resubscribes and recovers from history).
     pub(super) async fn next(&mut self) -> Option<Heard> {
         match self {
-            Subscriber::Single { stream, .. } => {
-                stream.next().await.map(|msg| Heard::Message(Message::Single(msg)))
-            }
+            Subscriber::Single { stream, .. } => stream
+                .next()
+                .await
+                .map(|msg| Heard::Message(Message::Single(msg))),
             Subscriber::Cluster { pushes, .. } => loop {
                 let push = pushes.recv().await?;
                 match push.kind {
@@ -131,7 +132,11 @@ impl Subscriber {
 
 /// Runs `command` once per slot with that slot's channels, all at once: a shard channel
 /// command takes channels of one slot only.
-async fn for_each_slot<F, Fut>(conn: &ClusterConnection, channels: &[String], command: F) -> RedisResult<()>
+async fn for_each_slot<F, Fut>(
+    conn: &ClusterConnection,
+    channels: &[String],
+    command: F,
+) -> RedisResult<()>
 where
     F: Fn(ClusterConnection, Vec<String>) -> Fut,
     Fut: std::future::Future<Output = RedisResult<()>>,

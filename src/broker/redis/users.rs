@@ -147,7 +147,11 @@ impl RedisBroker {
             claim
         };
         let answer: Vec<String> = self.within(claim(Vec::new()).query_async(conn)).await?;
-        let others: Vec<Arc<str>> = answer.iter().skip(1).map(|node| Arc::from(node.as_str())).collect();
+        let others: Vec<Arc<str>> = answer
+            .iter()
+            .skip(1)
+            .map(|node| Arc::from(node.as_str()))
+            .collect();
         if answer.first().map(String::as_str) == Some("1") {
             return Ok(true);
         }
