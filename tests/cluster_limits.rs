@@ -7,25 +7,9 @@ use std::time::Duration;
 
 use common::raw::{status, RawSocket};
 use common::redis::{node_with, RedisServer};
-use common::{token, Client, TestServer, ORIGIN};
+use common::ORIGIN;
 use serde_json::json;
 use tokio::time::Instant;
-
-/// Authenticates as `sub` and joins `room`; the close code if that was refused.
-async fn try_join(server: &TestServer, sub: &str, room: &str) -> Result<Client, u16> {
-    let mut client = server.connect().await;
-    client.auth(&token(sub)).await;
-    client
-        .send_json(json!({"type": "join", "room": room}))
-        .await;
-    match client.recv().await {
-        Some(tokio_tungstenite::tungstenite::Message::Text(_)) => Ok(client),
-        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
-            Err(u16::from(frame.code))
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_on_one_node_holds_on_every_node_within_a_second() {
@@ -45,7 +29,7 @@ async fn a_ban_on_one_node_holds_on_every_node_within_a_second() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(try_join(&b, "mallory", "lobby").await.err(), Some(4009));
+    assert_eq!(b.try_join("mallory", "lobby").await.err(), Some(4009));
 
     // An address banned on A is refused on B before the upgrade.
     a.probe().ban("ip:127.0.0.1", Duration::from_secs(60));
@@ -70,18 +54,19 @@ async fn the_per_user_session_cap_counts_every_node() {
     let cap = [("MAX_SESSIONS_PER_USER", "2")];
     let a = node_with(&redis, &cap).await;
     let b = node_with(&redis, &cap).await;
-    let first = try_join(&a, "alice", "lobby").await.expect("first");
-    let _second = try_join(&b, "alice", "lobby")
+    let first = a.try_join("alice", "lobby").await.expect("first");
+    let _second = b
+        .try_join("alice", "lobby")
         .await
         .expect("second, other node");
-    assert_eq!(try_join(&a, "alice", "lobby").await.err(), Some(4008));
-    assert_eq!(try_join(&b, "alice", "lobby").await.err(), Some(4008));
+    assert_eq!(a.try_join("alice", "lobby").await.err(), Some(4008));
+    assert_eq!(b.try_join("alice", "lobby").await.err(), Some(4008));
     // A session that ends gives its place back.
     first.close().await;
     a.wait_members("lobby", 0).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match try_join(&b, "alice", "lobby").await {
+        match b.try_join("alice", "lobby").await {
             Ok(_) => break,
             Err(code) => {
                 assert_eq!(code, 4008);
@@ -104,8 +89,8 @@ async fn the_per_user_message_rate_counts_every_node() {
     ];
     let a = node_with(&redis, &rate).await;
     let b = node_with(&redis, &rate).await;
-    let mut on_a = try_join(&a, "spammer", "lobby").await.unwrap();
-    let mut on_b = try_join(&b, "spammer", "lobby").await.unwrap();
+    let mut on_a = a.try_join("spammer", "lobby").await.unwrap();
+    let mut on_b = b.try_join("spammer", "lobby").await.unwrap();
     // Four a second on each node: within either node's limit, twice the user's.
     let mut closed = None;
     'sending: for n in 0..40 {
@@ -142,17 +127,17 @@ async fn while_redis_is_away_known_bans_hold_and_caps_fall_back_to_each_node() {
     let b = node_with(&redis, &cap).await;
     a.probe().ban("user:mallory", Duration::from_secs(60));
     common::wait_until("B learned the ban", || b.probe().is_banned("user:mallory")).await;
-    let _alice = try_join(&a, "alice", "lobby").await.unwrap();
+    let _alice = a.try_join("alice", "lobby").await.unwrap();
     redis.kill();
     common::wait_until("both nodes saw Redis go", || {
         !a.probe().is_ready() && !b.probe().is_ready()
     })
     .await;
     // Fail closed for bans already known: mallory stays out of B.
-    assert_eq!(try_join(&b, "mallory", "lobby").await.err(), Some(4009));
+    assert_eq!(b.try_join("mallory", "lobby").await.err(), Some(4009));
     // Fail open for the cap: each node counts only its own sessions meanwhile.
-    let _also = try_join(&b, "alice", "lobby").await.expect("B's own cap");
-    assert_eq!(try_join(&a, "alice", "lobby").await.err(), Some(4008));
+    let _also = b.try_join("alice", "lobby").await.expect("B's own cap");
+    assert_eq!(a.try_join("alice", "lobby").await.err(), Some(4008));
     // A ban decided while Redis is away reaches the other node once it is back.
     a.probe().ban("user:eve", Duration::from_secs(60));
     redis.restart().await;

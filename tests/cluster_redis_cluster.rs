@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::api::{ApiClient, API_SETTINGS};
 use common::ordered::{talker, Reader};
+use common::receiver::{kinds_for, Receiver};
 use common::redis::node_reaching;
 use common::redis_cluster::RedisCluster;
 use common::TestServer;
@@ -117,6 +118,67 @@ async fn rooms_on_every_shard_deliver_across_nodes_with_history_presence_and_the
     assert_eq!(user.json["sessions"], 3, "{}", user.json);
     a.wait_ready().await;
     b.wait_ready().await;
+}
+
+/// What every node shares beside rooms: bans (kept in Redis, read from every master by a node
+/// that starts later), the per-user session cap (one claim on the user's hash, wherever its
+/// slot is), and the presence webhooks (each item settled on its own shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_the_session_cap_and_presence_webhooks_hold_across_nodes() {
+    let cluster = RedisCluster::start().await;
+    let receiver = Receiver::start().await;
+    let mut settings = receiver.settings("0");
+    settings.push(("WEBHOOK_OFFLINE_GRACE_SECS", "1".into()));
+    settings.push(("MAX_SESSIONS_PER_USER", "2".into()));
+    let extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = (
+        cluster_node(&cluster, &extra).await,
+        cluster_node(&cluster, &extra).await,
+    );
+
+    let mut mallory = b.joined("mallory", "lobby").await;
+    for user in ["mallory", "eve", "trudy", "oscar"] {
+        a.probe()
+            .ban(&format!("user:{user}"), Duration::from_secs(60));
+    }
+    assert_eq!(
+        mallory.expect_close().await.0,
+        4009,
+        "closed on the other node"
+    );
+    let c = cluster_node(&cluster, &extra).await;
+    for user in ["mallory", "eve", "trudy", "oscar"] {
+        assert!(c.probe().is_banned(&format!("user:{user}")), "{user}");
+    }
+
+    let first = a.try_join("alice", "lobby").await.expect("first");
+    let _second = b
+        .try_join("alice", "hall")
+        .await
+        .expect("second, other node");
+    assert_eq!(c.try_join("alice", "lobby").await.err(), Some(4008));
+    receiver
+        .wait_until("online", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice") == ["user.online"]
+        })
+        .await;
+    first.close().await;
+    drop(_second);
+    receiver
+        .wait_until("offline", Duration::from_secs(5), |events| {
+            kinds_for(events, "userId", "alice").len() == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = receiver.accepted();
+    assert_eq!(
+        kinds_for(&events, "userId", "alice"),
+        ["user.online", "user.offline"]
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "hall"),
+        ["room.occupied", "room.empty"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

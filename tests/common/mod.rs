@@ -173,6 +173,22 @@ impl TestServer {
         client
     }
 
+    /// Authenticates as `sub` and joins `room`; the close code if that was refused.
+    pub(crate) async fn try_join(&self, sub: &str, room: &str) -> Result<Client, u16> {
+        let mut client = self.connect().await;
+        client.auth(&token(sub)).await;
+        client
+            .send_json(json!({"type": "join", "room": room}))
+            .await;
+        match client.recv().await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(_)) => Ok(client),
+            Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
+                Err(u16::from(frame.code))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     /// Waits until `/readyz` would say ready (keys loaded, broker connected).
     pub(crate) async fn wait_ready(&self) {
         let probe = self.probe();

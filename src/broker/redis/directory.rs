@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::ServerErrorKind;
 use tracing::warn;
 
 use super::conn::{Batch, Conn, Server};
@@ -27,6 +28,13 @@ impl RedisBroker {
         };
         match tokio::time::timeout(self.settings.timeout, call(link.conn)).await {
             Ok(Ok(value)) => Cluster::Known(value),
+            Ok(Err(err)) if err.kind() == ServerErrorKind::NoScript.into() => {
+                // A server without the scripts (restarted, or a replica a failover promoted):
+                // the driver reconnects, which loads them everywhere.
+                warn!("redis lost the scripts; reconnecting");
+                self.raise_failure(link.generation);
+                Cluster::Unreachable
+            }
             Ok(Err(err)) => {
                 warn!(%err, "a server API read from redis failed");
                 Cluster::Unreachable
