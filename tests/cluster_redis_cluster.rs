@@ -246,6 +246,10 @@ async fn a_rooms_slot_migrated_to_another_shard_under_traffic_keeps_delivering()
             .command(to, &["PUBSUB", "SHARDNUMSUB", &channel])
             .await;
         if count == 2 {
+            eprintln!(
+                "both nodes subscribed on the new shard {:?} after the move",
+                resubscribed.elapsed()
+            );
             break;
         }
         assert!(

@@ -183,7 +183,7 @@ impl Metrics {
             ),
             broker_up: r.metric(
                 "broker_up",
-                "1 while the Redis broker is connected and subscribed (always 0 without REDIS_URL)",
+                "1 while the Redis broker is connected and subscribed (always 0 without Redis)",
                 Gauge::default(),
             ),
             broker_delivery_ok: r.metric(

@@ -9,8 +9,11 @@
 //!   they open and unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
 //!   nodes whose keys expired and repairs what was lost, and a [`canary`] sent through Pub/Sub
 //!   to itself proves the subscription still delivers (a subscriber that went silent is
-//!   restarted). The [`endpoint`] says which Redis to connect to: one URL, or the master
-//!   Sentinel names, asked again at every connect and followed through a failover.
+//!   restarted). The [`endpoint`] says which Redis to connect to: one URL, the master
+//!   Sentinel names (asked again at every connect and followed through a failover), or a Redis
+//!   Cluster. The command connection ([`conn`]) sends a batch as one pipeline to one Redis and
+//!   as one per hash slot to a cluster; the [`subscriber`] listens on a Pub/Sub connection, or
+//!   on a cluster's shard channels.
 //! - the **publisher** ([`publisher`]) drains a bounded queue that [`RedisBroker::publish`]
 //!   fills without ever waiting, and writes it to Redis in pipelined batches, in queue order.
 //!   Sequence numbers are given there, so they grow in the order envelopes go out.
