@@ -112,7 +112,7 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
-/// The receiving side, owned by the socket ([`crate::socket::Socket`]).
+/// The receiving side, owned by the session's socket.
 pub struct OutboxReceiver {
     shared: Arc<Shared>,
 }
