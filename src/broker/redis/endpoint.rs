@@ -424,6 +424,33 @@ mod tests {
             panic!("a Sentinel endpoint");
         };
         assert_eq!(sentinel.master, "chat");
+        let cluster = Endpoint::from_env(&env(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "10.0.0.1:6379,redis-2:6379,[::1]:6380",
+            ),
+            ("REDIS_USERNAME", "palisade"),
+            ("REDIS_PASSWORD", "p"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CA_FILE", &cert),
+        ]))
+        .unwrap();
+        let Some(Endpoint::Cluster(nodes)) = cluster else {
+            panic!("a cluster endpoint");
+        };
+        assert_eq!(
+            nodes.seeds,
+            [
+                "rediss://10.0.0.1:6379",
+                "rediss://redis-2:6379",
+                "rediss://[::1]:6380"
+            ]
+        );
+        let shown = format!("{:?}", Endpoint::Cluster(nodes));
+        assert!(
+            !shown.contains("palisade") && !shown.contains("10.0"),
+            "{shown}"
+        );
         let shown = format!("{:?}", Endpoint::Sentinel(sentinel));
         assert!(!shown.contains("watcher"), "{shown}");
         assert!(Endpoint::from_env(&env(&[])).unwrap().is_none());
@@ -443,6 +470,31 @@ mod tests {
                 "REDIS_SENTINELS",
             ),
             (vec![("REDIS_SENTINELS", "a:1")], "REDIS_SENTINEL_MASTER"),
+            (
+                vec![("REDIS_URL", "redis://x"), ("REDIS_CLUSTER_NODES", "a:1")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![sentinels[0], sentinels[1], ("REDIS_CLUSTER_NODES", "a:1")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "no-port")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", ":6379")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "a:1"), sentinels[1]],
+                "REDIS_SENTINEL_MASTER",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "a:1"), ("REDIS_TLS_CA_FILE", &cert)],
+                "REDIS_TLS_CA_FILE",
+            ),
+            (vec![("REDIS_PASSWORD", "p")], "REDIS_PASSWORD"),
             (
                 vec![("REDIS_SENTINEL_MASTER", "chat")],
                 "REDIS_SENTINEL_MASTER",

@@ -153,5 +153,19 @@ mod tests {
             pairs.push((var, value));
             assert_names(RedisSettings::from_env(&env(&pairs)), var);
         }
+        // On a cluster a brace in the prefix would make it every key's hash tag.
+        let braced = [
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
+            ("REDIS_PREFIX", "{chat}:"),
+        ];
+        assert_names(RedisSettings::from_env(&env(&braced)), "REDIS_PREFIX");
+        let plain = [
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
+            ("REDIS_PREFIX", "chat:"),
+        ];
+        assert!(RedisSettings::from_env(&env(&plain))
+            .unwrap()
+            .unwrap()
+            .cluster());
     }
 }
