@@ -3,10 +3,16 @@
 //!
 //! One Redis (a URL, or the master Sentinel names) takes a whole batch in one pipeline. A
 //! cluster refuses a pipeline whose keys are in different hash slots, so a batch is split
-//! there into one pipeline per slot, sent at once, and the replies are put back in the
-//! batch's order. Commands on one slot keep their order; commands on different slots have
-//! none between them. Every key of a room shares the room's slot (see [`Keys`]), so a room's
-//! events still reach Redis in the order they were queued.
+//! there into one transaction (`MULTI`/`EXEC`) per slot, sent at once, and the replies are put
+//! back in the batch's order. Commands on one slot keep their order; commands on different
+//! slots have none between them. Every key of a room shares the room's slot (see [`Keys`]), so
+//! a room's events still reach Redis in the order they were queued.
+//!
+//! Why transactions: when a slot is moving (`MOVED`, `ASK`, `TRYAGAIN`), the redis crate sends
+//! a pipeline again whole, to the slot's new home. A plain pipeline would then repeat the
+//! commands that had already run before the redirected one (a message numbered and published
+//! twice); a transaction with a redirected command runs none of them, so sending it again is
+//! safe.
 //!
 //! [`Keys`]: crate::broker::Keys
 
@@ -16,7 +22,7 @@ use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
 use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
@@ -63,15 +69,15 @@ impl ConnectionLike for Conn {
 
 impl Conn {
     /// The servers to ask for something that is spread over all of them (a SCAN): the one
-    /// Redis, or every master of the cluster by address.
+    /// Redis, or every master of the cluster, in the order of their slots.
     pub(super) async fn servers(&mut self) -> RedisResult<Vec<Server>> {
         match self {
             Conn::Single(_) => Ok(vec![Server::One]),
             Conn::Cluster(conn) => {
                 let mut masters: Vec<Server> = shards(conn)
                     .await?
-                    .into_iter()
-                    .map(|shard| Server::Master(shard.host, shard.port))
+                    .iter()
+                    .map(|shard| Server::Master(shard.first_slot()))
                     .collect();
                 masters.sort();
                 Ok(masters)
@@ -86,11 +92,10 @@ impl Conn {
         cmd: &Cmd,
     ) -> RedisResult<T> {
         match (self, server) {
-            (Conn::Cluster(conn), Server::Master(host, port)) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
+            (Conn::Cluster(conn), Server::Master(slot)) => {
+                // By slot, not by address: the crate's own map knows which master that is.
+                let route = Route::new(*slot, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let value = conn.route_command(cmd.clone(), routing).await?;
                 Ok(T::from_redis_value(value)?)
             }
@@ -115,25 +120,46 @@ impl Conn {
 }
 
 /// One server of the deployment, for commands that are not about a key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Server {
     /// The one Redis.
     One,
-    /// A cluster's master, by address.
-    Master(String, u16),
+    /// A cluster's master, named by the first slot it serves.
+    Master(u16),
+}
+
+impl Server {
+    /// Where the server is in the order of a scan over all: its first slot.
+    pub(super) fn first_slot(&self) -> u16 {
+        match self {
+            Server::One => 0,
+            Server::Master(slot) => *slot,
+        }
+    }
 }
 
 /// A master of a cluster and the slots it serves.
 #[derive(Debug)]
 pub(super) struct Shard {
-    pub host: String,
-    pub port: u16,
-    /// Inclusive ranges.
+    /// The master's node id.
+    pub id: String,
+    /// Inclusive ranges, the lowest first.
     pub slots: Vec<(u16, u16)>,
 }
 
+impl Shard {
+    pub(super) fn first_slot(&self) -> u16 {
+        self.slots
+            .iter()
+            .map(|(start, _)| *start)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 /// The cluster's masters, from `CLUSTER SLOTS` (one row per slot range: its start, its end,
-/// then the master's address and the replicas').
+/// then the master's address, port and id, then the replicas'). Masters are told apart by id:
+/// the address may be empty, `?` or missing, depending on how the cluster announces itself.
 pub(super) async fn shards(conn: &mut ClusterConnection) -> RedisResult<Vec<Shard>> {
     let rows: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
     let mut shards: Vec<Shard> = Vec::new();
@@ -143,29 +169,26 @@ pub(super) async fn shards(conn: &mut ClusterConnection) -> RedisResult<Vec<Shar
         else {
             continue;
         };
-        // The master: its address, port, id and (Redis 7) a map of other names.
-        let master: Vec<Value> = FromRedisValue::from_redis_value(master)?;
-        let mut master = master.into_iter();
-        let (Some(host), Some(port)) = (master.next(), master.next()) else {
-            continue;
-        };
-        let (start, end, host, port): (u16, u16, String, u16) = (
+        let (start, end): (u16, u16) = (
             FromRedisValue::from_redis_value(start)?,
             FromRedisValue::from_redis_value(end)?,
-            FromRedisValue::from_redis_value(host)?,
-            FromRedisValue::from_redis_value(port)?,
         );
-        match shards
-            .iter_mut()
-            .find(|shard| shard.host == host && shard.port == port)
-        {
+        let master: Vec<Value> = FromRedisValue::from_redis_value(master)?;
+        let id = match master.get(2) {
+            Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+            // Before Redis 4 there was no id; the start of its first range names it then.
+            _ => format!("{start}"),
+        };
+        match shards.iter_mut().find(|shard| shard.id == id) {
             Some(shard) => shard.slots.push((start, end)),
             None => shards.push(Shard {
-                host,
-                port,
+                id,
                 slots: vec![(start, end)],
             }),
         }
+    }
+    for shard in &mut shards {
+        shard.slots.sort_unstable();
     }
     Ok(shards)
 }
@@ -254,14 +277,14 @@ impl Batch {
         Ok(T::from_redis_value(Value::Array(replies))?)
     }
 
-    /// One pipeline per slot, all sent at once; the replies put back in order.
+    /// One transaction per slot, all sent at once; the replies put back in order.
     async fn query_by_slot(&self, conn: &ClusterConnection) -> RedisResult<Vec<Value>> {
-        let mut by_slot: HashMap<Option<u16>, Vec<usize>> = HashMap::new();
-        for (index, cmd) in self.commands.iter().enumerate() {
-            by_slot.entry(slot_of_command(cmd)).or_default().push(index);
-        }
+        let by_slot = group_by_slot(0..self.commands.len(), |index| {
+            slot_of_command(&self.commands[*index])
+        });
         let sent = by_slot.into_values().map(|indices| {
-            let pipe = self.pipeline(indices.iter().copied());
+            let mut pipe = self.pipeline(indices.iter().copied());
+            pipe.atomic();
             let mut conn = conn.clone();
             async move {
                 let values: Vec<Value> = pipe.query_async(&mut conn).await?;
@@ -288,6 +311,19 @@ impl Batch {
         }
         pipe
     }
+}
+
+/// Items grouped by the slot `slot_of` finds for each (`None`: any server), each group in the
+/// items' order.
+pub(super) fn group_by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    slot_of: impl Fn(&T) -> Option<u16>,
+) -> HashMap<Option<u16>, Vec<T>> {
+    let mut groups: HashMap<Option<u16>, Vec<T>> = HashMap::new();
+    for item in items {
+        groups.entry(slot_of(&item)).or_default().push(item);
+    }
+    groups
 }
 
 /// The slot a command's key is in; `None` for a command without one (a `PUBLISH`, which a

@@ -48,43 +48,48 @@ impl RedisBroker {
 
     /// One SCAN step over the rooms' presence hashes, with each one's member count. A page
     /// may hold fewer than `limit` rooms (even none) before the end: SCAN's contract. On a
-    /// cluster the masters are scanned one after the other, and the cursor says which one
-    /// (`{master}-{cursor}`; on one Redis it is SCAN's own).
+    /// cluster the masters are scanned one after the other, in the order of their slots, and
+    /// the cursor says which one (`{first slot}-{cursor}`; on one Redis it is SCAN's own). A
+    /// master that is gone from where the cursor says (a resharding) is scanned from its
+    /// start: a page may then repeat rooms.
     pub(super) async fn scan_rooms(
         &self,
         cursor: Option<&str>,
         limit: usize,
     ) -> Cluster<RoomsPage> {
-        let Some((index, cursor)) = parse_cursor(cursor) else {
+        let Some((at, cursor)) = parse_cursor(cursor) else {
             return Cluster::Known((Vec::new(), None));
         };
         let pattern = self.keys.members_pattern();
         let scanned = self
             .ask(|mut conn| async move {
                 let servers = conn.servers().await?;
-                let Some(server) = servers.get(index) else {
-                    return Ok((servers, 0, Vec::new()));
+                let Some(index) = servers.iter().position(|server| server.first_slot() >= at)
+                else {
+                    return Ok((None, Vec::new()));
                 };
+                let server = servers[index];
+                let cursor = if server.first_slot() == at { cursor } else { 0 };
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(limit);
-                let (next, keys) = conn.query_on::<(u64, Vec<String>)>(server, &scan).await?;
-                Ok((servers, next, keys))
+                let (next, keys) = conn.query_on::<(u64, Vec<String>)>(&server, &scan).await?;
+                let next = match (next, server, servers.get(index + 1)) {
+                    (0, _, None) => None,
+                    (0, _, Some(after)) => Some(format!("{}-0", after.first_slot())),
+                    (next, Server::One, _) => Some(next.to_string()),
+                    (next, server, _) => Some(format!("{}-{next}", server.first_slot())),
+                };
+                Ok((next, keys))
             })
             .await;
-        let (servers, next, keys) = match scanned {
+        let (next, keys) = match scanned {
             Cluster::Known(scanned) => scanned,
             Cluster::Alone => return Cluster::Alone,
             Cluster::Unreachable => return Cluster::Unreachable,
-        };
-        let next = match (next, servers.get(index + 1)) {
-            (0, None) => None,
-            (0, Some(_)) => Some(format!("{}-0", index + 1)),
-            (next, _) if servers == [Server::One] => Some(next.to_string()),
-            (next, _) => Some(format!("{index}-{next}")),
         };
         if keys.is_empty() {
             return Cluster::Known((Vec::new(), next));
@@ -268,14 +273,14 @@ impl RedisBroker {
     }
 }
 
-/// A rooms page's cursor: the server's index and its SCAN cursor (`None` if it is not one of
-/// ours: an empty last page).
-fn parse_cursor(cursor: Option<&str>) -> Option<(usize, u64)> {
+/// A rooms page's cursor: the first slot of the master it is at (0 on one Redis) and its
+/// SCAN cursor (`None` if it is not one of ours: an empty last page).
+fn parse_cursor(cursor: Option<&str>) -> Option<(u16, u64)> {
     let Some(cursor) = cursor else {
         return Some((0, 0));
     };
     match cursor.split_once('-') {
-        Some((index, cursor)) => Some((index.parse().ok()?, cursor.parse().ok()?)),
+        Some((at, cursor)) => Some((at.parse().ok()?, cursor.parse().ok()?)),
         None => Some((0, cursor.parse().ok()?)),
     }
 }

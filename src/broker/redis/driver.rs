@@ -51,6 +51,8 @@ struct Connection {
     subscribed: HashSet<String>,
     /// This node's canary channels (one, or one per shard of a cluster).
     canaries: Canaries,
+    /// A cluster's masters (their ids) when the canaries were last placed.
+    masters: Vec<String>,
 }
 
 impl RedisBroker {
@@ -132,9 +134,12 @@ impl RedisBroker {
         if let Err(err) = self.subscribe_rooms(&mut link, &local.room_names()).await {
             return lost(BrokerFailure::Subscribe)(err);
         }
-        if let Err(err) = self.refresh_node_key(&mut link.conn, local).await {
-            return lost(BrokerFailure::Connect)(err);
-        }
+        // A key that had expired: another node may be pruning this node's presence right
+        // now, after the resync below; the first heartbeat resyncs once more.
+        let mut resync_again = match self.refresh_node_key(&mut link.conn, local).await {
+            Ok(existed) => !existed,
+            Err(err) => return lost(BrokerFailure::Connect)(err),
+        };
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.presence_epoch.fetch_add(1, Ordering::SeqCst);
         self.connection.send_replace(Some(Link {
@@ -209,8 +214,8 @@ impl RedisBroker {
                 heard = link.subscriber.next() => {
                     let message = match heard {
                         Some(Heard::Message(message)) => message,
-                        Some(Heard::Dropped(channel)) => {
-                            if let Err(err) = self.subscribe_again(&mut link, channel).await {
+                        Some(Heard::Dropped(channels)) => {
+                            if let Err(err) = self.subscribe_again(&mut link, channels).await {
                                 return lost(BrokerFailure::Subscribe)(err);
                             }
                             continue;
@@ -237,10 +242,11 @@ impl RedisBroker {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if let Err(err) = self.heartbeat(local, &mut link).await {
-                        return lost(BrokerFailure::Probe)(err);
-                    }
-                    if let Err(err) = self.sync_sessions(&mut link.conn, control, false).await {
+                    let rewrite = match self.heartbeat(local, &mut link, &mut resync_again).await {
+                        Ok(rewrite) => rewrite,
+                        Err(err) => return lost(BrokerFailure::Probe)(err),
+                    };
+                    if let Err(err) = self.sync_sessions(&mut link.conn, control, rewrite).await {
                         return lost(BrokerFailure::Probe)(err);
                     }
                 }
@@ -285,14 +291,20 @@ impl RedisBroker {
     async fn connect(&self) -> Result<Connection, RedisFailure> {
         let (server, conn, subscriber) = match &self.settings.endpoint {
             Endpoint::Cluster(nodes) => {
+                let client = |pushes| {
+                    nodes
+                        .client(pushes, self.settings.timeout)
+                        .map_err(|err| RedisFailure::Redis(err.kind()))
+                };
+                let conn = self.within(client(None)?.get_async_connection()).await?;
                 let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
-                let client = nodes
-                    .client(Some(pushes), self.settings.timeout)
-                    .map_err(|err| RedisFailure::Redis(err.kind()))?;
-                let conn = self.within(client.get_async_connection()).await?;
+                let subscriber = self
+                    .within(client(Some(pushes))?.get_async_connection())
+                    .await?;
                 let subscriber = Subscriber::Cluster {
-                    conn: conn.clone(),
+                    conn: subscriber,
                     pushes: received,
+                    held: None,
                 };
                 (String::new(), Conn::Cluster(conn), subscriber)
             }
@@ -319,6 +331,7 @@ impl RedisBroker {
             subscriber,
             subscribed: HashSet::new(),
             canaries: Canaries::default(),
+            masters: Vec::new(),
         };
         self.load_scripts(&mut link.conn).await?;
         let control = [self.control_channel.as_str()];
@@ -351,17 +364,27 @@ impl RedisBroker {
     }
 
     /// Makes the canary channels one per shard (on one Redis, the one channel), subscribing
-    /// new ones and dropping those of shards that are gone.
+    /// new ones and dropping those of shards that are gone. A cluster whose masters changed
+    /// (a failover, a new shard) gets the scripts loaded again: a promoted replica has none.
     async fn place_canaries(&self, link: &mut Connection) -> Result<(), RedisFailure> {
-        let channels: Vec<String> = match &mut link.subscriber {
-            Subscriber::Single { .. } => vec![self.keys.canary(&self.node, None)],
-            Subscriber::Cluster { conn, .. } => self
-                .within(shards(conn))
-                .await?
-                .iter()
-                .filter_map(tag_for)
-                .map(|tag| self.keys.canary(&self.node, Some(&tag)))
-                .collect(),
+        let channels: Vec<String> = match &mut link.conn {
+            Conn::Single(_) => vec![self.keys.canary(&self.node, None)],
+            Conn::Cluster(conn) => {
+                let shards = self.within(shards(conn)).await?;
+                let mut masters: Vec<String> =
+                    shards.iter().map(|shard| shard.id.clone()).collect();
+                masters.sort();
+                let changed = !link.masters.is_empty() && link.masters != masters;
+                link.masters = masters;
+                if changed {
+                    info!(node = %self.node, "the cluster's masters changed; loading the scripts");
+                    self.load_scripts(&mut link.conn).await?;
+                }
+                shards
+                    .iter()
+                    .map(|shard| self.keys.canary(&self.node, Some(&tag_for(shard))))
+                    .collect()
+            }
         };
         let (new, gone) = link.canaries.set_channels(channels);
         if !gone.is_empty() {
@@ -374,21 +397,26 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// A shard took back a channel's subscription (its slot moved): subscribes it again if it
-    /// is still wanted, on the shard that has the slot now.
+    /// Shards took back subscriptions (their slots moved, or this node unsubscribed them):
+    /// subscribes again those still wanted, on the shards that have the slots now.
     async fn subscribe_again(
         &self,
         link: &mut Connection,
-        channel: String,
+        channels: Vec<String>,
     ) -> Result<(), RedisFailure> {
-        let wanted = link.canaries.owns(&channel)
-            || self
-                .keys
-                .room_of_channel(&channel)
-                .is_some_and(|room| link.subscribed.contains(room));
-        if wanted {
-            debug!(node = %self.node, "a shard dropped a subscription; subscribing again");
-            self.within(link.subscriber.subscribe_sharded(&[channel]))
+        let wanted: Vec<String> = channels
+            .into_iter()
+            .filter(|channel| {
+                link.canaries.owns(channel)
+                    || self
+                        .keys
+                        .room_of_channel(channel)
+                        .is_some_and(|room| link.subscribed.contains(room))
+            })
+            .collect();
+        if !wanted.is_empty() {
+            debug!(node = %self.node, channels = wanted.len(), "a shard dropped subscriptions; subscribing again");
+            self.within(link.subscriber.subscribe_sharded(&wanted))
                 .await?;
         }
         Ok(())
@@ -503,20 +531,29 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Keeps this node's keys alive (resyncing everything if they had expired), forgets nodes
-    /// whose keys expired, resyncs rooms whose presence writes were lost, makes subscriptions
-    /// follow the hub's rooms whatever raced with the open and close commands, and re-reads
-    /// every room's members elsewhere (which repairs anything a lost envelope left wrong).
+    /// Keeps this node's keys alive (resyncing everything if they had expired, and once more
+    /// at the heartbeat after), forgets nodes whose keys expired, resyncs rooms whose presence
+    /// writes were lost, makes subscriptions follow the hub's rooms whatever raced with the
+    /// open and close commands, and re-reads every room's members elsewhere (which repairs
+    /// anything a lost envelope left wrong). True if the user session counts must be rewritten
+    /// whole too.
     async fn heartbeat(
         &self,
         local: &dyn LocalRooms,
         link: &mut Connection,
-    ) -> Result<(), RedisFailure> {
-        if !self.refresh_node_key(&mut link.conn, local).await? {
+        resync_again: &mut bool,
+    ) -> Result<bool, RedisFailure> {
+        let expired = !self.refresh_node_key(&mut link.conn, local).await?;
+        let rewrite = expired || std::mem::take(resync_again);
+        if expired {
             warn!(node = %self.node, "this node's key had expired; resyncing its presence");
-            self.resync(local, local.room_names());
             // Another node may have taken this node for dead and reported its users offline.
             self.presence_epoch.fetch_add(1, Ordering::SeqCst);
+            // It may also be pruning this node's fields right after the resync below.
+            *resync_again = true;
+        }
+        if rewrite {
+            self.resync(local, local.room_names());
         }
         self.resync(local, self.take_dirty());
         let known: Vec<Arc<str>> = local.remote_nodes().into_iter().collect();
@@ -544,7 +581,9 @@ impl RedisBroker {
         self.subscribe_rooms(link, &rooms).await?;
         self.refresh_views(&mut link.conn, local, &rooms).await?;
         // A lost message that was the room's last shows only here.
-        self.sync_history(&mut link.conn, local, &rooms, true).await
+        self.sync_history(&mut link.conn, local, &rooms, true)
+            .await?;
+        Ok(rewrite)
     }
 
     /// Sets this node's key and pushes back the expiry of its rooms' hashes. False if the key

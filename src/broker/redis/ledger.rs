@@ -6,11 +6,12 @@
 //!
 //! Each item's keys (who holds it, its `on` flag, a departure's grace) are changed by one
 //! script on that item alone ([`ITEM`]); on a Redis Cluster they share the item's slot. What a
-//! node holds is also listed in its `node-held:{node}` set, written before an item is taken
-//! and after it is let go, so the set never misses an item the node holds. A node that dies
-//! leaves its items there: the first live node to see its key gone takes the set (reading
-//! and deleting it in one step, so only one node does) and drops the dead node from each
-//! item, reporting what went off with it. Until then, a dead node still holds its items.
+//! node holds is also listed in its `node-held:{node}` set: added before a batch takes items,
+//! removed after it lets them go, so the set holds at least every item the node holds. A node
+//! that dies leaves its items there: a live node that sees its key gone drops the dead node
+//! from each listed item (whichever node's `DEL` of an `on` flag returns 1 reports that item
+//! off, so two nodes sweeping at once report it once), and only then forgets the set. Until
+//! it is swept, a dead node still holds its items.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -57,18 +58,6 @@ return settle()
 pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
 
 static ITEM: LazyLock<Script> = LazyLock::new(|| Script::new(ITEM_LUA));
-
-/// Takes a dead node's items: returns the set and deletes it, in one step.
-/// KEYS[1]: the node's `node-held` set.
-static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local items = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-return items
-",
-    )
-});
 
 impl RedisBroker {
     /// Adds one item's script to `batch`.
@@ -201,30 +190,31 @@ impl RedisBroker {
             let dead = self.dead_nodes(&mut conn, &listed).await?;
             let mut off = Vec::new();
             for node in dead {
-                let items: Vec<String> = TAKE
-                    .key(self.keys.node_held(&node))
-                    .invoke_async(&mut conn)
+                let theirs = self.keys.node_held(&node);
+                let items: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&theirs)
+                    .query_async(&mut conn)
                     .await?;
-                redis::cmd("SREM")
-                    .arg(&nodes)
-                    .arg(&*node)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                if items.is_empty() {
-                    continue;
+                if !items.is_empty() {
+                    let mut dropped = Batch::new();
+                    for item in &items {
+                        self.change_item(&mut dropped, &node, "drop", item, 0);
+                    }
+                    let flipped: Vec<u64> = dropped.query(&mut conn).await?;
+                    off.extend(
+                        items
+                            .into_iter()
+                            .zip(flipped)
+                            .filter(|(_, flipped)| *flipped == 1)
+                            .map(|(item, _)| item),
+                    );
                 }
-                let mut dropped = Batch::new();
-                for item in &items {
-                    self.change_item(&mut dropped, &node, "drop", item, 0);
-                }
-                let flipped: Vec<u64> = dropped.query(&mut conn).await?;
-                off.extend(
-                    items
-                        .into_iter()
-                        .zip(flipped)
-                        .filter(|(_, flipped)| *flipped == 1)
-                        .map(|(item, _)| item),
-                );
+                // Forgotten only once every item is dropped: a sweep cut short is done again
+                // by the next one.
+                let mut forget = Batch::new();
+                forget.cmd("DEL").arg(&theirs).ignore();
+                forget.cmd("SREM").arg(&nodes).arg(&*node).ignore();
+                forget.query::<()>(&mut conn).await?;
             }
             Ok(off)
         })

@@ -45,8 +45,9 @@ impl RedisBroker {
                 if !dead.is_empty() {
                     // Fields of a node that crashed: nobody else will remove them. The key was
                     // read a moment ago, not in the same step (on a cluster it is on another
-                    // shard): a node that came back within that moment loses these fields
-                    // until its next resync.
+                    // shard): a node that came back within that moment may lose its fresh
+                    // fields here, so a node that finds its key had expired resyncs at the
+                    // heartbeat after as well.
                     let stale: Vec<String> = members
                         .iter()
                         .filter(|(node, _)| dead.contains(node))

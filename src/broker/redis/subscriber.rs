@@ -5,21 +5,24 @@
 //! each lives on the shard that holds its slot, so a message crosses only that shard instead
 //! of every node of the cluster, and Pub/Sub spreads over the shards as the rooms do. The
 //! control channel (bans, kicks, direct messages: rare, and for every node) stays classic
-//! Pub/Sub, which a cluster carries everywhere. The cluster subscriber is the command
-//! connection itself, speaking RESP3: its messages arrive as pushes, and when the connection
-//! finds the slots moved it subscribes each channel again on its new shard.
+//! Pub/Sub, which a cluster carries everywhere. The cluster subscriber is a cluster connection
+//! of its own, speaking RESP3: its messages arrive as pushes. It is not the command
+//! connection, because a shard's unasked `sunsubscribe` push (a slot moved away) would be
+//! taken for the reply of whatever command waits on that connection.
+//!
+//! When a node connection drops, the redis crate reconnects it and subscribes its channels
+//! again; what was published meanwhile is recovered from history when the next message or
+//! heartbeat shows a room behind, and a shard that stays silent is found by its canary.
 
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{Msg, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
-use std::collections::HashMap;
-
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 
-use super::conn::slot;
+use super::conn::{group_by_slot, slot};
 
 pub(super) enum Subscriber {
     /// One Redis: a RESP2 Pub/Sub connection, split.
@@ -27,10 +30,12 @@ pub(super) enum Subscriber {
         sink: PubSubSink,
         stream: PubSubStream,
     },
-    /// A cluster: the command connection, and what its nodes push.
+    /// A cluster: a RESP3 connection, and what its nodes push.
     Cluster {
         conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
+        /// A push read while gathering dropped subscriptions, to be handled next.
+        held: Option<PushInfo>,
     },
 }
 
@@ -38,9 +43,10 @@ pub(super) enum Subscriber {
 pub(super) enum Heard {
     /// A message on one of its channels.
     Message(Message),
-    /// A shard took back a subscription: its slot moved to another shard (a cluster tells
-    /// its subscribers so instead of moving them). The channel must be subscribed again.
-    Dropped(String),
+    /// A shard took back these subscriptions: their slots moved to another shard (a cluster
+    /// tells its subscribers so instead of moving them), or this node unsubscribed them (the
+    /// server confirms that the same way). The ones still wanted must be subscribed again.
+    Dropped(Vec<String>),
 }
 
 /// A message, as the connection it came on has it (no copy).
@@ -100,17 +106,18 @@ impl Subscriber {
         }
     }
 
-    /// What comes next; `None` when the subscription is gone (its connection closed, or on a
-    /// cluster a node's connection dropped: what it pushed meanwhile is lost, and a
-    /// reconnect resubscribes and recovers from history).
+    /// What comes next; `None` when the subscription is gone (its connection closed).
     pub(super) async fn next(&mut self) -> Option<Heard> {
         match self {
             Subscriber::Single { stream, .. } => stream
                 .next()
                 .await
                 .map(|msg| Heard::Message(Message::Single(msg))),
-            Subscriber::Cluster { pushes, .. } => loop {
-                let push = pushes.recv().await?;
+            Subscriber::Cluster { pushes, held, .. } => loop {
+                let push = match held.take() {
+                    Some(push) => push,
+                    None => pushes.recv().await?,
+                };
                 match push.kind {
                     PushKind::Message | PushKind::SMessage => {
                         if let Some((channel, payload)) = channel_and_payload(push.data) {
@@ -118,11 +125,22 @@ impl Subscriber {
                         }
                     }
                     PushKind::SUnsubscribe => {
-                        if let Some((channel, _)) = channel_and_payload(push.data) {
-                            return Some(Heard::Dropped(channel));
+                        // A moved slot drops all its channels at once: gathered, they are
+                        // subscribed again in one command per slot.
+                        let mut dropped: Vec<String> = channel_and_payload(push.data)
+                            .map(|(channel, _)| channel)
+                            .into_iter()
+                            .collect();
+                        while let Ok(next) = pushes.try_recv() {
+                            if next.kind != PushKind::SUnsubscribe {
+                                *held = Some(next);
+                                break;
+                            }
+                            dropped
+                                .extend(channel_and_payload(next.data).map(|(channel, _)| channel));
                         }
+                        return Some(Heard::Dropped(dropped));
                     }
-                    PushKind::Disconnection => return None,
                     _ => {}
                 }
             },
@@ -141,13 +159,9 @@ where
     F: Fn(ClusterConnection, Vec<String>) -> Fut,
     Fut: std::future::Future<Output = RedisResult<()>>,
 {
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for channel in channels {
-        by_slot
-            .entry(slot(channel.as_bytes()))
-            .or_default()
-            .push(channel.clone());
-    }
+    let by_slot = group_by_slot(channels.iter().cloned(), |channel| {
+        Some(slot(channel.as_bytes()))
+    });
     try_join_all(
         by_slot
             .into_values()
