@@ -224,8 +224,10 @@ async fn a_rooms_slot_migrated_to_another_shard_under_traffic_keeps_delivering()
     let room = "moving-room";
     let slot = room_slot(room);
     let mut on_b = Reader::new(b.joined_extended("bob", room).await);
+    let mut on_a = Reader::new(a.joined_extended("carol", room).await);
     let alice = talker(a.joined("alice", room).await);
     on_b.until_after(None).await;
+    on_a.until_after(None).await;
 
     let from = cluster.master_of_slot(slot).await;
     let to = *cluster
@@ -258,11 +260,24 @@ async fn a_rooms_slot_migrated_to_another_shard_under_traffic_keeps_delivering()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Messages keep coming, numbered on the new shard.
+    // Messages keep coming, numbered on the new shard, and nobody was interrupted: the
+    // sending node's batches waited for the slot to settle.
     for _ in 0..3 {
-        let last = on_b.last;
-        on_b.until_after(last).await;
+        for reader in [&mut on_a, &mut on_b] {
+            let last = reader.last;
+            reader.until_after(last).await;
+        }
     }
+    assert_eq!(
+        on_a.notices,
+        Vec::<String>::new(),
+        "the sending node's member"
+    );
+    assert_eq!(
+        on_b.notices,
+        Vec::<String>::new(),
+        "the other node's member"
+    );
     let stream: i64 = cluster
         .command(to, &["EXISTS", &format!("palisade:history:{{{room}}}")])
         .await;
@@ -270,6 +285,7 @@ async fn a_rooms_slot_migrated_to_another_shard_under_traffic_keeps_delivering()
     let (_, sent) = alice.stop().await;
     assert!(on_b.last.unwrap() < sent as u64);
     on_b.assert_no_silent_gap();
+    on_a.assert_no_silent_gap();
     a.wait_ready().await;
     b.wait_ready().await;
 }

@@ -18,7 +18,7 @@
 //! | `{prefix}held:{item}` | hash | field `{node}` → `1` while the node has the item (`user:ID`: a session of the user; `room:NAME`: a member of the room) | with the item (deleted when no node holds it; a dead node's hold is dropped when another node sweeps it) |
 //! | `{prefix}on:{item}` | string | `1` while the cluster has reported the item online or occupied (its webhook event was sent) | when it is reported offline or empty |
 //! | `{prefix}grace:{item}` | string | `1` while a departure's `WEBHOOK_OFFLINE_GRACE_SECS` runs for a user | when the grace ends |
-//! | `{prefix}node-held:{node}` | set | the items a node has, so that another node can report them when the node dies | when the node dies (read and deleted by the node that reports them) |
+//! | `{prefix}node-held:{node}` | set | the items a node has, so that another node can report them when the node dies | when the node dies (read by the node that reports them, and deleted once it has dropped each) |
 //! | `{prefix}nodes` | set | the nodes that report presence | a dead node is removed by the node that reports its items |
 //! | `{prefix}seen:{room}` | hash | user id → the highest offset the user has seen | 7 × `HISTORY_TTL_SECS` after the last rise |
 //!

@@ -9,10 +9,11 @@
 //! a room's events still reach Redis in the order they were queued.
 //!
 //! Why transactions: when a slot is moving (`MOVED`, `ASK`, `TRYAGAIN`), the redis crate sends
-//! a pipeline again whole, to the slot's new home. A plain pipeline would then repeat the
-//! commands that had already run before the redirected one (a message numbered and published
-//! twice); a transaction with a redirected command runs none of them, so sending it again is
-//! safe.
+//! a plain pipeline again whole, to the slot's new home, repeating the commands that had
+//! already run before the redirected one (a message numbered and published twice). A
+//! transaction with a redirected command runs none of them; the crate does not send an
+//! aborted transaction again, so [`Batch`] does: after a plain command on the slot has made
+//! the crate read the slot map again, and until the slot has settled.
 //!
 //! [`Keys`]: crate::broker::Keys
 
@@ -24,7 +25,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
-use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Arg, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind,
+    Value,
+};
 
 /// The number of hash slots of a Redis Cluster.
 pub(super) const SLOTS: u16 = 16_384;
@@ -76,8 +80,8 @@ impl Conn {
             Conn::Cluster(conn) => {
                 let mut masters: Vec<Server> = shards(conn)
                     .await?
-                    .iter()
-                    .map(|shard| Server::Master(shard.first_slot()))
+                    .into_iter()
+                    .map(|shard| Server::Master(shard.first_slot(), shard.id))
                     .collect();
                 masters.sort();
                 Ok(masters)
@@ -92,11 +96,23 @@ impl Conn {
         cmd: &Cmd,
     ) -> RedisResult<T> {
         match (self, server) {
-            (Conn::Cluster(conn), Server::Master(slot)) => {
-                // By slot, not by address: the crate's own map knows which master that is.
-                let route = Route::new(*slot, SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let value = conn.route_command(cmd.clone(), routing).await?;
+            (Conn::Cluster(conn), Server::Master(slot, id)) => {
+                // By slot, not by address: the crate's own map knows which master that is. It
+                // falls back to any node when it has no connection there, so the answer comes
+                // with the id of the node that gave it.
+                let route =
+                    SingleNodeRoutingInfo::SpecificNode(Route::new(*slot, SlotAddr::Master));
+                let mut pipe = redis::pipe();
+                pipe.cmd("CLUSTER").arg("MYID").add_command(cmd.clone());
+                let mut values = conn.route_pipeline(pipe, 0, 2, route).await?.into_iter();
+                let (Some(answered_by), Some(value)) = (values.next(), values.next()) else {
+                    return Err(RedisError::from(std::io::Error::other("no answer")));
+                };
+                if String::from_redis_value(answered_by)? != *id {
+                    return Err(RedisError::from(std::io::Error::other(
+                        "another node answered for the master",
+                    )));
+                }
                 Ok(T::from_redis_value(value)?)
             }
             (conn, _) => cmd.query_async(conn).await,
@@ -120,12 +136,12 @@ impl Conn {
 }
 
 /// One server of the deployment, for commands that are not about a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Server {
     /// The one Redis.
     One,
-    /// A cluster's master, named by the first slot it serves.
-    Master(u16),
+    /// A cluster's master: the first slot it serves, and its id.
+    Master(u16, String),
 }
 
 impl Server {
@@ -133,7 +149,7 @@ impl Server {
     pub(super) fn first_slot(&self) -> u16 {
         match self {
             Server::One => 0,
-            Server::Master(slot) => *slot,
+            Server::Master(slot, _) => *slot,
         }
     }
 }
@@ -280,14 +296,15 @@ impl Batch {
     /// One transaction per slot, all sent at once; the replies put back in order.
     async fn query_by_slot(&self, conn: &ClusterConnection) -> RedisResult<Vec<Value>> {
         let by_slot = group_by_slot(0..self.commands.len(), |index| {
-            slot_of_command(&self.commands[*index])
+            key_of_command(&self.commands[*index]).map(slot)
         });
         let sent = by_slot.into_values().map(|indices| {
             let mut pipe = self.pipeline(indices.iter().copied());
             pipe.atomic();
+            let key = key_of_command(&self.commands[indices[0]]).map(<[u8]>::to_vec);
             let mut conn = conn.clone();
             async move {
-                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                let values = transaction(&pipe, key.as_deref(), &mut conn).await?;
                 Ok::<_, RedisError>((indices, values))
             }
         });
@@ -313,6 +330,58 @@ impl Batch {
     }
 }
 
+/// How many times a slot's transaction is tried while its slot moves, and the pause between:
+/// a slot with a few keys moves in milliseconds; the caller's `REDIS_TIMEOUT_MS` bounds it too.
+const MOVING_ATTEMPTS: u32 = 50;
+const MOVING_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Runs one slot's transaction, again while the slot is moving. `key` is one of its keys.
+async fn transaction(
+    pipe: &Pipeline,
+    key: Option<&[u8]>,
+    conn: &mut ClusterConnection,
+) -> RedisResult<Vec<Value>> {
+    let mut attempts = 1;
+    loop {
+        match pipe.query_async::<Vec<Value>>(conn).await {
+            Err(err) if attempts < MOVING_ATTEMPTS && moving(&err) => {
+                attempts += 1;
+                // A plain command meets the redirect itself, and the crate then reads the slot
+                // map again (an aborted transaction does not make it).
+                if let Some(key) = key {
+                    let _: RedisResult<Value> =
+                        redis::cmd("EXISTS").arg(key).query_async(conn).await;
+                }
+                tokio::time::sleep(MOVING_PAUSE).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether a transaction was refused, whole and unrun, because its slot is moving or has no
+/// master for a moment.
+fn moving(err: &RedisError) -> bool {
+    if err.kind() != ServerErrorKind::ExecAbort.into() {
+        return false;
+    }
+    err.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty()
+            && errors.iter().all(|(_, error)| {
+                matches!(
+                    error.kind(),
+                    Some(
+                        ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                    )
+                )
+            })
+    })
+}
+
 /// Items grouped by the slot `slot_of` finds for each (`None`: any server), each group in the
 /// items' order.
 pub(super) fn group_by_slot<T>(
@@ -326,27 +395,23 @@ pub(super) fn group_by_slot<T>(
     groups
 }
 
-/// The slot a command's key is in; `None` for a command without one (a `PUBLISH`, which a
-/// cluster carries to every node whichever receives it).
-fn slot_of_command(cmd: &Cmd) -> Option<u16> {
+/// A command's key (a script's first key, a shard channel); `None` for a command without one
+/// (a `PUBLISH`, which a cluster carries to every node whichever receives it).
+fn key_of_command(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().filter_map(|arg| match arg {
         Arg::Simple(bytes) => Some(bytes),
         _ => None,
     });
     let name = args.next()?;
-    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
         let _script = args.next()?;
-        let keys = args.next()?;
-        if keys == b"0" {
+        if args.next()? == b"0" {
             return None;
         }
-        args.next()?
     } else if name.eq_ignore_ascii_case(b"PUBLISH") {
         return None;
-    } else {
-        args.next()?
-    };
-    Some(slot(key))
+    }
+    args.next()
 }
 
 #[cfg(test)]
@@ -379,7 +444,11 @@ mod tests {
             .arg("c");
         batch.cmd("EVALSHA").arg("abc").arg(0).arg("x");
         batch.cmd("PUBLISH").arg("channel").arg("x");
-        let slots: Vec<Option<u16>> = batch.commands.iter().map(slot_of_command).collect();
+        let slots: Vec<Option<u16>> = batch
+            .commands
+            .iter()
+            .map(|cmd| key_of_command(cmd).map(slot))
+            .collect();
         assert_eq!(
             slots,
             vec![Some(slot(b"lobby")), Some(slot(b"lobby")), None, None]

@@ -68,7 +68,7 @@ impl RedisBroker {
                 else {
                     return Ok((None, Vec::new()));
                 };
-                let server = servers[index];
+                let server = &servers[index];
                 let cursor = if server.first_slot() == at { cursor } else { 0 };
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor)
@@ -76,7 +76,7 @@ impl RedisBroker {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(limit);
-                let (next, keys) = conn.query_on::<(u64, Vec<String>)>(&server, &scan).await?;
+                let (next, keys) = conn.query_on::<(u64, Vec<String>)>(server, &scan).await?;
                 let next = match (next, server, servers.get(index + 1)) {
                     (0, _, None) => None,
                     (0, _, Some(after)) => Some(format!("{}-0", after.first_slot())),

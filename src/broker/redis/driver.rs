@@ -53,6 +53,8 @@ struct Connection {
     canaries: Canaries,
     /// A cluster's masters (their ids) when the canaries were last placed.
     masters: Vec<String>,
+    /// Shard channels subscribed again since the last heartbeat.
+    subscribed_again: HashSet<String>,
 }
 
 impl RedisBroker {
@@ -215,7 +217,7 @@ impl RedisBroker {
                     let message = match heard {
                         Some(Heard::Message(message)) => message,
                         Some(Heard::Dropped(channels)) => {
-                            if let Err(err) = self.subscribe_again(&mut link, channels).await {
+                            if let Err(err) = self.subscribe_again(&mut link, channels, true).await {
                                 return lost(BrokerFailure::Subscribe)(err);
                             }
                             continue;
@@ -332,6 +334,7 @@ impl RedisBroker {
             subscribed: HashSet::new(),
             canaries: Canaries::default(),
             masters: Vec::new(),
+            subscribed_again: HashSet::new(),
         };
         self.load_scripts(&mut link.conn).await?;
         let control = [self.control_channel.as_str()];
@@ -398,11 +401,13 @@ impl RedisBroker {
     }
 
     /// Shards took back subscriptions (their slots moved, or this node unsubscribed them):
-    /// subscribes again those still wanted, on the shards that have the slots now.
+    /// subscribes again those still wanted, on the shards that have the slots now, and with
+    /// `check` once more at the next heartbeat.
     async fn subscribe_again(
         &self,
         link: &mut Connection,
         channels: Vec<String>,
+        check: bool,
     ) -> Result<(), RedisFailure> {
         let wanted: Vec<String> = channels
             .into_iter()
@@ -418,6 +423,9 @@ impl RedisBroker {
             debug!(node = %self.node, channels = wanted.len(), "a shard dropped subscriptions; subscribing again");
             self.within(link.subscriber.subscribe_sharded(&wanted))
                 .await?;
+            if check {
+                link.subscribed_again.extend(wanted);
+            }
         }
         Ok(())
     }
@@ -547,14 +555,22 @@ impl RedisBroker {
         let rewrite = expired || std::mem::take(resync_again);
         if expired {
             warn!(node = %self.node, "this node's key had expired; resyncing its presence");
-            // Another node may have taken this node for dead and reported its users offline.
-            self.presence_epoch.fetch_add(1, Ordering::SeqCst);
-            // It may also be pruning this node's fields right after the resync below.
+            // Another node may be pruning this node's fields, or sweeping its webhook items,
+            // right after the rewrite below.
             *resync_again = true;
         }
         if rewrite {
             self.resync(local, local.room_names());
+            // Another node may have taken this node for dead and reported its users offline:
+            // the webhooks rewrite this node's presence whole.
+            self.presence_epoch.fetch_add(1, Ordering::SeqCst);
         }
+        // Channels subscribed again after a shard dropped them, once more: a reply that a
+        // shard's unasked `sunsubscribe` push stood in for may have hidden a refusal.
+        let again: Vec<String> = std::mem::take(&mut link.subscribed_again)
+            .into_iter()
+            .collect();
+        self.subscribe_again(link, again, false).await?;
         self.resync(local, self.take_dirty());
         let known: Vec<Arc<str>> = local.remote_nodes().into_iter().collect();
         for node in self.within(self.dead_nodes(&mut link.conn, &known)).await? {
