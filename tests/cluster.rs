@@ -330,9 +330,17 @@ async fn the_room_cap_counts_members_on_every_node() {
     let redis = RedisServer::start().await;
     let a = node_with(&redis, &[("MAX_ROOM_MEMBERS", "2")]).await;
     let b = node_with(&redis, &[("MAX_ROOM_MEMBERS", "2")]).await;
-    let (_alice, _) = join(&a, "alice", "small").await;
+    let (mut alice, _) = join(&a, "alice", "small").await;
     let (_bob, total) = join(&b, "bob", "small").await;
     assert_eq!(total, 2);
+    // Node A counts Bob once it has heard of his join (SCALING.md: two joins on two nodes at
+    // the same instant may both pass the cap). Alice's copy of that join says A has; without
+    // this wait, a busy machine let Carol in before A heard of Bob.
+    let joined = alice.recv_json().await;
+    assert_eq!(
+        (&joined["userId"], &joined["totalUsers"]),
+        (&json!("bob"), &json!(2))
+    );
     let mut carol = a.connect().await;
     join_with(&mut carol, "carol", "small").await;
     assert_eq!(carol.expect_close().await.0, 4012);
