@@ -136,26 +136,17 @@ async fn presence_rooms_members_and_history_cover_every_node() {
     assert_eq!(api.get("/users/nobody").await.json["online"], false);
 
     // Rooms, following the cursor to its end.
-    let mut rooms: Vec<(String, u64)> = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            None => "/rooms?limit=1".to_owned(),
-            Some(cursor) => format!("/rooms?limit=1&cursor={cursor}"),
-        };
-        let page = api.get(&path).await;
-        assert_eq!(page.status, 200, "{}", page.json);
-        for room in page.json["rooms"].as_array().unwrap() {
-            rooms.push((
+    let mut rooms: Vec<(String, u64)> = api
+        .every_room()
+        .await
+        .iter()
+        .map(|room| {
+            (
                 room["room"].as_str().unwrap().to_owned(),
                 room["members"].as_u64().unwrap(),
-            ));
-        }
-        match page.json["next"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+            )
+        })
+        .collect();
     rooms.sort();
     assert_eq!(
         rooms,

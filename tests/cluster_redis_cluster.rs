@@ -92,22 +92,9 @@ async fn rooms_on_every_shard_deliver_across_nodes_with_history_presence_and_the
     // The rooms list reads every master, following the cursor across shards.
     let api = ApiClient::of(&b);
     let mut listed = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            None => "/rooms?limit=1".to_owned(),
-            Some(cursor) => format!("/rooms?limit=1&cursor={cursor}"),
-        };
-        let page = api.get(&path).await;
-        assert_eq!(page.status, 200, "{}", page.json);
-        for room in page.json["rooms"].as_array().unwrap() {
-            assert_eq!(room["members"], 2);
-            listed.push(room["room"].as_str().unwrap().to_owned());
-        }
-        match page.json["next"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
+    for room in api.every_room().await {
+        assert_eq!(room["members"], 2, "{room}");
+        listed.push(room["room"].as_str().unwrap().to_owned());
     }
     listed.sort();
     let mut expected: Vec<String> = rooms.values().cloned().collect();
@@ -164,13 +151,14 @@ async fn bans_the_session_cap_and_presence_webhooks_hold_across_nodes() {
         .await;
     first.close().await;
     drop(_second);
-    receiver
-        .wait_until("offline", Duration::from_secs(5), |events| {
-            kinds_for(events, "userId", "alice").len() == 2
-        })
+    let events = receiver
+        .settled(
+            "offline",
+            Duration::from_secs(5),
+            |events| kinds_for(events, "userId", "alice").len() == 2,
+            Duration::from_millis(1500),
+        )
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let events = receiver.accepted();
     assert_eq!(
         kinds_for(&events, "userId", "alice"),
         ["user.online", "user.offline"]

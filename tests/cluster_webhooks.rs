@@ -59,13 +59,14 @@ async fn a_user_moving_between_nodes_is_online_once_and_offline_once() {
 
     // Gone everywhere: offline once, empty once, whichever node reports them.
     back.close().await;
-    receiver
-        .wait_until("offline", Duration::from_secs(5), |events| {
-            kinds_for(events, "userId", "alice").len() == 2
-        })
+    let events = receiver
+        .settled(
+            "offline",
+            Duration::from_secs(5),
+            |events| kinds_for(events, "userId", "alice").len() == 2,
+            Duration::from_millis(1500),
+        )
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let events = receiver.accepted();
     assert_eq!(
         kinds_for(&events, "userId", "alice"),
         ["user.online", "user.offline"]
@@ -106,18 +107,17 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     // Killed only once its events are out: what a node had not yet sent dies with it.
     doomed.child.kill().unwrap(); // SIGKILL: no goodbye, its key expires (REDIS_KEY_TTL_SECS 3)
     let _ = doomed.child.wait();
-    receiver
-        .wait_until(
+    let events = receiver
+        .settled(
             "carol offline, attic empty",
             Duration::from_secs(10),
             |events| {
                 kinds_for(events, "userId", "carol").len() == 2
                     && kinds_for(events, "room", "attic").len() == 2
             },
+            Duration::from_millis(2500),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let events = receiver.accepted();
     assert_eq!(
         kinds_for(&events, "userId", "carol"),
         ["user.online", "user.offline"],
@@ -153,16 +153,16 @@ async fn a_later_departure_on_another_node_restarts_the_grace() {
         ["user.online"],
         "not offline while the last departure's grace runs"
     );
-    receiver
-        .wait_until(
+    let events = receiver
+        .settled(
             "offline after the last grace",
             Duration::from_secs(5),
             |events| kinds_for(events, "userId", "alice").len() == 2,
+            Duration::from_millis(1000),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        kinds_for(&receiver.accepted(), "userId", "alice"),
+        kinds_for(&events, "userId", "alice"),
         ["user.online", "user.offline"]
     );
 }

@@ -54,6 +54,21 @@ impl ApiClient {
         self.send(Method::GET, path, &[], None).await
     }
 
+    /// Every room `GET /rooms` lists, a page of one at a time, following `next` to the end.
+    pub(crate) async fn every_room(&self) -> Vec<Value> {
+        let mut rooms = Vec::new();
+        let mut path = "/rooms?limit=1".to_owned();
+        loop {
+            let page = self.get(&path).await;
+            assert_eq!(page.status, 200, "{}", page.json);
+            rooms.extend(page.json["rooms"].as_array().unwrap().iter().cloned());
+            match page.json["next"].as_str() {
+                Some(next) => path = format!("/rooms?limit=1&cursor={next}"),
+                None => return rooms,
+            }
+        }
+    }
+
     pub(crate) async fn post(&self, path: &str, body: Value) -> Answer {
         self.send(Method::POST, path, &[], Some(body.to_string()))
             .await

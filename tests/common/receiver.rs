@@ -181,6 +181,20 @@ impl Receiver {
         }
     }
 
+    /// Waits until `check` holds, then `quiet` longer for anything that should not come (a
+    /// repeat from another node), and returns the accepted events.
+    pub(crate) async fn settled(
+        &self,
+        what: &str,
+        wait: Duration,
+        check: impl Fn(&[Value]) -> bool,
+        quiet: Duration,
+    ) -> Vec<Value> {
+        self.wait_until(what, wait, check).await;
+        tokio::time::sleep(quiet).await;
+        self.accepted()
+    }
+
     /// Waits until at least `count` POSTs arrived (whatever they were answered).
     pub(crate) async fn wait_until_posted(&self, count: usize, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;

@@ -101,18 +101,10 @@ impl Endpoint {
             ));
         }
         if let Some(url) = url {
-            for (var, set) in [
-                ("REDIS_USERNAME", env.redis_username.is_some()),
-                ("REDIS_PASSWORD", env.redis_password.is_some()),
-                ("REDIS_TLS", env.redis_tls),
-            ] {
-                if set {
-                    return Err(invalid(
-                        var,
-                        "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL carries its own)",
-                    ));
-                }
-            }
+            refuse_credentials(
+                env,
+                "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL carries its own)",
+            )?;
             return Ok(Some(Endpoint::Url(Box::new(url_client(url, tls)?))));
         }
         if tls.is_some() && !env.redis_tls {
@@ -153,18 +145,7 @@ impl Endpoint {
                 .map_err(|err| invalid("REDIS_CLUSTER_NODES", format!("{:?}", err.kind())))?;
             return Ok(Some(Endpoint::Cluster(nodes)));
         }
-        for (var, set) in [
-            ("REDIS_USERNAME", env.redis_username.is_some()),
-            ("REDIS_PASSWORD", env.redis_password.is_some()),
-            ("REDIS_TLS", env.redis_tls),
-        ] {
-            if set {
-                return Err(invalid(
-                    var,
-                    "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES",
-                ));
-            }
-        }
+        refuse_credentials(env, "only with REDIS_SENTINELS or REDIS_CLUSTER_NODES")?;
         Ok(None)
     }
 
@@ -230,6 +211,20 @@ fn addresses<'a>(
             Ok((host.to_owned(), port))
         })
         .collect()
+}
+
+/// Refuses the credential settings that only Sentinel and a cluster read, naming the first
+/// one set; `why` says where they belong.
+fn refuse_credentials(env: &Config, why: &str) -> Result<(), ConfigError> {
+    let set = [
+        ("REDIS_USERNAME", env.redis_username.is_some()),
+        ("REDIS_PASSWORD", env.redis_password.is_some()),
+        ("REDIS_TLS", env.redis_tls),
+    ];
+    match set.into_iter().find(|(_, set)| *set) {
+        Some((var, _)) => Err(invalid(var, why)),
+        None => Ok(()),
+    }
 }
 
 /// A client for `REDIS_URL`, with the TLS files when it is `rediss://`.

@@ -84,8 +84,12 @@ impl RedisBroker {
         let mut holds: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
         for change in changes {
             let (kind, item, grace_ms) = match change {
-                PresenceChange::Here(item) => ("here", item, 0),
+                PresenceChange::Here(item) => {
+                    holds.insert(item, true);
+                    ("here", item, 0)
+                }
                 PresenceChange::Gone(item) => {
+                    holds.insert(item, false);
                     let user = item.starts_with("user:");
                     (
                         "gone",
@@ -94,11 +98,6 @@ impl RedisBroker {
                     )
                 }
                 PresenceChange::Settle(item) => ("settle", item, 0),
-            };
-            match change {
-                PresenceChange::Here(_) => holds.insert(item, true),
-                PresenceChange::Gone(_) => holds.insert(item, false),
-                PresenceChange::Settle(_) => None,
             };
             self.change_item(&mut items, &self.node, kind, item, grace_ms);
         }
