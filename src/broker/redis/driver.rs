@@ -1,5 +1,5 @@
-//! The driver: connections, subscriptions, the heartbeat, the canary and, with Sentinel,
-//! failovers.
+//! The driver: a connected period after another, each serving what the subscriber hears,
+//! the hub's opens and closes, the heartbeat, the canary and, with Sentinel, failovers.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -8,22 +8,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rand::Rng;
-use redis::{AsyncConnectionConfig, RedisResult};
+use redis::RedisResult;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::canary::{tag_for, Canaries};
-use super::conn::{shards, Batch, Conn};
-use super::endpoint::Endpoint;
+use super::conn::{Batch, Conn};
+use super::connection::{Connection, SUBSCRIBE_CHUNK};
 use super::failover::next_switch;
-use super::subscriber::{Heard, Subscriber};
+use super::subscriber::Heard;
 use super::{now_ms, Command, Link, RedisBroker, RedisFailure, RECONNECT_MIN};
 use crate::broker::{Delivery, Envelope, LocalControl, LocalRooms, Ordered, RemoteEvent};
 use crate::metrics::labels::BrokerFailure;
-
-/// Channels per SUBSCRIBE command.
-const SUBSCRIBE_CHUNK: usize = 256;
 
 /// Why a connected period ended.
 enum Ended {
@@ -39,22 +35,6 @@ struct Course {
     ever_connected: bool,
     /// When the current period became healthy, if it did.
     connected_since: Option<Instant>,
-}
-
-/// One connected period's command connection and subscriber.
-struct Connection {
-    /// The server's `host:port` (with Sentinel, the master's at connect; empty for a cluster).
-    server: String,
-    conn: Conn,
-    subscriber: Subscriber,
-    /// The rooms whose channels are subscribed.
-    subscribed: HashSet<String>,
-    /// This node's canary channels (one, or one per shard of a cluster).
-    canaries: Canaries,
-    /// A cluster's masters (their ids) when the canaries were last placed.
-    masters: Vec<String>,
-    /// Shard channels subscribed again since the last heartbeat.
-    subscribed_again: HashSet<String>,
 }
 
 impl RedisBroker {
@@ -287,149 +267,6 @@ impl RedisBroker {
         }
     }
 
-    /// Connects to the Redis the endpoint names now (with Sentinel, the current master; with
-    /// a cluster, every shard): a command connection, and a subscriber listening to the
-    /// control and canary channels.
-    async fn connect(&self) -> Result<Connection, RedisFailure> {
-        let (server, conn, subscriber) = match &self.settings.endpoint {
-            Endpoint::Cluster(nodes) => {
-                let client = |pushes| {
-                    nodes
-                        .client(pushes, self.settings.timeout)
-                        .map_err(|err| RedisFailure::Redis(err.kind()))
-                };
-                let conn = self.within(client(None)?.get_async_connection()).await?;
-                let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
-                let subscriber = self
-                    .within(client(Some(pushes))?.get_async_connection())
-                    .await?;
-                let subscriber = Subscriber::Cluster {
-                    conn: subscriber,
-                    pushes: received,
-                    held: None,
-                };
-                (String::new(), Conn::Cluster(conn), subscriber)
-            }
-            endpoint => {
-                let client = self.within(endpoint.master()).await?;
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.settings.timeout))
-                    .set_response_timeout(Some(self.settings.timeout));
-                let conn = self
-                    .within(client.get_multiplexed_async_connection_with_config(&config))
-                    .await?;
-                let (sink, stream) = self.within(client.get_async_pubsub()).await?.split();
-                let server = client.get_connection_info().addr().to_string();
-                (
-                    server,
-                    Conn::Single(conn),
-                    Subscriber::Single { sink, stream },
-                )
-            }
-        };
-        let mut link = Connection {
-            server,
-            conn,
-            subscriber,
-            subscribed: HashSet::new(),
-            canaries: Canaries::default(),
-            masters: Vec::new(),
-            subscribed_again: HashSet::new(),
-        };
-        self.load_scripts(&mut link.conn).await?;
-        let control = [self.control_channel.as_str()];
-        self.within(link.subscriber.subscribe_everywhere(&control))
-            .await?;
-        self.place_canaries(&mut link).await?;
-        Ok(link)
-    }
-
-    /// Loads the scripts that batches call by hash, on every master of a cluster: Redis
-    /// forgets them when it restarts, and a replica promoted by a failover may not have them.
-    async fn load_scripts(&self, conn: &mut Conn) -> Result<(), RedisFailure> {
-        for script in super::history::SCRIPTS
-            .iter()
-            .chain(&super::ledger::SCRIPTS)
-        {
-            let load = redis::cmd("SCRIPT").arg("LOAD").arg(*script).clone();
-            self.within(conn.on_all_masters(&load)).await?;
-        }
-        Ok(())
-    }
-
-    /// `PUBLISH`, or `SPUBLISH` for a cluster's shard channels.
-    pub(super) fn publish_verb(&self) -> &'static str {
-        if self.settings.cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
-    }
-
-    /// Makes the canary channels one per shard (on one Redis, the one channel), subscribing
-    /// new ones and dropping those of shards that are gone. A cluster whose masters changed
-    /// (a failover, a new shard) gets the scripts loaded again: a promoted replica has none.
-    async fn place_canaries(&self, link: &mut Connection) -> Result<(), RedisFailure> {
-        let channels: Vec<String> = match &mut link.conn {
-            Conn::Single(_) => vec![self.keys.canary(&self.node, None)],
-            Conn::Cluster(conn) => {
-                let shards = self.within(shards(conn)).await?;
-                let mut masters: Vec<String> =
-                    shards.iter().map(|shard| shard.id.clone()).collect();
-                masters.sort();
-                let changed = !link.masters.is_empty() && link.masters != masters;
-                link.masters = masters;
-                if changed {
-                    info!(node = %self.node, "the cluster's masters changed; loading the scripts");
-                    self.load_scripts(&mut link.conn).await?;
-                }
-                shards
-                    .iter()
-                    .map(|shard| self.keys.canary(&self.node, Some(&tag_for(shard))))
-                    .collect()
-            }
-        };
-        let (new, gone) = link.canaries.set_channels(channels);
-        if !gone.is_empty() {
-            self.within(link.subscriber.unsubscribe_sharded(&gone))
-                .await?;
-        }
-        if !new.is_empty() {
-            self.within(link.subscriber.subscribe_sharded(&new)).await?;
-        }
-        Ok(())
-    }
-
-    /// Shards took back subscriptions (their slots moved, or this node unsubscribed them):
-    /// subscribes again those still wanted, on the shards that have the slots now, and with
-    /// `check` once more at the next heartbeat.
-    async fn subscribe_again(
-        &self,
-        link: &mut Connection,
-        channels: Vec<String>,
-        check: bool,
-    ) -> Result<(), RedisFailure> {
-        let wanted: Vec<String> = channels
-            .into_iter()
-            .filter(|channel| {
-                link.canaries.owns(channel)
-                    || self
-                        .keys
-                        .room_of_channel(channel)
-                        .is_some_and(|room| link.subscribed.contains(room))
-            })
-            .collect();
-        if !wanted.is_empty() {
-            debug!(node = %self.node, channels = wanted.len(), "a shard dropped subscriptions; subscribing again");
-            self.within(link.subscriber.subscribe_sharded(&wanted))
-                .await?;
-            if check {
-                link.subscribed_again.extend(wanted);
-            }
-        }
-        Ok(())
-    }
-
     /// Applies an envelope from a room's channel. A numbered message (ours too: with history
     /// on, this node delivers its own messages as they come back, in the room's one order) is
     /// delivered if it is the room's next; if the room is behind it, the room is returned: its
@@ -509,34 +346,9 @@ impl RedisBroker {
         // A room closed and opened again in this batch is still in the hub: kept.
         let gone: Vec<String> = closed
             .into_iter()
-            .filter(|room| !local.has_room(room) && link.subscribed.remove(room))
+            .filter(|room| !local.has_room(room) && link.subscribed.contains(room))
             .collect();
-        if !gone.is_empty() {
-            let channels: Vec<String> = gone.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.subscriber.unsubscribe_sharded(&channels))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Subscribes to the rooms' channels not yet subscribed, many per command.
-    async fn subscribe_rooms(
-        &self,
-        link: &mut Connection,
-        rooms: &[String],
-    ) -> Result<(), RedisFailure> {
-        let new: Vec<&String> = rooms
-            .iter()
-            .filter(|room| !link.subscribed.contains(*room))
-            .collect();
-        for chunk in new.chunks(SUBSCRIBE_CHUNK) {
-            let channels: Vec<String> = chunk.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.subscriber.subscribe_sharded(&channels))
-                .await?;
-            link.subscribed
-                .extend(chunk.iter().map(|room| (*room).clone()));
-        }
-        Ok(())
+        self.unsubscribe_rooms(link, &gone).await
     }
 
     /// Keeps this node's keys alive (resyncing everything if they had expired, and once more
@@ -585,14 +397,7 @@ impl RedisBroker {
             .filter(|room| !local.has_room(room))
             .cloned()
             .collect();
-        if !stale.is_empty() {
-            for room in &stale {
-                link.subscribed.remove(room);
-            }
-            let channels: Vec<String> = stale.iter().map(|room| self.keys.channel(room)).collect();
-            self.within(link.subscriber.unsubscribe_sharded(&channels))
-                .await?;
-        }
+        self.unsubscribe_rooms(link, &stale).await?;
         self.place_canaries(link).await?;
         self.subscribe_rooms(link, &rooms).await?;
         self.refresh_views(&mut link.conn, local, &rooms).await?;

@@ -2,11 +2,12 @@
 //!
 //! Two tasks per node:
 //!
-//! - the **driver** ([`driver`]) owns the subscriber connection and a command connection. It
-//!   (re)connects with jittered exponential backoff, subscribes every room this node has
-//!   members in, rebuilds this node's presence, reads each room's members on other nodes, and
-//!   then serves: envelopes from the subscription go to the node's [`LocalRooms`], rooms are subscribed as
-//!   they open and unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
+//! - the **driver** ([`driver`]) owns a [`connection`]: the subscriber and a command
+//!   connection, and the channels subscribed. It (re)connects with jittered exponential
+//!   backoff, subscribes every room this node has members in, rebuilds this node's presence,
+//!   reads each room's members on other nodes, and then serves: envelopes from the
+//!   subscription go to the node's [`LocalRooms`], rooms are subscribed as they open and
+//!   unsubscribed as they close, a heartbeat refreshes this node's keys, forgets
 //!   nodes whose keys expired and repairs what was lost, and a [`canary`] sent through Pub/Sub
 //!   to itself proves the subscription still delivers (a subscriber that went silent is
 //!   restarted). The [`endpoint`] says which Redis to connect to: one URL, the master
@@ -34,6 +35,7 @@
 
 mod canary;
 mod conn;
+mod connection;
 mod directory;
 mod driver;
 mod endpoint;
