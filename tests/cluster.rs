@@ -62,6 +62,7 @@ async fn a_message_reaches_the_other_node_exactly_once_and_in_order() {
     let b = node_with(&redis, &queue).await;
     let (mut alice, total) = join(&a, "alice", "lobby").await;
     assert_eq!(total, 1);
+    redis.wait_for_members("lobby", 1).await;
     let (mut bob, total) = join(&b, "bob", "lobby").await;
     assert_eq!(total, 2, "totalUsers counts the member on the other node");
     let seen = alice.recv_json().await;
@@ -121,6 +122,7 @@ async fn total_users_is_right_across_nodes_through_joins_leaves_and_a_node_kill(
 
     let (mut alice, total) = join(&a, "alice", "room").await;
     assert_eq!(total, 1);
+    redis.wait_for_members("room", 1).await;
     let mut bob = Client::connect(&b_url, Some(common::ORIGIN)).await;
     join_with(&mut bob, "bob", "room").await;
     assert_eq!(bob.recv_json().await["totalUsers"], 2);
@@ -175,6 +177,7 @@ async fn a_redis_outage_keeps_local_rooms_working_and_delivery_resumes_after_it(
     let b = node(&redis).await;
     let (mut alice, _) = join(&a, "alice", "ops").await;
     let (mut carol, _) = join(&a, "carol", "ops").await;
+    redis.wait_for_members("ops", 2).await;
     let (mut bob, total) = join(&b, "bob", "ops").await;
     assert_eq!(total, 3);
     for _ in 0..2 {
@@ -331,6 +334,7 @@ async fn the_room_cap_counts_members_on_every_node() {
     let a = node_with(&redis, &[("MAX_ROOM_MEMBERS", "2")]).await;
     let b = node_with(&redis, &[("MAX_ROOM_MEMBERS", "2")]).await;
     let (mut alice, _) = join(&a, "alice", "small").await;
+    redis.wait_for_members("small", 1).await;
     let (_bob, total) = join(&b, "bob", "small").await;
     assert_eq!(total, 2);
     // Node A counts Bob once it has heard of his join (SCALING.md: two joins on two nodes at
@@ -362,6 +366,7 @@ async fn a_slow_consumer_on_one_node_slows_neither_node() {
     .await;
     let (mut sender, _) = join(&a, "sender", "busy").await;
     let (mut local_reader, _) = join(&a, "local", "busy").await;
+    redis.wait_for_members("busy", 2).await;
     let mut slow = common::tiny_buffer_client(&b, "slow", "busy").await;
     let (remote_reader, total) = join(&b, "remote", "busy").await;
     assert_eq!(total, 4);
@@ -439,6 +444,7 @@ async fn two_processes_behave_as_one_gateway_and_a_stopping_node_says_goodbye() 
     let mut alice = Client::connect(&url(&a), Some(common::ORIGIN)).await;
     join_with(&mut alice, "alice", "hall").await;
     assert_eq!(alice.recv_json().await["totalUsers"], 1);
+    redis.wait_for_members("hall", 1).await;
     let mut bob = Client::connect(&url(&b), Some(common::ORIGIN)).await;
     join_with(&mut bob, "bob", "hall").await;
     assert_eq!(bob.recv_json().await["totalUsers"], 2);
@@ -475,6 +481,7 @@ async fn past_the_publish_queue_messages_are_dropped_and_counted_never_reordered
     let a = node_with(&redis, &[("REDIS_PUBLISH_QUEUE", "1")]).await;
     let b = node_with(&redis, &[("OUTBOUND_QUEUE_FRAMES", "4096")]).await;
     let (mut alice, _) = join(&a, "alice", "burst").await;
+    redis.wait_for_members("burst", 1).await;
     let (mut bob, total) = join(&b, "bob", "burst").await;
     assert_eq!(total, 2);
     assert_eq!(alice.recv_json().await["userId"], "bob");
@@ -527,6 +534,7 @@ async fn joins_and_leaves_during_a_partition_are_repaired_when_it_heals() {
     let a = node(&redis).await;
     let b = node(&redis).await;
     let (mut alice, _) = join(&a, "alice", "kept").await;
+    redis.wait_for_members("kept", 1).await;
     let (mut bob, total) = join(&b, "bob", "kept").await;
     assert_eq!(total, 2);
     assert_eq!(alice.recv_json().await["userId"], "bob");
@@ -560,6 +568,7 @@ async fn joins_and_leaves_during_a_partition_are_repaired_when_it_heals() {
         (&json!("bob"), &json!(1))
     );
     // ...and the room opened during the partition is subscribed: it hears node A.
+    redis.wait_for_members("fresh", 1).await;
     let (mut dave, total) = join(&a, "dave", "fresh").await;
     assert_eq!(total, 2, "Carol's presence was written after the partition");
     carol.wait_for("join", None, Duration::from_secs(5)).await;

@@ -50,7 +50,11 @@ async fn a_subscriber_that_answers_but_hears_nothing_is_found_within_two_interva
     for n in 1..=5 {
         say(&mut bob, n).await;
     }
-    let heard = listen_until(&mut alice, 5, Duration::from_secs(10)).await;
+    let mut heard = listen_until(&mut alice, 5, Duration::from_secs(10)).await;
+    // The notice may follow message 5: a heartbeat that falls before the canary is missed
+    // fills the room in from history, notice or not.
+    say(&mut bob, 6).await;
+    heard.append(&mut listen_until(&mut alice, 6, Duration::from_secs(5)).await);
     let interrupted = heard_at(&heard, "delivery_interrupted").expect("alice was told");
     println!("silent subscriber found after {:?}", interrupted - deafened);
     assert!(
@@ -58,11 +62,7 @@ async fn a_subscriber_that_answers_but_hears_nothing_is_found_within_two_interva
         "found after {:?}",
         interrupted - deafened
     );
-    say(&mut bob, 6).await;
-    let mut after = listen_until(&mut alice, 6, Duration::from_secs(5)).await;
-    let mut all = heard;
-    all.append(&mut after);
-    assert_told_and_complete(&all, 1..=6);
+    assert_told_and_complete(&heard, 1..=6);
     assert!(metric(&deaf_side, "palisade_broker_errors_total{kind=\"canary\"}") >= 1);
     assert_eq!(metric(&deaf_side, "palisade_broker_delivery_ok"), 1);
     assert!(deaf_side.probe().is_ready());

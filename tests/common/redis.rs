@@ -124,6 +124,25 @@ impl RedisServer {
             .expect("the command succeeds")
     }
 
+    /// Waits until `count` members of `room` are written to its presence hash. A node writes
+    /// its members' presence in the background, after their `join` is answered; another
+    /// node's `totalUsers` (and room cap) counts what is written, or what it hears later.
+    pub(crate) async fn wait_for_members(&self, room: &str, count: usize) {
+        let key = format!("palisade:members:{room}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let written: usize = self.command(&["HLEN", &key]).await;
+            if written >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{written} of {count} members of {room} written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn ping(&self) -> bool {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
