@@ -121,6 +121,10 @@ async fn presence_rooms_members_and_history_cover_every_node() {
     let mut alice = b.joined_extended("alice", "lobby").await;
     let _alice_again = b.joined("alice", "kitchen").await;
     let _bob = a.joined("bob", "hall").await;
+    // The API answers from Redis, where each node writes its members in the background.
+    for room in ["lobby", "kitchen", "hall"] {
+        redis.wait_for_members(room, 1).await;
+    }
 
     let user = api.get("/users/alice").await;
     assert_eq!(user.status, 200, "{}", user.json);
@@ -164,14 +168,24 @@ async fn presence_rooms_members_and_history_cover_every_node() {
     );
 
     // Messages said on B read back through A, from Redis's stream.
-    for body in ["one", "two", "three"] {
+    for (n, body) in ["one", "two", "three"].into_iter().enumerate() {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await; // MSG_RATE_PER_SEC
+        }
         alice
             .send_json(json!({"type": "message", "body": body}))
             .await;
-        tokio::time::sleep(Duration::from_millis(1100)).await; // MSG_RATE_PER_SEC
     }
-    let history = api.get("/rooms/lobby/history?after=1&limit=5").await;
-    assert_eq!(history.status, 200, "{}", history.json);
+    // Written by B's publisher in the background: read until the third is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let history = loop {
+        let history = api.get("/rooms/lobby/history?after=1&limit=5").await;
+        assert_eq!(history.status, 200, "{}", history.json);
+        if history.json["lastOffset"] == 3 || tokio::time::Instant::now() > deadline {
+            break history;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let bodies: Vec<&str> = history.json["messages"]
         .as_array()
         .unwrap()

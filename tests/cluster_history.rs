@@ -72,8 +72,16 @@ async fn every_node_sees_the_same_offsets_and_a_busy_rooms_history_has_no_seam()
     let mut sender_a = a.joined("sa", "lobby").await;
     let mut sender_b = b.joined("sb", "lobby").await;
     let sent = 400;
+    // Halfway, the senders wait for the late joiner: it joins mid-flow, however fast they are.
+    let (halfway, at_halfway) = tokio::sync::oneshot::channel();
+    let (go_on, going_on) = tokio::sync::oneshot::channel::<()>();
     let sending = tokio::spawn(async move {
+        let (mut halfway, mut going_on) = (Some(halfway), Some(going_on));
         for n in 0..sent {
+            if n == sent / 2 {
+                halfway.take().unwrap().send(()).unwrap();
+                going_on.take().unwrap().await.unwrap();
+            }
             let (sender, name) = if n % 2 == 0 {
                 (&mut sender_a, "a")
             } else {
@@ -86,9 +94,10 @@ async fn every_node_sees_the_same_offsets_and_a_busy_rooms_history_has_no_seam()
         }
         (sender_a, sender_b)
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    at_halfway.await.unwrap();
     let (mut late, ack) = join(&b, "late", "lobby", json!({"history": 100})).await;
     let boundary = ack["offset"].as_u64().unwrap();
+    go_on.send(()).unwrap();
     let _senders = sending.await.unwrap();
     assert!(
         boundary > 0 && boundary < sent as u64,

@@ -43,6 +43,11 @@ async fn a_ban_on_one_node_holds_on_every_node_within_a_second() {
 
     // A node that starts later learns the bans already in force.
     a.probe().unban("ip:127.0.0.1");
+    // B hearing of the unban shows it written: the ban's key goes before the notice.
+    common::wait_until("B learned the unban", || {
+        !b.probe().is_banned("ip:127.0.0.1")
+    })
+    .await;
     let c = node_with(&redis, &[]).await;
     assert!(c.probe().is_banned("user:mallory"));
     assert!(!c.probe().is_banned("ip:127.0.0.1"));

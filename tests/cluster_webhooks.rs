@@ -27,6 +27,24 @@ async fn hooked_node(redis: &RedisServer, receiver: &Receiver) -> TestServer {
     node_with(redis, &pairs(&hooks(receiver))).await
 }
 
+/// Waits until `count` nodes hold `item` in the ledger: a node records what it holds in the
+/// background, after answering the join.
+async fn wait_for_holders(redis: &RedisServer, item: &str, count: usize) {
+    let key = format!("palisade:held:{item}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let holders: usize = redis.command(&["HLEN", &key]).await;
+        if holders == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{holders} nodes hold {item}, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_moving_between_nodes_is_online_once_and_offline_once() {
     let redis = RedisServer::start().await;
@@ -42,6 +60,8 @@ async fn a_user_moving_between_nodes_is_online_once_and_offline_once() {
         .await;
     // To B while still on A, then off A: a move, no event.
     let on_b = b.joined("alice", "lobby").await;
+    // Off A once B's hold is recorded: a room has no grace, and A would report it empty.
+    wait_for_holders(&redis, "room:lobby", 2).await;
     on_a.close().await;
     // Off B, and back on A within the grace: a reconnect on another node, no event.
     tokio::time::sleep(Duration::from_millis(300)).await;
