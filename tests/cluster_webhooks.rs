@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::proxy::DeafeningProxy;
 use common::receiver::{kinds_for, Receiver};
-use common::redis::{child_node, node_with, RedisServer};
+use common::redis::{child_node, node_reaching, node_with, RedisServer};
 use common::{token, Client, TestServer, ORIGIN};
 use serde_json::json;
 
@@ -184,5 +185,48 @@ async fn a_later_departure_on_another_node_restarts_the_grace() {
     assert_eq!(
         kinds_for(&events, "userId", "alice"),
         ["user.online", "user.offline"]
+    );
+}
+
+/// Redis flips an item but its answer is lost (held past `REDIS_TIMEOUT_MS` by a proxy, as a
+/// timeout or a dropped connection loses it): the node asks again under the same stamp and is
+/// told the flip was its own, so the event comes late instead of never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let proxy = DeafeningProxy::start(redis.addr()).await;
+    let mut settings = hooks(&receiver);
+    settings.push(("REDIS_URL", proxy.url()));
+    let node = node_reaching(&pairs(&settings)).await;
+    let lost = Duration::from_millis(800); // REDIS_TIMEOUT_MS is 500
+
+    proxy.hold_replies_after(&["here", "user:alice"], lost);
+    let alice = node.joined("alice", "lobby").await;
+    receiver
+        .wait_until("online", Duration::from_secs(10), |events| {
+            kinds_for(events, "userId", "alice") == ["user.online"]
+        })
+        .await;
+    assert_eq!(proxy.holds(), 1, "the answer to alice's arrival was held");
+
+    proxy.hold_replies_after(&["settle", "user:alice"], lost);
+    alice.close().await;
+    let events = receiver
+        .settled(
+            "offline",
+            Duration::from_secs(10),
+            |events| kinds_for(events, "userId", "alice").len() == 2,
+            Duration::from_millis(1500),
+        )
+        .await;
+    assert_eq!(proxy.holds(), 2, "the answer to alice's settling was held");
+    assert_eq!(
+        kinds_for(&events, "userId", "alice"),
+        ["user.online", "user.offline"]
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "lobby"),
+        ["room.occupied", "room.empty"]
     );
 }

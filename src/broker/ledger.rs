@@ -4,6 +4,12 @@
 
 use std::sync::Arc;
 
+/// Names one ask of the ledger, unique on this node. What an ask flips carries its stamp, so
+/// the same ask sent again after its answer was lost (a timeout, a dropped connection) is told
+/// what it did the first time, instead of finding the item already flipped and reporting
+/// nothing.
+pub(crate) type Stamp = u64;
+
 /// A change of this node's presence, or a question about an item.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PresenceChange {

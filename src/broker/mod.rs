@@ -358,27 +358,29 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Records changes of this node's presence in order (see [`ledger`]), a departure
-    /// holding its item `grace` before any node may report it off; per change, what became
-    /// of it.
+    /// Records changes of this node's presence in order (see [`ledger`]), each under its
+    /// stamp, a departure holding its item `grace` before any node may report it off; per
+    /// change, what became of it.
     fn record_presence<'a>(
         &'a self,
-        _changes: &'a [ledger::PresenceChange],
+        _changes: &'a [(ledger::Stamp, ledger::PresenceChange)],
         _grace: Duration,
     ) -> BoxFuture<'a, Cluster<Vec<ledger::Recorded>>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Rewrites this node's presence as exactly `here`.
+    /// Rewrites this node's presence as exactly `here`, under `stamp`.
     fn sync_presence<'a>(
         &'a self,
         _here: &'a [Arc<str>],
+        _stamp: ledger::Stamp,
     ) -> BoxFuture<'a, Cluster<ledger::Synced>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Takes over the presence of nodes that died: the items this node reports off.
-    fn sweep_presence(&self) -> BoxFuture<'_, Cluster<Vec<String>>> {
+    /// Takes over the presence of nodes that died, under `stamp`: the items this node
+    /// reports off.
+    fn sweep_presence(&self, _stamp: ledger::Stamp) -> BoxFuture<'_, Cluster<Vec<String>>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 

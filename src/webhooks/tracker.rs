@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::delivery::Queue;
 use super::event::{Data, Event};
 use super::settings::{Kind, WebhookSettings};
-use crate::broker::ledger::{PresenceChange, Recorded};
+use crate::broker::ledger::{PresenceChange, Recorded, Stamp};
 use crate::broker::{Broker, Cluster};
 use crate::observer::Observed;
 
@@ -50,8 +50,16 @@ pub(crate) struct Tracker {
     /// Items this node let go of whose settling is not recorded yet, with when their latest
     /// departure's grace ends.
     unsettled: HashMap<Arc<str>, Instant>,
-    /// Changes not yet recorded, in order.
-    pending: VecDeque<PresenceChange>,
+    /// Changes not yet recorded, in order, each with its stamp.
+    pending: VecDeque<(Stamp, PresenceChange)>,
+    /// How many of the first pending changes were sent in an ask whose answer was lost: they
+    /// may have flipped items, which only asking again under their stamps tells.
+    in_doubt: usize,
+    /// The stamp of the last ask made (or taken by a change).
+    stamp: Stamp,
+    /// The stamps of a rewrite and of a sweep whose answer was lost, kept for asking again.
+    sync_stamp: Option<Stamp>,
+    sweep_stamp: Option<Stamp>,
     /// When to settle an item, soonest first: at the end of a departure's grace (the latest
     /// departure's counts, see `unsettled`), or later when another node's grace holds it.
     due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
@@ -79,6 +87,10 @@ impl Tracker {
             on: HashSet::new(),
             unsettled: HashMap::new(),
             pending: VecDeque::new(),
+            in_doubt: 0,
+            stamp: 0,
+            sync_stamp: None,
+            sweep_stamp: None,
             due: BinaryHeap::new(),
             resync: false,
             epoch,
@@ -123,11 +135,10 @@ impl Tracker {
             // Back within the grace: nothing of the departure is left to settle.
             self.unsettled.remove(&item);
             self.here.insert(Arc::clone(&item));
-            self.pending.push_back(PresenceChange::Here(item));
+            self.queue(PresenceChange::Here(item));
         } else {
             self.here.remove(&item);
-            self.pending
-                .push_back(PresenceChange::Gone(Arc::clone(&item)));
+            self.queue(PresenceChange::Gone(Arc::clone(&item)));
             let grace = if graced {
                 self.settings.offline_grace
             } else {
@@ -136,19 +147,20 @@ impl Tracker {
             let due = Instant::now() + grace;
             self.unsettled.insert(Arc::clone(&item), due);
             if grace.is_zero() {
-                self.pending.push_back(PresenceChange::Settle(item));
+                self.queue(PresenceChange::Settle(item));
             } else {
                 self.due.push(Reverse((due, item)));
             }
         }
         if self.pending.len() > self.settings.queue {
             // The ledger is far behind (Redis away for long): rewrite this node's presence
-            // whole when it is back rather than keep every step.
+            // whole when it is back rather than keep every step (but those in doubt, which
+            // are asked again first).
             warn!(
                 changes = self.pending.len(),
                 "webhook presence changes dropped; presence will be resynced"
             );
-            self.pending.clear();
+            self.pending.truncate(self.in_doubt);
             self.resync = true;
         }
     }
@@ -161,7 +173,7 @@ impl Tracker {
             let Reverse((due, item)) = self.due.pop().expect("just looked");
             let latest = self.unsettled.get(&item).copied();
             if !self.here.contains(&item) && latest.is_some_and(|latest| latest <= due) {
-                self.pending.push_back(PresenceChange::Settle(item));
+                self.queue(PresenceChange::Settle(item));
             }
         }
     }
@@ -177,8 +189,17 @@ impl Tracker {
             self.resync = true;
         }
         if self.resync {
+            // Changes whose answer was lost are asked again first: what they flipped is theirs
+            // to report, and the rewrite would find it flipped already.
+            if self.in_doubt > 0 && !self.record(self.in_doubt).await {
+                return;
+            }
             let here: Vec<Arc<str>> = self.here.iter().cloned().collect();
-            match self.broker.sync_presence(&here).await {
+            let stamp = match self.sync_stamp {
+                Some(stamp) => stamp,
+                None => self.next_stamp(),
+            };
+            match self.broker.sync_presence(&here, stamp).await {
                 Cluster::Known(synced) => {
                     debug!(
                         on = synced.on.len(),
@@ -195,55 +216,82 @@ impl Tracker {
                     // node let go of: that is asked again.
                     self.pending.clear();
                     let now = Instant::now();
-                    for (item, due) in &self.unsettled {
-                        if *due <= now && !self.here.contains(item) {
-                            self.pending
-                                .push_back(PresenceChange::Settle(Arc::clone(item)));
-                        }
+                    let settle: Vec<Arc<str>> = self
+                        .unsettled
+                        .iter()
+                        .filter(|(item, due)| **due <= now && !self.here.contains(*item))
+                        .map(|(item, _)| Arc::clone(item))
+                        .collect();
+                    for item in settle {
+                        self.queue(PresenceChange::Settle(item));
                     }
+                    self.sync_stamp = None;
                     self.resync = false;
                     self.epoch = epoch;
                 }
                 Cluster::Alone => self.resync = false,
                 Cluster::Unreachable => {
+                    self.sync_stamp = Some(stamp);
                     self.retry_at = Some(Instant::now() + RETRY);
                     return;
                 }
             }
         }
         while !self.pending.is_empty() {
-            let count = self.pending.len().min(BATCH);
-            let changes: Vec<PresenceChange> = self.pending.iter().take(count).cloned().collect();
-            let grace = self.settings.offline_grace;
-            let recorded = match self.broker.record_presence(&changes, grace).await {
-                Cluster::Known(recorded) => recorded,
-                Cluster::Alone => changes
-                    .iter()
-                    .map(|change| self.record_here(change))
-                    .collect(),
-                Cluster::Unreachable => {
-                    self.retry_at = Some(Instant::now() + RETRY);
-                    return;
-                }
-            };
-            self.pending.drain(..count);
-            for (change, recorded) in changes.into_iter().zip(recorded) {
-                match (change, recorded) {
-                    (PresenceChange::Here(item), Recorded::Flipped) => self.report(&item, true),
-                    (PresenceChange::Settle(item), Recorded::Wait(left)) => {
-                        // Another departure's grace (maybe on another node) still runs.
-                        self.due.push(Reverse((Instant::now() + left, item)));
-                    }
-                    (PresenceChange::Settle(item), recorded) => {
-                        self.unsettled.remove(&item);
-                        if recorded == Recorded::Flipped {
-                            self.report(&item, false);
-                        }
-                    }
-                    _ => {}
-                }
+            if !self.record(self.pending.len().min(BATCH)).await {
+                return;
             }
         }
+    }
+
+    /// Records the first `count` pending changes and sends what flipped; false if the ledger
+    /// could not be asked (they stay pending, in doubt, to be asked again after [`RETRY`]).
+    async fn record(&mut self, count: usize) -> bool {
+        let changes: Vec<(Stamp, PresenceChange)> =
+            self.pending.iter().take(count).cloned().collect();
+        let grace = self.settings.offline_grace;
+        let recorded = match self.broker.record_presence(&changes, grace).await {
+            Cluster::Known(recorded) => recorded,
+            Cluster::Alone => changes
+                .iter()
+                .map(|(_, change)| self.record_here(change))
+                .collect(),
+            Cluster::Unreachable => {
+                self.in_doubt = self.in_doubt.max(count);
+                self.retry_at = Some(Instant::now() + RETRY);
+                return false;
+            }
+        };
+        self.pending.drain(..count);
+        self.in_doubt = 0;
+        for ((_, change), recorded) in changes.into_iter().zip(recorded) {
+            match (change, recorded) {
+                (PresenceChange::Here(item), Recorded::Flipped) => self.report(&item, true),
+                (PresenceChange::Settle(item), Recorded::Wait(left)) => {
+                    // Another departure's grace (maybe on another node) still runs.
+                    self.due.push(Reverse((Instant::now() + left, item)));
+                }
+                (PresenceChange::Settle(item), recorded) => {
+                    self.unsettled.remove(&item);
+                    if recorded == Recorded::Flipped {
+                        self.report(&item, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Queues a change under a stamp of its own.
+    fn queue(&mut self, change: PresenceChange) {
+        let stamp = self.next_stamp();
+        self.pending.push_back((stamp, change));
+    }
+
+    fn next_stamp(&mut self) -> Stamp {
+        self.stamp += 1;
+        self.stamp
     }
 
     /// One node's own ledger: what a change does to its item.
@@ -262,10 +310,20 @@ impl Tracker {
 
     /// Reports the items of nodes that died.
     async fn sweep(&mut self) {
-        if let Cluster::Known(off) = self.broker.sweep_presence().await {
-            for item in &off {
-                self.report(item, false);
+        let stamp = match self.sweep_stamp {
+            Some(stamp) => stamp,
+            None => self.next_stamp(),
+        };
+        match self.broker.sweep_presence(stamp).await {
+            Cluster::Known(off) => {
+                self.sweep_stamp = None;
+                for item in &off {
+                    self.report(item, false);
+                }
             }
+            Cluster::Alone => {}
+            // Asked again under this stamp: what it turned off is still this node's to report.
+            Cluster::Unreachable => self.sweep_stamp = Some(stamp),
         }
     }
 

@@ -2,10 +2,15 @@
 //! carries stay open and answer every command (`PING` included), but Pub/Sub messages from
 //! Redis are no longer passed on. That is a subscriber that "works" and receives nothing, as
 //! after a proxy or failover that lost the subscription.
+//!
+//! It can also lose one answer: armed with the words of a command, it holds the replies on the
+//! connection that sends it for a while, past the gateway's `REDIS_TIMEOUT_MS`, as a timeout or
+//! a dropped connection would after Redis had done what was asked.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +27,10 @@ struct State {
     accepted: AtomicU64,
     /// Connections numbered up to this one drop Pub/Sub messages.
     deaf_up_to: AtomicU64,
+    /// The words a command must carry to have its replies held, and for how long.
+    hold: Mutex<Option<(Vec<Vec<u8>>, Duration)>>,
+    /// How many times replies were held.
+    held: AtomicU64,
 }
 
 impl DeafeningProxy {
@@ -57,6 +66,18 @@ impl DeafeningProxy {
         self.state.deaf_up_to.store(0, Ordering::SeqCst);
     }
 
+    /// The next command sent with all of `words` (in one read) has the replies on its
+    /// connection held for `hold`: its answer is lost to the gateway, not its effect.
+    pub(crate) fn hold_replies_after(&self, words: &[&str], hold: Duration) {
+        let words = words.iter().map(|word| word.as_bytes().to_vec()).collect();
+        *self.state.hold.lock().unwrap() = Some((words, hold));
+    }
+
+    /// How many times replies were held.
+    pub(crate) fn holds(&self) -> u64 {
+        self.state.held.load(Ordering::SeqCst)
+    }
+
     /// Every connection open now stops passing Pub/Sub messages on; later ones are healthy.
     pub(crate) fn deafen_open_connections(&self) {
         let accepted = self.state.accepted.load(Ordering::SeqCst);
@@ -70,11 +91,42 @@ impl Drop for DeafeningProxy {
     }
 }
 
+impl State {
+    /// If the armed words are all in `sent`: disarms, counts, and says how long to hold.
+    fn fire(&self, sent: &[u8]) -> Option<Duration> {
+        let mut hold = self.hold.lock().unwrap();
+        let (words, _) = hold.as_ref()?;
+        let found = |word: &Vec<u8>| sent.windows(word.len()).any(|at| at == &word[..]);
+        if !words.iter().all(found) {
+            return None;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        hold.take().map(|(_, duration)| duration)
+    }
+}
+
 async fn carry(client: TcpStream, server: TcpStream, number: u64, state: Arc<State>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    // Until when this connection's replies are held, once a command armed for sets it.
+    let held_until: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    let upstream = tokio::spawn({
+        let (state, held_until) = (Arc::clone(&state), Arc::clone(&held_until));
+        async move {
+            let mut chunk = vec![0u8; 64 * 1024];
+            while let Ok(read) = client_read.read(&mut chunk).await {
+                if read == 0 {
+                    break;
+                }
+                let sent = &chunk[..read];
+                if let Some(duration) = state.fire(sent) {
+                    *held_until.lock().unwrap() = Some(tokio::time::Instant::now() + duration);
+                }
+                if server_write.write_all(sent).await.is_err() {
+                    break;
+                }
+            }
+        }
     });
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -94,6 +146,10 @@ async fn carry(client: TcpStream, server: TcpStream, number: u64, state: Arc<Sta
             at += len;
         }
         pending.drain(..at);
+        let until = *held_until.lock().unwrap();
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
         if client_write.write_all(&out).await.is_err() {
             break;
         }

@@ -36,11 +36,11 @@ impl RedisBroker {
                 Cluster::Unreachable
             }
             Ok(Err(err)) => {
-                warn!(%err, "a server API read from redis failed");
+                warn!(%err, "a question to redis (server API, webhook presence) failed");
                 Cluster::Unreachable
             }
             Err(_) => {
-                warn!("a server API read from redis timed out");
+                warn!("a question to redis (server API, webhook presence) timed out");
                 Cluster::Unreachable
             }
         }

@@ -1,17 +1,22 @@
 //! Presence for the webhooks, decided on every node's state in Redis: whether a user came
 //! online (a first session anywhere) or went offline (no session on any live node), whether a
 //! room became occupied or empty. Each fact is reported by exactly one node: the one whose
-//! script flips the item's `on` flag (`SET NX` to report it on, `DEL` returning 1 to report it
-//! off).
+//! script flips the item's `on` flag, on (`on:{token}`) or off (`off:{token}`, kept
+//! [`TOMBSTONE`]).
+//!
+//! A flip carries the token of the ask that made it: this node's id and the ask's
+//! [`Stamp`]. An ask whose answer was lost (a timeout, a dropped connection) may have flipped
+//! its items all the same; sent again under the same stamp, it finds its own token and is
+//! told it flipped them, instead of finding them already flipped and reporting nothing.
 //!
 //! Each item's keys (who holds it, its `on` flag, a departure's grace) are changed by one
 //! script on that item alone ([`ITEM`]); on a Redis Cluster they share the item's slot. What a
 //! node holds is also listed in its `node-held:{node}` set: added before a batch takes items,
 //! removed after it lets them go, so the set holds at least every item the node holds. A node
 //! that dies leaves its items there: a live node that sees its key gone drops the dead node
-//! from each listed item (whichever node's `DEL` of an `on` flag returns 1 reports that item
-//! off, so two nodes sweeping at once report it once), and only then forgets the set. Until
-//! it is swept, a dead node still holds its items.
+//! from each listed item (whichever node's script turns an item off reports it, so two nodes
+//! sweeping at once report it once), and only then forgets the set. Until it is swept, a dead
+//! node still holds its items.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -22,30 +27,47 @@ use redis::Script;
 use super::conn::{Batch, Conn};
 use super::RedisBroker;
 use crate::broker::directory::Cluster;
-use crate::broker::ledger::{PresenceChange, Recorded, Synced};
+use crate::broker::ledger::{PresenceChange, Recorded, Stamp, Synced};
+
+/// How long an item's `off` flag outlives its flip: the time within which the node that
+/// turned it off may ask again after a lost answer and still be told so. The tracker asks
+/// again every second while Redis is unreachable, and first thing after a reconnect.
+const TOMBSTONE: Duration = Duration::from_secs(15 * 60);
 
 /// Changes one item. KEYS: the item's holders (a hash), its `on` flag, its grace. ARGV: the
-/// node, what happens, the grace of a user's departure (ms, only for `gone`). What happens:
-/// - `here`: the node holds it; 1 if that turned it on;
+/// node, what happens, the grace of a user's departure (ms, only for `gone`), the asking
+/// node's token (`{node}:{stamp}`), [`TOMBSTONE`] (ms). What happens:
+/// - `here`: the node holds it; 1 if that turned it on (now, or under this token before);
 /// - `gone`: the node let it go (a user's grace starts); 0;
-/// - `settle`: 2 + the milliseconds left while a grace runs, else 1 if nobody holds it and
-///   this call turned it off, else 0;
+/// - `settle`: 1 if nobody holds it and this token turned it off (now or before), else
+///   2 + the milliseconds left while a grace runs, else 0;
 /// - `drop`: the node let it go, or died, and is not waited for; then settles it (no grace).
+///
+/// A flag of an older version (`1`) reads as on.
 const ITEM_LUA: &str = r"
-local node, kind = ARGV[1], ARGV[2]
+local node, kind, token = ARGV[1], ARGV[2], ARGV[4]
+local flag = redis.call('GET', KEYS[2])
+local on = flag and string.sub(flag, 1, 4) ~= 'off:'
 local function settle()
-  if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
-  return redis.call('DEL', KEYS[2])
+  if flag == 'off:' .. token then return 1 end
+  if on and redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('SET', KEYS[2], 'off:' .. token, 'PX', ARGV[5])
+    return 1
+  end
+  return 0
 end
 if kind == 'here' then
   redis.call('HSET', KEYS[1], node, 1)
-  if redis.call('SET', KEYS[2], 1, 'NX') then return 1 end
-  return 0
+  if flag == 'on:' .. token then return 1 end
+  if on then return 0 end
+  redis.call('SET', KEYS[2], 'on:' .. token)
+  return 1
 elseif kind == 'gone' then
   redis.call('HDEL', KEYS[1], node)
   if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], 1, 'PX', ARGV[3]) end
   return 0
 elseif kind == 'settle' then
+  if flag == 'off:' .. token then return 1 end
   local left = redis.call('PTTL', KEYS[3])
   if left > 0 then return 2 + left end
   return settle()
@@ -60,19 +82,29 @@ pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
 static ITEM: LazyLock<Script> = LazyLock::new(|| Script::new(ITEM_LUA));
 
 impl RedisBroker {
-    /// Adds one item's script to `batch`.
-    fn change_item(&self, batch: &mut Batch, node: &str, kind: &str, item: &str, grace_ms: u64) {
+    /// Adds one item's script to `batch`: `kind` happens to `node`'s hold of `item`, asked by
+    /// this node under `stamp`.
+    fn change_item(
+        &self,
+        batch: &mut Batch,
+        node: &str,
+        (kind, item, grace_ms): (&str, &str, u64),
+        stamp: Stamp,
+    ) {
         batch
             .script(&ITEM, &self.keys.item(item))
             .arg(node)
             .arg(kind)
-            .arg(grace_ms);
+            .arg(grace_ms)
+            .arg(format!("{}:{stamp}", self.node))
+            .arg(TOMBSTONE.as_millis() as u64);
     }
 
-    /// Records `changes` in order, a user's departure holding off its settling for `grace`.
+    /// Records `changes` in order, each under its stamp, a user's departure holding off its
+    /// settling for `grace`.
     pub(super) async fn record(
         &self,
-        changes: &[PresenceChange],
+        changes: &[(Stamp, PresenceChange)],
         grace: Duration,
     ) -> Cluster<Vec<Recorded>> {
         if changes.is_empty() {
@@ -82,7 +114,7 @@ impl RedisBroker {
         let mut items = Batch::new();
         // Whether this node holds each item it took or let go, after all the changes.
         let mut holds: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
-        for change in changes {
+        for (stamp, change) in changes {
             let (kind, item, grace_ms) = match change {
                 PresenceChange::Here(item) => {
                     holds.insert(item, true);
@@ -99,7 +131,7 @@ impl RedisBroker {
                 }
                 PresenceChange::Settle(item) => ("settle", item, 0),
             };
-            self.change_item(&mut items, &self.node, kind, item, grace_ms);
+            self.change_item(&mut items, &self.node, (kind, item, grace_ms), *stamp);
         }
         let held = |wanted: bool| -> Vec<&str> {
             holds
@@ -129,8 +161,8 @@ impl RedisBroker {
         })
     }
 
-    /// Makes this node's items in Redis exactly `here`.
-    pub(super) async fn sync_held(&self, here: &[Arc<str>]) -> Cluster<Synced> {
+    /// Makes this node's items in Redis exactly `here`, under `stamp`.
+    pub(super) async fn sync_held(&self, here: &[Arc<str>], stamp: Stamp) -> Cluster<Synced> {
         let mine = self.keys.node_held(&self.node);
         self.ask(|mut conn| async move {
             let listed: Vec<String> = redis::cmd("SMEMBERS")
@@ -147,10 +179,10 @@ impl RedisBroker {
             self.list_held(&mut conn, &mine, &here).await?;
             let mut items = Batch::new();
             for item in &here {
-                self.change_item(&mut items, &self.node, "here", item, 0);
+                self.change_item(&mut items, &self.node, ("here", item, 0), stamp);
             }
             for item in &gone {
-                self.change_item(&mut items, &self.node, "drop", item, 0);
+                self.change_item(&mut items, &self.node, ("drop", item, 0), stamp);
             }
             let flipped: Vec<u64> = match items.is_empty() {
                 true => Vec::new(),
@@ -174,8 +206,9 @@ impl RedisBroker {
         .await
     }
 
-    /// Reports the items of nodes that died: the ones this node took over and found off.
-    pub(super) async fn sweep_held(&self) -> Cluster<Vec<String>> {
+    /// Reports the items of nodes that died, under `stamp`: the ones this node took over and
+    /// found off.
+    pub(super) async fn sweep_held(&self, stamp: Stamp) -> Cluster<Vec<String>> {
         let nodes = self.keys.nodes();
         self.ask(|mut conn| async move {
             let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
@@ -197,7 +230,7 @@ impl RedisBroker {
                 if !items.is_empty() {
                     let mut dropped = Batch::new();
                     for item in &items {
-                        self.change_item(&mut dropped, &node, "drop", item, 0);
+                        self.change_item(&mut dropped, &node, ("drop", item, 0), stamp);
                     }
                     let flipped: Vec<u64> = dropped.query(&mut conn).await?;
                     off.extend(

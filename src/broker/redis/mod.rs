@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::directory::{Cluster, HistoryPage, KeyClaim, Members, RoomsPage, UserSessions};
-use super::ledger::{PresenceChange, Recorded, Synced};
+use super::ledger::{PresenceChange, Recorded, Stamp, Synced};
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
@@ -464,18 +464,22 @@ impl Broker for RedisBroker {
 
     fn record_presence<'a>(
         &'a self,
-        changes: &'a [PresenceChange],
+        changes: &'a [(Stamp, PresenceChange)],
         grace: Duration,
     ) -> BoxFuture<'a, Cluster<Vec<Recorded>>> {
         Box::pin(self.record(changes, grace))
     }
 
-    fn sync_presence<'a>(&'a self, here: &'a [Arc<str>]) -> BoxFuture<'a, Cluster<Synced>> {
-        Box::pin(self.sync_held(here))
+    fn sync_presence<'a>(
+        &'a self,
+        here: &'a [Arc<str>],
+        stamp: Stamp,
+    ) -> BoxFuture<'a, Cluster<Synced>> {
+        Box::pin(self.sync_held(here, stamp))
     }
 
-    fn sweep_presence(&self) -> BoxFuture<'_, Cluster<Vec<String>>> {
-        Box::pin(self.sweep_held())
+    fn sweep_presence(&self, stamp: Stamp) -> BoxFuture<'_, Cluster<Vec<String>>> {
+        Box::pin(self.sweep_held(stamp))
     }
 
     fn presence_epoch(&self) -> u64 {
