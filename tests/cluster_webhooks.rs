@@ -201,7 +201,7 @@ async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
     let node = node_reaching(&pairs(&settings)).await;
     let lost = Duration::from_millis(800); // REDIS_TIMEOUT_MS is 500
 
-    proxy.hold_replies_after(&["here", "user:alice"], lost);
+    proxy.hold_replies_after(&["here", "held:user:alice"], lost);
     let alice = node.joined("alice", "lobby").await;
     receiver
         .wait_until("online", Duration::from_secs(10), |events| {
@@ -210,7 +210,7 @@ async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
         .await;
     assert_eq!(proxy.holds(), 1, "the answer to alice's arrival was held");
 
-    proxy.hold_replies_after(&["settle", "user:alice"], lost);
+    proxy.hold_replies_after(&["settle", "held:user:alice"], lost);
     alice.close().await;
     let events = receiver
         .settled(

@@ -16,7 +16,8 @@
 //! | `{prefix}idempotency:{key}` | string | empty while a server API request with this `Idempotency-Key` is served, then its response | `API_IDEMPOTENCY_WINDOW_SECS` after the first request |
 //! | `{prefix}revoked:{kind}:{value}` | string | a revocation's end, Unix milliseconds; `kind` is `jti` or `sub` | when it ends |
 //! | `{prefix}held:{item}` | hash | field `{node}` → `1` while the node has the item (`user:ID`: a session of the user; `room:NAME`: a member of the room) | with the item (deleted when no node holds it; a dead node's hold is dropped when another node sweeps it) |
-//! | `{prefix}on:{item}` | string | `on:{node}:{stamp}` while the cluster has reported the item online or occupied (its webhook event was sent by that node's ask), `off:{node}:{stamp}` once reported offline or empty | 15 minutes after it is reported offline or empty (the reporting node may ask again after a lost answer until then) |
+//! | `{prefix}on:{item}` | string | `1` while the cluster has reported the item online or occupied (its webhook event was sent) | when it is reported offline or empty |
+//! | `{prefix}flips:{item}` | sorted set | `{node}:{stamp}:on` / `:off` → the flip's number: the changes that flipped the item lately (the last 64), so that one asked again after its answer was lost is told it flipped it | 15 minutes after the last flip |
 //! | `{prefix}grace:{item}` | string | `1` while a departure's `WEBHOOK_OFFLINE_GRACE_SECS` runs for a user | when the grace ends |
 //! | `{prefix}node-held:{node}` | set | the items a node has, so that another node can report them when the node dies | when the node dies (read by the node that reports them, and deleted once it has dropped each) |
 //! | `{prefix}nodes` | set | the nodes that report presence | a dead node is removed by the node that reports its items |
@@ -123,11 +124,11 @@ impl Keys {
     }
 
     /// An item's presence keys for the webhooks: the nodes that hold it, whether it is
-    /// reported on, and a departure's grace. On a cluster the item is their hash tag, so one
-    /// script settles it.
-    pub(crate) fn item(&self, item: &str) -> [String; 3] {
+    /// reported on, a departure's grace, and the changes that flipped it lately. On a cluster
+    /// the item is their hash tag, so one script settles it.
+    pub(crate) fn item(&self, item: &str) -> [String; 4] {
         let item = self.room(item);
-        ["held", "on", "grace"].map(|name| format!("{}{name}:{item}", self.prefix))
+        ["held", "on", "grace", "flips"].map(|name| format!("{}{name}:{item}", self.prefix))
     }
 
     /// The items a node holds.

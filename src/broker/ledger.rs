@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-/// Names one ask of the ledger, unique on this node. What an ask flips carries its stamp, so
-/// the same ask sent again after its answer was lost (a timeout, a dropped connection) is told
-/// what it did the first time, instead of finding the item already flipped and reporting
-/// nothing.
+/// Names a change (or a rewrite, or a sweep) this node asks the ledger, counted from 1 at
+/// every start; with the node's id, which is new at every start too, it names it everywhere.
+/// The ledger keeps an item's recent flips under the change that made them, so a change sent
+/// again after its answer was lost (a timeout, a dropped connection) is told what it did the
+/// first time, instead of finding the item flipped already and reporting nothing.
 pub(crate) type Stamp = u64;
 
 /// A change of this node's presence, or a question about an item.

@@ -378,9 +378,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Takes over the presence of nodes that died, under `stamp`: the items this node
-    /// reports off.
-    fn sweep_presence(&self, _stamp: ledger::Stamp) -> BoxFuture<'_, Cluster<Vec<String>>> {
+    /// Takes over the presence of one node that died, under `stamp`: the items this node
+    /// reports off, or `None` if no node is dead.
+    fn sweep_presence(&self, _stamp: ledger::Stamp) -> BoxFuture<'_, Cluster<Option<Vec<String>>>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 

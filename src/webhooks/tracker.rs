@@ -39,6 +39,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often dead nodes' presence is looked for.
 const SWEEP: Duration = Duration::from_secs(1);
 
+/// Dead nodes swept per round at most.
+const SWEPT_PER_ROUND: usize = 16;
+
 pub(crate) struct Tracker {
     settings: WebhookSettings,
     broker: Arc<dyn Broker>,
@@ -55,11 +58,13 @@ pub(crate) struct Tracker {
     /// How many of the first pending changes were sent in an ask whose answer was lost: they
     /// may have flipped items, which only asking again under their stamps tells.
     in_doubt: usize,
-    /// The stamp of the last ask made (or taken by a change).
+    /// The last stamp given (to a change, a rewrite or a sweep).
     stamp: Stamp,
-    /// The stamps of a rewrite and of a sweep whose answer was lost, kept for asking again.
-    sync_stamp: Option<Stamp>,
-    sweep_stamp: Option<Stamp>,
+    /// A rewrite whose answer was lost, kept to be asked again as it was: its stamp and the
+    /// items it said this node has.
+    sync_in_doubt: Option<(Stamp, Vec<Arc<str>>)>,
+    /// The stamp of a sweep whose answer was lost, kept to be asked again.
+    sweep_in_doubt: Option<Stamp>,
     /// When to settle an item, soonest first: at the end of a departure's grace (the latest
     /// departure's counts, see `unsettled`), or later when another node's grace holds it.
     due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
@@ -89,8 +94,8 @@ impl Tracker {
             pending: VecDeque::new(),
             in_doubt: 0,
             stamp: 0,
-            sync_stamp: None,
-            sweep_stamp: None,
+            sync_in_doubt: None,
+            sweep_in_doubt: None,
             due: BinaryHeap::new(),
             resync: false,
             epoch,
@@ -135,10 +140,10 @@ impl Tracker {
             // Back within the grace: nothing of the departure is left to settle.
             self.unsettled.remove(&item);
             self.here.insert(Arc::clone(&item));
-            self.queue(PresenceChange::Here(item));
+            self.push_change(PresenceChange::Here(item));
         } else {
             self.here.remove(&item);
-            self.queue(PresenceChange::Gone(Arc::clone(&item)));
+            self.push_change(PresenceChange::Gone(Arc::clone(&item)));
             let grace = if graced {
                 self.settings.offline_grace
             } else {
@@ -147,12 +152,12 @@ impl Tracker {
             let due = Instant::now() + grace;
             self.unsettled.insert(Arc::clone(&item), due);
             if grace.is_zero() {
-                self.queue(PresenceChange::Settle(item));
+                self.push_change(PresenceChange::Settle(item));
             } else {
                 self.due.push(Reverse((due, item)));
             }
         }
-        if self.pending.len() > self.settings.queue {
+        if self.pending.len() - self.in_doubt > self.settings.queue {
             // The ledger is far behind (Redis away for long): rewrite this node's presence
             // whole when it is back rather than keep every step (but those in doubt, which
             // are asked again first).
@@ -173,7 +178,7 @@ impl Tracker {
             let Reverse((due, item)) = self.due.pop().expect("just looked");
             let latest = self.unsettled.get(&item).copied();
             if !self.here.contains(&item) && latest.is_some_and(|latest| latest <= due) {
-                self.queue(PresenceChange::Settle(item));
+                self.push_change(PresenceChange::Settle(item));
             }
         }
     }
@@ -188,16 +193,20 @@ impl Tracker {
         if epoch != self.epoch {
             self.resync = true;
         }
-        if self.resync {
+        while self.resync {
             // Changes whose answer was lost are asked again first: what they flipped is theirs
             // to report, and the rewrite would find it flipped already.
             if self.in_doubt > 0 && !self.record(self.in_doubt).await {
                 return;
             }
-            let here: Vec<Arc<str>> = self.here.iter().cloned().collect();
-            let stamp = match self.sync_stamp {
-                Some(stamp) => stamp,
-                None => self.next_stamp(),
+            // So is a rewrite, as it was (the items here then); a fresh one follows it.
+            let (stamp, here, again) = match self.sync_in_doubt.take() {
+                Some((stamp, here)) => (stamp, here, true),
+                None => (
+                    self.next_stamp(),
+                    self.here.iter().cloned().collect(),
+                    false,
+                ),
             };
             match self.broker.sync_presence(&here, stamp).await {
                 Cluster::Known(synced) => {
@@ -212,6 +221,9 @@ impl Tracker {
                     for item in &synced.off {
                         self.report(item, false);
                     }
+                    if again {
+                        continue;
+                    }
                     // The rewrite covers every change so far but the settling of what this
                     // node let go of: that is asked again.
                     self.pending.clear();
@@ -223,15 +235,14 @@ impl Tracker {
                         .map(|(item, _)| Arc::clone(item))
                         .collect();
                     for item in settle {
-                        self.queue(PresenceChange::Settle(item));
+                        self.push_change(PresenceChange::Settle(item));
                     }
-                    self.sync_stamp = None;
                     self.resync = false;
                     self.epoch = epoch;
                 }
                 Cluster::Alone => self.resync = false,
                 Cluster::Unreachable => {
-                    self.sync_stamp = Some(stamp);
+                    self.sync_in_doubt = Some((stamp, here));
                     self.retry_at = Some(Instant::now() + RETRY);
                     return;
                 }
@@ -284,7 +295,7 @@ impl Tracker {
     }
 
     /// Queues a change under a stamp of its own.
-    fn queue(&mut self, change: PresenceChange) {
+    fn push_change(&mut self, change: PresenceChange) {
         let stamp = self.next_stamp();
         self.pending.push_back((stamp, change));
     }
@@ -308,22 +319,28 @@ impl Tracker {
         }
     }
 
-    /// Reports the items of nodes that died.
+    /// Reports the items of nodes that died, one node per ask (a few per round: one whose
+    /// forgetting keeps failing is found again, with nothing left to report).
     async fn sweep(&mut self) {
-        let stamp = match self.sweep_stamp {
-            Some(stamp) => stamp,
-            None => self.next_stamp(),
-        };
-        match self.broker.sweep_presence(stamp).await {
-            Cluster::Known(off) => {
-                self.sweep_stamp = None;
-                for item in &off {
-                    self.report(item, false);
+        for _ in 0..SWEPT_PER_ROUND {
+            let stamp = match self.sweep_in_doubt.take() {
+                Some(stamp) => stamp,
+                None => self.next_stamp(),
+            };
+            match self.broker.sweep_presence(stamp).await {
+                Cluster::Known(Some(off)) => {
+                    for item in &off {
+                        self.report(item, false);
+                    }
+                }
+                Cluster::Known(None) | Cluster::Alone => return,
+                // Asked again under this stamp: what it turned off is still this node's to
+                // report.
+                Cluster::Unreachable => {
+                    self.sweep_in_doubt = Some(stamp);
+                    return;
                 }
             }
-            Cluster::Alone => {}
-            // Asked again under this stamp: what it turned off is still this node's to report.
-            Cluster::Unreachable => self.sweep_stamp = Some(stamp),
         }
     }
 

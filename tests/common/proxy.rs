@@ -66,8 +66,8 @@ impl DeafeningProxy {
         self.state.deaf_up_to.store(0, Ordering::SeqCst);
     }
 
-    /// The next command sent with all of `words` (in one read) has the replies on its
-    /// connection held for `hold`: its answer is lost to the gateway, not its effect.
+    /// The next command sent with all of `words` has the replies on its connection held for
+    /// `hold`: its answer is lost to the gateway, not its effect.
     pub(crate) fn hold_replies_after(&self, words: &[&str], hold: Duration) {
         let words = words.iter().map(|word| word.as_bytes().to_vec()).collect();
         *self.state.hold.lock().unwrap() = Some((words, hold));
@@ -92,12 +92,21 @@ impl Drop for DeafeningProxy {
 }
 
 impl State {
-    /// If the armed words are all in `sent`: disarms, counts, and says how long to hold.
-    fn fire(&self, sent: &[u8]) -> Option<Duration> {
+    /// If one command in `sent` carries all the armed words: disarms, counts, and says how
+    /// long to hold.
+    fn fire(&self, mut sent: &[u8]) -> Option<Duration> {
         let mut hold = self.hold.lock().unwrap();
         let (words, _) = hold.as_ref()?;
-        let found = |word: &Vec<u8>| sent.windows(word.len()).any(|at| at == &word[..]);
-        if !words.iter().all(found) {
+        let mut armed = false;
+        while !sent.is_empty() && !armed {
+            // A command cut by the read is looked at as far as it came.
+            let command = &sent[..frame_len(sent).unwrap_or(sent.len())];
+            armed = words
+                .iter()
+                .all(|word| command.windows(word.len()).any(|at| at == &word[..]));
+            sent = &sent[command.len()..];
+        }
+        if !armed {
             return None;
         }
         self.held.fetch_add(1, Ordering::SeqCst);

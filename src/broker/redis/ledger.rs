@@ -1,73 +1,89 @@
 //! Presence for the webhooks, decided on every node's state in Redis: whether a user came
 //! online (a first session anywhere) or went offline (no session on any live node), whether a
 //! room became occupied or empty. Each fact is reported by exactly one node: the one whose
-//! script flips the item's `on` flag, on (`on:{token}`) or off (`off:{token}`, kept
-//! [`TOMBSTONE`]).
+//! script flips the item's `on` flag (`SET NX` to report it on, `DEL` returning 1 to report it
+//! off).
 //!
-//! A flip carries the token of the ask that made it: this node's id and the ask's
-//! [`Stamp`]. An ask whose answer was lost (a timeout, a dropped connection) may have flipped
-//! its items all the same; sent again under the same stamp, it finds its own token and is
-//! told it flipped them, instead of finding them already flipped and reporting nothing.
+//! An item's recent flips are kept ([`FLIP_MEMORY`]) under the change that made each one (the
+//! asking node's id and the change's [`Stamp`]). A change whose answer was lost (a timeout, a
+//! dropped connection, one shard of a cluster failing mid-batch) may have flipped its item all
+//! the same; asked again under the same stamp, it is told it did, instead of finding the item
+//! flipped already and reporting nothing.
 //!
-//! Each item's keys (who holds it, its `on` flag, a departure's grace) are changed by one
-//! script on that item alone ([`ITEM`]); on a Redis Cluster they share the item's slot. What a
-//! node holds is also listed in its `node-held:{node}` set: added before a batch takes items,
-//! removed after it lets them go, so the set holds at least every item the node holds. A node
-//! that dies leaves its items there: a live node that sees its key gone drops the dead node
-//! from each listed item (whichever node's script turns an item off reports it, so two nodes
-//! sweeping at once report it once), and only then forgets the set. Until it is swept, a dead
-//! node still holds its items.
+//! Each item's keys (who holds it, its `on` flag, a departure's grace, its recent flips) are
+//! changed by one script on that item alone ([`ITEM`]); on a Redis Cluster they share the
+//! item's slot. What a node holds is also listed in its `node-held:{node}` set: added before a
+//! batch takes items, removed after it lets them go, so the set holds at least every item the
+//! node holds. A node that dies leaves its items there: a live node that sees its key gone
+//! drops the dead node from each listed item (whichever node's `DEL` of an `on` flag returns 1
+//! reports that item off, so two nodes sweeping at once report it once), and only then forgets
+//! the set. Until it is swept, a dead node still holds its items.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
+use tracing::debug;
 
 use super::conn::{Batch, Conn};
 use super::RedisBroker;
 use crate::broker::directory::Cluster;
 use crate::broker::ledger::{PresenceChange, Recorded, Stamp, Synced};
 
-/// How long an item's `off` flag outlives its flip: the time within which the node that
-/// turned it off may ask again after a lost answer and still be told so. The tracker asks
-/// again every second while Redis is unreachable, and first thing after a reconnect.
-const TOMBSTONE: Duration = Duration::from_secs(15 * 60);
+/// How long an item's recent flips are kept after its last one (and at most the last 64 of
+/// them): within that, the change that made a flip may be asked again after a lost answer and
+/// be told so. The tracker asks again every second while Redis does not answer, and first
+/// thing after a reconnect.
+const FLIP_MEMORY: Duration = Duration::from_secs(15 * 60);
 
-/// Changes one item. KEYS: the item's holders (a hash), its `on` flag, its grace. ARGV: the
-/// node, what happens, the grace of a user's departure (ms, only for `gone`), the asking
-/// node's token (`{node}:{stamp}`), [`TOMBSTONE`] (ms). What happens:
-/// - `here`: the node holds it; 1 if that turned it on (now, or under this token before);
+/// Changes one item. KEYS: the item's holders (a hash), its `on` flag, its grace, its recent
+/// flips (a sorted set: `{asking node}:{stamp}:on|off` by the flip's number). ARGV: the node
+/// whose hold changes, what happens, the grace of a user's departure (ms, only for `gone`),
+/// the change's stamp, [`FLIP_MEMORY`] (ms), the asking node. What happens:
+/// - `here`: the node holds it; 1 if that turned it on;
 /// - `gone`: the node let it go (a user's grace starts); 0;
-/// - `settle`: 1 if nobody holds it and this token turned it off (now or before), else
-///   2 + the milliseconds left while a grace runs, else 0;
+/// - `settle`: 1 if that turned it off (nobody holds it), else 2 + the milliseconds left
+///   while a grace runs, else 0;
 /// - `drop`: the node let it go, or died, and is not waited for; then settles it (no grace).
 ///
-/// A flag of an older version (`1`) reads as on.
+/// A change asked again finds its own flip and answers 1 again, unless another node flipped
+/// the item since: then it is decided anew, so a late event never contradicts a newer one.
 const ITEM_LUA: &str = r"
-local node, kind, token = ARGV[1], ARGV[2], ARGV[4]
-local flag = redis.call('GET', KEYS[2])
-local on = flag and string.sub(flag, 1, 4) ~= 'off:'
-local function settle()
-  if flag == 'off:' .. token then return 1 end
-  if on and redis.call('HLEN', KEYS[1]) == 0 then
-    redis.call('SET', KEYS[2], 'off:' .. token, 'PX', ARGV[5])
-    return 1
+local node, kind, asker = ARGV[1], ARGV[2], ARGV[6]
+local token = asker .. ':' .. ARGV[4]
+local function made(way)
+  local at = redis.call('ZSCORE', KEYS[4], token .. ':' .. way)
+  if not at then return false end
+  for _, later in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. at, '+inf')) do
+    if string.sub(later, 1, #asker + 1) ~= asker .. ':' then return false end
   end
-  return 0
+  return true
+end
+local function flipped(way)
+  local last = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
+  local number = (tonumber(last) or 0) + 1
+  redis.call('ZADD', KEYS[4], number, token .. ':' .. way)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', number - 64)
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  return 1
+end
+local function settle()
+  if made('off') then return 1 end
+  if redis.call('HLEN', KEYS[1]) > 0 or redis.call('DEL', KEYS[2]) == 0 then return 0 end
+  return flipped('off')
 end
 if kind == 'here' then
   redis.call('HSET', KEYS[1], node, 1)
-  if flag == 'on:' .. token then return 1 end
-  if on then return 0 end
-  redis.call('SET', KEYS[2], 'on:' .. token)
-  return 1
+  if made('on') then return 1 end
+  if not redis.call('SET', KEYS[2], 1, 'NX') then return 0 end
+  return flipped('on')
 elseif kind == 'gone' then
   redis.call('HDEL', KEYS[1], node)
   if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], 1, 'PX', ARGV[3]) end
   return 0
 elseif kind == 'settle' then
-  if flag == 'off:' .. token then return 1 end
+  if made('off') then return 1 end
   local left = redis.call('PTTL', KEYS[3])
   if left > 0 then return 2 + left end
   return settle()
@@ -82,13 +98,15 @@ pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
 static ITEM: LazyLock<Script> = LazyLock::new(|| Script::new(ITEM_LUA));
 
 impl RedisBroker {
-    /// Adds one item's script to `batch`: `kind` happens to `node`'s hold of `item`, asked by
-    /// this node under `stamp`.
+    /// Adds one item's script to `batch`: `kind` happens to `node`'s hold of `item`, a change
+    /// this node asks under `stamp`.
     fn change_item(
         &self,
         batch: &mut Batch,
         node: &str,
-        (kind, item, grace_ms): (&str, &str, u64),
+        kind: &str,
+        item: &str,
+        grace_ms: u64,
         stamp: Stamp,
     ) {
         batch
@@ -96,8 +114,9 @@ impl RedisBroker {
             .arg(node)
             .arg(kind)
             .arg(grace_ms)
-            .arg(format!("{}:{stamp}", self.node))
-            .arg(TOMBSTONE.as_millis() as u64);
+            .arg(stamp)
+            .arg(FLIP_MEMORY.as_millis() as u64)
+            .arg(&*self.node);
     }
 
     /// Records `changes` in order, each under its stamp, a user's departure holding off its
@@ -131,7 +150,7 @@ impl RedisBroker {
                 }
                 PresenceChange::Settle(item) => ("settle", item, 0),
             };
-            self.change_item(&mut items, &self.node, (kind, item, grace_ms), *stamp);
+            self.change_item(&mut items, &self.node, kind, item, grace_ms, *stamp);
         }
         let held = |wanted: bool| -> Vec<&str> {
             holds
@@ -145,7 +164,7 @@ impl RedisBroker {
             .ask(|mut conn| async move {
                 self.list_held(&mut conn, &mine, &taken).await?;
                 let results: Vec<u64> = items.query(&mut conn).await?;
-                unlist_held(&mut conn, &mine, &let_go).await?;
+                self.unlist_held(&mut conn, &mine, &let_go).await;
                 Ok(results)
             })
             .await;
@@ -179,16 +198,16 @@ impl RedisBroker {
             self.list_held(&mut conn, &mine, &here).await?;
             let mut items = Batch::new();
             for item in &here {
-                self.change_item(&mut items, &self.node, ("here", item, 0), stamp);
+                self.change_item(&mut items, &self.node, "here", item, 0, stamp);
             }
             for item in &gone {
-                self.change_item(&mut items, &self.node, ("drop", item, 0), stamp);
+                self.change_item(&mut items, &self.node, "drop", item, 0, stamp);
             }
             let flipped: Vec<u64> = match items.is_empty() {
                 true => Vec::new(),
                 false => items.query(&mut conn).await?,
             };
-            unlist_held(&mut conn, &mine, &gone).await?;
+            self.unlist_held(&mut conn, &mine, &gone).await;
             let (on, off) = flipped.split_at(here.len());
             let which = |items: &[&str], flipped: &[u64]| -> Vec<String> {
                 items
@@ -206,51 +225,67 @@ impl RedisBroker {
         .await
     }
 
-    /// Reports the items of nodes that died, under `stamp`: the ones this node took over and
-    /// found off.
-    pub(super) async fn sweep_held(&self, stamp: Stamp) -> Cluster<Vec<String>> {
+    /// Takes over the items of one node that died, under `stamp`: the ones this node found
+    /// off, or `None` if no node is dead. One node per ask, each under a stamp of its own: the
+    /// answer for one node is never mixed with another's, and one asked again after a lost
+    /// answer is the same node (it is forgotten only after its answer came).
+    pub(super) async fn sweep_held(&self, stamp: Stamp) -> Cluster<Option<Vec<String>>> {
         let nodes = self.keys.nodes();
-        self.ask(|mut conn| async move {
-            let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
-                .arg(&nodes)
-                .query_async::<Vec<String>>(&mut conn)
-                .await?
-                .into_iter()
-                .filter(|node| **node != *self.node)
-                .map(Arc::from)
-                .collect();
-            let dead = self.dead_nodes(&mut conn, &listed).await?;
-            let mut off = Vec::new();
-            for node in dead {
-                let theirs = self.keys.node_held(&node);
+        let swept = self
+            .ask(|mut conn| async move {
+                let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
+                    .arg(&nodes)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await?
+                    .into_iter()
+                    .filter(|node| **node != *self.node)
+                    .map(Arc::from)
+                    .collect();
+                let Some(node) = self.dead_nodes(&mut conn, &listed).await?.into_iter().min()
+                else {
+                    return Ok(None);
+                };
                 let items: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(&theirs)
+                    .arg(self.keys.node_held(&node))
                     .query_async(&mut conn)
                     .await?;
-                if !items.is_empty() {
-                    let mut dropped = Batch::new();
-                    for item in &items {
-                        self.change_item(&mut dropped, &node, ("drop", item, 0), stamp);
-                    }
-                    let flipped: Vec<u64> = dropped.query(&mut conn).await?;
-                    off.extend(
-                        items
-                            .into_iter()
-                            .zip(flipped)
-                            .filter(|(_, flipped)| *flipped == 1)
-                            .map(|(item, _)| item),
-                    );
+                let mut dropped = Batch::new();
+                for item in &items {
+                    self.change_item(&mut dropped, &node, "drop", item, 0, stamp);
                 }
-                // Forgotten only once every item is dropped: a sweep cut short is done again
-                // by the next one.
+                let flipped: Vec<u64> = match dropped.is_empty() {
+                    true => Vec::new(),
+                    false => dropped.query(&mut conn).await?,
+                };
+                let off = items
+                    .into_iter()
+                    .zip(flipped)
+                    .filter(|(_, flipped)| *flipped == 1)
+                    .map(|(item, _)| item)
+                    .collect();
+                Ok(Some((node, off)))
+            })
+            .await;
+        match swept {
+            Cluster::Known(Some((node, off))) => {
+                // Forgotten once its answer is in: a forget that fails leaves the node to be
+                // swept again, under another stamp, which finds nothing left to report.
                 let mut forget = Batch::new();
-                forget.cmd("DEL").arg(&theirs).ignore();
-                forget.cmd("SREM").arg(&nodes).arg(&*node).ignore();
-                forget.query::<()>(&mut conn).await?;
+                forget.cmd("DEL").arg(self.keys.node_held(&node)).ignore();
+                forget
+                    .cmd("SREM")
+                    .arg(self.keys.nodes())
+                    .arg(&*node)
+                    .ignore();
+                let _ = self
+                    .ask(|mut conn| async move { forget.query::<()>(&mut conn).await })
+                    .await;
+                Cluster::Known(Some(off))
             }
-            Ok(off)
-        })
-        .await
+            Cluster::Known(None) => Cluster::Known(None),
+            Cluster::Alone => Cluster::Alone,
+            Cluster::Unreachable => Cluster::Unreachable,
+        }
     }
 
     /// Lists items in this node's set before it holds them, and the node among those that
@@ -272,16 +307,20 @@ impl RedisBroker {
         }
         listed.query::<()>(conn).await
     }
-}
 
-/// Takes items out of this node's set once it no longer holds them.
-async fn unlist_held(conn: &mut Conn, mine: &str, items: &[&str]) -> Result<(), redis::RedisError> {
-    if items.is_empty() {
-        return Ok(());
+    /// Takes items out of this node's set once it no longer holds them. A failure leaves them
+    /// listed, which only costs a sweep some work: the set may hold more than the node holds.
+    async fn unlist_held(&self, conn: &mut Conn, mine: &str, items: &[&str]) {
+        if items.is_empty() {
+            return;
+        }
+        let unlisted: Result<(), redis::RedisError> = redis::cmd("SREM")
+            .arg(mine)
+            .arg(items)
+            .query_async(conn)
+            .await;
+        if let Err(err) = unlisted {
+            debug!(node = %self.node, items = items.len(), %err, "items left listed as held");
+        }
     }
-    redis::cmd("SREM")
-        .arg(mine)
-        .arg(items)
-        .query_async(conn)
-        .await
 }

@@ -478,7 +478,7 @@ impl Broker for RedisBroker {
         Box::pin(self.sync_held(here, stamp))
     }
 
-    fn sweep_presence(&self, stamp: Stamp) -> BoxFuture<'_, Cluster<Vec<String>>> {
+    fn sweep_presence(&self, stamp: Stamp) -> BoxFuture<'_, Cluster<Option<Vec<String>>>> {
         Box::pin(self.sweep_held(stamp))
     }
 
