@@ -230,3 +230,60 @@ async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
         ["room.occupied", "room.empty"]
     );
 }
+
+/// The same for a dead node's sweep: the node that swept it asks again as it was (the same
+/// dead node, its items as found, the same stamp), and reports what its lost answer turned
+/// off, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeps_lost_answer_still_reports_the_dead_nodes_users_offline() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let proxy = DeafeningProxy::start(redis.addr()).await;
+    let mut settings = hooks(&receiver);
+    settings.push(("REDIS_URL", proxy.url()));
+    let sweeper = node_reaching(&pairs(&settings)).await;
+    let mut doomed = child_node(&redis, &pairs(&hooks(&receiver))).await;
+    let mut carol = Client::connect(&format!("ws://{}/", doomed.addr), Some(ORIGIN)).await;
+    carol.auth(&token("carol")).await;
+    carol
+        .send_json(json!({"type": "join", "room": "attic"}))
+        .await;
+    assert_eq!(carol.recv_json().await["type"], "join");
+    // Killed only once its events are out: what a node had not yet sent dies with it.
+    receiver
+        .wait_until(
+            "carol online, attic occupied",
+            Duration::from_secs(5),
+            |events| {
+                kinds_for(events, "userId", "carol") == ["user.online"]
+                    && kinds_for(events, "room", "attic") == ["room.occupied"]
+            },
+        )
+        .await;
+
+    // Only a sweep drops carol: she was on the dead node alone.
+    proxy.hold_replies_after(&["drop", "held:user:carol"], Duration::from_millis(800));
+    doomed.child.kill().unwrap(); // its key expires (REDIS_KEY_TTL_SECS 3): the sweeper's turn
+    let _ = doomed.child.wait();
+    let events = receiver
+        .settled(
+            "carol offline, attic empty",
+            Duration::from_secs(15),
+            |events| {
+                kinds_for(events, "userId", "carol").len() == 2
+                    && kinds_for(events, "room", "attic").len() == 2
+            },
+            Duration::from_millis(2500),
+        )
+        .await;
+    assert_eq!(proxy.holds(), 1, "the sweep's answer was held");
+    assert_eq!(
+        kinds_for(&events, "userId", "carol"),
+        ["user.online", "user.offline"]
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "attic"),
+        ["room.occupied", "room.empty"]
+    );
+    drop(sweeper);
+}

@@ -17,7 +17,7 @@
 //! | `{prefix}revoked:{kind}:{value}` | string | a revocation's end, Unix milliseconds; `kind` is `jti` or `sub` | when it ends |
 //! | `{prefix}held:{item}` | hash | field `{node}` → `1` while the node has the item (`user:ID`: a session of the user; `room:NAME`: a member of the room) | with the item (deleted when no node holds it; a dead node's hold is dropped when another node sweeps it) |
 //! | `{prefix}on:{item}` | string | `1` while the cluster has reported the item online or occupied (its webhook event was sent) | when it is reported offline or empty |
-//! | `{prefix}flips:{item}` | sorted set | `{node}:{stamp}:on` / `:off` → the flip's number: the changes that flipped the item lately (the last 64), so that one asked again after its answer was lost is told it flipped it | 15 minutes after the last flip |
+//! | `{prefix}flips:{item}` | sorted set | `{asker}:{stamp}:on` / `:off` → the flip's number: the changes that flipped the item lately (the last 64; `asker` is a node, or `{node}/sweep` for its sweeps of dead nodes), so that one asked again after its answer was lost is told it flipped it | 15 minutes after the last flip |
 //! | `{prefix}grace:{item}` | string | `1` while a departure's `WEBHOOK_OFFLINE_GRACE_SECS` runs for a user | when the grace ends |
 //! | `{prefix}node-held:{node}` | set | the items a node has, so that another node can report them when the node dies | when the node dies (read by the node that reports them, and deleted once it has dropped each) |
 //! | `{prefix}nodes` | set | the nodes that report presence | a dead node is removed by the node that reports its items |

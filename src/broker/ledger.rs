@@ -42,3 +42,11 @@ pub(crate) struct Synced {
     /// Items this node had, no longer has, and no live node has.
     pub off: Vec<String>,
 }
+
+/// A node that died with presence left to report, as a sweep found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DeadNode {
+    pub node: Arc<str>,
+    /// The items it was listed as holding.
+    pub items: Vec<String>,
+}

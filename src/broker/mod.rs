@@ -378,9 +378,17 @@ pub(crate) trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 
-    /// Takes over the presence of one node that died, under `stamp`: the items this node
-    /// reports off, or `None` if no node is dead.
-    fn sweep_presence(&self, _stamp: ledger::Stamp) -> BoxFuture<'_, Cluster<Option<Vec<String>>>> {
+    /// A node that died with presence left to report, if any.
+    fn find_dead_presence(&self) -> BoxFuture<'_, Cluster<Option<ledger::DeadNode>>> {
+        Box::pin(std::future::ready(Cluster::Alone))
+    }
+
+    /// Takes over a dead node's presence, under `stamp`: the items this node reports off.
+    fn sweep_presence<'a>(
+        &'a self,
+        _dead: &'a ledger::DeadNode,
+        _stamp: ledger::Stamp,
+    ) -> BoxFuture<'a, Cluster<Vec<String>>> {
         Box::pin(std::future::ready(Cluster::Alone))
     }
 

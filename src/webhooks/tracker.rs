@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::delivery::Queue;
 use super::event::{Data, Event};
 use super::settings::{Kind, WebhookSettings};
-use crate::broker::ledger::{PresenceChange, Recorded, Stamp};
+use crate::broker::ledger::{DeadNode, PresenceChange, Recorded, Stamp};
 use crate::broker::{Broker, Cluster};
 use crate::observer::Observed;
 
@@ -63,8 +63,9 @@ pub(crate) struct Tracker {
     /// A rewrite whose answer was lost, kept to be asked again as it was: its stamp and the
     /// items it said this node has.
     sync_in_doubt: Option<(Stamp, Vec<Arc<str>>)>,
-    /// The stamp of a sweep whose answer was lost, kept to be asked again.
-    sweep_in_doubt: Option<Stamp>,
+    /// A sweep whose answer was lost, kept to be asked again as it was: its stamp and the dead
+    /// node's items as it found them.
+    sweep_in_doubt: Option<(Stamp, DeadNode)>,
     /// When to settle an item, soonest first: at the end of a departure's grace (the latest
     /// departure's counts, see `unsettled`), or later when another node's grace holds it.
     due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
@@ -200,7 +201,7 @@ impl Tracker {
                 return;
             }
             // So is a rewrite, as it was (the items here then); a fresh one follows it.
-            let (stamp, here, again) = match self.sync_in_doubt.take() {
+            let (stamp, here, replayed) = match self.sync_in_doubt.take() {
                 Some((stamp, here)) => (stamp, here, true),
                 None => (
                     self.next_stamp(),
@@ -221,7 +222,7 @@ impl Tracker {
                     for item in &synced.off {
                         self.report(item, false);
                     }
-                    if again {
+                    if replayed {
                         continue;
                     }
                     // The rewrite covers every change so far but the settling of what this
@@ -319,25 +320,31 @@ impl Tracker {
         }
     }
 
-    /// Reports the items of nodes that died, one node per ask (a few per round: one whose
-    /// forgetting keeps failing is found again, with nothing left to report).
+    /// Reports the items of nodes that died, one node per ask (a few per round: a node
+    /// whose forgetting failed is found again, with nothing left to report, until the next).
     async fn sweep(&mut self) {
+        let mut swept = HashSet::new();
         for _ in 0..SWEPT_PER_ROUND {
-            let stamp = match self.sweep_in_doubt.take() {
-                Some(stamp) => stamp,
-                None => self.next_stamp(),
+            let (stamp, dead) = match self.sweep_in_doubt.take() {
+                Some(in_doubt) => in_doubt,
+                None => match self.broker.find_dead_presence().await {
+                    Cluster::Known(Some(dead)) if !swept.contains(&dead.node) => {
+                        (self.next_stamp(), dead)
+                    }
+                    _ => return,
+                },
             };
-            match self.broker.sweep_presence(stamp).await {
-                Cluster::Known(Some(off)) => {
+            match self.broker.sweep_presence(&dead, stamp).await {
+                Cluster::Known(off) => {
                     for item in &off {
                         self.report(item, false);
                     }
+                    swept.insert(dead.node);
                 }
-                Cluster::Known(None) | Cluster::Alone => return,
-                // Asked again under this stamp: what it turned off is still this node's to
-                // report.
+                Cluster::Alone => return,
+                // Asked again as it was: what it turned off is still this node's to report.
                 Cluster::Unreachable => {
-                    self.sweep_in_doubt = Some(stamp);
+                    self.sweep_in_doubt = Some((stamp, dead));
                     return;
                 }
             }

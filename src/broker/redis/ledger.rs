@@ -15,9 +15,10 @@
 //! item's slot. What a node holds is also listed in its `node-held:{node}` set: added before a
 //! batch takes items, removed after it lets them go, so the set holds at least every item the
 //! node holds. A node that dies leaves its items there: a live node that sees its key gone
-//! drops the dead node from each listed item (whichever node's `DEL` of an `on` flag returns 1
-//! reports that item off, so two nodes sweeping at once report it once), and only then forgets
-//! the set. Until it is swept, a dead node still holds its items.
+//! reads the set, drops the dead node from each item listed (whichever node's `DEL` of an `on`
+//! flag returns 1 reports that item off, so two nodes sweeping at once report it once), and
+//! forgets the set once that answer is in. Until it is swept, a dead node still holds its
+//! items.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -29,7 +30,7 @@ use tracing::debug;
 use super::conn::{Batch, Conn};
 use super::RedisBroker;
 use crate::broker::directory::Cluster;
-use crate::broker::ledger::{PresenceChange, Recorded, Stamp, Synced};
+use crate::broker::ledger::{DeadNode, PresenceChange, Recorded, Stamp, Synced};
 
 /// How long an item's recent flips are kept after its last one (and at most the last 64 of
 /// them): within that, the change that made a flip may be asked again after a lost answer and
@@ -38,21 +39,23 @@ use crate::broker::ledger::{PresenceChange, Recorded, Stamp, Synced};
 const FLIP_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// Changes one item. KEYS: the item's holders (a hash), its `on` flag, its grace, its recent
-/// flips (a sorted set: `{asking node}:{stamp}:on|off` by the flip's number). ARGV: the node
-/// whose hold changes, what happens, the grace of a user's departure (ms, only for `gone`),
-/// the change's stamp, [`FLIP_MEMORY`] (ms), the asking node. What happens:
+/// flips (a sorted set: `{asker}:{stamp}:on|off` by the flip's number). ARGV: the node whose
+/// hold changes, what happens, the grace of a user's departure (ms, only for `gone`), the
+/// change's stamp, [`FLIP_MEMORY`] (ms), the asker (this node, or its sweeper). What happens:
 /// - `here`: the node holds it; 1 if that turned it on;
-/// - `gone`: the node let it go (a user's grace starts); 0;
+/// - `gone`: the node let it go (a user's grace starts, again if asked again); 0;
 /// - `settle`: 1 if that turned it off (nobody holds it), else 2 + the milliseconds left
 ///   while a grace runs, else 0;
 /// - `drop`: the node let it go, or died, and is not waited for; then settles it (no grace).
 ///
-/// A change asked again finds its own flip and answers 1 again, unless another node flipped
-/// the item since: then it is decided anew, so a late event never contradicts a newer one.
+/// A change asked again finds its own flip and answers 1 again, unless another asker flipped
+/// the item since (or its flip was forgotten): then it is decided anew, so a late event never
+/// contradicts a newer one. An asker's own later flips do not count: they are the rest of
+/// the batch being asked again, in order.
 const ITEM_LUA: &str = r"
 local node, kind, asker = ARGV[1], ARGV[2], ARGV[6]
 local token = asker .. ':' .. ARGV[4]
-local function made(way)
+local function asked_before(way)
   local at = redis.call('ZSCORE', KEYS[4], token .. ':' .. way)
   if not at then return false end
   for _, later in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. at, '+inf')) do
@@ -60,7 +63,7 @@ local function made(way)
   end
   return true
 end
-local function flipped(way)
+local function remember(way)
   local last = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
   local number = (tonumber(last) or 0) + 1
   redis.call('ZADD', KEYS[4], number, token .. ':' .. way)
@@ -68,29 +71,51 @@ local function flipped(way)
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
   return 1
 end
-local function settle()
-  if made('off') then return 1 end
+local function turn_off()
   if redis.call('HLEN', KEYS[1]) > 0 or redis.call('DEL', KEYS[2]) == 0 then return 0 end
-  return flipped('off')
+  return remember('off')
 end
 if kind == 'here' then
   redis.call('HSET', KEYS[1], node, 1)
-  if made('on') then return 1 end
+  if asked_before('on') then return 1 end
   if not redis.call('SET', KEYS[2], 1, 'NX') then return 0 end
-  return flipped('on')
+  return remember('on')
 elseif kind == 'gone' then
   redis.call('HDEL', KEYS[1], node)
   if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[3], 1, 'PX', ARGV[3]) end
   return 0
 elseif kind == 'settle' then
-  if made('off') then return 1 end
+  if asked_before('off') then return 1 end
   local left = redis.call('PTTL', KEYS[3])
   if left > 0 then return 2 + left end
-  return settle()
+  return turn_off()
 end
 redis.call('HDEL', KEYS[1], node)
-return settle()
+if asked_before('off') then return 1 end
+return turn_off()
 ";
+
+/// One item's change, as [`ITEM`] takes it.
+struct ItemChange<'a> {
+    /// The node whose hold of the item changes.
+    holder: &'a str,
+    /// `here`, `gone`, `settle` or `drop`.
+    kind: &'static str,
+    item: &'a str,
+    /// A user's departure's grace, for `gone`.
+    grace_ms: u64,
+}
+
+impl<'a> ItemChange<'a> {
+    fn new(holder: &'a str, kind: &'static str, item: &'a str) -> Self {
+        ItemChange {
+            holder,
+            kind,
+            item,
+            grace_ms: 0,
+        }
+    }
+}
 
 /// The scripts pipelined by hash, which every connect loads (see `load_scripts`).
 pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
@@ -98,25 +123,16 @@ pub(super) const SCRIPTS: [&str; 1] = [ITEM_LUA];
 static ITEM: LazyLock<Script> = LazyLock::new(|| Script::new(ITEM_LUA));
 
 impl RedisBroker {
-    /// Adds one item's script to `batch`: `kind` happens to `node`'s hold of `item`, a change
-    /// this node asks under `stamp`.
-    fn change_item(
-        &self,
-        batch: &mut Batch,
-        node: &str,
-        kind: &str,
-        item: &str,
-        grace_ms: u64,
-        stamp: Stamp,
-    ) {
+    /// Adds one item's script to `batch`: the change, asked by `asker` under `stamp`.
+    fn change_item(&self, batch: &mut Batch, change: ItemChange, asker: &str, stamp: Stamp) {
         batch
-            .script(&ITEM, &self.keys.item(item))
-            .arg(node)
-            .arg(kind)
-            .arg(grace_ms)
+            .script(&ITEM, &self.keys.item(change.item))
+            .arg(change.holder)
+            .arg(change.kind)
+            .arg(change.grace_ms)
             .arg(stamp)
             .arg(FLIP_MEMORY.as_millis() as u64)
-            .arg(&*self.node);
+            .arg(asker);
     }
 
     /// Records `changes` in order, each under its stamp, a user's departure holding off its
@@ -150,7 +166,11 @@ impl RedisBroker {
                 }
                 PresenceChange::Settle(item) => ("settle", item, 0),
             };
-            self.change_item(&mut items, &self.node, kind, item, grace_ms, *stamp);
+            let change = ItemChange {
+                grace_ms,
+                ..ItemChange::new(&self.node, kind, item)
+            };
+            self.change_item(&mut items, change, &self.node, *stamp);
         }
         let held = |wanted: bool| -> Vec<&str> {
             holds
@@ -182,110 +202,119 @@ impl RedisBroker {
 
     /// Makes this node's items in Redis exactly `here`, under `stamp`.
     pub(super) async fn sync_held(&self, here: &[Arc<str>], stamp: Stamp) -> Cluster<Synced> {
-        let mine = self.keys.node_held(&self.node);
+        let mine = &self.keys.node_held(&self.node);
+        let synced = self
+            .ask(|mut conn| async move {
+                let listed: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(mine)
+                    .query_async(&mut conn)
+                    .await?;
+                let now: HashSet<&str> = here.iter().map(|item| &**item).collect();
+                let gone: Vec<String> = listed
+                    .into_iter()
+                    .filter(|item| !now.contains(item.as_str()))
+                    .collect();
+                let here: Vec<&str> = now.into_iter().collect();
+                self.list_held(&mut conn, mine, &here).await?;
+                let mut items = Batch::new();
+                for item in &here {
+                    let change = ItemChange::new(&self.node, "here", item);
+                    self.change_item(&mut items, change, &self.node, stamp);
+                }
+                for item in &gone {
+                    let change = ItemChange::new(&self.node, "drop", item);
+                    self.change_item(&mut items, change, &self.node, stamp);
+                }
+                let flipped: Vec<u64> = match items.is_empty() {
+                    true => Vec::new(),
+                    false => items.query(&mut conn).await?,
+                };
+                let (on, off) = flipped.split_at(here.len());
+                let synced = Synced {
+                    on: flipped_ones(&here, on),
+                    off: flipped_ones(&gone, off),
+                };
+                Ok((synced, gone))
+            })
+            .await;
+        let Cluster::Known((synced, gone)) = synced else {
+            return synced.map(|(synced, _)| synced);
+        };
+        // Unlisted once the answer is in: a rewrite asked again reads the list for what this
+        // node let go of, and must find there what it dropped the first time.
+        let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let _ = self
+            .ask(|mut conn| async move {
+                self.unlist_held(&mut conn, mine, &gone).await;
+                Ok(())
+            })
+            .await;
+        Cluster::Known(synced)
+    }
+
+    /// A node that died, listed as holding items: the first by id (a node that finds several
+    /// takes them one by one).
+    pub(super) async fn find_dead_holder(&self) -> Cluster<Option<DeadNode>> {
+        let nodes = self.keys.nodes();
         self.ask(|mut conn| async move {
-            let listed: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(&mine)
+            let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
+                .arg(&nodes)
+                .query_async::<Vec<String>>(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|node| **node != *self.node)
+                .map(Arc::from)
+                .collect();
+            let Some(node) = self.dead_nodes(&mut conn, &listed).await?.into_iter().min() else {
+                return Ok(None);
+            };
+            let items: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.node_held(&node))
                 .query_async(&mut conn)
                 .await?;
-            let now: HashSet<&str> = here.iter().map(|item| &**item).collect();
-            let gone: Vec<&str> = listed
-                .iter()
-                .map(String::as_str)
-                .filter(|item| !now.contains(item))
-                .collect();
-            let here: Vec<&str> = now.into_iter().collect();
-            self.list_held(&mut conn, &mine, &here).await?;
-            let mut items = Batch::new();
-            for item in &here {
-                self.change_item(&mut items, &self.node, "here", item, 0, stamp);
-            }
-            for item in &gone {
-                self.change_item(&mut items, &self.node, "drop", item, 0, stamp);
-            }
-            let flipped: Vec<u64> = match items.is_empty() {
-                true => Vec::new(),
-                false => items.query(&mut conn).await?,
-            };
-            self.unlist_held(&mut conn, &mine, &gone).await;
-            let (on, off) = flipped.split_at(here.len());
-            let which = |items: &[&str], flipped: &[u64]| -> Vec<String> {
-                items
-                    .iter()
-                    .zip(flipped)
-                    .filter(|(_, flipped)| **flipped == 1)
-                    .map(|(item, _)| (*item).to_owned())
-                    .collect()
-            };
-            Ok(Synced {
-                on: which(&here, on),
-                off: which(&gone, off),
-            })
+            Ok(Some(DeadNode { node, items }))
         })
         .await
     }
 
-    /// Takes over the items of one node that died, under `stamp`: the ones this node found
-    /// off, or `None` if no node is dead. One node per ask, each under a stamp of its own: the
-    /// answer for one node is never mixed with another's, and one asked again after a lost
-    /// answer is the same node (it is forgotten only after its answer came).
-    pub(super) async fn sweep_held(&self, stamp: Stamp) -> Cluster<Option<Vec<String>>> {
-        let nodes = self.keys.nodes();
+    /// Drops a dead node from each item it held, under `stamp`, and forgets it once the
+    /// answer is in: the items this node found off, to report. Asked by this node's sweeper,
+    /// an asker of its own: a sweep asked again after a lost answer must not take this node's
+    /// own changes made in between for the rest of its batch.
+    pub(super) async fn sweep_held(&self, dead: &DeadNode, stamp: Stamp) -> Cluster<Vec<String>> {
+        let sweeper = format!("{}/sweep", self.node);
+        let mut dropped = Batch::new();
+        for item in &dead.items {
+            let change = ItemChange::new(&dead.node, "drop", item);
+            self.change_item(&mut dropped, change, &sweeper, stamp);
+        }
         let swept = self
             .ask(|mut conn| async move {
-                let listed: Vec<Arc<str>> = redis::cmd("SMEMBERS")
-                    .arg(&nodes)
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await?
-                    .into_iter()
-                    .filter(|node| **node != *self.node)
-                    .map(Arc::from)
-                    .collect();
-                let Some(node) = self.dead_nodes(&mut conn, &listed).await?.into_iter().min()
-                else {
-                    return Ok(None);
-                };
-                let items: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(self.keys.node_held(&node))
-                    .query_async(&mut conn)
-                    .await?;
-                let mut dropped = Batch::new();
-                for item in &items {
-                    self.change_item(&mut dropped, &node, "drop", item, 0, stamp);
+                match dropped.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => dropped.query::<Vec<u64>>(&mut conn).await,
                 }
-                let flipped: Vec<u64> = match dropped.is_empty() {
-                    true => Vec::new(),
-                    false => dropped.query(&mut conn).await?,
-                };
-                let off = items
-                    .into_iter()
-                    .zip(flipped)
-                    .filter(|(_, flipped)| *flipped == 1)
-                    .map(|(item, _)| item)
-                    .collect();
-                Ok(Some((node, off)))
             })
             .await;
-        match swept {
-            Cluster::Known(Some((node, off))) => {
-                // Forgotten once its answer is in: a forget that fails leaves the node to be
-                // swept again, under another stamp, which finds nothing left to report.
-                let mut forget = Batch::new();
-                forget.cmd("DEL").arg(self.keys.node_held(&node)).ignore();
-                forget
-                    .cmd("SREM")
-                    .arg(self.keys.nodes())
-                    .arg(&*node)
-                    .ignore();
-                let _ = self
-                    .ask(|mut conn| async move { forget.query::<()>(&mut conn).await })
-                    .await;
-                Cluster::Known(Some(off))
-            }
-            Cluster::Known(None) => Cluster::Known(None),
-            Cluster::Alone => Cluster::Alone,
-            Cluster::Unreachable => Cluster::Unreachable,
-        }
+        let Cluster::Known(flipped) = swept else {
+            return swept.map(|_| Vec::new());
+        };
+        // A forget that fails leaves the node to be found again: its items dropped already,
+        // a sweep under another stamp finds nothing left to report.
+        let mut forget = Batch::new();
+        forget
+            .cmd("DEL")
+            .arg(self.keys.node_held(&dead.node))
+            .ignore();
+        forget
+            .cmd("SREM")
+            .arg(self.keys.nodes())
+            .arg(&*dead.node)
+            .ignore();
+        let _ = self
+            .ask(|mut conn| async move { forget.query::<()>(&mut conn).await })
+            .await;
+        Cluster::Known(flipped_ones(&dead.items, &flipped))
     }
 
     /// Lists items in this node's set before it holds them, and the node among those that
@@ -323,4 +352,14 @@ impl RedisBroker {
             debug!(node = %self.node, items = items.len(), %err, "items left listed as held");
         }
     }
+}
+
+/// The items whose change flipped them (answered 1).
+fn flipped_ones<T: AsRef<str>>(items: &[T], answers: &[u64]) -> Vec<String> {
+    items
+        .iter()
+        .zip(answers)
+        .filter(|(_, answer)| **answer == 1)
+        .map(|(item, _)| item.as_ref().to_owned())
+        .collect()
 }

@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::directory::{Cluster, HistoryPage, KeyClaim, Members, RoomsPage, UserSessions};
-use super::ledger::{PresenceChange, Recorded, Stamp, Synced};
+use super::ledger::{DeadNode, PresenceChange, Recorded, Stamp, Synced};
 use super::{
     BoxFuture, Broker, Keys, LocalControl, LocalRooms, MessageOrder, Notice, RemoteEvent, RoomEvent,
 };
@@ -478,8 +478,16 @@ impl Broker for RedisBroker {
         Box::pin(self.sync_held(here, stamp))
     }
 
-    fn sweep_presence(&self, stamp: Stamp) -> BoxFuture<'_, Cluster<Option<Vec<String>>>> {
-        Box::pin(self.sweep_held(stamp))
+    fn find_dead_presence(&self) -> BoxFuture<'_, Cluster<Option<DeadNode>>> {
+        Box::pin(self.find_dead_holder())
+    }
+
+    fn sweep_presence<'a>(
+        &'a self,
+        dead: &'a DeadNode,
+        stamp: Stamp,
+    ) -> BoxFuture<'a, Cluster<Vec<String>>> {
+        Box::pin(self.sweep_held(dead, stamp))
     }
 
     fn presence_epoch(&self) -> u64 {
