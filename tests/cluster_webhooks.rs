@@ -7,11 +7,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::child::Gateway;
 use common::proxy::DeafeningProxy;
 use common::receiver::{kinds_for, Receiver};
 use common::redis::{child_node, node_reaching, node_with, RedisServer};
 use common::{token, Client, TestServer, ORIGIN};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Webhooks to `receiver`, sent at once, with a grace of 1 s.
 fn hooks(receiver: &Receiver) -> Vec<(&'static str, String)> {
@@ -26,6 +27,55 @@ fn pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a s
 
 async fn hooked_node(redis: &RedisServer, receiver: &Receiver) -> TestServer {
     node_with(redis, &pairs(&hooks(receiver))).await
+}
+
+/// A hooked node reaching Redis through a proxy, which can lose Redis's answers.
+async fn hooked_node_through_proxy(
+    redis: &RedisServer,
+    receiver: &Receiver,
+) -> (DeafeningProxy, TestServer) {
+    let proxy = DeafeningProxy::start(redis.addr()).await;
+    let mut settings = hooks(receiver);
+    settings.push(("REDIS_URL", proxy.url()));
+    let node = node_reaching(&pairs(&settings)).await;
+    (proxy, node)
+}
+
+/// Carol, joined to the attic on `node` (a child process, to be killed).
+async fn carol_in_the_attic(node: &Gateway) -> Client {
+    let mut carol = Client::connect(&format!("ws://{}/", node.addr), Some(ORIGIN)).await;
+    carol.auth(&token("carol")).await;
+    carol
+        .send_json(json!({"type": "join", "room": "attic"}))
+        .await;
+    assert_eq!(carol.recv_json().await["type"], "join");
+    carol
+}
+
+/// Once carol's node is killed: she is reported offline, and the attic empty, once each (the
+/// events after `wait` and a quiet 2.5 s).
+async fn carol_and_the_attic_reported_off(receiver: &Receiver, wait: Duration) -> Vec<Value> {
+    let events = receiver
+        .settled(
+            "carol offline, attic empty",
+            wait,
+            |events| {
+                kinds_for(events, "userId", "carol").len() == 2
+                    && kinds_for(events, "room", "attic").len() == 2
+            },
+            Duration::from_millis(2500),
+        )
+        .await;
+    assert_eq!(
+        kinds_for(&events, "userId", "carol"),
+        ["user.online", "user.offline"],
+        "once, however many nodes saw the node die"
+    );
+    assert_eq!(
+        kinds_for(&events, "room", "attic"),
+        ["room.occupied", "room.empty"]
+    );
+    events
 }
 
 /// Waits until `count` nodes hold `item` in the ledger: a node records what it holds in the
@@ -106,12 +156,7 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     let _b = hooked_node(&redis, &receiver).await;
     let mut doomed = child_node(&redis, &pairs(&hooks(&receiver))).await;
 
-    let mut carol = Client::connect(&format!("ws://{}/", doomed.addr), Some(ORIGIN)).await;
-    carol.auth(&token("carol")).await;
-    carol
-        .send_json(json!({"type": "join", "room": "attic"}))
-        .await;
-    assert_eq!(carol.recv_json().await["type"], "join");
+    let _carol = carol_in_the_attic(&doomed).await;
     let _dave = a.joined("dave", "hall").await;
     receiver
         .wait_until(
@@ -128,26 +173,7 @@ async fn a_killed_nodes_users_go_offline_once_reported_by_another_node() {
     // Killed only once its events are out: what a node had not yet sent dies with it.
     doomed.child.kill().unwrap(); // SIGKILL: no goodbye, its key expires (REDIS_KEY_TTL_SECS 3)
     let _ = doomed.child.wait();
-    let events = receiver
-        .settled(
-            "carol offline, attic empty",
-            Duration::from_secs(10),
-            |events| {
-                kinds_for(events, "userId", "carol").len() == 2
-                    && kinds_for(events, "room", "attic").len() == 2
-            },
-            Duration::from_millis(2500),
-        )
-        .await;
-    assert_eq!(
-        kinds_for(&events, "userId", "carol"),
-        ["user.online", "user.offline"],
-        "once, though two nodes saw the node die"
-    );
-    assert_eq!(
-        kinds_for(&events, "room", "attic"),
-        ["room.occupied", "room.empty"]
-    );
+    let events = carol_and_the_attic_reported_off(&receiver, Duration::from_secs(10)).await;
     assert_eq!(kinds_for(&events, "userId", "dave"), ["user.online"]);
 }
 
@@ -195,10 +221,7 @@ async fn a_later_departure_on_another_node_restarts_the_grace() {
 async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
     let redis = RedisServer::start().await;
     let receiver = Receiver::start().await;
-    let proxy = DeafeningProxy::start(redis.addr()).await;
-    let mut settings = hooks(&receiver);
-    settings.push(("REDIS_URL", proxy.url()));
-    let node = node_reaching(&pairs(&settings)).await;
+    let (proxy, node) = hooked_node_through_proxy(&redis, &receiver).await;
     let lost = Duration::from_millis(800); // REDIS_TIMEOUT_MS is 500
 
     proxy.hold_replies_after(&["here", "held:user:alice"], lost);
@@ -238,17 +261,9 @@ async fn an_answer_lost_after_the_flip_delays_the_event_but_does_not_lose_it() {
 async fn a_sweeps_lost_answer_still_reports_the_dead_nodes_users_offline() {
     let redis = RedisServer::start().await;
     let receiver = Receiver::start().await;
-    let proxy = DeafeningProxy::start(redis.addr()).await;
-    let mut settings = hooks(&receiver);
-    settings.push(("REDIS_URL", proxy.url()));
-    let sweeper = node_reaching(&pairs(&settings)).await;
+    let (proxy, sweeper) = hooked_node_through_proxy(&redis, &receiver).await;
     let mut doomed = child_node(&redis, &pairs(&hooks(&receiver))).await;
-    let mut carol = Client::connect(&format!("ws://{}/", doomed.addr), Some(ORIGIN)).await;
-    carol.auth(&token("carol")).await;
-    carol
-        .send_json(json!({"type": "join", "room": "attic"}))
-        .await;
-    assert_eq!(carol.recv_json().await["type"], "join");
+    let _carol = carol_in_the_attic(&doomed).await;
     // Killed only once its events are out: what a node had not yet sent dies with it.
     receiver
         .wait_until(
@@ -265,25 +280,7 @@ async fn a_sweeps_lost_answer_still_reports_the_dead_nodes_users_offline() {
     proxy.hold_replies_after(&["drop", "held:user:carol"], Duration::from_millis(800));
     doomed.child.kill().unwrap(); // its key expires (REDIS_KEY_TTL_SECS 3): the sweeper's turn
     let _ = doomed.child.wait();
-    let events = receiver
-        .settled(
-            "carol offline, attic empty",
-            Duration::from_secs(15),
-            |events| {
-                kinds_for(events, "userId", "carol").len() == 2
-                    && kinds_for(events, "room", "attic").len() == 2
-            },
-            Duration::from_millis(2500),
-        )
-        .await;
+    carol_and_the_attic_reported_off(&receiver, Duration::from_secs(15)).await;
     assert_eq!(proxy.holds(), 1, "the sweep's answer was held");
-    assert_eq!(
-        kinds_for(&events, "userId", "carol"),
-        ["user.online", "user.offline"]
-    );
-    assert_eq!(
-        kinds_for(&events, "room", "attic"),
-        ["room.occupied", "room.empty"]
-    );
     drop(sweeper);
 }
